@@ -1,0 +1,71 @@
+"""The ``mtrec`` command: parses arguments and calls the library.
+
+Each subcommand lives in its own module with ``register(subparsers)``; the module's
+handler receives the parsed arguments and returns an exit code. Errors a user can cause
+(:class:`mtrec.errors.MtrecError`) become one line on stderr and exit 1; usage errors,
+argparse's and :class:`mtrec.errors.ConfigError`, exit 2. Library warnings (duplicate
+ratings dropped, ...) are shown as one line each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import warnings
+
+from mtrec import __version__
+from mtrec.errors import ConfigError, MtrecError
+
+SUBCOMMANDS = ("train", "experiments", "report", "recommend", "predict", "similar", "serve", "synth", "datasets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mtrec",
+        description=(
+            "Multi-task recommenders: one network learns from shared user and item embeddings both "
+            "whether a user watches an item (matrix factorisation, pairwise BPR-style loss) and the "
+            "rating they would give it (an MLP on [u, q, u*q], MSE)."
+        ),
+        epilog="Run 'mtrec COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"mtrec {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"mtrec.cli.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"mtrec.cli.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"mtrec: warning: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.handler(args) or 0)
+    except ConfigError as error:
+        print(f"mtrec {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except MtrecError as error:
+        print(f"mtrec {args.command}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mtrec {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from mtrec.cli import main
+
+sys.exit(main())

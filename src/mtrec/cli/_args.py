@@ -1,0 +1,37 @@
+"""Argument helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, *more: str, **kwargs):
+    """Add ``--some-name`` also as ``--some_name`` (the assignment's spelling), or the reverse."""
+    spellings = [name, *more]
+    for option in [name, *more]:
+        if option.startswith("--"):
+            body = option[2:]
+            for variant in (body.replace("_", "-"), body.replace("-", "_")):
+                if f"--{variant}" not in spellings:
+                    spellings.append(f"--{variant}")
+    return parser.add_argument(*spellings, **kwargs)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value

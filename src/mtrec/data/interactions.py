@@ -1,0 +1,178 @@
+"""The data container: who rated what, and how the raw ids map to contiguous indices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+from mtrec.errors import DataError
+
+
+@dataclass
+class ItemMetadata:
+    """Descriptions of the items, aligned with the item index.
+
+    Parameters
+    ----------
+    titles:
+        Display title of each item ("Toy Story (1995)").
+    years:
+        Release year of each item, ``None`` where unknown.
+    genres:
+        Genre names of each item.
+    """
+
+    titles: list[str]
+    years: list[int | None]
+    genres: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    def take(self, index: np.ndarray) -> ItemMetadata:
+        """The metadata of the items at ``index``, in that order."""
+        index = [int(i) for i in index]
+        return ItemMetadata(
+            titles=[self.titles[i] for i in index],
+            years=[self.years[i] for i in index],
+            genres=[self.genres[i] for i in index],
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {"titles": self.titles, "years": self.years, "genres": self.genres}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemMetadata:
+        return cls(titles=list(data["titles"]), years=list(data["years"]), genres=[list(g) for g in data["genres"]])
+
+
+def _ids_to_json(ids: np.ndarray) -> list:
+    return ids.tolist()
+
+
+def ids_from_json(values: Sequence) -> np.ndarray:
+    """Rebuild an id array saved by :meth:`Interactions.id_maps_json`: integers stay integers."""
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return np.asarray(values, dtype=np.int64)
+    return np.asarray([str(v) for v in values], dtype=object)
+
+
+@dataclass
+class Interactions:
+    """Ratings (or plain interactions) of users on items, indexed 0..n-1.
+
+    Parameters
+    ----------
+    users, items:
+        Contiguous 0-based indices (int32), one per interaction.
+    ratings:
+        The rating given (float32), or ``None`` for implicit data with no rating column.
+    timestamps:
+        Seconds since the epoch (int64), or ``None`` where the data has no time.
+    num_users, num_items:
+        Sizes of the index spaces; every index is below them.
+    user_ids, item_ids:
+        The raw id of each index: ``user_ids[u]`` is the id the data used for user ``u``.
+    item_metadata:
+        Titles, years and genres aligned with the item index, where the data has them.
+    rating_scale:
+        ``(lowest, highest)`` rating allowed, where known.
+    name:
+        A short description of the source ("ml-100k", a file name).
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray | None
+    timestamps: np.ndarray | None
+    num_users: int
+    num_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    item_metadata: ItemMetadata | None = None
+    rating_scale: tuple[float, float] | None = None
+    name: str = ""
+    _user_lookup: dict | None = field(default=None, repr=False, compare=False)
+    _item_lookup: dict | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.users = np.ascontiguousarray(self.users, dtype=np.int32)
+        self.items = np.ascontiguousarray(self.items, dtype=np.int32)
+        if self.ratings is not None:
+            self.ratings = np.ascontiguousarray(self.ratings, dtype=np.float32)
+        if self.timestamps is not None:
+            self.timestamps = np.ascontiguousarray(self.timestamps, dtype=np.int64)
+        n = len(self.users)
+        for label, array in (("items", self.items), ("ratings", self.ratings), ("timestamps", self.timestamps)):
+            if array is not None and len(array) != n:
+                raise DataError(f"{label} has {len(array)} entries but users has {n}")
+        if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items:
+            raise DataError(
+                f"id maps have {len(self.user_ids)} users / {len(self.item_ids)} items, "
+                f"expected {self.num_users} / {self.num_items}"
+            )
+        if n and (self.users.min() < 0 or self.users.max() >= self.num_users):
+            raise DataError(f"user index out of range 0..{self.num_users - 1}")
+        if n and (self.items.min() < 0 or self.items.max() >= self.num_items):
+            raise DataError(f"item index out of range 0..{self.num_items - 1}")
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    @property
+    def has_ratings(self) -> bool:
+        return self.ratings is not None
+
+    def subset(self, index: np.ndarray) -> Interactions:
+        """The interactions at ``index`` (positions or a boolean mask), with the same id maps."""
+        return replace(
+            self,
+            users=self.users[index],
+            items=self.items[index],
+            ratings=None if self.ratings is None else self.ratings[index],
+            timestamps=None if self.timestamps is None else self.timestamps[index],
+        )
+
+    def user_index(self, raw_id: Any) -> int:
+        """The index of the user the data calls ``raw_id``; ``KeyError`` if unknown."""
+        if self._user_lookup is None:
+            self._user_lookup = build_lookup(self.user_ids)
+        return lookup_id(self._user_lookup, raw_id)
+
+    def item_index(self, raw_id: Any) -> int:
+        """The index of the item the data calls ``raw_id``; ``KeyError`` if unknown."""
+        if self._item_lookup is None:
+            self._item_lookup = build_lookup(self.item_ids)
+        return lookup_id(self._item_lookup, raw_id)
+
+    def id_maps_json(self) -> dict[str, list]:
+        """The raw ids of users and items, for saving beside a model."""
+        return {"user_ids": _ids_to_json(self.user_ids), "item_ids": _ids_to_json(self.item_ids)}
+
+    def seen_items_csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's items as CSR arrays ``(indptr, indices)``, items sorted within a user."""
+        order = np.lexsort((self.items, self.users))
+        counts = np.bincount(self.users, minlength=self.num_users)
+        indptr = np.zeros(self.num_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        return indptr, self.items[order].astype(np.int64)
+
+
+def build_lookup(ids: np.ndarray) -> dict:
+    """A dict from raw id (and its string form) to index."""
+    lookup: dict = {}
+    for index, raw in enumerate(ids.tolist()):
+        lookup[raw] = index
+        lookup.setdefault(str(raw), index)
+    return lookup
+
+
+def lookup_id(lookup: dict, raw_id: Any) -> int:
+    if raw_id in lookup:
+        return lookup[raw_id]
+    text = str(raw_id).strip()
+    if text in lookup:
+        return lookup[text]
+    raise KeyError(raw_id)

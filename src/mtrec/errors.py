@@ -1,0 +1,25 @@
+"""Exceptions raised by mtrec.
+
+Every error a user can cause derives from :class:`MtrecError`; the command line turns
+them into one clear message and a non-zero exit, never a traceback.
+"""
+
+
+class MtrecError(Exception):
+    """Base class of the errors a user can cause (bad data, bad configuration, ...)."""
+
+
+class ConfigError(MtrecError, ValueError):
+    """A hyper-parameter or option is outside what is allowed."""
+
+
+class DataError(MtrecError):
+    """Input data is missing, malformed or inconsistent."""
+
+
+class DownloadError(DataError):
+    """A dataset could not be downloaded or failed verification."""
+
+
+class ModelFileError(MtrecError):
+    """A saved model is missing, truncated, of another version or tampered with."""

@@ -1,0 +1,105 @@
+"""MSE and MRR: the assignment's worked example, and the fast paths against slow references."""
+
+import numpy as np
+import pytest
+import torch
+
+import mtrec.evaluation as evaluation
+from conftest import random_interactions
+from mtrec.data import Interactions
+from mtrec.evaluation import Evaluator
+from mtrec.network import MultitaskNet
+
+
+def net_with_scores(scores: np.ndarray) -> MultitaskNet:
+    """A real network whose watch score p(u, j) is scores[u, j] (Q is the identity)."""
+    num_users, num_items = scores.shape
+    net = MultitaskNet(num_users, num_items, embedding_dim=num_items, layer_sizes=[3 * num_items, 4])
+    with torch.no_grad():
+        net.user_embeddings.weight.copy_(torch.as_tensor(scores, dtype=torch.float32))
+        net.item_embeddings.weight.copy_(torch.eye(num_items))
+    return net
+
+
+def interactions(users, items, num_users, num_items, ratings=None) -> Interactions:
+    return Interactions(
+        users=np.asarray(users),
+        items=np.asarray(items),
+        ratings=None if ratings is None else np.asarray(ratings, dtype=np.float32),
+        timestamps=None,
+        num_users=num_users,
+        num_items=num_items,
+        user_ids=np.arange(num_users),
+        item_ids=np.arange(num_items),
+    )
+
+
+def test_mrr_of_the_assignments_worked_example_is_0_55():
+    A, B, C, D, E, F, G = range(7)
+    rankings = [[B, C, D, A, G], [A, B, C, G, D], [A, D, B, C, G]]
+    held_out = [[A, B], [B], [A, B, C]]
+    scores = np.zeros((3, 7))
+    for user, ranking in enumerate(rankings):
+        scores[user, ranking] = np.arange(5, 0, -1)
+        scores[user, [E, F]] = 10  # training items score highest, but are removed from the ranking
+    train = interactions([0, 0, 1, 1, 2, 2], [E, F] * 3, 3, 7)
+    test = interactions([u for u, items in enumerate(held_out) for _ in items], sum(held_out, []), 3, 7)
+    mrr = Evaluator(test, train).mrr(net_with_scores(scores))
+    expected = np.mean([(1 + 1 / 4) / 2, 1 / 2, (1 + 1 / 3 + 1 / 4) / 3])
+    assert mrr == pytest.approx(expected, abs=1e-12)
+    assert round(mrr, 2) == 0.55
+
+
+def slow_mrr(scores: np.ndarray, test: Interactions, train: Interactions) -> float:
+    """Obviously correct: per user, average ranks over the items not in training."""
+    per_user = []
+    for user in range(test.num_users):
+        held = test.items[test.users == user]
+        if len(held) == 0:
+            continue
+        seen = set(train.items[train.users == user].tolist())
+        candidates = [j for j in range(test.num_items) if j not in seen or j in held]
+        reciprocal = []
+        for item in held:
+            s = scores[user, item]
+            greater = sum(1 for j in candidates if scores[user, j] > s)
+            equal = sum(1 for j in candidates if scores[user, j] == s)
+            reciprocal.append(1.0 / (greater + (equal + 1) / 2))
+        per_user.append(np.mean(reciprocal))
+    return float(np.mean(per_user))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_mrr_equals_a_slow_reference_with_ties_and_users_without_tests(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    num_users, num_items = 25, 30
+    scores = rng.integers(0, 4, size=(num_users, num_items)).astype(np.float32)  # many ties
+    data = random_interactions(num_users, num_items, n=300, seed=seed)
+    order = rng.permutation(len(data))
+    train, test = data.subset(order[:220]), data.subset(order[220:])
+    test = test.subset(test.users >= 3)  # users 0-2 have no held-out items
+    expected = slow_mrr(scores, test, train)
+    net = net_with_scores(scores)
+    assert Evaluator(test, train).mrr(net) == pytest.approx(expected, rel=1e-9)
+    # Tiny blocks and chunks take the same path as ML-25M does.
+    monkeypatch.setattr(evaluation, "SCORE_BLOCK_BYTES", 4 * num_items * 4)
+    monkeypatch.setattr(evaluation, "COMPARE_CHUNK_BYTES", 4 * num_items * 3)
+    assert Evaluator(test, train).mrr(net) == pytest.approx(expected, rel=1e-9)
+
+
+def test_a_test_item_also_seen_in_training_is_still_ranked():
+    scores = np.array([[3.0, 2.0, 1.0]])
+    train = interactions([0, 0], [0, 2], 1, 3)
+    test = interactions([0], [2], 1, 3)
+    # Item 0 is removed from the ranking; item 2 ranks below item 1 only.
+    assert Evaluator(test, train).mrr(net_with_scores(scores)) == pytest.approx(0.5)
+
+
+def test_mse_equals_the_mean_squared_error_of_the_rating_head():
+    torch.manual_seed(0)
+    data = random_interactions(seed=3)
+    net = MultitaskNet(data.num_users, data.num_items, embedding_dim=4, layer_sizes=[12, 5])
+    with torch.no_grad():
+        _, r_hat = net(torch.as_tensor(data.users).long(), torch.as_tensor(data.items).long())
+    expected = float(np.mean((r_hat.numpy().astype(np.float64) - data.ratings) ** 2))
+    assert Evaluator(data, data).mse(net) == pytest.approx(expected, rel=1e-6)

@@ -1,0 +1,87 @@
+"""The network and the estimator: shapes, parameter sharing, initialisation, validation."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_interactions
+from mtrec.errors import ConfigError
+from mtrec.model import MultitaskModel
+from mtrec.network import MultitaskNet
+
+
+def test_forward_returns_one_score_and_one_rating_per_pair():
+    net = MultitaskNet(10, 20, embedding_dim=8, layer_sizes=[24, 16])
+    users, items = torch.tensor([0, 3, 9, 9, 1]), torch.tensor([0, 19, 5, 5, 2])
+    p, r_hat = net(users, items)
+    assert p.shape == (5,) and r_hat.shape == (5,)
+    assert torch.equal(p[2], p[3]) and torch.equal(r_hat[2], r_hat[3])
+
+
+def test_shared_heads_use_the_same_embedding_tensors():
+    net = MultitaskNet(10, 20, embedding_sharing=True)
+    assert net.rating_users.weight is net.user_embeddings.weight
+    assert net.rating_items.weight is net.item_embeddings.weight
+    names = {name for name, _ in net.named_parameters()}
+    assert not any(name.startswith("rating_user") or name.startswith("rating_item") for name in names)
+
+
+def test_separate_heads_share_no_parameters():
+    net = MultitaskNet(10, 20, embedding_sharing=False)
+    watch = {id(p) for p in (net.user_embeddings.weight, net.item_embeddings.weight)}
+    rating = {id(p) for p in (net.rating_users.weight, net.rating_items.weight)}
+    assert watch.isdisjoint(rating)
+    storages = {p.untyped_storage().data_ptr() for p in net.parameters()}
+    assert len(storages) == len(list(net.parameters()))
+
+
+def test_embeddings_start_from_n_0_1_over_d_and_biases_from_zero():
+    torch.manual_seed(0)
+    net = MultitaskNet(2000, 3000, embedding_dim=16)
+    assert net.item_embeddings.weight.var().item() == pytest.approx(1 / 16, rel=0.05)
+    assert net.user_embeddings.weight.mean().item() == pytest.approx(0, abs=0.01)
+    assert torch.count_nonzero(net.user_biases.weight) == 0 and torch.count_nonzero(net.item_biases.weight) == 0
+
+
+def test_rating_mlp_has_the_layers_listed():
+    net = MultitaskNet(5, 5, embedding_dim=32, layer_sizes=[96, 64])
+    shapes = [tuple(m.weight.shape) for m in net.rating_mlp if isinstance(m, torch.nn.Linear)]
+    assert shapes == [(64, 96), (1, 64)]
+    assert isinstance(net.rating_mlp[1], torch.nn.ReLU)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"embedding_dim": 16, "layer_sizes": [96, 64]}, "3 * embedding_dim = 48"),
+        ({"embedding_dim": 0}, "embedding_dim must be a positive integer"),
+        ({"layer_sizes": []}, "layer_sizes must be a non-empty list"),
+        ({"factorization_weight": -0.1}, "factorization_weight must be a non-negative number"),
+        ({"factorization_weight": 0, "regression_weight": 0}, "cannot both be 0"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"learning_rate": 0}, "learning_rate must be positive"),
+    ],
+)
+def test_bad_hyper_parameters_are_clear_errors_at_construction(kwargs, message):
+    with pytest.raises(ConfigError, match=message.replace("*", r"\*")):
+        MultitaskModel(**kwargs)
+
+
+def test_predict_returns_numpy_scores_and_ratings():
+    data = random_interactions()
+    model = MultitaskModel(embedding_dim=4, seed=1).fit(data, epochs=1)
+    p, r_hat = model.predict([0, 1, 2], [3, 4, 5])
+    assert isinstance(p, np.ndarray) and p.shape == (3,) and r_hat.shape == (3,)
+    with pytest.raises(ConfigError, match="item index out of range"):
+        model.predict([0], [data.num_items])
+
+
+def test_implicit_data_needs_regression_weight_zero():
+    data = random_interactions(ratings=False)
+    with pytest.raises(ConfigError, match="no ratings"):
+        MultitaskModel().fit(data, epochs=1)
+    model = MultitaskModel(factorization_weight=1.0, regression_weight=0.0, seed=3).fit(data, epochs=2)
+    assert np.isnan(model.history_[-1].train_mse) and np.isfinite(model.history_[-1].train_bpr)
+    untrained = MultitaskModel(seed=3).fit(random_interactions(), epochs=0)
+    for trained, initial in zip(model.network_.rating_mlp.parameters(), untrained.network_.rating_mlp.parameters()):
+        assert torch.equal(trained, initial)
