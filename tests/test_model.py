@@ -35,10 +35,10 @@ def test_separate_heads_share_no_parameters():
     assert len(storages) == len(list(net.parameters()))
 
 
-def test_embeddings_start_from_n_0_1_over_d_and_biases_from_zero():
+def test_embeddings_start_normal_with_std_1_over_d_and_biases_at_zero():
     torch.manual_seed(0)
     net = MultitaskNet(2000, 3000, embedding_dim=16)
-    assert net.item_embeddings.weight.var().item() == pytest.approx(1 / 16, rel=0.05)
+    assert net.item_embeddings.weight.std().item() == pytest.approx(1 / 16, rel=0.02)
     assert net.user_embeddings.weight.mean().item() == pytest.approx(0, abs=0.01)
     assert torch.count_nonzero(net.user_biases.weight) == 0 and torch.count_nonzero(net.item_biases.weight) == 0
 

@@ -7,14 +7,16 @@ from torch import nn
 
 
 class ScaledEmbedding(nn.Embedding):
-    """An embedding initialised from N(0, 1/d), where d is the embedding dimension.
+    """An embedding initialised from a normal distribution with standard deviation 1/d.
 
-    The variance 1/d keeps the dot product of two random embeddings of order 1 whatever d is.
+    d is the embedding dimension. This is Spotlight's ScaledEmbedding, the seed's starter
+    code: the published runs of the assignment (MRR about 0.13 after 200 epochs) start from
+    it, whereas a standard deviation of 1/sqrt(d) learns a different curve.
     """
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.weight.normal_(0.0, 1.0 / self.embedding_dim**0.5)
+            self.weight.normal_(0.0, 1.0 / self.embedding_dim)
 
 
 class ZeroEmbedding(nn.Embedding):

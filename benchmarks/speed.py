@@ -1,0 +1,321 @@
+"""Training and evaluation speed of mtrec against a plain per-batch / per-user-loop baseline.
+
+Every measurement runs in its own fresh process, one after another (never two PyTorch
+processes at once: on a small machine their thread pools fight), and reports its peak RSS.
+
+    python benchmarks/speed.py                     # ML-100K table (a few minutes)
+    python benchmarks/speed.py --time-to-quality   # + both runs to MRR >= 0.13 (about 10 minutes)
+    python benchmarks/speed.py --scale             # + ML-25M-shaped synthetic data (several minutes)
+
+The baseline is written here, deliberately plain: the same network (autograd), positives
+and negatives scored in two forward passes, PyTorch's default Adam, and MRR from a Python
+loop over users with an argsort per user. It draws the same shuffles and negatives as mtrec,
+so both reach the same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MTREC_DATA_DIR", ROOT.parent / "shared" / "data"))
+QUALITY_MRR = 0.13
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def movielens_split():
+    from mtrec.data import load_movielens, random_split
+
+    return random_split(load_movielens("100k", data_dir=DATA_DIR), test_fraction=0.05, seed=0)
+
+
+# ---------------------------------------------------------------- the plain baseline
+class PlainTrainer:
+    """The straightforward loop: per-batch autograd, two forward passes, default Adam."""
+
+    def __init__(self, train, factorization_weight=0.5, regression_weight=0.5, batch_size=256, seed=0):
+        from mtrec.model import MultitaskModel
+
+        self.model = MultitaskModel(
+            factorization_weight=factorization_weight, regression_weight=regression_weight, seed=seed
+        ).fit(train, epochs=0)
+        self.net = self.model.network_
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.train, self.batch_size = train, batch_size
+        self.weights = (factorization_weight, regression_weight)
+
+    def epoch(self) -> None:
+        from mtrec.losses import bpr_loss, regression_loss
+
+        train, n = self.train, len(self.train)
+        order = torch.randperm(n, generator=self.generator)
+        negatives = torch.randint(0, train.num_items, (n,), generator=self.generator)
+        users, items = torch.as_tensor(train.users).long(), torch.as_tensor(train.items).long()
+        ratings = torch.as_tensor(train.ratings)
+        for start in range(0, n, self.batch_size):
+            batch = order[start : start + self.batch_size]
+            u, i, r = users[batch], items[batch], ratings[batch]
+            j = negatives[start : start + self.batch_size]
+            p_pos, r_hat = self.net(u, i)
+            p_neg, _ = self.net(u, j)
+            loss = self.weights[0] * bpr_loss(p_pos, p_neg) + self.weights[1] * regression_loss(r_hat, r)
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(self, test, train) -> dict[str, float]:
+        net = self.net
+        users, items = torch.as_tensor(test.users).long(), torch.as_tensor(test.items).long()
+        _, r_hat = net(users, items)
+        mse = float(((r_hat.numpy() - test.ratings) ** 2).mean())
+        all_items = torch.arange(test.num_items)
+        per_user = []
+        for user in np.unique(test.users):
+            scores = net.watch_score(torch.full_like(all_items, int(user)), all_items).numpy().astype(np.float64)
+            held = test.items[test.users == user]
+            keep = scores[held]
+            scores[train.items[train.users == user]] = -np.inf
+            scores[held] = keep
+            order = np.argsort(-scores, kind="stable")
+            ranks = np.empty(len(scores))
+            ranks[order] = np.arange(1, len(scores) + 1)
+            # average rank of ties
+            for item in held:
+                tied = scores == scores[item]
+                ranks[item] = ranks[tied].mean()
+            per_user.append(np.mean(1.0 / ranks[held]))
+        return {"test_mse": mse, "test_mrr": float(np.mean(per_user))}
+
+
+# ---------------------------------------------------------------- measurements (one per process)
+def measure_ml100k(variant: str, epochs: int, batch_size: int, threads: int | None) -> dict:
+    from mtrec.evaluation import Evaluator
+    from mtrec.model import MultitaskModel, scaled_learning_rate
+
+    train, test = movielens_split()
+    if threads:
+        torch.set_num_threads(threads)
+    if variant == "plain":
+        trainer = PlainTrainer(train, batch_size=batch_size)
+        trainer.epoch()  # warm-up
+        started = time.perf_counter()
+        for _ in range(epochs):
+            trainer.epoch()
+        epoch_seconds = (time.perf_counter() - started) / epochs
+        evaluate = lambda: trainer.evaluate(test, train)  # noqa: E731
+        repeats = 2
+    else:
+        lr = scaled_learning_rate(batch_size)
+        model = MultitaskModel(batch_size=batch_size, learning_rate=lr, num_threads=threads, seed=0)
+        model.fit(train, epochs=1)
+        started = time.perf_counter()
+        model.fit(train, epochs=epochs + 1)
+        epoch_seconds = (time.perf_counter() - started) / (epochs + 1)
+        evaluator = Evaluator(test, train)
+        torch.set_num_threads(os.cpu_count() or 1)
+        evaluate = lambda: evaluator.evaluate(model.network_)  # noqa: E731
+        repeats = 20
+    metrics = evaluate()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        evaluate()
+    eval_seconds = (time.perf_counter() - started) / repeats
+    return {"epoch_s": epoch_seconds, "eval_s": eval_seconds, "rss_mb": peak_rss_mb(), **metrics}
+
+
+def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> dict:
+    """Shared 0.99/0.01, evaluation every epoch, until test MRR >= QUALITY_MRR."""
+    from mtrec.model import MultitaskModel, scaled_learning_rate
+
+    train, test = movielens_split()
+    started = time.perf_counter()
+    history = []
+    if variant == "plain":
+        trainer = PlainTrainer(train, factorization_weight=0.99, regression_weight=0.01, batch_size=batch_size)
+        for epoch in range(1, max_epochs + 1):
+            trainer.epoch()
+            metrics = trainer.evaluate(test, train)
+            history.append((epoch, time.perf_counter() - started, metrics["test_mse"], metrics["test_mrr"]))
+            if metrics["test_mrr"] >= QUALITY_MRR:
+                break
+    else:
+
+        class Reached(Exception):
+            pass
+
+        def stop_at_quality(record):
+            history.append((record.epoch, time.perf_counter() - started, record.test_mse, record.test_mrr))
+            if record.test_mrr >= QUALITY_MRR:
+                raise Reached
+
+        model = MultitaskModel(
+            factorization_weight=0.99,
+            regression_weight=0.01,
+            batch_size=batch_size,
+            learning_rate=float(os.environ.get("MTREC_BENCH_LR", scaled_learning_rate(batch_size))),
+            seed=0,
+        )
+        try:
+            model.fit(train, epochs=max_epochs, test=test, callback=stop_at_quality)
+        except Reached:
+            pass
+    epoch, seconds, mse, mrr = history[-1]
+    return {"epochs": epoch, "seconds": seconds, "test_mse": mse, "test_mrr": mrr, "reached": mrr >= QUALITY_MRR}
+
+
+def measure_scale(batch_size: int) -> dict:
+    from mtrec.data import random_split
+    from mtrec.data.synth import synthetic_interactions
+    from mtrec.evaluation import Evaluator
+    from mtrec.model import MultitaskModel, scaled_learning_rate
+
+    started = time.perf_counter()
+    data = synthetic_interactions(seed=0)
+    train, test = random_split(data, test_fraction=0.05, seed=0)
+    del data
+    generate_seconds = time.perf_counter() - started
+    model = MultitaskModel(batch_size=batch_size, learning_rate=scaled_learning_rate(batch_size), seed=0)
+    started = time.perf_counter()
+    model.fit(train, epochs=1)
+    epoch_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    metrics = Evaluator(test, train).evaluate(model.network_)
+    eval_seconds = time.perf_counter() - started
+    return {
+        "ratings": len(train) + len(test),
+        "users": train.num_users,
+        "items": train.num_items,
+        "generate_s": generate_seconds,
+        "epoch_s": epoch_seconds,
+        "eval_s": eval_seconds,
+        "rss_mb": peak_rss_mb(),
+        **metrics,
+    }
+
+
+# ---------------------------------------------------------------- orchestration
+def in_fresh_process(*args: str) -> dict:
+    command = [sys.executable, __file__, "--measure", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"measurement {' '.join(args)} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
+    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per training measurement")
+    parser.add_argument("--large-batch", type=int, default=8192)
+    parser.add_argument("--time-to-quality", action="store_true")
+    parser.add_argument("--scale", action="store_true")
+    parser.add_argument("--scale-batch", type=int, default=65536)
+    parser.add_argument("--measure", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.measure:
+        kind, *rest = args.measure
+        if kind == "ml100k":
+            result = measure_ml100k(rest[0], int(rest[1]), int(rest[2]), int(rest[3]) or None)
+        elif kind == "ttq":
+            result = measure_time_to_quality(rest[0], int(rest[1]), int(rest[2]))
+        else:
+            result = measure_scale(int(rest[0]))
+        print(json.dumps(result))
+        return
+
+    e = str(args.epochs)
+    plain = in_fresh_process("ml100k", "plain", e, "256", "0")
+    fast = {t: in_fresh_process("ml100k", "mtrec", e, "256", str(t)) for t in (1, 2)}
+    threads = min(fast, key=lambda t: fast[t]["epoch_s"])
+    large = in_fresh_process("ml100k", "mtrec", e, str(args.large_batch), "0")
+    rows = [["ML-100K (95,000 train / 5,000 test)", "train s/epoch", "eval s", "peak RSS MB", "speed-up"]]
+    rows.append(["plain loop, batch 256", f"{plain['epoch_s']:.3f}", f"{plain['eval_s']:.4f}", f"{plain['rss_mb']:.0f}", "1.0x / 1.0x"])
+    for t, result in fast.items():
+        rows.append(
+            [
+                f"mtrec, batch 256, {t} thread{'s' if t > 1 else ''}",
+                f"{result['epoch_s']:.3f}",
+                f"{result['eval_s']:.4f}",
+                f"{result['rss_mb']:.0f}",
+                f"{plain['epoch_s'] / result['epoch_s']:.1f}x / {plain['eval_s'] / result['eval_s']:.0f}x",
+            ]
+        )
+    rows.append(
+        [
+            f"mtrec, batch {args.large_batch} (lr x{(args.large_batch / 256) ** 0.5:.1f})",
+            f"{large['epoch_s']:.3f}",
+            f"{large['eval_s']:.4f}",
+            f"{large['rss_mb']:.0f}",
+            f"{plain['epoch_s'] / large['epoch_s']:.1f}x / {plain['eval_s'] / large['eval_s']:.0f}x",
+        ]
+    )
+    print(table(rows))
+    plain_total = 3 * 200 * (plain["epoch_s"] + plain["eval_s"])
+    fast_total = 3 * 200 * (fast[threads]["epoch_s"] + fast[threads]["eval_s"])
+    print(
+        f"\nThree assignment experiments, 200 epochs each, evaluated every epoch (projected from the rows above): "
+        f"plain {plain_total / 60:.1f} min, mtrec {fast_total / 60:.1f} min ({plain_total / fast_total:.1f}x)."
+    )
+    print(
+        f"Metrics after {args.epochs + 1} epochs at batch 256: plain MSE {plain['test_mse']:.4f} MRR {plain['test_mrr']:.4f}; "
+        f"mtrec MSE {fast[threads]['test_mse']:.4f} MRR {fast[threads]['test_mrr']:.4f}."
+    )
+
+    if args.time_to_quality:
+        slow = in_fresh_process("ttq", "plain", "256", "200")
+        quick = in_fresh_process("ttq", "mtrec", str(args.large_batch), "200")
+        rows = [["time to MRR >= 0.13 (shared 0.99/0.01, eval every epoch)", "epochs", "wall s", "test MSE", "test MRR"]]
+        rows.append(["plain loop, batch 256", str(slow["epochs"]), f"{slow['seconds']:.1f}", f"{slow['test_mse']:.4f}", f"{slow['test_mrr']:.4f}"])
+        rows.append(
+            [f"mtrec, batch {args.large_batch}", str(quick["epochs"]), f"{quick['seconds']:.1f}", f"{quick['test_mse']:.4f}", f"{quick['test_mrr']:.4f}"]
+        )
+        print()
+        print(table(rows))
+        if slow["reached"] and quick["reached"]:
+            print(f"mtrec reaches it in {quick['seconds'] / slow['seconds']:.3f} of the plain loop's time.")
+        else:
+            print("Not reached within 200 epochs by: " + ", ".join(n for n, r in (("plain", slow), ("mtrec", quick)) if not r["reached"]))
+
+    if args.scale:
+        scale = in_fresh_process("scale", str(args.scale_batch))
+        rows = [["ML-25M-shaped synthetic", "ratings", "generate s", "train s/epoch", "eval s", "peak RSS MB", "MSE", "MRR"]]
+        rows.append(
+            [
+                f"batch {args.scale_batch}",
+                f"{scale['ratings']:,}",
+                f"{scale['generate_s']:.0f}",
+                f"{scale['epoch_s']:.0f}",
+                f"{scale['eval_s']:.0f}",
+                f"{scale['rss_mb']:.0f}",
+                f"{scale['test_mse']:.3f}",
+                f"{scale['test_mrr']:.4f}",
+            ]
+        )
+        print()
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

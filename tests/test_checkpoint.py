@@ -1,0 +1,115 @@
+"""Model files: identical predictions after a round trip, clear errors for damaged files,
+atomic saves, and no code execution on load."""
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+
+from conftest import random_interactions
+from mtrec.checkpoint import MODEL_FILENAME, read_model_file
+from mtrec.errors import ModelFileError
+from mtrec.model import MultitaskModel
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    data = random_interactions(num_users=40, num_items=50, n=800, seed=11)
+    return data, MultitaskModel(embedding_dim=8, embedding_sharing=False, seed=3).fit(data, epochs=2)
+
+
+def test_save_then_load_gives_identical_predictions_and_metadata(fitted, tmp_path):
+    data, model = fitted
+    path = model.save(tmp_path / "run")
+    assert path == tmp_path / "run" / MODEL_FILENAME
+    loaded = MultitaskModel.load(tmp_path / "run")
+    users, items = np.repeat(np.arange(40), 50), np.tile(np.arange(50), 40)
+    for a, b in zip(model.predict(users, items), loaded.predict(users, items)):
+        assert np.array_equal(a, b)
+    assert loaded.get_params() == model.get_params()
+    assert np.array_equal(loaded.data_.user_ids, data.user_ids)
+    assert np.array_equal(loaded.data_.seen_indices, model.data_.seen_indices)
+    assert [r.to_json() for r in loaded.history_] == [r.to_json() for r in model.history_]
+
+
+def test_string_ids_and_item_metadata_survive_the_round_trip(tmp_path):
+    from dataclasses import replace
+
+    from mtrec.data import ItemMetadata
+
+    data = random_interactions(num_users=5, num_items=6, n=20, seed=1)
+    data = replace(
+        data,
+        user_ids=np.array([f"user-{i}" for i in range(5)], dtype=object),
+        item_metadata=ItemMetadata([f"Movie {i} (199{i})" for i in range(6)], [1990 + i for i in range(6)], [["Drama"]] * 6),
+    )
+    MultitaskModel(embedding_dim=4).fit(data, 1).save(tmp_path / "m.safetensors")
+    loaded = MultitaskModel.load(tmp_path / "m.safetensors")
+    assert loaded.data_.user_ids.tolist() == [f"user-{i}" for i in range(5)]
+    assert loaded.data_.item_metadata.titles[2] == "Movie 2 (1992)"
+
+
+def test_a_truncated_file_is_a_clear_error(fitted, tmp_path):
+    path = fitted[1].save(tmp_path / "run")
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        MultitaskModel.load(path)
+
+
+def test_a_tampered_file_fails_its_integrity_check(fitted, tmp_path):
+    path = fitted[1].save(tmp_path / "run")
+    payload = bytearray(path.read_bytes())
+    payload[-5] ^= 0xFF  # flip bits inside the tensor data
+    path.write_bytes(bytes(payload))
+    with pytest.raises(ModelFileError, match="integrity check"):
+        MultitaskModel.load(path)
+
+
+def test_a_file_of_another_format_version_is_refused(fitted, tmp_path):
+    from safetensors.torch import load, save
+
+    path = fitted[1].save(tmp_path / "run")
+    tensors, metadata = read_model_file(path)
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    metadata = json.loads(path.read_bytes()[8 : 8 + header_len])["__metadata__"]
+    metadata["format_version"] = "99"
+    path.write_bytes(save(load(path.read_bytes()), metadata=metadata))
+    with pytest.raises(ModelFileError, match="format version 99"):
+        MultitaskModel.load(path)
+
+
+def test_loading_a_pickle_never_runs_it(tmp_path):
+    marker = tmp_path / "executed"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / MODEL_FILENAME
+    path.write_bytes(pickle.dumps(Exploit()))
+    with pytest.raises(ModelFileError):
+        MultitaskModel.load(tmp_path)
+    assert not marker.exists()
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="no model file"):
+        MultitaskModel.load(tmp_path / "nowhere")
+
+
+def test_a_crash_mid_save_leaves_the_previous_model_intact(fitted, tmp_path, monkeypatch):
+    data, model = fitted
+    path = model.save(tmp_path)
+    before = path.read_bytes()
+    other = MultitaskModel(embedding_dim=8, embedding_sharing=False, seed=4).fit(data, epochs=1)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        other.save(tmp_path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL_FILENAME]
