@@ -23,3 +23,19 @@ class DownloadError(DataError):
 
 class ModelFileError(MtrecError):
     """A saved model is missing, truncated, of another version or tampered with."""
+
+
+class UnknownUserError(MtrecError):
+    """A user id the model was not trained on."""
+
+
+class UnknownItemError(MtrecError):
+    """An item id or title the model was not trained on."""
+
+
+class AmbiguousItemError(MtrecError):
+    """A title that names several items; ``candidates`` holds their ``(raw id, title)``."""
+
+    def __init__(self, message: str, candidates: list[tuple[object, str]]) -> None:
+        super().__init__(message)
+        self.candidates = candidates

@@ -1,0 +1,99 @@
+"""The data options of the command line and ``mtrec datasets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from mtrec.cli import main
+from mtrec.cli.data_args import add_data_arguments, load_split
+from mtrec.errors import ConfigError
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_datasets_list_shows_the_registry_and_presence(data_dir, capsys):
+    assert main(["datasets", "list", "--data-dir", str(data_dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "archive", "folder", "ratings", "scale", "checksum", "present"]
+    rows = {line.split()[0]: line.split() for line in out[1:8]}
+    assert list(rows) == ["100k", "1m", "10m", "20m", "25m", "32m", "latest-small"]
+    assert rows["100k"][-1] == "yes" and rows["1m"][-1] == "no"
+    assert "0e33842e24a9c977be4e0107933c0723" in rows["100k"]
+    assert rows["10m"][2] == "ml-10M100K" and rows["10m"][4] == "0.5-5"
+    assert out[-1] == f"data directory: {data_dir}"
+
+
+def test_datasets_list_reads_the_data_dir_from_the_environment(data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTREC_DATA_DIR", str(data_dir))
+    assert main(["datasets", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("yes")
+
+
+def test_datasets_download_of_a_present_release_needs_no_network(data_dir, capsys):
+    assert main(["datasets", "download", "100k", "--data_dir", str(data_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"100k: {data_dir / 'ml-100k'}"
+
+
+def test_datasets_without_action_shows_usage(capsys):
+    assert main(["datasets"]) == 2
+    assert "list" in capsys.readouterr().out
+
+
+def test_default_options_give_the_assignments_split(data_dir):
+    train, test, info = load_split(parse("--data-dir", str(data_dir)), seed=0, progress=False)
+    assert (len(train), len(test)) == (95_000, 5_000)
+    assert info["dataset"] == "100k" and info["split"] == {"method": "random", "test_fraction": 0.05, "seed": 0}
+    assert (info["train_size"], info["test_size"], info["num_users"], info["num_items"]) == (95_000, 5_000, 943, 1682)
+    assert info["rating_scale"] == [1.0, 5.0] and info["has_ratings"] is True
+    assert set(info["cold_start"]) >= {"cold_users", "cold_items", "cold_ratings"}
+    assert json.loads(json.dumps(info)) == info
+
+
+def test_canonical_split_option(data_dir):
+    train, test, info = load_split(parse("--data_dir", str(data_dir), "--split", "u1"), seed=0, progress=False)
+    assert (len(train), len(test)) == (80_000, 20_000)
+    assert info["split"] == {"method": "u1"} and info["cold_start"]["cold_items"] == 32
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (("--test-fraction", "1.5"), r"test_fraction must be in \(0, 1\), got 1.5"),
+        (("--test_fraction", "0"), r"test_fraction must be in \(0, 1\), got 0"),
+        (("--leave-k", "1"), "--leave-k applies to --split user, not --split random"),
+        (("--split", "user", "--cutoff", "5"), "--cutoff applies to --split temporal"),
+        (("--items", "x.csv"), "--items applies to --ratings files only"),
+        (("--dataset", "1m", "--split", "u2"), "--split u2 is one of MovieLens 100K's own splits"),
+        (("--split", "temporal", "--cutoff", "5", "--last-k", "2"), "give exactly one of cutoff, last_k"),
+    ],
+)
+def test_bad_options_are_config_errors(data_dir, argv, message):
+    with pytest.raises(ConfigError, match=message):
+        load_split(parse("--data-dir", str(data_dir), *argv), seed=0, progress=False)
+
+
+def test_own_ratings_file_with_user_split(tmp_path):
+    rows = [f"u{user},i{(user * 7 + k) % 40},{1 + k % 5}" for user in range(30) for k in range(6)]
+    path = tmp_path / "mine.csv"
+    path.write_text("user,item,stars\n" + "\n".join(rows) + "\n")
+    args = parse("--ratings", str(path), "--split", "user", "--leave-k", "2", "--rating-scale", "1", "5")
+    train, test, info = load_split(args, seed=3, progress=False)
+    assert (len(train), len(test)) == (120, 60)
+    assert info["ratings_file"] == str(path) and info["split"] == {"method": "user", "leave_k": 2, "seed": 3}
+    assert info["cold_start"]["cold_users"] == 0
+
+
+def test_implicit_file_has_no_ratings(tmp_path):
+    path = tmp_path / "clicks.tsv"
+    path.write_text("".join(f"{u}\t{i}\t{u * 100 + i}\n" for u in range(20) for i in range(u % 5, 10)))
+    args = parse("--ratings", str(path), "--time-col", "2", "--split", "temporal", "--last-k", "1")
+    train, test, info = load_split(args, seed=0, progress=False)
+    assert not train.has_ratings and info["has_ratings"] is False and info["rating_scale"] is None
+    assert len(test) == 20 and info["split"] == {"method": "temporal", "last_k": 1}
