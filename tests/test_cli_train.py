@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import DATA_DIR, ROOT
 from mtrec.cli import main
@@ -68,6 +69,11 @@ def test_hyphen_and_underscore_spellings_are_the_same_option(tmp_path, data_dir)
         (["--test_fraction", "0"], "test_fraction must be in (0, 1)"),
         (["--embedding_dim", "16", "--layer_sizes", "96", "64"], "layer_sizes[0] must be 3 * embedding_dim = 48"),
         (["--embedding_dim", "0"], "must be a positive whole number"),
+        pytest.param(
+            ["--device", "cuda"],
+            "no CUDA GPU is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
     ],
 )
 def test_usage_errors_exit_2_with_one_clear_line(argv, message, tmp_path, capsys, data_dir):

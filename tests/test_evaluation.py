@@ -103,3 +103,14 @@ def test_mse_equals_the_mean_squared_error_of_the_rating_head():
         _, r_hat = net(torch.as_tensor(data.users).long(), torch.as_tensor(data.items).long())
     expected = float(np.mean((r_hat.numpy().astype(np.float64) - data.ratings) ** 2))
     assert Evaluator(data, data).mse(net) == pytest.approx(expected, rel=1e-6)
+
+
+def test_library_scores_agree_with_the_per_epoch_evaluation():
+    from mtrec.data import random_split
+    from mtrec.evaluation import mrr_score, mse_score
+    from mtrec.model import MultitaskModel
+
+    train, test = random_split(random_interactions(num_users=40, num_items=50, n=900, seed=8), 0.2, seed=1)
+    model = MultitaskModel(embedding_dim=8, seed=0).fit(train, epochs=2, test=test)
+    assert mse_score(model, test) == model.history_[-1].test_mse
+    assert mrr_score(model, test, train) == model.history_[-1].test_mrr

@@ -53,12 +53,16 @@ class Evaluator:
     test:
         Held-out interactions.
     train:
-        Training interactions; their items are removed from each user's ranking.
+        Training interactions; their items are removed from each user's ranking. Without
+        them nothing is removed.
     device:
         Where the evaluation tensors live.
     """
 
-    def __init__(self, test: Interactions, train: Interactions, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, test: Interactions, train: Interactions | None = None, device: torch.device | str = "cpu"
+    ) -> None:
+        train = train if train is not None else test.subset(np.zeros(len(test), dtype=bool))
         if (test.num_users, test.num_items) != (train.num_users, train.num_items):
             raise DataError("test and train must share one id map (same num_users and num_items)")
         if len(test) == 0:
@@ -143,7 +147,7 @@ def _blocks(users: np.ndarray, size: int) -> list[tuple[int, int]]:
 
 def mse_score(model: MultitaskModel, test: Interactions) -> float:
     """Test MSE of a fitted model's rating head: the mean of (r_hat - r)^2 over ``test``."""
-    return Evaluator(test, test, model.device_).mse(model.network_)
+    return Evaluator(test, device=model.device_).mse(model.network_)
 
 
 def mrr_score(model: MultitaskModel, test: Interactions, train: Interactions) -> float:
