@@ -47,12 +47,11 @@ class PlainTrainer:
     """The straightforward loop: per-batch autograd, two forward passes, default Adam."""
 
     def __init__(self, train, factorization_weight=0.5, regression_weight=0.5, batch_size=256, seed=0):
-        from mtrec.model import MultitaskModel
+        from mtrec.network import MultitaskNet
 
-        self.model = MultitaskModel(
-            factorization_weight=factorization_weight, regression_weight=regression_weight, seed=seed
-        ).fit(train, epochs=0)
-        self.net = self.model.network_
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same initial weights as MultitaskModel(seed=seed)
+            self.net = MultitaskNet(train.num_users, train.num_items)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
         self.generator = torch.Generator().manual_seed(seed)
         self.train, self.batch_size = train, batch_size

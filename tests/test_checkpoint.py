@@ -71,13 +71,31 @@ def test_a_file_of_another_format_version_is_refused(fitted, tmp_path):
     from safetensors.torch import load, save
 
     path = fitted[1].save(tmp_path / "run")
-    tensors, metadata = read_model_file(path)
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
     metadata = json.loads(path.read_bytes()[8 : 8 + header_len])["__metadata__"]
     metadata["format_version"] = "99"
     path.write_bytes(save(load(path.read_bytes()), metadata=metadata))
     with pytest.raises(ModelFileError, match="format version 99"):
         MultitaskModel.load(path)
+
+
+def test_an_edited_header_fails_the_integrity_check(fitted, tmp_path):
+    from safetensors.torch import load, save
+
+    path = fitted[1].save(tmp_path / "run")
+    tensors, metadata = read_model_file(path)
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    metadata = json.loads(path.read_bytes()[8 : 8 + header_len])["__metadata__"]
+    metadata["config"] = metadata["config"].replace('"embedding_sharing": false', '"embedding_sharing": true')
+    path.write_bytes(save(load(path.read_bytes()), metadata=metadata))
+    with pytest.raises(ModelFileError, match="integrity check"):
+        MultitaskModel.load(path)
+
+
+def test_the_assignments_logdir_names_are_directories_not_files(fitted, tmp_path):
+    path = fitted[1].save(tmp_path / "shared=True_LF=0.99_LR=0.01")
+    assert path == tmp_path / "shared=True_LF=0.99_LR=0.01" / MODEL_FILENAME
+    assert MultitaskModel.load(path.parent).get_params() == fitted[1].get_params()
 
 
 def test_loading_a_pickle_never_runs_it(tmp_path):

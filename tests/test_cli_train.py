@@ -91,8 +91,7 @@ def test_a_data_dir_without_the_files_says_where_to_put_them(tmp_path, capsys, m
     code = train("--epochs", "1", "--data-dir", str(tmp_path / "empty"), "--logdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert code == 1
-    assert str(tmp_path / "empty" / "ml-100k") in err or str(tmp_path / "empty") in err
-    assert "ml-100k.zip" in err and "Traceback" not in err
+    assert f"at {tmp_path / 'empty' / 'ml-100k.zip'}" in err and "Traceback" not in err
     assert not (tmp_path / "empty" / "ml-100k").exists()
 
 
@@ -105,4 +104,33 @@ def test_a_malformed_line_in_u_data_names_the_file_and_line(tmp_path, capsys):
     code = train("--epochs", "1", "--data-dir", str(tmp_path / "data"), "--logdir", str(tmp_path / "r"))
     err = capsys.readouterr().err
     assert code == 1
-    assert "u.data" in err and "42" in err and "Traceback" not in err
+    assert "u.data, line 42: rating 'three' is not a number" in err and "Traceback" not in err
+
+
+def test_a_run_that_cannot_start_leaves_the_finished_run_in_its_logdir(tmp_path, data_dir, capsys):
+    assert train("--epochs", "1", "--data-dir", str(data_dir), "--logdir", str(tmp_path)) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code = train("--epochs", "1", "--data-dir", str(data_dir), "--logdir", str(tmp_path), "--regression_weight", "0",
+                 "--factorization_weight", "0")
+    assert code == 2 and "cannot both be 0" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_data_without_ratings_trains_the_watch_head_alone_and_says_so(tmp_path, capsys):
+    ratings = tmp_path / "clicks.csv"
+    rows = [f"u{u},i{(u * 7 + k) % 40}" for u in range(30) for k in range(12)]
+    ratings.write_text("user,item\n" + "\n".join(rows) + "\n")
+    assert train("--epochs", "2", "--ratings", str(ratings), "--test-fraction", "0.2", "--logdir", str(tmp_path / "r")) == 0
+    assert "no rating column" in capsys.readouterr().err
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["model"]["regression_weight"] == 0.0
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["final"]["test_mse"] is None and metrics["final"]["test_mrr"] > 0
+
+
+def test_an_unwritable_logdir_is_one_line_not_a_traceback(tmp_path, data_dir, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code = train("--epochs", "1", "--data-dir", str(data_dir), "--logdir", str(blocker / "run"))
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and str(blocker) in err

@@ -38,3 +38,16 @@ def test_the_planted_structure_is_learnable():
 def test_too_many_ratings_for_the_shape_is_a_clear_error():
     with pytest.raises(ConfigError, match="do not fit"):
         synthetic_interactions(num_ratings=10_000, num_users=10, num_items=10)
+
+
+def test_mtrec_synth_writes_a_file_that_mtrec_reads_back(tmp_path):
+    from mtrec.cli import main
+    from mtrec.data import load_ratings_file
+
+    out = tmp_path / "synth.parquet"
+    assert main(["synth", "--out", str(out), "--num-ratings", "3000", "--num-users", "100", "--num-items", "150"]) == 0
+    data = load_ratings_file(out)
+    expected = synthetic_interactions(3000, 100, 150, seed=0)
+    assert len(data) == 3000 and np.array_equal(np.sort(data.ratings), np.sort(expected.ratings))
+    assert [p.name for p in tmp_path.iterdir()] == ["synth.parquet"]
+    assert main(["synth", "--out", str(tmp_path / "synth.txt"), "--num-ratings", "10"]) == 2

@@ -40,6 +40,40 @@ def test_handwritten_gradients_match_autograd(sharing, layer_sizes):
         torch.testing.assert_close(step.flat.grad_of(param), grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_without_ratings_only_the_watch_loss_has_gradients():
+    torch.manual_seed(3)
+    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=[24, 16])
+    users, positives, negatives = torch.randint(0, 12, (32,)), torch.randint(0, 15, (32,)), torch.randint(0, 15, (32,))
+    p_pos, _ = net(users, positives)
+    p_neg, _ = net(users, negatives)
+    expected = torch.autograd.grad(bpr_loss(p_pos, p_neg), list(net.parameters()), allow_unused=True)
+    step = TrainingStep(net, factorization_weight=1.0, regression_weight=0.0, learning_rate=1e-3, l2=0.0)
+    step.gradients(users, positives, negatives, None)
+    for (name, param), grad in zip(net.named_parameters(), expected):
+        grad = torch.zeros_like(param) if grad is None else grad
+        torch.testing.assert_close(step.flat.grad_of(param), grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_step_is_adams_update_with_the_learning_rate_and_weight_decay():
+    torch.manual_seed(4)
+    reference = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=[24, 16], embedding_sharing=False)
+    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=[24, 16], embedding_sharing=False)
+    net.load_state_dict(reference.state_dict())
+    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=0.1)
+    step = TrainingStep(net, factorization_weight=0.7, regression_weight=0.3, learning_rate=0.01, l2=0.1)
+    for _ in range(3):
+        # Positives and negatives apart: an item that is both gets a near-zero gradient from
+        # cancellation, and Adam's g / sqrt(g^2) blows rounding noise up to a full step.
+        users, positives, negatives = torch.randint(0, 12, (16,)), torch.randint(0, 7, (16,)), torch.randint(7, 15, (16,))
+        ratings = torch.randint(1, 6, (16,)).float()
+        optimizer.zero_grad()
+        reference_loss(reference, users, positives, negatives, ratings, 0.7, 0.3).backward()
+        optimizer.step()
+        step(users, positives, negatives, ratings)
+    for (name, expected), actual in zip(reference.named_parameters(), net.parameters()):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_each_loss_pairs_a_head_with_its_own_target():
     """L_F is computed from the watch scores (p+, p-) and L_R from (r_hat, r), never crossed."""
     torch.manual_seed(1)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +23,7 @@ from safetensors.torch import save as safetensors_save
 from mtrec import __version__
 from mtrec.data.interactions import ItemMetadata, ids_from_json
 from mtrec.errors import ModelFileError
+from mtrec.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from mtrec.model import MultitaskModel
@@ -35,31 +34,9 @@ MODEL_FILENAME = "model.safetensors"
 
 
 def model_path(path: str | Path) -> Path:
-    """The model file for ``path``: the path itself, or ``model.safetensors`` inside a run directory."""
+    """The model file for ``path``: a ``.safetensors`` file itself, else ``model.safetensors`` in that run directory."""
     path = Path(path)
-    return path / MODEL_FILENAME if path.is_dir() or not path.suffix else path
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+    return path if path.suffix == ".safetensors" and not path.is_dir() else path / MODEL_FILENAME
 
 
 def _digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -159,6 +136,7 @@ def load_model(path: str | Path, device: str = "cpu") -> MultitaskModel:
     """Rebuild a :class:`MultitaskModel` saved by :func:`save_model`."""
     from mtrec.model import EpochRecord, FittedData, MultitaskModel, resolve_device
 
+    target_device = resolve_device(device)
     tensors, metadata = read_model_file(path)
     try:
         config = json.loads(metadata["config"])
@@ -183,7 +161,7 @@ def load_model(path: str | Path, device: str = "cpu") -> MultitaskModel:
         network = model._build(model.data_, torch.device("cpu"))
         state = {k.removeprefix("network."): v for k, v in tensors.items() if k.startswith("network.")}
         network.load_state_dict(state)
-        model.network_ = network.to(resolve_device(device))
+        model.network_ = network.to(target_device)
         model.history_ = [EpochRecord(**_split_extra(record)) for record in history]
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None

@@ -5,9 +5,10 @@ watch score p with the user's training items removed from the ranking; each held
 reciprocal rank is averaged over the user's held-out items, then over users. Tied scores
 take their average rank.
 
-Cold start: test rows whose user or item never occurs in training are kept and scored with
-the model's (untrained) initial parameters, like any other row; :func:`cold_start_counts`
-in :mod:`mtrec.data.splits` reports how many there are.
+Cold start: test rows whose user or item never occurs in training are kept and scored like
+any other row. A cold user's vector and bias keep their initial values (no training row
+touches them); a cold item is only ever a sampled negative, so training pushes its score
+down. :func:`~mtrec.data.splits.cold_start_counts` reports how many such rows there are.
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ SCORE_BLOCK_BYTES = 256 * 2**20
 COMPARE_CHUNK_BYTES = 4 * 2**20
 #: Pairs scored by the rating head at once.
 PREDICT_BATCH = 2**16
+
+
+def check_same_ids(a: Interactions, b: Interactions) -> None:
+    """Raise unless ``a`` and ``b`` index users and items the same way."""
+    same = (a.num_users, a.num_items) == (b.num_users, b.num_items)
+    if not (same and np.array_equal(a.user_ids, b.user_ids) and np.array_equal(a.item_ids, b.item_ids)):
+        raise DataError(
+            f"{a.name or 'the data'} and {b.name or 'the test data'} use different id maps: "
+            "split one Interactions so both share it"
+        )
+
+
+def _check_model_ids(model: MultitaskModel, data: Interactions) -> None:
+    fitted = model.data_
+    same = (fitted.num_users, fitted.num_items) == (data.num_users, data.num_items)
+    if not (same and np.array_equal(fitted.user_ids, data.user_ids) and np.array_equal(fitted.item_ids, data.item_ids)):
+        raise DataError("the data does not use the id map the model was trained with")
 
 
 def _sorted_pairs(data: Interactions, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -63,8 +81,7 @@ class Evaluator:
         self, test: Interactions, train: Interactions | None = None, device: torch.device | str = "cpu"
     ) -> None:
         train = train if train is not None else test.subset(np.zeros(len(test), dtype=bool))
-        if (test.num_users, test.num_items) != (train.num_users, train.num_items):
-            raise DataError("test and train must share one id map (same num_users and num_items)")
+        check_same_ids(train, test)
         if len(test) == 0:
             raise DataError("the test set is empty")
         self.device = torch.device(device)
@@ -147,9 +164,11 @@ def _blocks(users: np.ndarray, size: int) -> list[tuple[int, int]]:
 
 def mse_score(model: MultitaskModel, test: Interactions) -> float:
     """Test MSE of a fitted model's rating head: the mean of (r_hat - r)^2 over ``test``."""
+    _check_model_ids(model, test)
     return Evaluator(test, device=model.device_).mse(model.network_)
 
 
 def mrr_score(model: MultitaskModel, test: Interactions, train: Interactions) -> float:
     """MRR of a fitted model's watch score on ``test``, with ``train`` items removed from rankings."""
+    _check_model_ids(model, test)
     return Evaluator(test, train, model.device_).mrr(model.network_)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 
 from mtrec.data.interactions import Interactions, ItemMetadata
 from mtrec.errors import ConfigError, DataError
-from mtrec.evaluation import Evaluator
+from mtrec.evaluation import Evaluator, check_same_ids
 from mtrec.network import MultitaskNet, check_architecture
 from mtrec.training import TrainingStep
 
@@ -60,9 +61,10 @@ class EpochRecord:
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
+        """Plain JSON values: a metric that does not apply (NaN) becomes None."""
         record = asdict(self)
         record.update(record.pop("extra"))
-        return record
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
 
 
 @dataclass
@@ -212,6 +214,21 @@ class MultitaskModel:
             )
         return network.to(device)
 
+    def check_fit(self, train: Interactions, epochs: int, test: Interactions | None = None) -> torch.device:
+        """Raise what :meth:`fit` would raise on these arguments, before any work; return the device."""
+        self._check_params()
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+            raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+        if len(train) == 0:
+            raise DataError("the training set is empty")
+        if not train.has_ratings and self.regression_weight > 0:
+            raise ConfigError(
+                "the data has no ratings, so the rating head cannot train: set regression_weight to 0"
+            )
+        if test is not None:
+            check_same_ids(train, test)
+        return resolve_device(self.device)
+
     def fit(
         self,
         train: Interactions,
@@ -235,16 +252,7 @@ class MultitaskModel:
         callback:
             Called with each epoch's :class:`EpochRecord` (progress bars, logging).
         """
-        self._check_params()
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-            raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
-        if len(train) == 0:
-            raise DataError("the training set is empty")
-        if not train.has_ratings and self.regression_weight > 0:
-            raise ConfigError(
-                "the data has no ratings, so the rating head cannot train: set regression_weight to 0"
-            )
-        device = resolve_device(self.device)
+        device = self.check_fit(train, epochs, test)
         self.data_ = FittedData.from_interactions(train)
         self.network_ = self._build(self.data_, device)
         self.history_ = []

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mtrec import __version__
-from mtrec.checkpoint import MODEL_FILENAME, atomic_write_text
+from mtrec.checkpoint import MODEL_FILENAME
 from mtrec.data.interactions import Interactions
 from mtrec.errors import DataError
+from mtrec.fileio import atomic_write_text
 from mtrec.model import EpochRecord, MultitaskModel
 
 CONFIG_FILENAME = "config.json"
@@ -61,12 +62,11 @@ def summarize(history: list[EpochRecord]) -> dict[str, Any]:
     """Final-epoch metrics, and the best test MSE/MRR with their epochs."""
     records = [record.to_json() for record in history]
     summary: dict[str, Any] = {"final": records[-1] if records else None}
-    evaluated = [r for r in records if r["test_mse"] is not None]
-    with_mse = [r for r in evaluated if _finite(r["test_mse"]) is not None]
+    with_mse = [r for r in records if r["test_mse"] is not None]
     if with_mse:
         best = min(with_mse, key=lambda r: r["test_mse"])
         summary["best_test_mse"] = {"value": best["test_mse"], "epoch": best["epoch"]}
-    with_mrr = [r for r in evaluated if _finite(r["test_mrr"]) is not None]
+    with_mrr = [r for r in records if r["test_mrr"] is not None]
     if with_mrr:
         best = max(with_mrr, key=lambda r: r["test_mrr"])
         summary["best_test_mrr"] = {"value": best["test_mrr"], "epoch": best["epoch"]}
@@ -119,13 +119,14 @@ def train_run(
     """Fit ``model`` and record the run in ``logdir``; returns the metrics written to metrics.json."""
     from torch.utils.tensorboard import SummaryWriter
 
+    model.check_fit(train, epochs, test)  # a run that cannot start leaves an earlier one intact
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     (logdir / METRICS_FILENAME).unlink(missing_ok=True)
     for stale in logdir.glob("events.out.tfevents.*"):
         stale.unlink()
     config = {**run_config(model, epochs, data_info, eval_every), "mtrec_version": __version__}
-    atomic_write_text(logdir / CONFIG_FILENAME, json.dumps(config, indent=2) + "\n")
+    atomic_write_text(logdir / CONFIG_FILENAME, json.dumps(config, indent=2, allow_nan=False) + "\n")
 
     writer = SummaryWriter(log_dir=str(logdir))
 
@@ -148,5 +149,5 @@ def train_run(
         "epochs": [record.to_json() for record in model.history_],
         **summarize(model.history_),
     }
-    atomic_write_text(logdir / METRICS_FILENAME, json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(logdir / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics

@@ -48,6 +48,14 @@ class FlatParameters:
         return self._grads[id(param)]
 
 
+def _adam(values: nn.Parameter, learning_rate: float, l2: float) -> torch.optim.Adam:
+    """Adam over one flat tensor: the fused kernel, or the multi-tensor one where this PyTorch has none."""
+    try:
+        return torch.optim.Adam([values], lr=learning_rate, weight_decay=l2, fused=True)
+    except RuntimeError:  # fused Adam on the CPU needs PyTorch >= 2.4
+        return torch.optim.Adam([values], lr=learning_rate, weight_decay=l2, foreach=True)
+
+
 class TrainingStep:
     """One optimiser step of the joint loss λF·L_F + λR·L_R with Adam.
 
@@ -73,8 +81,7 @@ class TrainingStep:
         self.weight_f = float(factorization_weight)
         self.weight_r = float(regression_weight)
         self.flat = FlatParameters(network)
-        fused = self.flat.values.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam([self.flat.values], lr=learning_rate, weight_decay=l2, fused=fused)
+        self.optimizer = _adam(self.flat.values, learning_rate, l2)
         self.linears = [layer for layer in network.rating_mlp if isinstance(layer, nn.Linear)]
 
     @torch.no_grad()

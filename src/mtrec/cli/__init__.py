@@ -33,13 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mtrec {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"mtrec.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"mtrec.cli.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"mtrec.cli.{name}").register(subparsers)
     return parser
 
 
@@ -53,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    warnings.showwarning = _show_warning
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(args.handler(args) or 0)
     except ConfigError as error:
@@ -62,9 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     except MtrecError as error:
         print(f"mtrec {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # an unwritable --logdir, a --data-dir that is a file, a full disk...
+        where = f": {error.filename}" if error.filename else ""
+        print(f"mtrec {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"mtrec {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

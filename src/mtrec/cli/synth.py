@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 from mtrec.cli._args import add_option, non_negative_int, positive_int
 from mtrec.data.synth import ML25M_SHAPE, synthetic_interactions
 from mtrec.errors import ConfigError
+from mtrec.fileio import atomic_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,16 +47,10 @@ def run(args: argparse.Namespace) -> int:
             "timestamp": data.timestamps,
         }
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=args.out.parent, prefix=f".{args.out.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_output(args.out) as temporary:
         if suffix == ".parquet":
             pq.write_table(table, temporary)
         else:
             pacsv.write_csv(table, temporary)
-        os.replace(temporary, args.out)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     print(f"wrote {len(data):,} ratings of {data.num_users:,} users on {data.num_items:,} items to {args.out}")
     return 0

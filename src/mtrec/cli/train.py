@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from mtrec.cli._args import add_option, non_negative_int, positive_int
+from mtrec.cli._args import add_option, non_negative_float, non_negative_int, positive_float, positive_int
 from mtrec.cli.data_args import add_data_arguments, load_split
 from mtrec.model import MultitaskModel
 from mtrec.runs import train_run
@@ -26,23 +26,6 @@ examples:
   mtrec train --no_shared_embeddings --epochs 50 --device auto
   mtrec train --ratings my_ratings.csv --split user --leave-k 1
 """
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

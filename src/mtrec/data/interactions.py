@@ -31,15 +31,6 @@ class ItemMetadata:
     def __len__(self) -> int:
         return len(self.titles)
 
-    def take(self, index: np.ndarray) -> ItemMetadata:
-        """The metadata of the items at ``index``, in that order."""
-        index = [int(i) for i in index]
-        return ItemMetadata(
-            titles=[self.titles[i] for i in index],
-            years=[self.years[i] for i in index],
-            genres=[self.genres[i] for i in index],
-        )
-
     def to_json(self) -> dict[str, Any]:
         return {"titles": self.titles, "years": self.years, "genres": self.genres}
 
@@ -48,12 +39,8 @@ class ItemMetadata:
         return cls(titles=list(data["titles"]), years=list(data["years"]), genres=[list(g) for g in data["genres"]])
 
 
-def _ids_to_json(ids: np.ndarray) -> list:
-    return ids.tolist()
-
-
 def ids_from_json(values: Sequence) -> np.ndarray:
-    """Rebuild an id array saved by :meth:`Interactions.id_maps_json`: integers stay integers."""
+    """Rebuild an id array saved as JSON: integers stay integers, anything else becomes text."""
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         return np.asarray(values, dtype=np.int64)
     return np.asarray([str(v) for v in values], dtype=object)
@@ -146,10 +133,6 @@ class Interactions:
         if self._item_lookup is None:
             self._item_lookup = build_lookup(self.item_ids)
         return lookup_id(self._item_lookup, raw_id)
-
-    def id_maps_json(self) -> dict[str, list]:
-        """The raw ids of users and items, for saving beside a model."""
-        return {"user_ids": _ids_to_json(self.user_ids), "item_ids": _ids_to_json(self.item_ids)}
 
     def seen_items_csr(self) -> tuple[np.ndarray, np.ndarray]:
         """Each user's items as CSR arrays ``(indptr, indices)``, items sorted within a user."""
