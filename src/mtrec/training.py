@@ -113,8 +113,8 @@ class TrainingStep:
 
         flat.grads.zero_()
         d_u = d_margin * (q_pos - q_neg)
-        d_q_pos = d_margin * u
-        d_q = torch.cat([d_q_pos, -d_q_pos])
+        d_q_pos = d_margin * u  # and -d_q_pos for the negatives
+        d_q_pos_total = d_q_pos
         loss_r = torch.zeros((), device=u.device)
         if ratings is not None:
             if net.embedding_sharing:
@@ -125,13 +125,17 @@ class TrainingStep:
             loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, ratings)
             if net.embedding_sharing:
                 d_u += d_u_r
-                d_q[:batch] += d_q_r
+                d_q_pos_total = d_q_pos + d_q_r
             else:
                 flat.grad_of(net.rating_user_embeddings.weight).index_add_(0, users, d_u_r)
                 flat.grad_of(net.rating_item_embeddings.weight).index_add_(0, positives, d_q_r)
         flat.grad_of(net.user_embeddings.weight).index_add_(0, users, d_u)
-        flat.grad_of(net.item_embeddings.weight).index_add_(0, both, d_q)
-        flat.grad_of(net.item_biases.weight).view(-1).index_add_(0, both, torch.cat([d_margin, -d_margin]).view(-1))
+        item_grad = flat.grad_of(net.item_embeddings.weight)
+        item_grad.index_add_(0, positives, d_q_pos_total)
+        item_grad.index_add_(0, negatives, d_q_pos, alpha=-1.0)
+        bias_grad = flat.grad_of(net.item_biases.weight).view(-1)
+        bias_grad.index_add_(0, positives, d_margin.view(-1))
+        bias_grad.index_add_(0, negatives, d_margin.view(-1), alpha=-1.0)
         loss = self.weight_f * loss_f + self.weight_r * loss_r
         return torch.stack([loss_f, loss_r, loss])
 
@@ -156,7 +160,7 @@ class TrainingStep:
             torch.sum(grad, 0, out=self.flat.grad_of(layer.bias))
             grad = grad @ layer.weight
             if index > 0:
-                grad *= pre_activations[index - 1] > 0
+                grad.masked_fill_(pre_activations[index - 1] <= 0, 0.0)  # ReLU's derivative
         d_u = grad[:, :d] + grad[:, 2 * d :] * q
         d_q = grad[:, d : 2 * d] + grad[:, 2 * d :] * u
         return loss_r, d_u, d_q
