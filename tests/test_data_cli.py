@@ -9,6 +9,7 @@ import pytest
 
 from mtrec.cli import main
 from mtrec.cli.data_args import add_data_arguments, load_split
+from mtrec.data import RELEASES
 from mtrec.errors import ConfigError
 
 
@@ -26,6 +27,7 @@ def test_datasets_list_shows_the_registry_and_presence(data_dir, capsys):
     assert list(rows) == ["100k", "1m", "10m", "20m", "25m", "32m", "latest-small"]
     assert rows["100k"][-1] == "yes" and rows["1m"][-1] == "no"
     assert "0e33842e24a9c977be4e0107933c0723" in rows["100k"]
+    assert all(release.checksum_source in line for release, line in zip(RELEASES.values(), out[1:8]))
     assert rows["10m"][2] == "ml-10M100K" and rows["10m"][4] == "0.5-5"
     assert out[-1] == f"data directory: {data_dir}"
 
@@ -97,3 +99,11 @@ def test_implicit_file_has_no_ratings(tmp_path):
     train, test, info = load_split(args, seed=0, progress=False)
     assert not train.has_ratings and info["has_ratings"] is False and info["rating_scale"] is None
     assert len(test) == 20 and info["split"] == {"method": "temporal", "last_k": 1}
+
+
+def test_a_separator_of_two_characters_is_a_usage_error(tmp_path, capsys):
+    path = tmp_path / "r.txt"
+    path.write_text("user||item||rating\n1||2||3\n")
+    argv = ["train", "--ratings", str(path), "--sep", "||", "--epochs", "0", "--no-progress", "--logdir", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.splitlines() == ["mtrec train: error: sep must be one character or '::', got '||'"]

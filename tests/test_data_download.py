@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import socket
 import threading
 import zipfile
@@ -124,6 +125,46 @@ def test_md5_mismatch_deletes_the_archive(server, ml100k_zip, tmp_path):
     ):
         download_release("100k", cache, base_url=server.url)
     assert cache_listing(cache) == []
+
+
+def test_archive_is_verified_before_it_is_renamed_into_place(server, ml100k_zip, tmp_path, monkeypatch):
+    server.files["ml-100k.zip"] = ml100k_zip
+    renamed = []
+    real_replace = os.replace
+
+    def replace(source, target):
+        renamed.append(Path(target).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(DownloadError, match="it was deleted"):
+        download_release("100k", tmp_path / "bad", base_url=server.url, md5="0" * 32)
+    assert renamed == [] and cache_listing(tmp_path / "bad") == []
+    download_release("100k", tmp_path / "good", base_url=server.url, md5=md5(ml100k_zip))
+    assert renamed[0] == "ml-100k.zip"
+
+
+def test_resumed_part_that_fails_its_checksum_is_deleted(server, ml100k_zip, tmp_path):
+    server.files["ml-100k.zip"] = ml100k_zip
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "ml-100k.zip.part").write_bytes(b"not the archive's first bytes")
+    with pytest.raises(DownloadError, match=r"the archive has MD5 [0-9a-f]{32}, expected .*; it was deleted"):
+        download_release("100k", cache, base_url=server.url, md5=md5(ml100k_zip))
+    assert server.requests[-1][1:] == ("bytes=29-", 206)
+    assert cache_listing(cache) == []
+
+
+def test_staging_folders_of_a_killed_extraction_are_removed(ml100k_zip, tmp_path):
+    cache = tmp_path / "cache"
+    (cache / ".ml-100k.k1ll3d.tmp" / "ml-100k").mkdir(parents=True)
+    (cache / ".ml-100k.k1ll3d.tmp" / "ml-100k" / "u.data").write_bytes(b"196\t242")
+    (cache / ".ml-1m.other.tmp").mkdir()
+    (cache / "ml-100k.zip").write_bytes(ml100k_zip)
+    download_release("100k", cache, base_url="http://127.0.0.1:9/unreachable", md5=md5(ml100k_zip))
+    listing = cache_listing(cache)
+    assert "ml-100k/u.data" in listing and not any(path.startswith(".ml-100k.") for path in listing)
+    assert ".ml-1m.other.tmp" in listing  # another release's staging is not this extraction's to remove
 
 
 def test_truncated_archive_is_deleted(server, ml100k_zip, tmp_path):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mtrec.data import RELEASES, load_movielens
+from mtrec.data import RELEASES, canonical_split, load_movielens
 from mtrec.data.datasets import get_release, resolve_data_dir
-from mtrec.errors import ConfigError
+from mtrec.data.splits import CANONICAL_SPLITS
+from mtrec.errors import ConfigError, DataError
 
 
 def test_ml100k_sizes_and_scale(ml100k):
@@ -69,7 +71,9 @@ def test_registry_folders_scales_and_checksum_sources():
     assert get_release("100k").md5 == "0e33842e24a9c977be4e0107933c0723"
     assert all(release.md5 is None for name, release in RELEASES.items() if name != "100k")
     assert get_release("25m").url() == "https://files.grouplens.org/datasets/movielens/ml-25m.zip"
-    assert "published" in get_release("25m").checksum_source
+    published = "MD5 published by GroupLens as ml-25m.zip.md5, fetched at download time"
+    assert get_release("25m").checksum_source == published
+    assert get_release("100k").checksum_source == "MD5 0e33842e24a9c977be4e0107933c0723 (pinned in mtrec)"
 
 
 def test_data_dir_resolution(monkeypatch, tmp_path):
@@ -81,3 +85,36 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
     assert resolve_data_dir() == tmp_path / "xdg" / "mtrec"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert resolve_data_dir() == Path.home() / ".cache" / "mtrec"
+
+
+def test_ml100k_pins_the_sha256_of_every_file_it_reads(data_dir):
+    published = dict(line.split()[::-1] for line in (data_dir / "ml-100k.SHA256SUMS").read_text().splitlines())
+    pinned = dict(get_release("100k").file_sha256)
+    splits = {f"{name}.{part}" for name in CANONICAL_SPLITS for part in ("base", "test")}
+    assert set(pinned) == {"u.data", "u.item", "u.genre"} | splits
+    assert pinned == {name: published[name] for name in pinned}
+
+
+def copy_ml100k(data_dir: Path, tmp_path: Path, *names: str) -> Path:
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    for name in names:
+        shutil.copyfile(data_dir / "ml-100k" / name, folder / name)
+    return folder
+
+
+def test_canonical_split_rejects_a_modified_split_file_by_its_sha256(tmp_path, data_dir):
+    folder = copy_ml100k(data_dir, tmp_path, "u.data", "u.item", "u.genre", "u1.base", "u1.test")
+    assert [len(part) for part in canonical_split("u1", data_dir=tmp_path)] == [80_000, 20_000]
+    lines = (folder / "u1.test").read_text().splitlines()
+    lines[0] = lines[0].replace("\t", "\t1", 1)  # an item id changed: still a well-formed line
+    (folder / "u1.test").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"ml-100k/u1\.test has SHA-256 [0-9a-f]{64}, expected 18c6014a"):
+        canonical_split("u1", data_dir=tmp_path)
+
+
+def test_loader_rejects_a_modified_u_item_by_its_sha256(tmp_path, data_dir):
+    folder = copy_ml100k(data_dir, tmp_path, "u.data", "u.item", "u.genre")
+    (folder / "u.item").write_bytes((folder / "u.item").read_bytes().replace(b"Toy Story", b"Toy Storm", 1))
+    with pytest.raises(DataError, match=r"ml-100k/u\.item has SHA-256 [0-9a-f]{64}, expected 553841eb"):
+        load_movielens("100k", data_dir=tmp_path)

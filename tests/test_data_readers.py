@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -10,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtrec.data import load_movielens, load_ratings_file
-from mtrec.errors import DataError
+from mtrec.errors import ConfigError, DataError
 
 USERS = np.array([30, 10, 20, 10, 30, 99])
 ITEMS = np.array([5, 7, 5, 9, 1000, 7])
@@ -89,7 +90,23 @@ def test_string_ids_after_many_integer_rows_are_read_as_strings(tmp_path):
     rows = [f"{u},{u % 7},3" for u in range(5000)] + ["user-x,3,4"]
     data = load_ratings_file(write(tmp_path / "r.csv", "user,item,rating\n" + "\n".join(rows) + "\n"))
     assert data.num_users == 5001 and "user-x" in data.user_ids.tolist()
-    assert data.item_ids.tolist() == ["0", "1", "2", "3", "4", "5", "6"]
+    # Each column is typed on its own: the string user ids leave the integer item ids int64.
+    assert data.item_ids.dtype == np.int64 and data.item_ids.tolist() == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_integer_ids_stay_int64_whatever_the_time_column_holds(tmp_path):
+    seconds = write(tmp_path / "seconds.csv", lines(",", "user,item,rating,timestamp"))
+    rows = zip(USERS, ITEMS, RATINGS, TIMES)
+    dates = [f"{u},{i},{r:g},1970-01-01T00:{t // 60:02d}:{t % 60:02d}" for u, i, r, t in rows]
+    iso = write(tmp_path / "iso.csv", "user,item,rating,date\n" + "\n".join(dates) + "\n")
+    by_seconds, by_date = load_ratings_file(seconds), load_ratings_file(iso)
+    for data in (by_seconds, by_date):
+        assert data.user_ids.dtype == np.int64 and data.item_ids.dtype == np.int64
+        assert_round_trip(data)
+    np.testing.assert_array_equal(by_date.user_ids, by_seconds.user_ids)
+    np.testing.assert_array_equal(by_date.item_ids, by_seconds.item_ids)
+    np.testing.assert_array_equal(by_date.users, by_seconds.users)
+    np.testing.assert_array_equal(by_date.items, by_seconds.items)
 
 
 def test_no_rating_column_gives_implicit_data(tmp_path):
@@ -186,6 +203,53 @@ GOOD = "user,item,rating,timestamp\n1,2,3,10\n"
 def test_malformed_csv_lines_are_named(tmp_path, text, message):
     with pytest.raises(DataError, match=message):
         load_ratings_file(write(tmp_path / "r.csv", text))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "user,item,rating,date\n1,2,3,2000-01-01\n\n2,3,4,2000-01-02\n3,4,5,yesterday\n",
+            r"r\.csv, line 5: time 'yesterday' is neither seconds since 1970 nor an ISO date/time",
+        ),
+        (GOOD + "2,3,4,soon\n3,4,5,30\n", r"r\.csv, line 3: time 'soon' is neither seconds since 1970"),
+        (GOOD + "2,3,4,nan\n", r"r\.csv, line 3: time 'nan' is neither seconds since 1970 nor an ISO date/time"),
+        (
+            "user,item,rating,date\n1,2,3,2000-01-01\n2,3,4,946684800\n",
+            r"r\.csv, line 3: time '946684800' is seconds since 1970, but earlier lines hold an ISO date/time",
+        ),
+    ],
+)
+def test_bad_time_is_named_with_its_line_and_value(tmp_path, text, message):
+    with pytest.raises(DataError, match=message):
+        load_ratings_file(write(tmp_path / "r.csv", text))
+
+
+def test_parquet_bad_time_names_its_row_and_value(tmp_path):
+    table = pa.table({"user": [1, 2, 3, 4], "item": [1, 1, 1, 1], "time": ["2000-01-01", "2000-01-02", "later", "x"]})
+    pq.write_table(table, tmp_path / "r.parquet")
+    with pytest.raises(DataError, match=r"r\.parquet, row 3: time 'later' is neither seconds since 1970 nor an ISO"):
+        load_ratings_file(tmp_path / "r.parquet")
+
+
+def test_text_that_is_not_utf8_is_named_by_its_line(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes("user,item,rating\nalice,1,3\nbob,2,4\ncafé,2,4\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"r\.csv, line 4: user id b'caf\\xe9' is not valid UTF-8 text"):
+        load_ratings_file(path)
+
+
+def test_text_that_is_not_utf8_in_an_unread_column_is_no_error(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_bytes("user,item,rating,note\n1,1,3,ok\n2,2,4,café\n".encode("latin-1"))
+    assert load_ratings_file(path).user_ids.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("sep", ["||", ", ", "", ":::"])
+def test_separator_must_be_one_character_or_double_colon(tmp_path, sep):
+    path = write(tmp_path / "r.txt", "1||2||3\n")
+    with pytest.raises(ConfigError, match=rf"sep must be one character or '::', got {re.escape(repr(sep))}"):
+        load_ratings_file(path, sep=sep)
 
 
 def test_empty_string_id_is_named(tmp_path):

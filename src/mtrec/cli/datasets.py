@@ -44,7 +44,7 @@ def list_releases(args: argparse.Namespace) -> int:
                 release.folder,
                 release.ratings_file,
                 f"{low:g}-{high:g}",
-                f"MD5 {release.md5}" if release.md5 else "published .md5",
+                release.checksum_source,
                 "yes" if is_present(release, root) else "no",
             )
         )

@@ -38,6 +38,28 @@ DATA_DIR_ENV = "MTREC_DATA_DIR"
 _ROLES = ("user", "item", "rating", "time")
 _CSV_COLUMNS = ("userId", "movieId", "rating", "timestamp")
 
+#: SHA-256 of the MovieLens 100K files mtrec reads: ratings, titles, genre names and the
+#: canonical splits, as GroupLens ships them.
+_ML100K_SHA256 = {
+    "u.data": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490",
+    "u.item": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701",
+    "u.genre": "9757e0d3e6b298159a80dd48eaf938114690e911e39af97a76949ef1663610bb",
+    "u1.base": "ce253ec86c448b44fb3ba9a30d12dcfc2e9210cbde71efada3730c22e9ac212a",
+    "u1.test": "18c6014a4b2c7324f250a63f8904a7b16b2b19f911129e346141507b0cbac950",
+    "u2.base": "6c06f0b5df4b256da1a994f3ac66edc8da4d3f09bc9282df6b14d893366d703e",
+    "u2.test": "4de658d1e04ed9104629509a2e2528fce833ac8e048280183f1df167632038c3",
+    "u3.base": "afdc155c291c6edc41c0407e39d7462eb98d341e064f0b0a12175b80b3c4af5d",
+    "u3.test": "0f548b51c78327de4c156461d3e430b7e5579fe2b5681586a59416e48fd35f6d",
+    "u4.base": "219f0f4d40dfe9c5141d425f53fa91ee23ed275f14e280bbf1b50117afb064ca",
+    "u4.test": "7c02ad0a1e7ab1083c8b9d4b627203a051dd7b5eab46d99fa44de33470de8db9",
+    "u5.base": "a9574e59ce961eec2121627760b6e9b0974ce1637b3fe69ac32cb14a4bfab485",
+    "u5.test": "351cc52e0d15b6c721466276fc24671d40936899e3d01fadeaf312915b8c5634",
+    "ua.base": "67b5bcdb380c29f85d56a012ecd88612ae020f30a6730d117a334ee8203b91f2",
+    "ua.test": "d0497e202417720f57a184ec8c66be2d1afa4ff41bb53787c57b28d6bf79bc42",
+    "ub.base": "237254d253b6ad7de84f919d041055428646254f34ed8f562703c899430cd881",
+    "ub.test": "d54a72d05730d5892062734b2bec73e976f9b713d18c828a18b968d6cce442da",
+}
+
 
 @dataclass(frozen=True)
 class Release:
@@ -63,7 +85,7 @@ class Release:
         The archive's MD5, where known for sure. ``None``: the MD5 GroupLens publishes
         beside the archive (``<url>.md5``) is fetched and used at download time.
     file_sha256:
-        SHA-256 of extracted files, checked on every load whatever their source.
+        SHA-256 of extracted files, each checked whenever it is loaded, whatever its source.
     """
 
     name: str
@@ -79,7 +101,22 @@ class Release:
     @property
     def checksum_source(self) -> str:
         """Where the archive's checksum comes from, for listings."""
-        return f"pinned MD5 {self.md5}" if self.md5 else "MD5 published beside the archive (.md5)"
+        if self.md5:
+            return f"MD5 {self.md5} (pinned in mtrec)"
+        return f"MD5 published by GroupLens as {self.archive}.md5, fetched at download time"
+
+    def verify(self, folder: Path, *names: str) -> None:
+        """Check the SHA-256 of each of ``names`` in ``folder`` that this release pins.
+
+        Raises
+        ------
+        DataError
+            Naming the file whose SHA-256 differs from the pinned one.
+        """
+        pinned = dict(self.file_sha256)
+        for name in names:
+            if name in pinned:
+                check_sha256(folder / name, pinned[name])
 
     def url(self, base_url: str | None = None) -> str:
         base = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
@@ -121,7 +158,7 @@ RELEASES: dict[str, Release] = {
         rating_scale=(1.0, 5.0),
         movies_file="u.item",
         md5="0e33842e24a9c977be4e0107933c0723",
-        file_sha256=(("u.data", "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"),),
+        file_sha256=tuple(_ML100K_SHA256.items()),
     ),
     "1m": _dat("1m", "ml-1m.zip", "ml-1m", (1.0, 5.0)),
     "10m": _dat("10m", "ml-10m.zip", "ml-10M100K", (0.5, 5.0)),
@@ -221,9 +258,6 @@ def load_movielens(
     folder = download_release(name, data_dir, progress=progress)
     path = folder / release.ratings_file
     columns = _read_ratings(release, path)
-    # After parsing, so that a malformed line is reported by its number rather than as a digest.
-    for file_name, digest in release.file_sha256:
-        check_sha256(folder / file_name, digest)
     data = build_interactions(path, columns, rating_scale=release.rating_scale, name=release.folder)
     _attach_movies(data, release, folder)
     return data
@@ -234,7 +268,8 @@ def load_canonical_split(
 ) -> tuple[Interactions, Interactions]:
     """MovieLens 100K's ``<name>.base`` and ``<name>.test`` as train and test, sharing one id map.
 
-    See :func:`mtrec.data.splits.canonical_split`, which checks ``name``.
+    See :func:`mtrec.data.splits.canonical_split`, which checks ``name``. Each file read is
+    checked against its pinned SHA-256 (a :class:`DataError` naming the file otherwise).
     """
     release = RELEASES["100k"]
     folder = download_release(release.name, data_dir, progress=progress)
@@ -252,16 +287,22 @@ def load_canonical_split(
 
 
 def _read_ratings(release: Release, path: Path) -> dict[str, pa.ChunkedArray]:
+    """A ratings file of the release, parsed, then checked against its pinned SHA-256."""
     if not path.is_file():
         raise DataError(f"{path}: no such file; delete {path.parent} to download {release.archive} again")
     names = release.ratings_format.columns
-    return read_text_columns(path, release.ratings_format, dict(zip(_ROLES, names)), release.rating_scale)
+    columns = read_text_columns(path, release.ratings_format, dict(zip(_ROLES, names)), release.rating_scale)
+    # After parsing, so that a malformed line is reported by its number rather than as a digest.
+    release.verify(path.parent, path.name)
+    return columns
 
 
 def _attach_movies(data: Interactions, release: Release, folder: Path) -> None:
     movies = folder / release.movies_file
     if movies.is_file():
         data.item_metadata = align_metadata(data.item_ids, read_movies(movies))
+        # u.item takes its genre names from u.genre.
+        release.verify(folder, release.movies_file, "u.genre")
 
 
 def check_sha256(path: Path, expected: str) -> None:

@@ -2,15 +2,19 @@
 
 The cache never holds a half-written release:
 
-* the archive is downloaded to ``<archive>.part`` and renamed into place only once its
-  MD5 matches;
+* the archive is downloaded to ``<archive>.part``, its MD5 checked there, and only then
+  renamed into place, so nothing unverified is ever at the archive's name;
 * an interrupted transfer leaves the ``.part``: every byte in it came from the server in
   order, so it is a genuine prefix and the next attempt resumes it with an HTTP ``Range``
   request (restarting when the server answers 200 rather than 206);
 * an archive (or ``.part``) whose MD5 does not match, or that is not a readable zip, is
   deleted, since which bytes are wrong cannot be known;
-* the archive is extracted into a temporary folder beside the target and renamed into
-  place, so the release folder appears whole or not at all.
+* the archive is extracted into a staging folder beside the target (``.<folder>.*.tmp``)
+  and renamed into place, so the release folder appears whole or not at all; staging
+  folders left by a killed extraction are removed when that release is next extracted.
+
+Only an interrupted transfer keeps its ``.part``: after a checksum mismatch or a corrupt
+zip the cache holds neither a ``.part`` nor the archive.
 """
 
 from __future__ import annotations
@@ -92,24 +96,31 @@ def download_release_archive(url: str, destination: Path, md5: str | None, progr
     ------
     DownloadError
         No network (saying which file to place where), an HTTP error, an interrupted
-        transfer (the ``.part`` is kept for resuming), or a checksum mismatch (the file
-        is deleted).
+        transfer (the ``.part`` is kept for resuming), or a checksum mismatch (the
+        ``.part``, or an archive placed by hand, is deleted).
     """
     destination.parent.mkdir(parents=True, exist_ok=True)
     if md5 is None:
         md5 = published_md5(url, destination)
-    if not destination.is_file():
-        part = destination.with_name(destination.name + ".part")
-        _fetch(url, part, destination, progress)
-        os.replace(part, destination)
-    actual = md5_of(destination)
+    if destination.is_file():
+        _verify_md5(url, destination, md5)
+        return destination
+    part = destination.with_name(destination.name + ".part")
+    _fetch(url, part, destination, progress)
+    _verify_md5(url, part, md5)
+    os.replace(part, destination)
+    return destination
+
+
+def _verify_md5(url: str, path: Path, md5: str) -> None:
+    """Delete ``path`` and raise :class:`DownloadError` unless its MD5 is ``md5``."""
+    actual = md5_of(path)
     if actual != md5.lower():
-        destination.unlink()
+        path.unlink()
         raise DownloadError(
             f"{url}: the archive has MD5 {actual}, expected {md5}; it was deleted. "
             "Try again; if this persists the file on the server differs from the one expected"
         )
-    return destination
 
 
 def _fetch(url: str, part: Path, destination: Path, progress: bool) -> None:
@@ -163,9 +174,12 @@ def _fetch(url: str, part: Path, destination: Path, progress: bool) -> None:
 def extract_archive(archive: Path, root: Path, folder: str, required: str) -> Path:
     """Extract ``folder`` from ``archive`` into ``root`` atomically; ``root / folder``.
 
-    The zip is extracted into a temporary folder in ``root`` and its ``folder`` renamed into
-    place. A corrupt zip (bad structure or CRC) is deleted and raises :class:`DownloadError`.
+    The zip is extracted into a staging folder in ``root`` and its ``folder`` renamed into
+    place; staging folders of ``folder`` left by a killed extraction are removed first. A
+    corrupt zip (bad structure or CRC) is deleted and raises :class:`DownloadError`.
     """
+    for stale in root.glob(f".{folder}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     target = root / folder
     if target.exists() and any(target.iterdir()):
         raise DownloadError(f"{target} exists but has no {required}: remove that folder to extract {archive} again")

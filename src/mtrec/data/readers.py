@@ -4,7 +4,8 @@ Parsing is vectorised (``pyarrow.csv``, multithreaded and typed). Only when the 
 fails, or a value is out of bounds, is the file scanned line by line, slowly, to name the
 first bad line in the error.
 
-Raw ids may be integers or any strings; the sorted unique raw ids become the contiguous
+Raw ids may be integers or any strings, each column typed on its own: integer ids stay int64
+whatever the other columns hold. The unique raw ids, in natural order, become the contiguous
 indices 0..n-1 and are kept in ``user_ids`` / ``item_ids``.
 """
 
@@ -26,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mtrec.data.interactions import Interactions, ItemMetadata
-from mtrec.errors import DataError
+from mtrec.errors import ConfigError, DataError
 
 #: Column names recognised for each role, compared lower-case with ``_``, ``-`` and spaces removed.
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
@@ -49,6 +50,14 @@ Column = Union[str, int]
 
 # Bytes read per block by pyarrow: larger blocks parse faster on big files.
 _BLOCK_SIZE = 16 * 2**20
+
+# What pyarrow raises for a value it cannot parse or convert.
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+# Bytes that are not valid UTF-8, as decoded with errors="surrogateescape".
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+_TIME_KINDS = {"seconds": "seconds since 1970", "date": "an ISO date/time"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,8 @@ def load_ratings_file(
         ``(lowest, highest)`` rating allowed; a rating outside it is an error. By default
         the lowest and highest rating in the file.
     sep:
-        Field separator, overriding the extension and sniffing (``","``, ``"\\t"``, ``"::"``...).
+        Field separator, overriding the extension and sniffing: one character (``","``,
+        ``"\\t"``...) or ``"::"``.
 
     Returns
     -------
@@ -129,9 +139,12 @@ def load_ratings_file(
 
     Raises
     ------
+    ConfigError
+        For a ``sep`` that is neither one character nor ``"::"``.
     DataError
         Naming the file, the line (or Parquet row) and the problem: a malformed line, a
-        non-numeric rating, an empty id, a rating outside ``rating_scale``, an empty or
+        non-numeric rating, an empty id, a rating outside ``rating_scale``, a time that is
+        neither seconds nor an ISO date/time, text that is not UTF-8, an empty or
         header-only file, an unknown column.
 
     Notes
@@ -194,8 +207,11 @@ def sniff_format(path: Path, sep: str | None = None, column_names: list[str] = (
     """Decide the delimiter and whether the first line is a header.
 
     The first line is a header when one of its fields is a known column name (or one of
-    ``column_names``), or when it has fewer numeric fields than the second line.
+    ``column_names``), or when it has fewer numeric fields than the second line. A ``sep``
+    that is neither one character nor ``"::"`` is a :class:`ConfigError`.
     """
+    if sep is not None and len(sep) != 1 and sep != "::":
+        raise ConfigError(f"sep must be one character or '::', got {sep!r}")
     lines = _first_lines(path, 2)
     if not lines:
         raise DataError(f"{path}: the file is empty")
@@ -282,23 +298,21 @@ def read_text_columns(
     roles: dict[str, str],
     rating_scale: tuple[float, float] | None = None,
 ) -> dict[str, pa.ChunkedArray]:
-    """Read the columns named in ``roles`` with pyarrow, typed.
+    """Read the columns named in ``roles`` with pyarrow, typed; the time as int64 seconds.
 
-    Ids are read as int64 first; if that fails they are read as strings. If both fail,
-    the file is scanned for the first bad line.
+    Ids and times are read as int64 first. If that fails, the file is read again with ids
+    as strings and the time's type inferred, and each id column holding only integers is
+    turned back into int64, so that no column's type depends on another's. If that fails
+    too, or a value is empty, out of scale or not a time, the file is scanned for the first
+    bad line.
     """
-    attempts = (
-        {"ids": pa.int64(), "time": pa.int64()},
-        {"ids": pa.dictionary(pa.int32(), pa.string()), "time": None},
-    )
-    for types in attempts:
+    try:
+        table = _arrow_read(path, text_format, roles, typed=True)
+    except _ARROW_ERRORS:
         try:
-            table = _arrow_read(path, text_format, roles, types)
-            break
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
-            arrow_error = error
-    else:
-        raise _bad_line_error(path, text_format, roles, rating_scale, str(arrow_error))
+            table = _arrow_read(path, text_format, roles, typed=False)
+        except _ARROW_ERRORS as error:
+            raise _bad_line_error(path, text_format, roles, rating_scale, str(error)) from None
     if table.num_rows == 0:
         raise DataError(
             f"{path}: no data rows after the header" if text_format.header else f"{path}: the file is empty"
@@ -308,7 +322,29 @@ def read_text_columns(
         raise _bad_line_error(path, text_format, roles, rating_scale, "an empty field")
     if "rating" in columns and not _ratings_valid(columns["rating"], rating_scale):
         raise _bad_line_error(path, text_format, roles, rating_scale, "a rating that is not finite or out of scale")
+    for role in ("user", "item"):
+        columns[role] = _integer_ids(columns[role])
+    if "time" in columns:
+        try:
+            columns["time"] = _seconds(columns["time"])
+        except _ARROW_ERRORS:
+            raise _bad_line_error(
+                path, text_format, roles, rating_scale, "a time that is neither seconds since 1970 nor an ISO date/time"
+            ) from None
     return columns
+
+
+def _integer_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """String ids as int64 where every one is an integer, as the typed read gives them."""
+    if not pa.types.is_dictionary(column.type):
+        return column
+    try:
+        chunks = [
+            pc.utf8_trim_whitespace(chunk.dictionary).cast(pa.int64()).take(chunk.indices) for chunk in column.chunks
+        ]
+    except pa.ArrowInvalid:
+        return column
+    return pa.chunked_array(chunks, pa.int64())
 
 
 def _ratings_valid(ratings: pa.ChunkedArray, rating_scale: tuple[float, float] | None) -> bool:
@@ -320,15 +356,16 @@ def _ratings_valid(ratings: pa.ChunkedArray, rating_scale: tuple[float, float] |
     return rating_scale[0] <= bounds["min"].as_py() and bounds["max"].as_py() <= rating_scale[1]
 
 
-def _arrow_read(path: Path, text_format: TextFormat, roles: dict[str, str], types: dict) -> pa.Table:
+def _arrow_read(path: Path, text_format: TextFormat, roles: dict[str, str], typed: bool) -> pa.Table:
+    """Ids and time as int64 when ``typed``, else ids as strings and the time's type inferred."""
     column_types = {}
     for role, name in roles.items():
         if role in ("user", "item"):
-            column_types[name] = types["ids"]
+            column_types[name] = pa.int64() if typed else pa.dictionary(pa.int32(), pa.string())
         elif role == "rating":
             column_types[name] = pa.float32()
-        elif role == "time" and types["time"] is not None:
-            column_types[name] = types["time"]
+        elif role == "time" and typed:
+            column_types[name] = pa.int64()
     # The empty columns between the colons of "::" are typed null: anything in them fails.
     column_types.update({name: pa.null() for name in text_format.separator_columns})
     delimiter = ":" if text_format.delimiter == "::" else text_format.delimiter
@@ -381,11 +418,17 @@ def first_bad_line(
     roles: dict[str, str],
     rating_scale: tuple[float, float] | None = None,
 ) -> tuple[int, str] | None:
-    """The number and problem of the first malformed line, or ``None`` if every line is fine."""
+    """The number and problem of the first malformed line, or ``None`` if every line is fine.
+
+    Lines are numbered from 1, the header included. The time column must hold one kind of
+    time throughout: the kind of the first data line.
+    """
     positions = {role: text_format.columns.index(name) for role, name in roles.items()}
     expected = len(text_format.columns)
     shown = "'::'" if text_format.delimiter == "::" else repr(text_format.delimiter)
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    time_kind = None
+    # Bytes that are not UTF-8 survive decoding as lone surrogates, for _field_problem to name.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
         if text_format.delimiter == "::" or not text_format.quoted:
             rows = ((number, line.rstrip("\r\n").split(text_format.delimiter)) for number, line in enumerate(handle, 1))
         else:
@@ -399,14 +442,40 @@ def first_bad_line(
             if len(fields) != expected:
                 return number, f"expected {expected} fields separated by {shown}, found {len(fields)}"
             problem = _field_problem(fields, positions, rating_scale)
+            if problem is None and "time" in positions:
+                text = fields[positions["time"]]
+                kind = _time_kind(text)
+                time_kind = time_kind or kind
+                if kind is None:
+                    problem = f"time {text!r} is neither seconds since 1970 nor an ISO date/time"
+                elif kind != time_kind:
+                    problem = f"time {text!r} is {_TIME_KINDS[kind]}, but earlier lines hold {_TIME_KINDS[time_kind]}"
             if problem:
                 return number, problem
     return None
 
 
+def _time_kind(text: str) -> str | None:
+    """``"seconds"`` for a finite number, ``"date"`` for an ISO date/time, else ``None``."""
+    try:
+        return "seconds" if math.isfinite(float(text)) else None
+    except ValueError:
+        pass
+    try:
+        _seconds(pa.chunked_array([[text]]))
+    except _ARROW_ERRORS:
+        return None
+    return "date"
+
+
 def _field_problem(
     fields: list[str], positions: dict[str, int], rating_scale: tuple[float, float] | None
 ) -> str | None:
+    for role, position in positions.items():
+        if _NOT_UTF8.search(fields[position]):
+            name = f"{role} id" if role in ("user", "item") else role
+            raw = fields[position].encode("utf-8", "surrogateescape")
+            return f"{name} {raw!r} is not valid UTF-8 text; save the file as UTF-8"
     for role in ("user", "item"):
         if not fields[positions[role]].strip():
             return f"empty {role} id"
@@ -459,7 +528,7 @@ def _read_parquet(path: Path, wanted: dict[str, Column | None]) -> dict[str, pa.
 
 
 def index_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Contiguous indices (int32) of raw ids, and the sorted unique raw ids they stand for.
+    """Contiguous indices (int32) of raw ids, and the unique raw ids in natural order they stand for.
 
     Integer ids give an int64 id array; string ids an object array of ``str``.
     """
@@ -480,10 +549,22 @@ def index_ids(column: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarra
     return inverse.astype(np.int32), ids
 
 
+def natural_key(text: str) -> tuple:
+    """Sort key comparing the digit runs of ``text`` as numbers: "m9" < "m10"."""
+    parts = re.split(r"(\d+)", text)
+    return (tuple(int(part) if i % 2 else part for i, part in enumerate(parts)), text)
+
+
 def _index_dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     chunks = [chunk for chunk in column.chunks if len(chunk)]
     values = np.concatenate([chunk.dictionary.to_numpy(zero_copy_only=False).astype(object) for chunk in chunks])
     ids, value_rank = np.unique(values, return_inverse=True)
+    # Natural order ("u2" before "u10"): string ids that carry numbers index like the numbers,
+    # so the same data keyed "196" or "user-196" gets the same indices as integer ids.
+    order = np.array(sorted(range(len(ids)), key=lambda k: natural_key(ids[k])), dtype=np.int64)
+    rank = np.empty(len(ids), dtype=np.int64)
+    rank[order] = np.arange(len(ids))
+    ids, value_rank = ids[order], rank[value_rank]
     offsets = np.cumsum([0] + [len(chunk.dictionary) for chunk in chunks])
     index = np.concatenate(
         [value_rank[offset + chunk.indices.to_numpy(zero_copy_only=False)] for offset, chunk in zip(offsets, chunks)]
@@ -491,22 +572,44 @@ def _index_dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return index.astype(np.int32), ids.astype(object)
 
 
-def _seconds(path: Path, column: pa.ChunkedArray) -> np.ndarray:
-    """Times as int64 seconds since the epoch, from integers, floats, dates or timestamps."""
+def _seconds(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Times as int64 seconds since 1970, from integers, floats, dates, timestamps or ISO strings.
+
+    Fractions of a second are dropped. A value that is none of these raises pyarrow's error
+    (``ArrowInvalid``...).
+    """
     kind = column.type
     if pa.types.is_integer(kind):
-        return column.cast(pa.int64()).to_numpy()
+        return column.cast(pa.int64())
     if pa.types.is_floating(kind):
-        return np.floor(column.to_numpy()).astype(np.int64)
-    if pa.types.is_timestamp(kind) or pa.types.is_date(kind):
-        return column.cast(pa.timestamp("s")).cast(pa.int64()).to_numpy()
-    if pa.types.is_dictionary(kind) or pa.types.is_string(kind):
+        return pc.floor(column).cast(pa.int64())
+    if pa.types.is_dictionary(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = column.cast(pa.string())
         try:
-            return _seconds(path, column.cast(pa.string()).cast(pa.timestamp("s")))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-    first = column[0].as_py()
-    raise DataError(f"{path}: the time column holds {first!r}, neither seconds since 1970 nor an ISO date/time")
+            column = text.cast(pa.timestamp("ns"))
+        except pa.ArrowInvalid:
+            # ISO times with a zone offset ("Z", "+01:00") parse only as zoned times.
+            column = text.cast(pa.timestamp("ns", tz="UTC"))
+    return column.cast(pa.timestamp("s"), safe=False).cast(pa.int64())
+
+
+def _timestamps(path: Path, column: pa.ChunkedArray) -> np.ndarray:
+    """:func:`_seconds` as numpy; a :class:`DataError` naming the first row that is not a time."""
+    try:
+        return _seconds(column).to_numpy()
+    except _ARROW_ERRORS:
+        pass
+    # Bisect on prefixes (each conversion vectorised): prefix ``low`` converts, prefix ``high`` fails.
+    low, high = 0, len(column)
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            _seconds(column.slice(0, middle))
+            low = middle
+        except _ARROW_ERRORS:
+            high = middle
+    value = column[low].as_py()
+    raise DataError(f"{path}, row {low + 1}: time {value!r} is neither seconds since 1970 nor an ISO date/time")
 
 
 def build_interactions(
@@ -526,7 +629,7 @@ def build_interactions(
         ratings = columns.pop("rating").to_numpy().astype(np.float32, copy=False)
         rating_scale = _check_scale(path, ratings, rating_scale)
     if "time" in columns:
-        timestamps = _seconds(Path(path), columns.pop("time"))
+        timestamps = _timestamps(Path(path), columns.pop("time"))
     # Freed arrow buffers stay in pyarrow's pool unless released: they would double the peak.
     pa.default_memory_pool().release_unused()
     keep = _last_of_duplicates(path, users, items, len(item_ids), timestamps)

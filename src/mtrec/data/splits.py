@@ -197,6 +197,14 @@ def canonical_split(
         :func:`mtrec.data.datasets.resolve_data_dir`.
     progress:
         Show a progress bar if the release has to be downloaded.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown split name.
+    DataError
+        When a file read (``<name>.base``, ``<name>.test``, ``u.item``, ``u.genre``) is
+        malformed, naming file and line, or differs from GroupLens's by its SHA-256.
     """
     if name not in CANONICAL_SPLITS:
         raise ConfigError(f"unknown canonical split {name!r}; known: {', '.join(CANONICAL_SPLITS)}")
