@@ -1,0 +1,110 @@
+"""``mtrec experiments``: the assignment's configurations over several seeds, then the report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtrec.cli._args import add_option, positive_int
+from mtrec.cli.data_args import add_data_arguments, load_split
+from mtrec.cli.report import describe
+from mtrec.cli.train import add_model_arguments, epoch_summary, model_from_args
+from mtrec.experiments import (
+    CONFIGURATIONS,
+    SWEEP_DIRNAME,
+    configurations_named,
+    plan_runs,
+    run_experiment,
+    sweep_configurations,
+)
+from mtrec.report import build_report
+
+DESCRIPTION = f"""\
+Train the assignment's configurations, each over several seeds, and write the report.
+Configurations: {', '.join(CONFIGURATIONS)} (sharing-λF-λR).
+Run k of a configuration lives in ROOT/<name>/seed-<k> and is exactly what
+'mtrec train --seed k' with the same options makes; a run already finished with the same
+settings is reused (--force trains it again), and an interrupted experiment resumes where it
+stopped. --sweep runs λF = 0, step, ..., 1 (λR = 1 − λF), shared and separate, in
+ROOT/{SWEEP_DIRNAME}/. The report (--out) is then rebuilt from every finished run under ROOT,
+as 'mtrec report ROOT' does.
+"""
+
+EXAMPLES = """\
+examples:
+  mtrec experiments --seeds 3 --epochs 200
+  mtrec experiments --configs shared-0.5-0.5 separate-0.5-0.5 --seeds 5
+  mtrec experiments --sweep --sweep-step 0.25 --seeds 2 --epochs 50
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "experiments",
+        help="train the assignment's configurations over several seeds and write the report",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    which = parser.add_mutually_exclusive_group()
+    add_option(
+        which,
+        "--configs",
+        nargs="+",
+        default=list(CONFIGURATIONS),
+        metavar="NAME",
+        help="configurations to run (default: all four)",
+    )
+    add_option(which, "--sweep", action="store_true", help="run the λ sweep instead of the configurations")
+    add_option(parser, "--sweep-step", type=float, default=0.1, help="λF step of the sweep, in (0, 1) (default 0.1)")
+    add_option(parser, "--seeds", type=int, default=3, help="seeds per configuration, from --seed on (default 3)")
+    add_option(parser, "--epochs", type=positive_int, default=200, help="training epochs per run (default 200)")
+    add_option(parser, "--eval-every", type=positive_int, default=1, help="evaluate every N epochs (default 1)")
+    add_option(parser, "--root", default="run", help="folder of the runs (default run/)")
+    add_option(parser, "--out", default="report", help="report folder (default report/)")
+    add_option(parser, "--force", action="store_true", help="train again runs that are already finished")
+    add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    add_model_arguments(parser)
+    add_data_arguments(parser)
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.sweep:
+        configurations, root = sweep_configurations(args.sweep_step), Path(args.root) / SWEEP_DIRNAME
+    else:
+        configurations, root = configurations_named(args.configs), Path(args.root)
+    runs = plan_runs(configurations, args.seeds, root, first_seed=args.seed)
+    bar = tqdm(total=len(runs) * args.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr)
+
+    def on_run(planned, reused: bool) -> None:
+        position = f"[{runs.index(planned) + 1}/{len(runs)}]"
+        bar.set_description_str(f"{position} {planned.configuration.name} seed {planned.seed}")
+        if reused:
+            bar.set_postfix_str("finished before: reused")
+            bar.update(args.epochs)
+
+    def on_epoch(record) -> None:
+        bar.set_postfix_str(f"epoch {record.epoch}/{args.epochs}  {epoch_summary(record)}", refresh=False)
+        bar.update(1)
+
+    try:
+        trained = run_experiment(
+            runs,
+            args.epochs,
+            lambda planned: model_from_args(args, seed=planned.seed, **planned.configuration.model_params()),
+            lambda seed: load_split(args, seed=seed, progress=False),
+            eval_every=args.eval_every,
+            force=args.force,
+            on_run=on_run,
+            on_epoch=on_epoch,
+        )
+    finally:
+        bar.close()
+    print(f"{len(trained)} runs trained, {len(runs) - len(trained)} reused, in {root}")
+    print(describe(build_report([args.root], args.out)))
+    return 0

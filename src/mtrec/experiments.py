@@ -1,0 +1,169 @@
+"""The assignment's experiments: named configurations, each trained over several seeds.
+
+A configuration is the embedding sharing and the loss weights (λF, λR); every other setting
+is the same across configurations. Each (configuration, seed) pair is an ordinary training
+run (:func:`mtrec.runs.train_run`) in ``<root>/<name>/seed-<k>``, and the runs of a λ sweep
+in ``<root>/sweep/<name>/seed-<k>``. Seed k seeds the split, initialisation and sampling
+exactly as ``mtrec train --seed k`` does, so any single run can be reproduced on its own.
+
+A run already finished with the same settings is reused, not trained again; an interrupted
+run is never taken as finished (:func:`mtrec.runs.is_finished`), so a stopped experiment
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from mtrec.data.interactions import Interactions
+from mtrec.errors import ConfigError
+from mtrec.model import EpochRecord, MultitaskModel
+from mtrec.runs import is_finished, run_config, train_run
+
+#: Folder below the experiment root that holds the runs of the λ sweep.
+SWEEP_DIRNAME = "sweep"
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What the experiments vary: embedding sharing and the loss weights λF, λR."""
+
+    embedding_sharing: bool
+    factorization_weight: float
+    regression_weight: float
+
+    @property
+    def name(self) -> str:
+        """``shared-0.99-0.01``: sharing, then λF and λR."""
+        sharing = "shared" if self.embedding_sharing else "separate"
+        return f"{sharing}-{self.factorization_weight:g}-{self.regression_weight:g}"
+
+    @property
+    def label(self) -> str:
+        sharing = "shared" if self.embedding_sharing else "separate"
+        return f"{sharing}, λF={self.factorization_weight:g}, λR={self.regression_weight:g}"
+
+    def model_params(self) -> dict[str, Any]:
+        """The :class:`~mtrec.model.MultitaskModel` parameters this configuration sets."""
+        return {
+            "embedding_sharing": self.embedding_sharing,
+            "factorization_weight": self.factorization_weight,
+            "regression_weight": self.regression_weight,
+        }
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> Configuration:
+        """The configuration of a run, from its config.json."""
+        model = config["model"]
+        return cls(
+            bool(model["embedding_sharing"]), float(model["factorization_weight"]), float(model["regression_weight"])
+        )
+
+
+#: The three configurations of the assignment, in its order.
+ASSIGNMENT_CONFIGURATIONS = (
+    Configuration(True, 0.99, 0.01),
+    Configuration(True, 0.5, 0.5),
+    Configuration(False, 0.5, 0.5),
+)
+#: The assignment's configurations and the fourth that completes the 2 x 2 design.
+CONFIGURATIONS = {c.name: c for c in (*ASSIGNMENT_CONFIGURATIONS, Configuration(False, 0.99, 0.01))}
+
+
+def configurations_named(names: Iterable[str]) -> list[Configuration]:
+    """The configurations called ``names``; :class:`ConfigError` listing the known names otherwise."""
+    names = list(names)
+    unknown = [name for name in names if name not in CONFIGURATIONS]
+    if unknown:
+        raise ConfigError(f"unknown configuration {', '.join(unknown)}; known: {', '.join(CONFIGURATIONS)}")
+    return [CONFIGURATIONS[name] for name in dict.fromkeys(names)]
+
+
+def sweep_configurations(step: float = 0.1) -> list[Configuration]:
+    """λF from 0 to 1 in ``step`` (λR = 1 − λF, and 1 always included), shared and separate."""
+    if not (0.0 < step < 1.0):
+        raise ConfigError(f"the sweep step must be in (0, 1), got {step}")
+    count = math.floor(1 / step + 1e-9)
+    # Rounded so that 0.1 * 3 is named 0.3, not 0.30000000000000004.
+    weights = sorted({round(i * step, 10) for i in range(count + 1)} | {1.0})
+    return [
+        Configuration(sharing, weight, round(1 - weight, 10)) for sharing in (True, False) for weight in weights
+    ]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of an experiment: a configuration, a seed and its directory."""
+
+    configuration: Configuration
+    seed: int
+    path: Path
+
+
+def plan_runs(
+    configurations: Sequence[Configuration], seeds: int, root: str | Path, first_seed: int = 0
+) -> list[PlannedRun]:
+    """Every run under ``root``: seeds ``first_seed`` onwards, seed by seed, so early seeds finish first."""
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds must be a positive whole number, got {seeds!r}")
+    if not configurations:
+        raise ConfigError("no configuration to run")
+    root = Path(root)
+    return [
+        PlannedRun(configuration, seed, root / configuration.name / f"seed-{seed}")
+        for seed in range(first_seed, first_seed + seeds)
+        for configuration in configurations
+    ]
+
+
+def run_experiment(
+    runs: Sequence[PlannedRun],
+    epochs: int,
+    build_model: Callable[[PlannedRun], MultitaskModel],
+    load_split: Callable[[int], tuple[Interactions, Interactions, dict[str, Any]]],
+    *,
+    eval_every: int = 1,
+    force: bool = False,
+    on_run: Callable[[PlannedRun, bool], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> list[PlannedRun]:
+    """Train every planned run that is not already finished with the same settings.
+
+    Parameters
+    ----------
+    runs:
+        The runs, from :func:`plan_runs`.
+    epochs, eval_every:
+        Passed to :func:`mtrec.runs.train_run`.
+    build_model:
+        The (unfitted) model of a run.
+    load_split:
+        ``seed -> (train, test, data_info)``; called once per seed.
+    force:
+        Train every run again, finished or not.
+    on_run:
+        Called before each run with the run and whether it is reused (progress display).
+    on_epoch:
+        Called after each trained epoch.
+
+    Returns
+    -------
+    The runs that were trained (the others were reused).
+    """
+    splits: dict[int, tuple[Interactions, Interactions, dict[str, Any]]] = {}
+    trained = []
+    for run in runs:
+        if run.seed not in splits:
+            splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
+        train, test, data_info = splits[run.seed]
+        model = build_model(run)
+        reuse = not force and is_finished(run.path, run_config(model, epochs, data_info, eval_every))
+        if on_run is not None:
+            on_run(run, reuse)
+        if not reuse:
+            train_run(model, train, test, epochs, run.path, data_info, eval_every, on_epoch)
+            trained.append(run)
+    return trained

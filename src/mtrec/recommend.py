@@ -1,0 +1,353 @@
+"""Use a trained model: top-k recommendations, predictions for (user, item) pairs, similar items.
+
+A :class:`Recommender` holds a fitted :class:`~mtrec.model.MultitaskModel` once, on its
+device, with what every request needs precomputed (id maps, seen items, popularity, unit
+item vectors), and answers in raw ids.
+
+What the numbers mean
+---------------------
+``p``
+    The likelihood head's raw score u·q + a + b. It only orders items for one user: its
+    scale is arbitrary (the pairwise loss never pins it to a probability).
+``watch_score``
+    What people are shown: the rank percentile of ``p`` among *all* items for that user,
+    i.e. the fraction of the other items in the catalogue that this item outscores, in
+    [0, 1] (1 = the user's best-scored item, 0 = the worst). Seen items count in the
+    catalogue; they are only left out of what is recommended.
+``rating``
+    The rating head's prediction clipped to the data's rating scale; ``rating_raw`` is the
+    unclipped value. Both are ``None`` when the model did not learn ratings.
+
+Unknown users
+-------------
+:meth:`Recommender.recommend` answers a user the model never saw with the most-rated
+training items, flagged ``cold_start=True``: popularity is an honest answer to "what
+should a newcomer watch". :meth:`Recommender.predict` raises :class:`UnknownUserError`
+instead: both heads need the user's learned vector and bias, so any score or rating for
+a stranger would be invented.
+
+Naming items
+------------
+An item is named by its raw id or, failing that, by its title, case-insensitively: the
+exact title ("Star Wars (1977)") or the title without its year ("star wars"). A title
+shared by several items raises :class:`AmbiguousItemError` listing them.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtrec.data.interactions import build_lookup, lookup_id
+from mtrec.errors import AmbiguousItemError, ConfigError, DataError, UnknownItemError, UnknownUserError
+from mtrec.model import MultitaskModel
+
+#: Elements of a (pairs x catalogue) block scored at once: bounds memory for big batches.
+CHUNK_ELEMENTS = 1 << 22
+
+_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+@dataclass
+class RankedItem:
+    """An item at a rank of a list: its raw id, what the data says of it, and its training ratings."""
+
+    rank: int
+    item: int | str
+    title: str | None
+    year: int | None
+    genres: list[str]
+    num_ratings: int
+
+
+@dataclass
+class ScoredItem(RankedItem):
+    """One item of a ranking and what the model predicts for the user (``None``: not known)."""
+
+    watch_score: float | None
+    p: float | None
+    rating: float | None
+    rating_raw: float | None
+
+
+@dataclass
+class Recommendations:
+    """The top items for one user; ``cold_start`` when the user is unknown and these are the most-rated."""
+
+    user: int | str
+    cold_start: bool
+    exclude_seen: bool
+    items: list[ScoredItem]
+
+
+@dataclass
+class Prediction:
+    """What the model predicts for one (user, item) pair."""
+
+    user: int | str
+    item: int | str
+    title: str | None
+    watch_score: float
+    p: float
+    rating: float | None
+    rating_raw: float | None
+
+
+@dataclass
+class SimilarItem(RankedItem):
+    """An item near another in the factorisation head's item space."""
+
+    similarity: float
+
+
+@dataclass
+class SimilarItems:
+    """The nearest items to ``item`` by cosine similarity."""
+
+    item: int | str
+    title: str | None
+    items: list[SimilarItem]
+
+
+def _check_k(k: int) -> int:
+    """``k`` if it is a positive whole number, else a :class:`ConfigError`."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ConfigError(f"k must be a positive whole number, got {k!r}")
+    return int(k)
+
+
+def _title_index(titles: list[str]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Item indices by lower-cased title, and by lower-cased title without its year."""
+    exact: dict[str, list[int]] = {}
+    bare: dict[str, list[int]] = {}
+    for index, title in enumerate(titles):
+        key = title.strip().lower()
+        exact.setdefault(key, []).append(index)
+        bare.setdefault(_YEAR.sub("", key), []).append(index)
+    return exact, bare
+
+
+class Recommender:
+    """Answers recommendation, prediction and similarity queries from a fitted model.
+
+    Safe to share between threads: every query only reads the model's tensors, under
+    ``torch.inference_mode``.
+
+    Parameters
+    ----------
+    model:
+        A fitted (or loaded) :class:`~mtrec.model.MultitaskModel`; its network is put in
+        evaluation mode and used on the device it is on.
+    """
+
+    def __init__(self, model: MultitaskModel) -> None:
+        if model.network_ is None or model.data_ is None:
+            raise ConfigError("the model is not fitted yet: call fit() or load()")
+        self.model = model
+        self.network = model.network_.eval()
+        self.device = model.device_
+        data = model.data_
+        self.num_items = data.num_items
+        self.rating_scale = data.rating_scale
+        self.has_ratings = data.has_ratings and model.regression_weight > 0
+        self._user_ids = data.user_ids.tolist()
+        self._item_ids = data.item_ids.tolist()
+        self._user_lookup = build_lookup(data.user_ids)
+        self._item_lookup = build_lookup(data.item_ids)
+        metadata = data.item_metadata
+        self._titles = metadata.titles if metadata else [None] * data.num_items
+        self._years = metadata.years if metadata else [None] * data.num_items
+        self._genres = metadata.genres if metadata else [[] for _ in range(data.num_items)]
+        self._exact_titles, self._bare_titles = _title_index(metadata.titles) if metadata else ({}, {})
+        self._seen_indptr = data.seen_indptr.tolist()
+        self._seen_indices = torch.as_tensor(data.seen_indices, dtype=torch.long, device=self.device)
+        counts = np.bincount(data.seen_indices, minlength=data.num_items)
+        self._num_ratings = counts.tolist()
+        self._popular = np.argsort(-counts, kind="stable")
+        with torch.inference_mode():
+            self._unit_items = F.normalize(self.network.item_embeddings.weight.detach(), dim=1)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> Recommender:
+        """A recommender for the model saved at ``path`` (a model file or a run directory)."""
+        return cls(MultitaskModel.load(path, device))
+
+    def user_index(self, user: Any) -> int | None:
+        """The index of the user the data calls ``user``; ``None`` if the model never saw them."""
+        try:
+            return lookup_id(self._user_lookup, user)
+        except KeyError:
+            return None
+
+    def item_index(self, item: Any) -> int:
+        """The index of the item named by raw id or title; see the module docstring."""
+        return self._item_index(item, "")
+
+    def recommend(self, user: Any, k: int = 10, exclude_seen: bool = True) -> Recommendations:
+        """The ``k`` items with the highest watch score for ``user`` (a raw id).
+
+        Ranks the whole catalogue with one matrix product. With ``exclude_seen`` the user's
+        training items are left out (so fewer than ``k`` come back if few are unseen). An
+        unknown user gets the ``k`` most-rated training items with ``cold_start=True``.
+        """
+        k = min(_check_k(k), self.num_items)
+        index = self.user_index(user)
+        if index is None:
+            return Recommendations(user=user, cold_start=True, exclude_seen=exclude_seen, items=self._cold_start(k))
+        with torch.inference_mode():
+            users = torch.tensor([index], device=self.device)
+            scores = self.network.all_watch_scores(users)
+            ranked = scores
+            if exclude_seen:
+                seen = self._seen_indices[self._seen_indptr[index] : self._seen_indptr[index + 1]]
+                ranked = scores.index_fill(1, seen, float("-inf"))
+                k = min(k, self.num_items - len(seen))
+            top_p, top_items = torch.topk(ranked[0], k)
+            watch = _outscored_fraction(scores.expand(k, -1), top_p)
+            ratings, ratings_raw = self._ratings(users.expand(k), top_items)
+        columns = zip(top_items.tolist(), watch.tolist(), top_p.tolist(), ratings, ratings_raw)
+        items = [
+            ScoredItem(rank=rank, **self._describe(i), watch_score=w, p=p, rating=r, rating_raw=raw)
+            for rank, (i, w, p, r, raw) in enumerate(columns, start=1)
+        ]
+        return Recommendations(user=self._user_ids[index], cold_start=False, exclude_seen=exclude_seen, items=items)
+
+    def predict(self, pairs: Iterable[tuple[Any, Any]]) -> list[Prediction]:
+        """Watch score and rating for each (user, item) pair of raw ids (or item titles), in one batch.
+
+        Raises :class:`UnknownUserError` or :class:`UnknownItemError` naming the first unknown id.
+        """
+        users, items = self._pair_indices(list(pairs))
+        if not users:
+            return []
+        users_t = torch.tensor(users, device=self.device)
+        items_t = torch.tensor(items, device=self.device)
+        chunk = max(1, CHUNK_ELEMENTS // self.num_items)
+        p_parts, watch_parts = [], []
+        with torch.inference_mode():
+            for start in range(0, len(users), chunk):
+                rows = self.network.all_watch_scores(users_t[start : start + chunk])
+                p = rows.gather(1, items_t[start : start + chunk, None]).squeeze(1)
+                p_parts.append(p)
+                watch_parts.append(_outscored_fraction(rows, p))
+            ratings, ratings_raw = self._ratings(users_t, items_t)
+        columns = zip(users, items, torch.cat(watch_parts).tolist(), torch.cat(p_parts).tolist(), ratings, ratings_raw)
+        return [
+            Prediction(self._user_ids[u], self._item_ids[i], self._titles[i], w, p, r, raw)
+            for u, i, w, p, r, raw in columns
+        ]
+
+    def similar(self, item: Any, k: int = 10) -> SimilarItems:
+        """The ``k`` items closest to ``item`` by cosine similarity of the factorisation head's item vectors."""
+        k = min(_check_k(k), self.num_items - 1)
+        index = self.item_index(item)
+        with torch.inference_mode():
+            similarity = self._unit_items @ self._unit_items[index]
+            similarity[index] = float("-inf")
+            top, top_items = torch.topk(similarity, k)
+        items = [
+            SimilarItem(rank=rank, **self._describe(i), similarity=s)
+            for rank, (i, s) in enumerate(zip(top_items.tolist(), top.tolist()), start=1)
+        ]
+        return SimilarItems(item=self._item_ids[index], title=self._titles[index], items=items)
+
+    def _item_index(self, item: Any, where: str) -> int:
+        try:
+            return lookup_id(self._item_lookup, item)
+        except KeyError:
+            pass
+        key = str(item).strip().lower()
+        matches = self._exact_titles.get(key) or self._bare_titles.get(key) or []
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            candidates = [(self._item_ids[i], self._titles[i]) for i in matches]
+            listed = "; ".join(f"{raw} {title!r}" for raw, title in candidates)
+            raise AmbiguousItemError(
+                f"{item!r}{where} names {len(matches)} items; use an item id: {listed}", candidates
+            )
+        raise UnknownItemError(f"unknown item {item!r}{where}: not an item id or title the model was trained on")
+
+    def _pair_indices(self, pairs: list[tuple[Any, Any]]) -> tuple[list[int], list[int]]:
+        """User and item indices of raw-id pairs; errors name the pair when there are several."""
+        users, items = [], []
+        for position, (user, item) in enumerate(pairs, start=1):
+            where = f" (pair {position} of {len(pairs)})" if len(pairs) > 1 else ""
+            index = self.user_index(user)
+            if index is None:
+                raise UnknownUserError(
+                    f"unknown user {user!r}{where}: the model has no vector for a user it was not trained on, "
+                    "so it cannot score them (recommendations fall back to popular items)"
+                )
+            users.append(index)
+            items.append(self._item_index(item, where))
+        return users, items
+
+    def _cold_start(self, k: int) -> list[ScoredItem]:
+        return [
+            ScoredItem(rank=rank, **self._describe(i), watch_score=None, p=None, rating=None, rating_raw=None)
+            for rank, i in enumerate(self._popular[:k].tolist(), start=1)
+        ]
+
+    def _ratings(self, users: torch.Tensor, items: torch.Tensor) -> tuple[list, list]:
+        """Clipped and raw rating-head predictions; all ``None`` if the model did not learn ratings."""
+        if not self.has_ratings:
+            unknown = [None] * len(items)
+            return unknown, unknown
+        raw = self.network.rating(self.network.rating_users(users), self.network.rating_items(items))
+        clipped = raw.clamp(*self.rating_scale) if self.rating_scale else raw
+        return clipped.tolist(), raw.tolist()
+
+    def _describe(self, index: int) -> dict[str, Any]:
+        return {
+            "item": self._item_ids[index],
+            "title": self._titles[index],
+            "year": self._years[index],
+            "genres": self._genres[index],
+            "num_ratings": self._num_ratings[index],
+        }
+
+
+def _outscored_fraction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """For each ``values[i]``, the fraction of the other entries of ``rows[i]`` strictly below it."""
+    chunk = max(1, CHUNK_ELEMENTS // rows.shape[1])
+    below = [(rows[s : s + chunk] < values[s : s + chunk, None]).sum(1) for s in range(0, len(values), chunk)]
+    counts = torch.cat(below) if below else values.new_zeros(0)
+    return counts / max(rows.shape[1] - 1, 1)
+
+
+def read_pairs(path: str | Path) -> list[tuple[str, str]]:
+    """(user, item) pairs from a CSV or TSV file.
+
+    The columns named ``user`` and ``item`` in a header line, or else the first two columns;
+    the header is optional. The delimiter is a tab if the first line has one, else a comma.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read pairs from {path}: {error}") from None
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise DataError(f"{path}: no (user, item) pairs")
+    delimiter = "\t" if "\t" in numbered[0][1] else ","
+    cells = csv.reader([line for _, line in numbered], delimiter=delimiter)
+    rows = [(number, [cell.strip() for cell in row]) for (number, _), row in zip(numbered, cells)]
+    header = [cell.lower() for cell in rows[0][1]]
+    columns = (0, 1)
+    if "user" in header and "item" in header:
+        columns = (header.index("user"), header.index("item"))
+        rows = rows[1:]
+    pairs = []
+    for number, row in rows:
+        if len(row) <= max(columns):
+            raise DataError(f"{path}, line {number}: expected a user and an item, got {delimiter.join(row)!r}")
+        pairs.append((row[columns[0]], row[columns[1]]))
+    return pairs
