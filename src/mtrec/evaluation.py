@@ -127,7 +127,7 @@ class Evaluator:
             for a in range(0, t1 - t0, chunk):
                 # sum(sign(s_j - s)) = #greater - #less; with #greater + #less + #equal = num_items
                 # the average rank #greater + (#equal + 1) / 2 follows in one pass.
-                diff = scores[rows[a : a + chunk]]
+                diff = scores.index_select(0, rows[a : a + chunk])  # much faster than scores[rows]
                 diff -= test_scores[a : a + chunk, None]
                 ranks[t0 + a : t0 + a + len(diff)] = diff.sign_().sum(1)
         return (ranks + (num_items + 1)) / 2
