@@ -158,9 +158,11 @@ class TrainingStep:
             layer = self.linears[index]
             torch.mm(grad.T, inputs[index], out=self.flat.grad_of(layer.weight))
             torch.sum(grad, 0, out=self.flat.grad_of(layer.bias))
-            grad = grad @ layer.weight
+            # A one-output layer's input gradient is an outer product: a broadcast, not a matmul.
+            grad = grad * layer.weight if layer.weight.shape[0] == 1 else grad @ layer.weight
             if index > 0:
-                grad.masked_fill_(pre_activations[index - 1] <= 0, 0.0)  # ReLU's derivative
+                # ReLU's derivative in one fused pass: zero where the activation is 0.
+                grad = torch.ops.aten.threshold_backward(grad, inputs[index], 0.0)
         d_u = grad[:, :d] + grad[:, 2 * d :] * q
         d_q = grad[:, d : 2 * d] + grad[:, 2 * d :] * u
         return loss_r, d_u, d_q
