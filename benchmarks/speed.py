@@ -3,7 +3,7 @@
 Every measurement runs in its own fresh process, one after another (never two PyTorch
 processes at once: on a small machine their thread pools fight), and reports its peak RSS.
 
-    python benchmarks/speed.py                     # ML-100K table (a few minutes)
+    python benchmarks/speed.py                     # ML-100K table (about 3 minutes)
     python benchmarks/speed.py --time-to-quality   # + both runs to MRR >= 0.13 (about 10 minutes)
     python benchmarks/speed.py --scale             # + ML-25M-shaped synthetic data (several minutes)
 
@@ -114,29 +114,73 @@ def measure_ml100k(variant: str, epochs: int, batch_size: int, threads: int | No
     if variant == "plain":
         trainer = PlainTrainer(train, batch_size=batch_size)
         trainer.epoch()  # warm-up
-        started = time.perf_counter()
+        epoch_times = []
         for _ in range(epochs):
+            started = time.perf_counter()
             trainer.epoch()
-        epoch_seconds = (time.perf_counter() - started) / epochs
+            epoch_times.append(time.perf_counter() - started)
         evaluate = lambda: trainer.evaluate(test, train)  # noqa: E731
-        repeats = 2
+        repeats = 3
     else:
         lr = scaled_learning_rate(batch_size)
         model = MultitaskModel(batch_size=batch_size, learning_rate=lr, num_threads=threads, seed=0)
-        model.fit(train, epochs=1)
-        started = time.perf_counter()
-        model.fit(train, epochs=epochs + 1)
-        epoch_seconds = (time.perf_counter() - started) / (epochs + 1)
+        model.fit(train, epochs=1)  # warm-up
+        model.fit(train, epochs=epochs + 1)  # from scratch: as many epochs as the plain loop's, warm-up included
+        epoch_times = [record.seconds for record in model.history_[1:]]
         evaluator = Evaluator(test, train)
         torch.set_num_threads(os.cpu_count() or 1)
         evaluate = lambda: evaluator.evaluate(model.network_)  # noqa: E731
-        repeats = 20
+        repeats = 21
     metrics = evaluate()
-    started = time.perf_counter()
+    eval_times = []
     for _ in range(repeats):
+        started = time.perf_counter()
         evaluate()
-    eval_seconds = (time.perf_counter() - started) / repeats
+        eval_times.append(time.perf_counter() - started)
+    epoch_seconds, eval_seconds = float(np.median(epoch_times)), float(np.median(eval_times))
     return {"epoch_s": epoch_seconds, "eval_s": eval_seconds, "rss_mb": peak_rss_mb(), **metrics}
+
+
+def measure_paired(rounds: int, large_batches: list[int]) -> dict:
+    """Epoch and evaluation times of every configuration, interleaved in one process.
+
+    The machine is shared and its speed drifts by a factor of two within minutes, so each
+    round times one epoch of every configuration back to back, and a speed-up is the median
+    over rounds of that round's ratio: a slow spell hits both sides of a ratio alike.
+    """
+    from mtrec.evaluation import Evaluator
+    from mtrec.model import MultitaskModel, scaled_learning_rate
+
+    train, test = movielens_split()
+    cores = os.cpu_count() or 1
+    plain = {threads: PlainTrainer(train) for threads in (1, cores)}
+    configurations = {f"mtrec-256-{threads}": (256, threads) for threads in (1, cores)}
+    configurations.update({f"mtrec-{batch}": (batch, cores) for batch in large_batches})
+    evaluator = Evaluator(test, train)
+    fitted = MultitaskModel(seed=0).fit(train, epochs=1)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, work) -> None:
+        started = time.perf_counter()
+        work()
+        times.setdefault(name, []).append(time.perf_counter() - started)
+
+    for threads, trainer in plain.items():  # warm-up
+        torch.set_num_threads(threads)
+        trainer.epoch()
+    for _ in range(rounds):
+        for threads, trainer in plain.items():
+            torch.set_num_threads(threads)
+            timed(f"plain-{threads}", trainer.epoch)
+        for name, (batch, threads) in configurations.items():
+            model = MultitaskModel(batch_size=batch, learning_rate=scaled_learning_rate(batch), num_threads=threads, seed=0)
+            model.fit(train, epochs=2)  # the first epoch warms up; the second is timed
+            times.setdefault(name, []).append(model.history_[-1].seconds)
+        torch.set_num_threads(cores)
+        timed("plain-eval", lambda: plain[cores].evaluate(test, train))
+        for _ in range(3):
+            timed("mtrec-eval", lambda: evaluator.evaluate(fitted.network_))
+    return {"times": times, "cores": cores}
 
 
 def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> dict:
@@ -229,6 +273,7 @@ def table(rows: list[list[str]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per training measurement")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the ML-100K timings (medians taken)")
     parser.add_argument("--large-batch", type=int, nargs="+", default=[4096, 16384], help="large batch sizes; the first runs the time-to-quality")
     parser.add_argument("--time-to-quality", action="store_true")
     parser.add_argument("--scale", action="store_true")
@@ -240,6 +285,8 @@ def main() -> None:
         kind, *rest = args.measure
         if kind == "ml100k":
             result = measure_ml100k(rest[0], int(rest[1]), int(rest[2]), int(rest[3]) or None)
+        elif kind == "paired":
+            result = measure_paired(int(rest[0]), [int(b) for b in rest[1:]])
         elif kind == "ttq":
             result = measure_time_to_quality(rest[0], int(rest[1]), int(rest[2]))
         else:
@@ -248,42 +295,56 @@ def main() -> None:
         return
 
     e = str(args.epochs)
-    plain = in_fresh_process("ml100k", "plain", e, "256", "0")
-    fast = {t: in_fresh_process("ml100k", "mtrec", e, "256", str(t)) for t in (1, 2)}
-    threads = min(fast, key=lambda t: fast[t]["epoch_s"])
-    large = {b: in_fresh_process("ml100k", "mtrec", e, str(b), "0") for b in args.large_batch}
-    rows = [["ML-100K (95,000 train / 5,000 test)", "train s/epoch", "eval s", "peak RSS MB", "speed-up"]]
-    rows.append(["plain loop, batch 256", f"{plain['epoch_s']:.3f}", f"{plain['eval_s']:.4f}", f"{plain['rss_mb']:.0f}", "1.0x / 1.0x"])
-    for t, result in fast.items():
+    cores = os.cpu_count() or 1
+    # Peak memory and the metrics, each configuration alone in a fresh process.
+    alone = {f"plain-{t}": in_fresh_process("ml100k", "plain", e, "256", str(t)) for t in (1, cores)}
+    alone.update({f"mtrec-256-{t}": in_fresh_process("ml100k", "mtrec", e, "256", str(t)) for t in (1, cores)})
+    alone.update({f"mtrec-{b}": in_fresh_process("ml100k", "mtrec", e, str(b), "0") for b in args.large_batch})
+    # The timings, interleaved round by round in one process (see measure_paired).
+    paired = in_fresh_process("paired", str(args.rounds), *map(str, args.large_batch))
+    times = {name: np.array(values) for name, values in paired["times"].items()}
+    baseline = min((f"plain-{t}" for t in (1, cores)), key=lambda name: np.median(times[name]))
+    mtrec_eval = np.median(times["mtrec-eval"].reshape(args.rounds, -1), axis=1)
+    eval_ratio = np.median(times["plain-eval"] / mtrec_eval)
+
+    def threads_label(t: int) -> str:
+        return f"{t} thread{'s' if t > 1 else ''}"
+
+    labels = {f"plain-{t}": f"plain loop, batch 256, {threads_label(t)}" for t in (1, cores)}
+    labels.update({f"mtrec-256-{t}": f"mtrec, batch 256, {threads_label(t)}" for t in (1, cores)})
+    labels.update({f"mtrec-{b}": f"mtrec, batch {b} (lr x{b // 256}), {threads_label(cores)}" for b in args.large_batch})
+    rows = [["ML-100K (95,000 train / 5,000 test)", "train s/epoch", "speed-up", "eval s", "speed-up", "peak RSS MB"]]
+    for name, label in labels.items():
+        is_plain = name.startswith("plain")
+        eval_s = np.median(times["plain-eval"]) if is_plain else np.median(mtrec_eval)
         rows.append(
             [
-                f"mtrec, batch 256, {t} thread{'s' if t > 1 else ''}",
-                f"{result['epoch_s']:.3f}",
-                f"{result['eval_s']:.4f}",
-                f"{result['rss_mb']:.0f}",
-                f"{plain['epoch_s'] / result['epoch_s']:.1f}x / {plain['eval_s'] / result['eval_s']:.0f}x",
-            ]
-        )
-    for batch, result in large.items():
-        rows.append(
-            [
-                f"mtrec, batch {batch} (lr x{batch // 256})",
-                f"{result['epoch_s']:.3f}",
-                f"{result['eval_s']:.4f}",
-                f"{result['rss_mb']:.0f}",
-                f"{plain['epoch_s'] / result['epoch_s']:.1f}x / {plain['eval_s'] / result['eval_s']:.0f}x",
+                label + (" (baseline)" if name == baseline else ""),
+                f"{np.median(times[name]):.3f}",
+                f"{np.median(times[baseline] / times[name]):.1f}x",
+                f"{eval_s:.4f}",
+                "1x" if is_plain else f"{eval_ratio:.0f}x",
+                f"{alone[name]['rss_mb']:.0f}",
             ]
         )
     print(table(rows))
-    plain_total = 3 * 200 * (plain["epoch_s"] + plain["eval_s"])
-    fast_total = 3 * 200 * (fast[threads]["epoch_s"] + fast[threads]["eval_s"])
     print(
-        f"\nThree assignment experiments, 200 epochs each, evaluated every epoch (projected from the rows above): "
-        f"plain {plain_total / 60:.1f} min, mtrec {fast_total / 60:.1f} min ({plain_total / fast_total:.1f}x)."
+        f"(medians over {args.rounds} interleaved rounds; a speed-up is the median of each round's ratio to the "
+        f"faster plain loop; evaluation of the plain loop at {threads_label(cores)})"
     )
+    default = f"mtrec-256-{cores}"  # what MultitaskModel does with its defaults
+    plain_total = 3 * 200 * (np.median(times[baseline]) + np.median(times["plain-eval"]))
+    fast_total = 3 * 200 * (np.median(times[default]) + np.median(mtrec_eval))
     print(
-        f"Metrics after {args.epochs + 1} epochs at batch 256: plain MSE {plain['test_mse']:.4f} MRR {plain['test_mrr']:.4f}; "
-        f"mtrec MSE {fast[threads]['test_mse']:.4f} MRR {fast[threads]['test_mrr']:.4f}."
+        f"\nThree assignment experiments, 200 epochs each, evaluated every epoch (projected from the rows above, "
+        f"mtrec with its default threads): plain {plain_total / 60:.1f} min, mtrec {fast_total / 60:.1f} min "
+        f"({plain_total / fast_total:.1f}x)."
+    )
+    same = alone[baseline]
+    mine = alone[default]
+    print(
+        f"Metrics after {args.epochs + 1} epochs at batch 256: plain MSE {same['test_mse']:.4f} MRR {same['test_mrr']:.4f}; "
+        f"mtrec MSE {mine['test_mse']:.4f} MRR {mine['test_mrr']:.4f}."
     )
 
     if args.time_to_quality:

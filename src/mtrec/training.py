@@ -106,13 +106,14 @@ class TrainingStep:
         q_pos, q_neg = q[:batch], q[batch:]
         item_bias = net.item_biases.weight.view(-1).index_select(0, both)
         # p+ - p-: the user's bias cancels, so it never receives a gradient from L_F.
-        margin = ((q_pos - q_neg) * u).sum(1) + item_bias[:batch] - item_bias[batch:]
+        q_diff = q_pos - q_neg
+        margin = (q_diff * u).sum(1) + item_bias[:batch] - item_bias[batch:]
         sigma = torch.sigmoid(margin)
         loss_f = (1.0 - sigma).mean()
         d_margin = (sigma * (sigma - 1.0) * (self.weight_f / batch)).unsqueeze(1)
 
         flat.grads.zero_()
-        d_u = d_margin * (q_pos - q_neg)
+        d_u = d_margin * q_diff
         d_q_pos = d_margin * u  # and -d_q_pos for the negatives
         d_q_pos_total = d_q_pos
         loss_r = torch.zeros((), device=u.device)
@@ -132,10 +133,11 @@ class TrainingStep:
         flat.grad_of(net.user_embeddings.weight).index_add_(0, users, d_u)
         item_grad = flat.grad_of(net.item_embeddings.weight)
         item_grad.index_add_(0, positives, d_q_pos_total)
-        item_grad.index_add_(0, negatives, d_q_pos, alpha=-1.0)
+        # index_add_ with alpha != 1 takes a path several times slower; negating first is exact.
+        item_grad.index_add_(0, negatives, d_q_pos.neg())
         bias_grad = flat.grad_of(net.item_biases.weight).view(-1)
         bias_grad.index_add_(0, positives, d_margin.view(-1))
-        bias_grad.index_add_(0, negatives, d_margin.view(-1), alpha=-1.0)
+        bias_grad.index_add_(0, negatives, d_margin.view(-1).neg())
         loss = self.weight_f * loss_f + self.weight_r * loss_r
         return torch.stack([loss_f, loss_r, loss])
 
