@@ -85,3 +85,13 @@ def test_implicit_data_needs_regression_weight_zero():
     untrained = MultitaskModel(seed=3).fit(random_interactions(), epochs=0)
     for trained, initial in zip(model.network_.rating_mlp.parameters(), untrained.network_.rating_mlp.parameters()):
         assert torch.equal(trained, initial)
+
+
+def test_the_large_batch_learning_rate_is_linear_up_to_batch_16384_then_constant():
+    from mtrec.model import scaled_learning_rate
+
+    assert scaled_learning_rate(256) == pytest.approx(1e-3)
+    assert scaled_learning_rate(4096) == pytest.approx(0.016)
+    assert scaled_learning_rate(16384) == pytest.approx(0.064)
+    assert scaled_learning_rate(65536) == pytest.approx(0.064)
+    assert scaled_learning_rate(64) == pytest.approx(2.5e-4)

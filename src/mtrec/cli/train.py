@@ -47,7 +47,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--learning-rate",
         type=positive_float,
         default=None,
-        help="Adam learning rate (default 1e-3 x batch/256: 1e-3 at batch 256; for batch 4096 add --l2 5e-6)",
+        help="Adam learning rate (default 1e-3 x batch/256, at most 0.064: 1e-3 at batch 256; for batch 4096 add --l2 5e-6)",
     )
     add_option(group, "--l2", type=non_negative_float, default=0.0, help="Adam weight decay (default 0)")
     add_option(group, "--seed", type=non_negative_int, default=0, help="seeds split, initialisation and sampling")
