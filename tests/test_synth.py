@@ -51,3 +51,11 @@ def test_mtrec_synth_writes_a_file_that_mtrec_reads_back(tmp_path):
     assert len(data) == 3000 and np.array_equal(np.sort(data.ratings), np.sort(expected.ratings))
     assert [p.name for p in tmp_path.iterdir()] == ["synth.parquet"]
     assert main(["synth", "--out", str(tmp_path / "synth.txt"), "--num-ratings", "10"]) == 2
+
+
+def test_the_sort_based_unique_equals_numpys():
+    from mtrec.data.synth import _sorted_unique
+
+    rng = np.random.default_rng(3)
+    for values in (rng.integers(0, 50, 1000), rng.integers(0, 10**12, 5000), np.array([7]), np.array([], dtype=np.int64)):
+        assert np.array_equal(_sorted_unique(values.copy()), np.unique(values))
