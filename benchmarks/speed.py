@@ -1,7 +1,9 @@
 """Training and evaluation speed of mtrec against a plain per-batch / per-user-loop baseline.
 
-Every measurement runs in its own fresh process, one after another (never two PyTorch
-processes at once: on a small machine their thread pools fight), and reports its peak RSS.
+Processes run one after another, never two PyTorch processes at once (on a small machine
+their thread pools fight). Peak RSS and metrics come from one fresh process per
+configuration; the ML-100K timings from one process that interleaves every configuration
+round by round (see :func:`measure_paired`), so that the machine's drift hits all alike.
 
     python benchmarks/speed.py                     # ML-100K table (about 3 minutes)
     python benchmarks/speed.py --time-to-quality   # + both runs to MRR >= 0.13 (about 10 minutes)
@@ -272,7 +274,7 @@ def table(rows: list[list[str]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per training measurement")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs after the warm-up in each peak-memory and metrics process")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the ML-100K timings (medians taken)")
     parser.add_argument("--large-batch", type=int, nargs="+", default=[4096, 16384], help="large batch sizes; the first runs the time-to-quality")
     parser.add_argument("--time-to-quality", action="store_true")
