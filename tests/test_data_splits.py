@@ -109,6 +109,7 @@ def test_temporal_cutoff_has_no_future_in_train(ml100k):
     assert train.timestamps.max() < cutoff <= test.timestamps.min()
     assert len(test) == int((ml100k.timestamps >= cutoff).sum())
     assert pairs(temporal_split(ml100k, cutoff=cutoff)[1]) == pairs(test)
+    assert pairs(temporal_split(ml100k, cutoff=str(cutoff))[1]) == pairs(test)  # as --cutoff passes it
 
 
 def test_temporal_fraction_picks_the_time_quantile(ml100k):

@@ -95,3 +95,11 @@ def test_the_large_batch_learning_rate_is_linear_up_to_batch_16384_then_constant
     assert scaled_learning_rate(16384) == pytest.approx(0.064)
     assert scaled_learning_rate(65536) == pytest.approx(0.064)
     assert scaled_learning_rate(64) == pytest.approx(2.5e-4)
+
+
+def test_an_overflowed_metric_is_written_as_null_not_infinity():
+    from mtrec.model import EpochRecord
+
+    record = EpochRecord(epoch=1, train_bpr=0.5, train_mse=float("inf"), train_loss=float("-inf"), test_mse=float("nan"))
+    assert record.to_json() | {} == {**record.to_json(), "train_mse": None, "train_loss": None, "test_mse": None}
+    assert record.to_json()["train_bpr"] == 0.5

@@ -61,10 +61,10 @@ class EpochRecord:
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON values: a metric that does not apply (NaN) becomes None."""
+        """Plain JSON values: a metric that does not apply (NaN) or overflowed (±inf) becomes None."""
         record = asdict(self)
         record.update(record.pop("extra"))
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
 
 
 @dataclass

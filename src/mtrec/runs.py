@@ -55,7 +55,7 @@ def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _finite(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
 
 
 def summarize(history: list[EpochRecord]) -> dict[str, Any]:

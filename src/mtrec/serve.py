@@ -14,7 +14,6 @@ body ``{"detail": ...}``.
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,14 +176,6 @@ def _model_info(recommender: Recommender) -> ModelInfo:
         rating_scale=data.rating_scale,
         has_ratings=data.has_ratings,
         epochs_trained=len(model.history_),
-        metrics=_finite(summarize(model.history_)),
+        metrics=summarize(model.history_),  # JSON values: NaN and inf already None
     )
 
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities replaced by None, which JSON can carry."""
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -165,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
     logdir = Path(args.logdir) if args.logdir else default_logdir(
         model.embedding_sharing, model.factorization_weight, model.regression_weight
     )
-    bar = tqdm(total=args.epochs, desc="train", unit="epoch", disable=args.no_progress, file=sys.stderr)
+    # delay: a run refused before its first epoch (a bad --device, say) shows no empty bar.
+    bar = tqdm(total=args.epochs, desc="train", unit="epoch", disable=args.no_progress, file=sys.stderr, delay=0.5)
 
     def on_epoch(record) -> None:
         bar.set_postfix_str(epoch_summary(record), refresh=False)
@@ -179,6 +180,6 @@ def run(args: argparse.Namespace) -> int:
     if final is None:
         print(f"no epochs trained; model saved in {logdir}")
         return 0
-    mse = "n/a" if final["test_mse"] is None or math.isnan(final["test_mse"]) else f"{final['test_mse']:.4f}"
+    mse = "n/a" if final["test_mse"] is None else f"{final['test_mse']:.4f}"
     print(f"epoch {final['epoch']}: test MSE {mse}  MRR {final['test_mrr']:.4f}  (run saved in {logdir})")
     return 0
