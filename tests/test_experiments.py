@@ -383,3 +383,33 @@ def test_sweep_report_draws_the_trade_off_curve(tmp_path):
     assert "Lowest test MSE at the last epoch: λF=0 (1.0050 ± 0.0071), clearly ahead of λF=0.5 (1.5050" in markdown
     assert "Highest test MRR at the last epoch: λF=1 (0.1200 ± 0.0000), clearly ahead of λF=0.5" in markdown
     assert math.isclose(json.loads(files.data.read_text())["sweep"][0]["final"]["test_mse"]["mean"], 2.005)
+
+
+def test_a_test_mse_that_rises_with_the_train_mse_is_not_called_overfitting():
+    rising = [[1.0, 0.9, 0.8, 0.85, 0.95], [1.0, 0.91, 0.81, 0.86, 0.96]]
+    train_rising = [[0.9, 0.8, 0.7, 0.8, 0.9]] * 2
+    separate = synthetic_group(SEPARATE, rising, flat([0.05, 0.05]), train_mse=train_rising)
+    shared = synthetic_group(SHARED, flat([0.80, 0.81]), flat([0.05, 0.05]))
+    text = " ".join(answer_sharing(shared, separate))
+    assert (
+        "while train MSE rises from 0.7000 ± 0.0000 to 0.9000 ± 0.0000: the training fit worsens too, so this is "
+        "not overfitting: after about epoch 3 training moves away from this task."
+    ) in text
+    assert "it overfits" not in text
+
+
+def test_a_sweep_with_one_finished_weight_and_no_test_mse_still_reports(tmp_path):
+    configuration = sweep_configurations(0.5)[1]
+    group = synthetic_group(configuration, flat([float("nan")] * 2), flat([0.05, 0.06]))
+    for run in group.runs:
+        run_dir = tmp_path / "run" / "sweep" / configuration.name / f"seed-{run.seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps(run.config))
+        (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
+    files = build_report([tmp_path / "run"], tmp_path / "report")
+    markdown = files.markdown.read_text()
+    assert "mtrec experiments --sweep --seeds 2" in markdown and "--sweep-step" not in markdown
+    from mtrec.report import summary_figure
+
+    summary_figure([group], tmp_path / "summary.png")  # no finite test MSE: that panel stays empty
+    assert (tmp_path / "summary.png").stat().st_size > 0

@@ -414,11 +414,18 @@ def overfitting(group: GroupSummary, field: str) -> str | None:
     train_at_best, train_final = group.at_best_epoch(train_field, field), group.final(train_field)
     epoch = fmt_epoch(group.best_epoch(field))
     change = abs(final.mean / best.mean - 1)
+    train_improves = train_final.mean < train_at_best.mean  # both training losses: lower is better
+    verdict = (
+        f"it overfits after about epoch {epoch}"
+        if train_improves
+        else f"the training fit worsens too, so this is not overfitting: after about epoch {epoch} "
+        "training moves away from this task"
+    )
     return (
         f"{group.configuration.label}: {NAMES[field]} is best at epoch {epoch}, at {fmt_stat(best)}, and ends "
         f"{change:.0%} {'higher' if lower else 'lower'}, at {fmt_stat(final)} (epoch {group.epochs}), while "
-        f"{NAMES[train_field]} {'falls' if train_final.mean < train_at_best.mean else 'rises'} from "
-        f"{fmt_stat(train_at_best)} to {fmt_stat(train_final)}: it overfits after about epoch {epoch}."
+        f"{NAMES[train_field]} {'falls' if train_improves else 'rises'} from "
+        f"{fmt_stat(train_at_best)} to {fmt_stat(train_final)}: {verdict}."
     )
 
 
@@ -662,9 +669,11 @@ def summary_figure(groups: Sequence[GroupSummary], path: Path) -> None:
             stats = [getattr(group, kind)(field) for group in groups]
             axes.bar(positions + offset, [s.mean for s in stats], 0.4, yerr=_error_bars(stats), capsize=4, label=label)
             bounds += [s.low for s in stats] + [s.high for s in stats]
-        low, high = np.nanmin(bounds), np.nanmax(bounds)
-        margin = (high - low) * 0.3 or abs(high) * 0.05 or 1.0
-        axes.set_ylim(low - margin, high + margin)
+        finite = [b for b in bounds if math.isfinite(b)]
+        if finite:  # none where no run measured this metric (data without ratings has no MSE)
+            low, high = min(finite), max(finite)
+            margin = (high - low) * 0.3 or abs(high) * 0.05 or 1.0
+            axes.set_ylim(low - margin, high + margin)
         axes.set_xticks(positions, [g.configuration.label.replace(", ", "\n", 1) for g in groups], fontsize=8)
         axes.set_ylabel(f"{NAMES[field]} (axis cut)")
         axes.set_title(f"{NAMES[field]} ({'lower' if BEST_FIELDS[field] else 'higher'} is better)")
@@ -927,7 +936,9 @@ def setup(groups: Sequence[GroupSummary], sweep: bool = False) -> list[Block]:
     options = shared_options(first.config)
     if sweep:
         weights = sorted({group.configuration.factorization_weight for group in groups})
-        which = ["--sweep", "--sweep-step", f"{weights[1] - weights[0]:g}"]
+        # The smallest gap is the step even if a value in between did not finish.
+        step = ["--sweep-step", f"{min(np.diff(weights)):g}"] if len(weights) > 1 else []
+        which = ["--sweep", *step]
     else:
         which = ["--configs", *(group.configuration.name for group in groups)]
     experiment = ["mtrec", "experiments", *which, "--seeds", str(len(seeds)), "--seed", str(seeds[0])]
