@@ -107,3 +107,19 @@ def test_a_separator_of_two_characters_is_a_usage_error(tmp_path, capsys):
     argv = ["train", "--ratings", str(path), "--sep", "||", "--epochs", "0", "--no-progress", "--logdir", str(tmp_path)]
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines() == ["mtrec train: error: sep must be one character or '::', got '||'"]
+
+
+def test_a_split_loader_reads_the_data_once_for_every_seed(data_dir, monkeypatch):
+    import mtrec.cli.data_args as data_args
+
+    reads = []
+    real = data_args.load_data
+    monkeypatch.setattr(data_args, "load_data", lambda *a, **k: reads.append(1) or real(*a, **k))
+    load = data_args.split_loader(parse("--data-dir", str(data_dir)), progress=False)
+    splits = [load(seed) for seed in (0, 1, 2)]
+    assert len(reads) == 1
+    assert [info["split"]["seed"] for _, _, info in splits] == [0, 1, 2]
+    assert [len(test) for _, test, _ in splits] == [5_000] * 3
+    assert not (splits[0][1].users == splits[1][1].users).all()  # each seed its own split
+    with pytest.raises(ConfigError, match="--leave-k applies to --split user"):
+        data_args.split_loader(parse("--leave-k", "1"))  # checked before any data is read

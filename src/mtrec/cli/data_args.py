@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 from mtrec.cli._args import add_option, positive_int
 from mtrec.data.datasets import RELEASES, load_movielens
@@ -157,12 +157,26 @@ def load_split(args: argparse.Namespace, seed: int, progress: bool = True) -> tu
     DataError
         For data that cannot be read or split.
     """
+    return split_loader(args, progress)(seed)
+
+
+def split_loader(
+    args: argparse.Namespace, progress: bool = True
+) -> Callable[[int], tuple[Interactions, Interactions, dict]]:
+    """:func:`load_split` for several seeds: the options are checked now, the data read once."""
     _check_options(args)
-    if args.split in CANONICAL_SPLITS:
-        train, test = canonical_split(args.split, args.data_dir, progress=progress)
-    else:
-        train, test = split_data(args, load_data(args, progress), seed)
-    return train, test, describe(args, train, test, seed)
+    data: list[Interactions] = []
+
+    def load(seed: int) -> tuple[Interactions, Interactions, dict]:
+        if args.split in CANONICAL_SPLITS:
+            train, test = canonical_split(args.split, args.data_dir, progress=progress)
+        else:
+            if not data:
+                data.append(load_data(args, progress))
+            train, test = split_data(args, data[0], seed)
+        return train, test, describe(args, train, test, seed)
+
+    return load
 
 
 def describe(args: argparse.Namespace, train: Interactions, test: Interactions, seed: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from mtrec.cli._args import add_option, positive_int
-from mtrec.cli.data_args import add_data_arguments, load_split
+from mtrec.cli.data_args import add_data_arguments, split_loader
 from mtrec.cli.report import describe
 from mtrec.cli.train import add_model_arguments, epoch_summary, model_from_args
 from mtrec.experiments import (
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             runs,
             args.epochs,
             lambda planned: model_from_args(args, seed=planned.seed, **planned.configuration.model_params()),
-            lambda seed: load_split(args, seed=seed, progress=False),
+            split_loader(args, progress=False),  # reads the data once for all seeds
             eval_every=args.eval_every,
             force=args.force,
             on_run=on_run,
