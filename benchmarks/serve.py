@@ -134,7 +134,7 @@ async def send_all(port: int, requests: list[Request], concurrency: int) -> list
                 head = await reader.readuntil(b"\r\n\r\n")
                 status = int(head.split(b" ", 2)[1])
                 await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1)))
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
                 status = 0
                 writer.close()
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)

@@ -118,3 +118,11 @@ def test_loader_rejects_a_modified_u_item_by_its_sha256(tmp_path, data_dir):
     (folder / "u.item").write_bytes((folder / "u.item").read_bytes().replace(b"Toy Story", b"Toy Storm", 1))
     with pytest.raises(DataError, match=r"ml-100k/u\.item has SHA-256 [0-9a-f]{64}, expected 553841eb"):
         load_movielens("100k", data_dir=tmp_path)
+
+
+def test_a_corrupt_genre_flag_in_u_item_is_named_not_a_traceback(tmp_path, data_dir):
+    folder = copy_ml100k(data_dir, tmp_path, "u.data", "u.item", "u.genre")
+    first, rest = (folder / "u.item").read_bytes().split(b"\n", 1)
+    (folder / "u.item").write_bytes(first[:-1] + b"x\n" + rest)  # Toy Story's last genre flag
+    with pytest.raises(DataError, match=r"u\.item, item 1: genre flags must be 0 or 1"):
+        load_movielens("100k", data_dir=tmp_path)

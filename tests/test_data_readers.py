@@ -341,3 +341,12 @@ def test_header_only_items_file(tmp_path):
     items = write(tmp_path / "movies.csv", "movieId,title\n")
     with pytest.raises(DataError, match=r"movies\.csv: the items file has no rows"):
         load_ratings_file(ratings, items_path=items)
+
+
+def test_a_reversed_rating_scale_and_a_missing_items_file_are_named_before_reading(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("user,item,rating\n1,10,4\n2,11,3\n")
+    with pytest.raises(DataError, match=r"rating scale must have lowest < highest, got 5\.\.1"):
+        load_ratings_file(path, rating_scale=(5, 1))
+    with pytest.raises(DataError, match=r"items\.csv: no such file"):
+        load_ratings_file(path, items_path=tmp_path / "items.csv")

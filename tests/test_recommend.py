@@ -4,6 +4,7 @@ on a model trained on the real MovieLens 100K."""
 import csv
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -328,3 +329,16 @@ def test_help_explains_the_watch_score(capsys):
         main(["recommend", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "rank percentile of the model's raw score p among all items for the user" in help_text
+
+
+def test_a_closed_pipe_ends_the_output_quietly(run_dir):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "mtrec.cli", "recommend", "--model", str(run_dir), "--user", "196", "-k", "1000", "--format", "json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    process.stdout.readline()
+    process.stdout.close()  # like `| head -1`, long before the ~300 KB of output (a pipe holds 64 KB)
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141
+    assert stderr == ""

@@ -22,7 +22,7 @@ from mtrec.data.interactions import Interactions
 from mtrec.errors import DataError
 
 if TYPE_CHECKING:
-    from mtrec.model import MultitaskModel
+    from mtrec.model import FittedData, MultitaskModel
     from mtrec.network import MultitaskNet
 
 #: Bytes of scores one block of users may occupy while ranking.
@@ -33,10 +33,14 @@ COMPARE_CHUNK_BYTES = 4 * 2**20
 PREDICT_BATCH = 2**16
 
 
+def _same_id_maps(a: Interactions | FittedData, b: Interactions) -> bool:
+    same = (a.num_users, a.num_items) == (b.num_users, b.num_items)
+    return same and np.array_equal(a.user_ids, b.user_ids) and np.array_equal(a.item_ids, b.item_ids)
+
+
 def check_same_ids(a: Interactions, b: Interactions) -> None:
     """Raise unless ``a`` and ``b`` index users and items the same way."""
-    same = (a.num_users, a.num_items) == (b.num_users, b.num_items)
-    if not (same and np.array_equal(a.user_ids, b.user_ids) and np.array_equal(a.item_ids, b.item_ids)):
+    if not _same_id_maps(a, b):
         raise DataError(
             f"{a.name or 'the data'} and {b.name or 'the test data'} use different id maps: "
             "split one Interactions so both share it"
@@ -44,9 +48,7 @@ def check_same_ids(a: Interactions, b: Interactions) -> None:
 
 
 def _check_model_ids(model: MultitaskModel, data: Interactions) -> None:
-    fitted = model.data_
-    same = (fitted.num_users, fitted.num_items) == (data.num_users, data.num_items)
-    if not (same and np.array_equal(fitted.user_ids, data.user_ids) and np.array_equal(fitted.item_ids, data.item_ids)):
+    if not _same_id_maps(model.data_, data):
         raise DataError("the data does not use the id map the model was trained with")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except MtrecError as error:
         print(f"mtrec {args.command}: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader went away (mtrec recommend ... | head): stop quietly, like cat
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     except OSError as error:  # an unwritable --logdir, a --data-dir that is a file, a full disk...
         where = f": {error.filename}" if error.filename else ""
         print(f"mtrec {args.command}: error: {error.strerror or error}{where}", file=sys.stderr)

@@ -348,6 +348,9 @@ def _split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> li
 def _read_u_item(path: Path) -> ItemTable:
     genre_names = [fields[0] for fields in _split_rows(path.with_name("u.genre"), "|", 2, id_field=1)]
     rows = _split_rows(path, "|", 5 + len(genre_names))
+    for fields in rows:
+        if any(flag not in ("0", "1") for flag in fields[5:]):
+            raise DataError(f"{path}, item {fields[0]}: genre flags must be 0 or 1, found {'|'.join(fields[5:])!r}")
     flags = np.array([fields[5:] for fields in rows], dtype=np.int8).astype(bool)
     names = np.array(genre_names, dtype=object)
     return ItemTable(

@@ -153,8 +153,12 @@ def load_ratings_file(
     a :class:`UserWarning` giving their count.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    # Mistakes in the other arguments are named before a long read, not after it.
+    for given in (path, items_path):
+        if given is not None and not Path(given).is_file():
+            raise DataError(f"{given}: no such file")
+    if rating_scale is not None and not float(rating_scale[0]) < float(rating_scale[1]):
+        raise DataError(f"rating scale must have lowest < highest, got {rating_scale[0]:g}..{rating_scale[1]:g}")
     wanted = {"user": user_col, "item": item_col, "rating": rating_col, "time": time_col}
     if path.suffix.lower() in PARQUET_SUFFIXES:
         columns = _read_parquet(path, wanted)
