@@ -74,6 +74,9 @@ def test_canonical_split_option(data_dir):
         (("--items", "x.csv"), "--items applies to --ratings files only"),
         (("--dataset", "1m", "--split", "u2"), "--split u2 is one of MovieLens 100K's own splits"),
         (("--split", "temporal", "--cutoff", "5", "--last-k", "2"), "give exactly one of cutoff, last_k"),
+        (("--split", "user", "--leave-k", "1", "--test-fraction", "0.1"), "--test-fraction and --leave-k are two ways"),
+        (("--split", "temporal", "--last-k", "1", "--test-fraction", "0.1"), "--test-fraction and --last-k are two"),
+        (("--split", "u1", "--test-fraction", "0.1"), "--test-fraction does not apply to --split u1"),
     ],
 )
 def test_bad_options_are_config_errors(data_dir, argv, message):

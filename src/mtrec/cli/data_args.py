@@ -23,6 +23,9 @@ from mtrec.errors import ConfigError
 SPLITS = ("random", "user", "temporal", *CANONICAL_SPLITS)
 
 
+#: The assignment's share of held-out ratings, for --split random, user and temporal.
+DEFAULT_TEST_FRACTION = 0.05
+
 def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """Add the ``data`` option group: the data set or a ratings file, and the split."""
     group = parser.add_argument_group(
@@ -87,8 +90,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
         group,
         "--test-fraction",
         type=float,
-        default=0.05,
-        help="share of ratings held out, in (0, 1) (default 0.05)",
+        default=None,
+        help=f"share of ratings held out, in (0, 1) (default {DEFAULT_TEST_FRACTION})",
     )
     add_option(group, "--leave-k", type=positive_int, default=None, metavar="K", help="--split user: K per user")
     add_option(
@@ -116,6 +119,11 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.split in CANONICAL_SPLITS and (args.ratings is not None or args.dataset != "100k"):
         raise ConfigError(f"--split {args.split} is one of MovieLens 100K's own splits: use it with --dataset 100k")
     if args.test_fraction is not None:
+        for option in ("leave_k", "cutoff", "last_k"):
+            if getattr(args, option) is not None:
+                raise ConfigError(f"--test-fraction and --{option.replace('_', '-')} are two ways to size the test set: give one")
+        if args.split in CANONICAL_SPLITS:
+            raise ConfigError(f"--test-fraction does not apply to --split {args.split}, whose test set is fixed")
         check_fraction("test_fraction", args.test_fraction)  # before any download or parse
 
 
@@ -135,16 +143,20 @@ def load_data(args: argparse.Namespace, progress: bool = True) -> Interactions:
     )
 
 
+def _test_fraction(args: argparse.Namespace) -> float:
+    return DEFAULT_TEST_FRACTION if args.test_fraction is None else args.test_fraction
+
+
 def split_data(args: argparse.Namespace, data: Interactions, seed: int) -> tuple[Interactions, Interactions]:
     if args.split == "random":
-        return random_split(data, test_fraction=args.test_fraction, seed=seed)
+        return random_split(data, test_fraction=_test_fraction(args), seed=seed)
     if args.split == "user":
         if args.leave_k is not None:
             return user_split(data, leave_k=args.leave_k, seed=seed)
-        return user_split(data, test_fraction=args.test_fraction, seed=seed)
+        return user_split(data, test_fraction=_test_fraction(args), seed=seed)
     if args.cutoff is not None or args.last_k is not None:
         return temporal_split(data, cutoff=args.cutoff, last_k=args.last_k)
-    return temporal_split(data, test_fraction=args.test_fraction)
+    return temporal_split(data, test_fraction=_test_fraction(args))
 
 
 def load_split(args: argparse.Namespace, seed: int, progress: bool = True) -> tuple[Interactions, Interactions, dict]:
@@ -189,7 +201,7 @@ def describe(args: argparse.Namespace, train: Interactions, test: Interactions, 
     if args.split in ("random", "user", "temporal"):
         options = {"random": (), "user": ("leave_k",), "temporal": ("cutoff", "last_k")}[args.split]
         given = {option: getattr(args, option) for option in options if getattr(args, option) is not None}
-        split.update(given or {"test_fraction": args.test_fraction})
+        split.update(given or {"test_fraction": _test_fraction(args)})
         if args.split != "temporal":
             split["seed"] = seed
     info.update(
