@@ -413,3 +413,22 @@ def test_a_sweep_with_one_finished_weight_and_no_test_mse_still_reports(tmp_path
 
     summary_figure([group], tmp_path / "summary.png")  # no finite test MSE: that panel stays empty
     assert (tmp_path / "summary.png").stat().st_size > 0
+
+
+def test_seeds_not_finished_by_every_configuration_are_left_out_and_named(tmp_path):
+    from mtrec.report import collect
+
+    groups = [
+        synthetic_group(SHARED, flat([0.90, 0.91, 0.92]), flat([0.05, 0.05, 0.05])),
+        synthetic_group(SEPARATE, flat([1.00, 1.01]), flat([0.05, 0.05])),  # seed 2 interrupted
+    ]
+    for group in groups:
+        for run in group.runs:
+            run_dir = tmp_path / "run" / group.configuration.name / f"seed-{run.seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.json").write_text(json.dumps(run.config))
+            (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
+    with pytest.warns(UserWarning, match="seed 2 has not finished for every configuration"):
+        collection = collect([tmp_path / "run"])
+    assert [group.seeds for group in collection.groups] == [[0, 1], [0, 1]]
+    assert [message.split(":")[0] for message in collection.left_out] == [str(tmp_path / "run/shared-0.5-0.5/seed-2")]

@@ -150,7 +150,26 @@ def comparable_runs(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[st
             left_out.append(f"{run.path}: same configuration and seed as {same.path}")
         else:
             kept[(run.configuration, run.seed)] = run
-    return list(kept.values()), left_out
+    return _on_common_seeds(list(kept.values()), left_out)
+
+
+def _on_common_seeds(runs: list[RunResult], left_out: list[str]) -> tuple[list[RunResult], list[str]]:
+    """Keep the seeds every configuration finished (an interrupted experiment leaves gaps), so
+    that the table's means, the paired differences in the text and the reproduce command all
+    speak of the same seeds. Without any seed in common, all runs are kept."""
+    seeds_of: dict[Configuration, set[int]] = {}
+    for run in runs:
+        seeds_of.setdefault(run.configuration, set()).add(run.seed)
+    common = set.intersection(*seeds_of.values()) if seeds_of else set()
+    if not common:
+        return runs, left_out
+    for run in runs:
+        if run.seed not in common:
+            left_out.append(
+                f"{run.path}: seed {run.seed} has not finished for every configuration "
+                f"(all have seeds {', '.join(map(str, sorted(common)))})"
+            )
+    return [run for run in runs if run.seed in common], left_out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +358,8 @@ class Comparison:
 
     def describe(self) -> str:
         """``+0.0123 ± 0.0040`` (mean difference ± standard error)."""
-        return f"{self.difference:+.4f} ± {fmt(self.standard_error)}"
+        difference = f"{self.difference:+.4f}" if math.isfinite(self.difference) else "n/a"
+        return f"{difference} ± {fmt(self.standard_error)}"
 
 
 def fmt(value: float) -> str:
