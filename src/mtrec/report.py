@@ -150,26 +150,8 @@ def comparable_runs(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[st
             left_out.append(f"{run.path}: same configuration and seed as {same.path}")
         else:
             kept[(run.configuration, run.seed)] = run
-    return _on_common_seeds(list(kept.values()), left_out)
+    return list(kept.values()), left_out
 
-
-def _on_common_seeds(runs: list[RunResult], left_out: list[str]) -> tuple[list[RunResult], list[str]]:
-    """Keep the seeds every configuration finished (an interrupted experiment leaves gaps), so
-    that the table's means, the paired differences in the text and the reproduce command all
-    speak of the same seeds. Without any seed in common, all runs are kept."""
-    seeds_of: dict[Configuration, set[int]] = {}
-    for run in runs:
-        seeds_of.setdefault(run.configuration, set()).add(run.seed)
-    common = set.intersection(*seeds_of.values()) if seeds_of else set()
-    if not common:
-        return runs, left_out
-    for run in runs:
-        if run.seed not in common:
-            left_out.append(
-                f"{run.path}: seed {run.seed} has not finished for every configuration "
-                f"(all have seeds {', '.join(map(str, sorted(common)))})"
-            )
-    return [run for run in runs if run.seed in common], left_out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -951,6 +933,16 @@ def setup(groups: Sequence[GroupSummary], sweep: bool = False) -> list[Block]:
         "twice its standard error; otherwise it is within noise."
     )
     blocks: list[Block] = [Paragraph(text)]
+    gaps = [group for group in groups if sorted(group.seeds) != seeds]
+    if gaps:
+        listed = "; ".join(f"{group.configuration.label}: seeds {', '.join(map(str, sorted(group.seeds)))}" for group in gaps)
+        blocks.append(
+            Paragraph(
+                f"Not every configuration has every seed ({listed}). The table averages each configuration over "
+                "its own seeds; a difference in the text pairs only the seeds both configurations have, so it "
+                "need not equal the difference of the table's means."
+            )
+        )
     if len(seeds) < 2:
         blocks.append(Paragraph("Only one seed: there is no estimate of noise, so no difference is called clear."))
     options = shared_options(first.config)
