@@ -186,17 +186,31 @@ def measure_paired(rounds: int, large_batches: list[int]) -> dict:
 
 
 def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> dict:
-    """Shared 0.99/0.01, evaluation every epoch, until test MRR >= QUALITY_MRR."""
+    """Shared 0.99/0.01, evaluation every epoch, until test MRR >= QUALITY_MRR.
+
+    Reports the wall time (what the user waits for, each side with its own evaluation) and
+    the evaluation time within it, so that training alone can be compared too.
+    """
+    from mtrec.evaluation import Evaluator
     from mtrec.model import MultitaskModel, scaled_learning_rate
 
     train, test = movielens_split()
     started = time.perf_counter()
     history = []
+    evaluating = 0.0
+
+    def evaluated(evaluate) -> dict:
+        nonlocal evaluating
+        began = time.perf_counter()
+        metrics = evaluate()
+        evaluating += time.perf_counter() - began
+        return metrics
+
     if variant == "plain":
         trainer = PlainTrainer(train, factorization_weight=0.99, regression_weight=0.01, batch_size=batch_size)
         for epoch in range(1, max_epochs + 1):
             trainer.epoch()
-            metrics = trainer.evaluate(test, train)
+            metrics = evaluated(lambda: trainer.evaluate(test, train))
             history.append((epoch, time.perf_counter() - started, metrics["test_mse"], metrics["test_mrr"]))
             if metrics["test_mrr"] >= QUALITY_MRR:
                 break
@@ -205,9 +219,12 @@ def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> d
         class Reached(Exception):
             pass
 
+        evaluator = Evaluator(test, train)  # what fit(test=...) does, timed apart
+
         def stop_at_quality(record):
-            history.append((record.epoch, time.perf_counter() - started, record.test_mse, record.test_mrr))
-            if record.test_mrr >= QUALITY_MRR:
+            metrics = evaluated(lambda: evaluator.evaluate(model.network_))
+            history.append((record.epoch, time.perf_counter() - started, metrics["test_mse"], metrics["test_mrr"]))
+            if metrics["test_mrr"] >= QUALITY_MRR:
                 raise Reached
 
         model = MultitaskModel(
@@ -219,11 +236,18 @@ def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> d
             seed=0,
         )
         try:
-            model.fit(train, epochs=max_epochs, test=test, callback=stop_at_quality)
+            model.fit(train, epochs=max_epochs, callback=stop_at_quality)
         except Reached:
             pass
     epoch, seconds, mse, mrr = history[-1]
-    return {"epochs": epoch, "seconds": seconds, "test_mse": mse, "test_mrr": mrr, "reached": mrr >= QUALITY_MRR}
+    return {
+        "epochs": epoch,
+        "seconds": seconds,
+        "eval_seconds": evaluating,
+        "test_mse": mse,
+        "test_mrr": mrr,
+        "reached": mrr >= QUALITY_MRR,
+    }
 
 
 def measure_scale(batch_size: int) -> dict:
@@ -353,15 +377,22 @@ def main() -> None:
         slow = in_fresh_process("ttq", "plain", "256", "200")
         ttq_batch = args.large_batch[0]
         quick = in_fresh_process("ttq", "mtrec", str(ttq_batch), "200")
-        rows = [["time to MRR >= 0.13 (shared 0.99/0.01, eval every epoch)", "epochs", "wall s", "test MSE", "test MRR"]]
-        rows.append(["plain loop, batch 256", str(slow["epochs"]), f"{slow['seconds']:.1f}", f"{slow['test_mse']:.4f}", f"{slow['test_mrr']:.4f}"])
-        rows.append(
-            [f"mtrec, batch {ttq_batch}, lr x{ttq_batch // 256}, l2 {LARGE_BATCH_L2:g}", str(quick["epochs"]), f"{quick['seconds']:.1f}", f"{quick['test_mse']:.4f}", f"{quick['test_mrr']:.4f}"]
-        )
+        rows = [["time to MRR >= 0.13 (shared 0.99/0.01, eval every epoch)", "epochs", "wall s", "of which eval s", "test MSE", "test MRR"]]
+        for label, result in (
+            ("plain loop, batch 256", slow),
+            (f"mtrec, batch {ttq_batch}, lr x{ttq_batch // 256}, l2 {LARGE_BATCH_L2:g}", quick),
+        ):
+            rows.append(
+                [label, str(result["epochs"]), f"{result['seconds']:.1f}", f"{result['eval_seconds']:.1f}", f"{result['test_mse']:.4f}", f"{result['test_mrr']:.4f}"]
+            )
         print()
         print(table(rows))
         if slow["reached"] and quick["reached"]:
-            print(f"mtrec reaches it in {quick['seconds'] / slow['seconds']:.3f} of the plain loop's time.")
+            train_slow, train_quick = slow["seconds"] - slow["eval_seconds"], quick["seconds"] - quick["eval_seconds"]
+            print(
+                f"mtrec reaches it in {quick['seconds'] / slow['seconds']:.3f} of the plain loop's wall time; "
+                f"training alone (evaluation left out on both sides) {train_quick / train_slow:.3f}."
+            )
         else:
             print("Not reached within 200 epochs by: " + ", ".join(n for n, r in (("plain", slow), ("mtrec", quick)) if not r["reached"]))
 

@@ -78,7 +78,7 @@ def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarr
     Ties in ``sort_key`` go to the later row (it ranks first).
     """
     n = len(users)
-    order = np.lexsort((np.arange(n), sort_key, users))
+    order = np.lexsort((sort_key, users))  # stable: equal keys keep file order
     counts = np.bincount(users)
     starts = np.cumsum(counts) - counts
     sorted_users = users[order]
