@@ -284,6 +284,15 @@ def synthetic_group(configuration: Configuration, test_mse, test_mrr, train_mse=
     return GroupSummary.of(configuration, runs)
 
 
+def write_runs(group: GroupSummary, root: Path) -> None:
+    """The group's runs as finished run directories ``root/<configuration>/seed-<k>``."""
+    for run in group.runs:
+        run_dir = root / group.configuration.name / f"seed-{run.seed}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps(run.config))
+        (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
+
+
 def flat(values: list[float], epochs: int = 5) -> list[list[float]]:
     return [[value] * epochs for value in values]
 
@@ -376,11 +385,7 @@ def test_sweep_report_draws_the_trade_off_curve(tmp_path):
     for configuration in sweep_configurations(0.5):
         weight = configuration.factorization_weight
         group = synthetic_group(configuration, flat([1 + weight, 1.01 + weight]), flat([0.02 + weight / 10] * 2))
-        for run in group.runs:
-            run_dir = tmp_path / "run" / "sweep" / configuration.name / f"seed-{run.seed}"
-            run_dir.mkdir(parents=True)
-            (run_dir / "config.json").write_text(json.dumps(run.config))
-            (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
+        write_runs(group, tmp_path / "run" / "sweep")
     files = build_report([tmp_path / "run"], tmp_path / "report")
     assert (tmp_path / "report" / TRADEOFF_FIGURE).is_file() and not (tmp_path / "report" / SUMMARY_FIGURE).exists()
     markdown = files.markdown.read_text()
@@ -405,11 +410,7 @@ def test_a_test_mse_that_rises_with_the_train_mse_is_not_called_overfitting():
 def test_a_sweep_with_one_finished_weight_and_no_test_mse_still_reports(tmp_path):
     configuration = sweep_configurations(0.5)[1]
     group = synthetic_group(configuration, flat([float("nan")] * 2), flat([0.05, 0.06]))
-    for run in group.runs:
-        run_dir = tmp_path / "run" / "sweep" / configuration.name / f"seed-{run.seed}"
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.json").write_text(json.dumps(run.config))
-        (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
+    write_runs(group, tmp_path / "run" / "sweep")
     files = build_report([tmp_path / "run"], tmp_path / "report")
     markdown = files.markdown.read_text()
     assert "mtrec experiments --sweep --seeds 2" in markdown and "--sweep-step" not in markdown
