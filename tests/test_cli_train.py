@@ -30,7 +30,8 @@ def test_main_py_runs_the_assignments_command_and_writes_the_run(tmp_path, data_
     assert "test MSE" in result.stdout and "MRR" in result.stdout
     config = json.loads((logdir / "config.json").read_text())
     assert config["model"]["factorization_weight"] == 0.99 and config["model"]["embedding_sharing"] is True
-    assert config["data"]["train_size"] == 95_000 and config["data"]["test_size"] == 5_000
+    assert config["data_summary"]["train_size"] == 95_000 and config["data_summary"]["test_size"] == 5_000
+    assert config["resolved"] == {"step": "fused"} and config["speed"]["step"] == "auto"
     metrics = json.loads((logdir / "metrics.json").read_text())
     assert metrics["completed"] is True and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["final"]["test_mrr"] > 0.02
@@ -45,7 +46,8 @@ def test_tensorboard_receives_every_scalar_each_epoch(tmp_path, data_dir):
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert tags == {"train/bpr_loss", "train/mse", "train/joint_loss", "test/mse", "test/mrr"}
+    metrics = ("mse", "rmse", "mae", "mrr", "ndcg@10", "recall@10", "hr@10", "map@10")
+    assert tags == {"train/bpr_loss", "train/mse", "train/joint_loss", *(f"test/{m}" for m in metrics)}
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     mrr = [event.value for event in events.Scalars("test/mrr")]
     assert mrr == pytest.approx([epoch["test_mrr"] for epoch in metrics["epochs"]], rel=1e-6)
@@ -56,7 +58,7 @@ def test_hyphen_and_underscore_spellings_are_the_same_option(tmp_path, data_dir)
                  "--logdir", str(tmp_path)) == 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["embedding_dim"] == 8 and config["model"]["layer_sizes"] == [24, 64]
-    assert config["data"]["test_size"] == 10_000
+    assert config["data_summary"]["test_size"] == 10_000
 
 
 @pytest.mark.parametrize(

@@ -8,15 +8,22 @@ import json
 import pytest
 
 from mtrec.cli import main
-from mtrec.cli.data_args import add_data_arguments, load_split
+from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.data import RELEASES
 from mtrec.errors import ConfigError
 
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_data_arguments(parser)
+    add_run_arguments(parser)
     return parser.parse_args(list(argv))
+
+
+def load_split(args: argparse.Namespace, seed: int, progress: bool = False):
+    """What `mtrec train` makes of the options: train and test, the data spec as config.json has it, the summary."""
+    config = run_config(args, seed=seed)
+    train, validation, test = config.data.load_split(args.data_dir, progress=progress)
+    return train, test, config.data.to_json(), config.data.describe(train, validation, test)
 
 
 def test_datasets_list_shows_the_registry_and_presence(data_dir, capsys):
@@ -49,19 +56,19 @@ def test_datasets_without_action_shows_usage(capsys):
 
 
 def test_default_options_give_the_assignments_split(data_dir):
-    train, test, info = load_split(parse("--data-dir", str(data_dir)), seed=0, progress=False)
+    train, test, spec, info = load_split(parse("--data-dir", str(data_dir)), seed=0, progress=False)
     assert (len(train), len(test)) == (95_000, 5_000)
-    assert info["dataset"] == "100k" and info["split"] == {"method": "random", "test_fraction": 0.05, "seed": 0}
+    assert spec == {"source": {"dataset": "100k"}, "split": {"method": "random", "test_fraction": 0.05, "seed": 0}}
     assert (info["train_size"], info["test_size"], info["num_users"], info["num_items"]) == (95_000, 5_000, 943, 1682)
     assert info["rating_scale"] == [1.0, 5.0] and info["has_ratings"] is True
     assert set(info["cold_start"]) >= {"cold_users", "cold_items", "cold_ratings"}
-    assert json.loads(json.dumps(info)) == info
+    assert json.loads(json.dumps(info)) == info and info["valid_size"] == 0
 
 
 def test_canonical_split_option(data_dir):
-    train, test, info = load_split(parse("--data_dir", str(data_dir), "--split", "u1"), seed=0, progress=False)
+    train, test, spec, info = load_split(parse("--data_dir", str(data_dir), "--split", "u1"), seed=0, progress=False)
     assert (len(train), len(test)) == (80_000, 20_000)
-    assert info["split"] == {"method": "u1"} and info["cold_start"]["cold_items"] == 32
+    assert spec["split"] == {"method": "u1", "seed": 0} and info["cold_start"]["cold_items"] == 32
 
 
 @pytest.mark.parametrize(
@@ -73,7 +80,8 @@ def test_canonical_split_option(data_dir):
         (("--split", "user", "--cutoff", "5"), "--cutoff applies to --split temporal"),
         (("--items", "x.csv"), "--items applies to --ratings files only"),
         (("--dataset", "1m", "--split", "u2"), "--split u2 is one of MovieLens 100K's own splits"),
-        (("--split", "temporal", "--cutoff", "5", "--last-k", "2"), "give exactly one of cutoff, last_k"),
+        (("--split", "temporal", "--cutoff", "5", "--last-k", "2"), "--cutoff and --last-k are two ways"),
+        (("--ratings", "x.csv", "--dataset", "1m"), "--dataset and --ratings are two data sources"),
         (("--split", "user", "--leave-k", "1", "--test-fraction", "0.1"), "--test-fraction and --leave-k are two ways"),
         (("--split", "temporal", "--last-k", "1", "--test-fraction", "0.1"), "--test-fraction and --last-k are two"),
         (("--split", "u1", "--test-fraction", "0.1"), "--test-fraction does not apply to --split u1"),
@@ -89,9 +97,10 @@ def test_own_ratings_file_with_user_split(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_text("user,item,stars\n" + "\n".join(rows) + "\n")
     args = parse("--ratings", str(path), "--split", "user", "--leave-k", "2", "--rating-scale", "1", "5")
-    train, test, info = load_split(args, seed=3, progress=False)
+    train, test, spec, info = load_split(args, seed=3, progress=False)
     assert (len(train), len(test)) == (120, 60)
-    assert info["ratings_file"] == str(path) and info["split"] == {"method": "user", "leave_k": 2, "seed": 3}
+    assert spec["source"] == {"ratings": str(path), "rating_scale": [1.0, 5.0]}
+    assert spec["split"] == {"method": "user", "leave_k": 2, "seed": 3}
     assert info["cold_start"]["cold_users"] == 0
 
 
@@ -99,9 +108,9 @@ def test_implicit_file_has_no_ratings(tmp_path):
     path = tmp_path / "clicks.tsv"
     path.write_text("".join(f"{u}\t{i}\t{u * 100 + i}\n" for u in range(20) for i in range(u % 5, 10)))
     args = parse("--ratings", str(path), "--time-col", "2", "--split", "temporal", "--last-k", "1")
-    train, test, info = load_split(args, seed=0, progress=False)
+    train, test, spec, info = load_split(args, seed=0, progress=False)
     assert not train.has_ratings and info["has_ratings"] is False and info["rating_scale"] is None
-    assert len(test) == 20 and info["split"] == {"method": "temporal", "last_k": 1}
+    assert len(test) == 20 and spec["split"] == {"method": "temporal", "last_k": 1}
 
 
 def test_a_separator_of_two_characters_is_a_usage_error(tmp_path, capsys):
@@ -113,16 +122,16 @@ def test_a_separator_of_two_characters_is_a_usage_error(tmp_path, capsys):
 
 
 def test_a_split_loader_reads_the_data_once_for_every_seed(data_dir, monkeypatch):
-    import mtrec.cli.data_args as data_args
+    from mtrec.cli.experiments import split_loader
+    from mtrec.data.spec import DataSpec
 
     reads = []
-    real = data_args.load_data
-    monkeypatch.setattr(data_args, "load_data", lambda *a, **k: reads.append(1) or real(*a, **k))
-    load = data_args.split_loader(parse("--data-dir", str(data_dir)), progress=False)
+    real = DataSpec.load
+    monkeypatch.setattr(DataSpec, "load", lambda *a, **k: reads.append(1) or real(*a, **k))
+    load = split_loader(run_config(parse()), str(data_dir))
     splits = [load(seed) for seed in (0, 1, 2)]
     assert len(reads) == 1
-    assert [info["split"]["seed"] for _, _, info in splits] == [0, 1, 2]
-    assert [len(test) for _, test, _ in splits] == [5_000] * 3
-    assert not (splits[0][1].users == splits[1][1].users).all()  # each seed its own split
+    assert [len(test) for _, _, test, _ in splits] == [5_000] * 3
+    assert not (splits[0][2].users == splits[1][2].users).all()  # each seed its own split
     with pytest.raises(ConfigError, match="--leave-k applies to --split user"):
-        data_args.split_loader(parse("--leave-k", "1"))  # checked before any data is read
+        run_config(parse("--leave-k", "1"))  # checked before any data is read

@@ -25,7 +25,8 @@ from mtrec.experiments import (
     run_experiment,
     sweep_configurations,
 )
-from mtrec.model import EpochRecord, MultitaskModel
+from mtrec.config import RunConfig
+from mtrec.fitted import EpochRecord, summarize
 from mtrec.report import (
     CURVES,
     FIGURES,
@@ -38,7 +39,7 @@ from mtrec.report import (
     answer_weights,
     build_report,
 )
-from mtrec.runs import METRICS_FILENAME, is_finished, run_config, summarize
+from mtrec.runs import METRICS_FILENAME, is_finished
 
 SEEDS, EPOCHS = 2, 3
 
@@ -90,7 +91,7 @@ def test_every_run_is_a_complete_training_run(experiment):
             config = json.loads((run_dir / "config.json").read_text())
             assert metrics["completed"] and len(metrics["epochs"]) == EPOCHS
             assert config["model"]["seed"] == seed
-            assert Configuration.of(config) == CONFIGURATIONS[name]
+            assert Configuration.of(RunConfig.from_json(config)) == CONFIGURATIONS[name]
             assert list(run_dir.glob("events.out.tfevents.*")) and (run_dir / "model.safetensors").is_file()
 
 
@@ -121,8 +122,8 @@ def test_report_numbers_are_the_runs_own(experiment):
             assert stat["mean"] == pytest.approx(np.mean(stat["values"]), rel=1e-12)
             assert stat["sd"] == pytest.approx(np.std(stat["values"], ddof=1), rel=1e-9)
         for field, best in group["best"].items():
-            assert best["value"]["values"] == [run[f"best_{field}"]["value"] for run in runs]
-            assert best["epoch"]["values"] == [run[f"best_{field}"]["epoch"] for run in runs]
+            assert best["value"]["values"] == [run[f"oracle_best_{field}"]["value"] for run in runs]
+            assert best["epoch"]["values"] == [run[f"oracle_best_{field}"]["epoch"] for run in runs]
         row = rows[group["label"]]
         final, best = group["final"], group["best"]
         assert row[2] == f"{final['test_mse']['mean']:.4f} ± {final['test_mse']['sd']:.4f}"
@@ -206,16 +207,16 @@ def test_ctrl_c_leaves_finished_runs_complete_and_the_interrupted_one_unfinished
     test = random_interactions(num_users=40, num_items=50, n=100, seed=2)
     runs = plan_runs([CONFIGURATIONS["shared-0.5-0.5"], CONFIGURATIONS["separate-0.5-0.5"]], 1, tmp_path)
 
-    def build(planned):
-        return MultitaskModel(embedding_dim=4, seed=planned.seed, **planned.configuration.model_params())
+    def config_of(planned):
+        return RunConfig(model={"embedding_dim": 4, "seed": planned.seed, **planned.configuration.model_params()}, epochs=3)
 
     def interrupt_second_run(record):
         if runs[1].path.exists() and record.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_experiment(runs, 3, build, lambda seed: (data, test, {"name": "random"}), on_epoch=interrupt_second_run)
-    configs = [run_config(build(planned), 3, {"name": "random"}) for planned in runs]
+        run_experiment(runs, config_of, lambda seed: (data, None, test, {"name": "random"}), on_epoch=interrupt_second_run)
+    configs = [config_of(planned) for planned in runs]
     assert is_finished(runs[0].path, configs[0])
     assert not is_finished(runs[1].path, configs[1]) and not (runs[1].path / METRICS_FILENAME).exists()
 
@@ -272,15 +273,14 @@ def synthetic_group(configuration: Configuration, test_mse, test_mrr, train_mse=
                 train_bpr=float(tr_bpr[e]),
                 train_mse=float(tr_mse[e]),
                 train_loss=configuration.factorization_weight * tr_bpr[e] + configuration.regression_weight * tr_mse[e],
-                test_mse=float(mse[e]),
-                test_mrr=float(mrr[e]),
+                metrics={"test_mse": float(mse[e]), "test_mrr": float(mrr[e])},
             )
             for e in range(epochs)
         ]
-        model = MultitaskModel(seed=seed, **configuration.model_params())
-        config = run_config(model, epochs, {"name": "synthetic"})
+        config = RunConfig(model={"seed": seed, **configuration.model_params()}, epochs=epochs)
         metrics = {"completed": True, "epochs": [r.to_json() for r in history], **summarize(history)}
-        runs.append(RunResult(Path(f"run/{configuration.name}/seed-{seed}"), configuration, seed, config, metrics))
+        path = Path(f"run/{configuration.name}/seed-{seed}")
+        runs.append(RunResult(path, configuration, seed, config, {"name": "synthetic"}, metrics))
     return GroupSummary.of(configuration, runs)
 
 
@@ -289,7 +289,7 @@ def write_runs(group: GroupSummary, root: Path) -> None:
     for run in group.runs:
         run_dir = root / group.configuration.name / f"seed-{run.seed}"
         run_dir.mkdir(parents=True)
-        (run_dir / "config.json").write_text(json.dumps(run.config))
+        (run_dir / "config.json").write_text(json.dumps(run.config.to_json(summary=run.data_summary)))
         (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
 
 

@@ -98,9 +98,9 @@ def test_the_large_batch_learning_rate_is_linear_up_to_batch_16384_then_constant
 
 
 def test_an_overflowed_metric_is_written_as_null_not_infinity():
-    from mtrec.model import EpochRecord
+    from mtrec.fitted import EpochRecord
 
-    record = EpochRecord(epoch=1, train_bpr=0.5, train_mse=float("inf"), train_loss=float("-inf"), test_mse=float("nan"))
+    record = EpochRecord(epoch=1, train_bpr=0.5, train_mse=float("inf"), train_loss=float("-inf"), metrics={"test_mse": float("nan")})
     written = record.to_json()
     assert written["train_mse"] is None and written["train_loss"] is None and written["test_mse"] is None
     assert written["train_bpr"] == 0.5

@@ -1,102 +1,157 @@
-"""Training: hand-written gradients equal autograd's, each head learns from its own loss,
-seeding is exact, and a short run on real MovieLens learns."""
+"""Training: the objective is the specification, the fused step's hand-written gradients equal the
+autograd step's, both steps train alike, `auto` picks the fused step exactly where it applies,
+seeding is exact, and the seed's settings give today's numbers bit for bit."""
+
+import hashlib
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from conftest import random_interactions
-from mtrec.losses import bpr_loss, regression_loss
+from mtrec.errors import ConfigError
+from mtrec.evaluation import Evaluator
+from mtrec.losses import Batch, JointObjective, bpr_loss, regression_loss
 from mtrec.model import MultitaskModel
-from mtrec.network import MultitaskNet
-from mtrec.training import TrainingStep
+from mtrec.network import MultitaskNet, RecommenderNetwork
+from mtrec.training import AutogradStep, FusedStep, make_step
+
+STEPS = [FusedStep, AutogradStep]
 
 
-def reference_loss(net, users, positives, negatives, ratings, weight_f, weight_r):
-    """The specification, with autograd: λF·mean(1-σ(p+ - p-)) + λR·mean((r_hat - r)^2)."""
-    p_pos, r_hat = net(users, positives)
-    p_neg, _ = net(users, negatives)
-    return weight_f * bpr_loss(p_pos, p_neg) + weight_r * regression_loss(r_hat, ratings)
-
-
-@pytest.mark.parametrize("sharing", [True, False])
-@pytest.mark.parametrize("layer_sizes", [[24, 16], [24, 12, 6]])
-def test_handwritten_gradients_match_autograd(sharing, layer_sizes):
-    torch.manual_seed(0)
-    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=layer_sizes, embedding_sharing=sharing)
+def random_net(sharing=True, layer_sizes=(24, 16), seed=0):
+    torch.manual_seed(seed)
+    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=list(layer_sizes), embedding_sharing=sharing)
     with torch.no_grad():
         for param in net.parameters():
             param.normal_()  # non-zero biases so every term of the gradient is exercised
-    users = torch.randint(0, 12, (64,))
-    positives, negatives = torch.randint(0, 15, (64,)), torch.randint(0, 15, (64,))
-    ratings = torch.randint(1, 6, (64,)).float()
-    loss = reference_loss(net, users, positives, negatives, ratings, 0.9, 0.1)
-    expected = torch.autograd.grad(loss, list(net.parameters()))
+    return net
 
-    step = TrainingStep(net, factorization_weight=0.9, regression_weight=0.1, learning_rate=1e-3, l2=0.0)
-    losses = step.gradients(users, positives, negatives, ratings)
-    assert losses[2].item() == pytest.approx(loss.item(), rel=1e-6)
-    for (name, param), grad in zip(net.named_parameters(), expected):
-        torch.testing.assert_close(step.flat.grad_of(param), grad, rtol=1e-5, atol=1e-6, msg=name)
+
+def random_batch(n=64, negatives_per_pair=None, ratings=True, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n,) if negatives_per_pair is None else (n, negatives_per_pair)
+    return Batch(
+        users=torch.randint(0, 12, (n,), generator=generator),
+        positives=torch.randint(0, 15, (n,), generator=generator),
+        negatives=torch.randint(0, 15, shape, generator=generator),
+        ratings=torch.randint(1, 6, (n,), generator=generator).float() if ratings else None,
+    )
+
+
+def reference_loss(net, batch, weight_f, weight_r):
+    """The specification written out plainly: λF·mean(1-σ(p+ - p-)) + λR·mean((r_hat - r)^2)."""
+    p_pos, r_hat = net(batch.users, batch.positives)
+    p_neg, _ = net(batch.users, batch.negatives)
+    return weight_f * bpr_loss(p_pos, p_neg) + weight_r * regression_loss(r_hat, batch.ratings)
+
+
+def test_the_objective_is_the_seeds_joint_loss():
+    net, batch = random_net(), random_batch()
+    loss_f, loss_r, loss = JointObjective(0.9, 0.1)(net, batch)
+    assert loss.item() == pytest.approx(reference_loss(net, batch, 0.9, 0.1).item(), rel=1e-6)
+    with torch.no_grad():
+        p_pos, r_hat = net(batch.users, batch.positives)
+        p_neg, _ = net(batch.users, batch.negatives)
+    assert loss_f.item() == pytest.approx((1 - torch.sigmoid(p_pos - p_neg)).mean().item(), rel=1e-6)
+    assert loss_r.item() == pytest.approx(((r_hat - batch.ratings) ** 2).mean().item(), rel=1e-6)
+
+
+def test_logsigmoid_is_bprs_own_loss_and_several_negatives_average_over_all_pairs():
+    net, batch = random_net(), random_batch(negatives_per_pair=3)
+    loss_f, _, _ = JointObjective(1.0, 0.0, watch_loss="logsigmoid")(net, batch)
+    with torch.no_grad():
+        p_pos = net.watch_score(batch.users, batch.positives)
+        p_neg = torch.stack([net.watch_score(batch.users, batch.negatives[:, j]) for j in range(3)], 1)
+    expected = -torch.log(torch.sigmoid(p_pos[:, None] - p_neg)).mean()
+    assert loss_f.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+@pytest.mark.parametrize("layer_sizes", [(24, 16), (24, 12, 6)])
+@pytest.mark.parametrize("watch_loss", ["bpr", "logsigmoid"])
+@pytest.mark.parametrize("negatives_per_pair", [None, 4])
+def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, negatives_per_pair):
+    objective = JointObjective(0.9, 0.1, watch_loss=watch_loss)
+    batch = random_batch(negatives_per_pair=negatives_per_pair)
+    results = []
+    for step_class in STEPS:
+        net = random_net(sharing, layer_sizes)
+        step = step_class(net, objective, learning_rate=1e-3)
+        losses = step.gradients(batch)
+        grads = {name: param.grad if step_class is AutogradStep else step.flat.grad_of(param)
+                 for name, param in net.named_parameters()}
+        results.append((losses, {name: grad.clone() for name, grad in grads.items()}))
+    (fused_losses, fused_grads), (auto_losses, auto_grads) = results
+    torch.testing.assert_close(fused_losses, auto_losses, rtol=1e-6, atol=1e-6)
+    for name in fused_grads:
+        torch.testing.assert_close(fused_grads[name], auto_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_without_ratings_only_the_watch_loss_has_gradients():
-    torch.manual_seed(3)
-    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=[24, 16])
-    users, positives, negatives = torch.randint(0, 12, (32,)), torch.randint(0, 15, (32,)), torch.randint(0, 15, (32,))
-    p_pos, _ = net(users, positives)
-    p_neg, _ = net(users, negatives)
+    net = random_net(seed=3)
+    batch = random_batch(ratings=False, seed=3)
+    p_pos, _ = net(batch.users, batch.positives)
+    p_neg, _ = net(batch.users, batch.negatives)
     expected = torch.autograd.grad(bpr_loss(p_pos, p_neg), list(net.parameters()), allow_unused=True)
-    step = TrainingStep(net, factorization_weight=1.0, regression_weight=0.0, learning_rate=1e-3, l2=0.0)
-    step.gradients(users, positives, negatives, None)
+    step = FusedStep(net, JointObjective(1.0, 0.0), learning_rate=1e-3)
+    step.gradients(batch)
     for (name, param), grad in zip(net.named_parameters(), expected):
         grad = torch.zeros_like(param) if grad is None else grad
         torch.testing.assert_close(step.flat.grad_of(param), grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_a_step_is_adams_update_with_the_learning_rate_and_weight_decay():
-    torch.manual_seed(4)
-    reference = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=[24, 16], embedding_sharing=False)
-    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=[24, 16], embedding_sharing=False)
-    net.load_state_dict(reference.state_dict())
-    optimizer = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=0.1)
-    step = TrainingStep(net, factorization_weight=0.7, regression_weight=0.3, learning_rate=0.01, l2=0.1)
-    for _ in range(3):
-        # Positives and negatives apart: an item that is both gets a near-zero gradient from
-        # cancellation, and Adam's g / sqrt(g^2) blows rounding noise up to a full step.
-        users, positives, negatives = torch.randint(0, 12, (16,)), torch.randint(0, 7, (16,)), torch.randint(7, 15, (16,))
-        ratings = torch.randint(1, 6, (16,)).float()
+def disjoint_batches(count, seed):
+    """Positives and negatives apart: an item that is both gets a near-zero gradient from
+    cancellation, and Adam's g / sqrt(g^2) blows rounding noise up to a full step."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(count):
+        yield Batch(
+            users=torch.randint(0, 12, (16,), generator=generator),
+            positives=torch.randint(0, 7, (16,), generator=generator),
+            negatives=torch.randint(7, 15, (16,), generator=generator),
+            ratings=torch.randint(1, 6, (16,), generator=generator).float(),
+        )
+
+
+@pytest.mark.parametrize("sharing", [True, False])
+def test_both_steps_give_the_same_parameters_after_50_steps(sharing):
+    objective = JointObjective(0.7, 0.3)
+    nets = [random_net(sharing, seed=4) for _ in STEPS]
+    steps = [step_class(net, objective, learning_rate=0.01, weight_decay=0.1) for step_class, net in zip(STEPS, nets)]
+    for batch in disjoint_batches(50, seed=4):
+        for step in steps:
+            step(batch)
+    for (name, fused), autograd in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(fused, autograd, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_fused_step_is_adams_update_with_the_learning_rate_and_per_group_weight_decay():
+    reference, net = random_net(False, seed=5), random_net(False, seed=5)
+    decay = {"embeddings": 0.1, "biases": 0.0, "mlp": 0.01}
+    groups = reference.parameter_groups()
+    optimizer = torch.optim.Adam([{"params": groups[g], "weight_decay": decay[g]} for g in groups], lr=0.01)
+    step = FusedStep(net, JointObjective(0.7, 0.3), learning_rate=0.01, weight_decay=decay)
+    assert len(step.flat.values) == 3  # one flat buffer per distinct weight decay
+    for batch in disjoint_batches(3, seed=5):
         optimizer.zero_grad()
-        reference_loss(reference, users, positives, negatives, ratings, 0.7, 0.3).backward()
+        reference_loss(reference, batch, 0.7, 0.3).backward()
         optimizer.step()
-        step(users, positives, negatives, ratings)
+        step(batch)
     for (name, expected), actual in zip(reference.named_parameters(), net.parameters()):
         torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_each_loss_pairs_a_head_with_its_own_target():
-    """L_F is computed from the watch scores (p+, p-) and L_R from (r_hat, r), never crossed."""
-    torch.manual_seed(1)
-    net = MultitaskNet(5, 6, embedding_dim=4, layer_sizes=[12, 8])
-    users, positives, negatives = torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.tensor([4, 5, 0])
-    ratings = torch.tensor([5.0, 1.0, 3.0])
-    step = TrainingStep(net, factorization_weight=1.0, regression_weight=1.0, learning_rate=1e-3, l2=0.0)
-    loss_f, loss_r, _ = step.gradients(users, positives, negatives, ratings)
-    with torch.no_grad():
-        p_pos, r_hat = net(users, positives)
-        p_neg, _ = net(users, negatives)
-    assert loss_f.item() == pytest.approx((1 - torch.sigmoid(p_pos - p_neg)).mean().item(), rel=1e-6)
-    assert loss_r.item() == pytest.approx(((r_hat - ratings) ** 2).mean().item(), rel=1e-6)
-
-
 @pytest.mark.parametrize("silent_head", ["factorization", "regression"])
-def test_a_zero_weight_leaves_that_heads_own_parameters_untouched(silent_head):
+@pytest.mark.parametrize("step", ["fused", "autograd"])
+def test_a_zero_weight_leaves_that_heads_own_parameters_untouched(silent_head, step):
     data = random_interactions(seed=4)
     weights = {"factorization_weight": 0.0, "regression_weight": 1.0}
     if silent_head == "regression":
         weights = {"factorization_weight": 1.0, "regression_weight": 0.0}
-    before = MultitaskModel(embedding_dim=4, embedding_sharing=False, seed=2, **weights).fit(data, epochs=0)
-    after = MultitaskModel(embedding_dim=4, embedding_sharing=False, seed=2, **weights).fit(data, epochs=3)
+    before = MultitaskModel(embedding_dim=4, embedding_sharing=False, seed=2, step=step, **weights).fit(data, epochs=0)
+    after = MultitaskModel(embedding_dim=4, embedding_sharing=False, seed=2, step=step, **weights).fit(data, epochs=3)
     net0, net1 = before.network_, after.network_
     watch = ["user_embeddings", "item_embeddings", "item_biases"]
     rating = ["rating_user_embeddings", "rating_item_embeddings", "rating_mlp"]
@@ -109,17 +164,142 @@ def test_a_zero_weight_leaves_that_heads_own_parameters_untouched(silent_head):
         assert changed, name
 
 
-def test_same_seed_gives_identical_results_bit_for_bit():
+@pytest.mark.parametrize("step", ["fused", "autograd"])
+def test_same_seed_gives_identical_results_bit_for_bit(step):
     data = random_interactions(num_users=50, num_items=60, n=1500, seed=5)
     test = random_interactions(num_users=50, num_items=60, n=200, seed=6)
-    runs = [MultitaskModel(embedding_dim=8, batch_size=64, seed=7).fit(data, 3, test=test) for _ in range(2)]
+    runs = [MultitaskModel(embedding_dim=8, batch_size=64, seed=7, step=step).fit(data, 3, test=test) for _ in range(2)]
     assert [r.to_json() | {"seconds": 0} for r in runs[0].history_] == [
         r.to_json() | {"seconds": 0} for r in runs[1].history_
     ]
     for p0, p1 in zip(runs[0].network_.parameters(), runs[1].network_.parameters()):
         assert torch.equal(p0, p1)
-    other = MultitaskModel(embedding_dim=8, batch_size=64, seed=8).fit(data, 3, test=test)
+    other = MultitaskModel(embedding_dim=8, batch_size=64, seed=8, step=step).fit(data, 3, test=test)
     assert other.history_[-1].test_mrr != runs[0].history_[-1].test_mrr
+
+
+# ---------------------------------------------------------------------------------------------
+# Which step runs
+
+
+class DotProductNet(nn.Module):
+    """A network the fused step knows nothing of: p = u·q, r_hat = 3 + u·v, by the contract alone."""
+
+    def __init__(self, num_users, num_items, dim=8):
+        super().__init__()
+        self.users, self.items, self.rating_items = nn.Embedding(num_users, dim), nn.Embedding(num_items, dim), nn.Embedding(num_items, dim)
+
+    def watch_score(self, users, items):
+        return (self.users(users) * self.items(items)).sum(1)
+
+    def rating(self, users, items):
+        return 3.0 + (self.users(users) * self.rating_items(items)).sum(1)
+
+    def all_watch_scores(self, users):
+        return self.users(users) @ self.items.weight.T
+
+    def item_vectors(self):
+        return self.items.weight
+
+
+def test_auto_takes_the_fused_step_exactly_where_it_is_supported():
+    objective = JointObjective(0.5, 0.5)
+    assert make_step("auto", random_net(), objective, 1e-3).kind == "fused"
+    custom = DotProductNet(12, 15)
+    assert isinstance(custom, RecommenderNetwork) and not FusedStep.supports(custom, objective)
+    assert make_step("auto", custom, objective, 1e-3).kind == "autograd"
+    assert make_step("autograd", random_net(), objective, 1e-3).kind == "autograd"
+    with pytest.raises(ConfigError, match="the fused training step does not support this model: the network is a DotProductNet"):
+        make_step("fused", custom, objective, 1e-3)
+    with pytest.raises(ConfigError, match="unknown training step 'fast'; use one of auto, fused, autograd"):
+        make_step("fast", custom, objective, 1e-3)
+    assert MultitaskModel().resolved_step() == "fused" and MultitaskModel(step="autograd").resolved_step() == "autograd"
+
+
+def test_the_autograd_step_trains_a_network_the_fused_step_does_not_know():
+    data = random_interactions(num_users=30, num_items=40, n=600, seed=9)
+    net = DotProductNet(30, 40)
+    step = AutogradStep(net, JointObjective(0.5, 0.5), learning_rate=0.05)
+    users, items = torch.as_tensor(data.users).long(), torch.as_tensor(data.items).long()
+    batch = Batch(users, items, torch.randint(0, 40, (len(users),), generator=torch.Generator().manual_seed(0)),
+                  torch.as_tensor(data.ratings))
+    first = step(batch)
+    for _ in range(100):
+        last = step(batch)
+    assert last[1] < first[1] / 2 and last[0] < first[0]  # both tasks learn
+    metrics = Evaluator(data, data).evaluate(net)
+    assert metrics["mse"] == pytest.approx(last[1].item(), rel=0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real MovieLens
+
+
+#: Recorded with mtrec 0.1's TrainingStep (ML-100K, 95/5 random split seed 0, seed 0, one thread,
+#: 3 epochs): per epoch (train BPR, train MSE, joint loss, test MSE, test MRR), and the SHA-256
+#: of the trained state dict.
+BEFORE_THE_SEAM = {
+    "shared-0.5-0.5": (
+        {},
+        [
+            (0.4819945385681955, 3.356558250828793, 1.9192763922038831, 0.893873739031353, 0.052763585473898124),
+            (0.4469347922676488, 0.8968522604691355, 0.6718935264888563, 0.8745053919239166, 0.056777975757890245),
+            (0.4162409568385074, 0.8843582617910285, 0.6502996102584035, 0.8711871900936813, 0.05662031772455571),
+        ],
+        "bc144bdb1ed8d16b627e6b2b6850393472173356e01de2c83c1b0d061eecd505",
+    ),
+    "shared-0.99-0.01": (
+        {"factorization_weight": 0.99, "regression_weight": 0.01},
+        [
+            (0.4635365328738564, 3.87490931376407, 0.49765026375619986, 0.8972886185662732, 0.054677124856040496),
+            (0.3095835487666883, 0.8981056596454822, 0.31546877229590164, 0.8700737973922354, 0.05591052687271673),
+            (0.2354096040725708, 0.8751374181245503, 0.24180688454477411, 0.8652908743979572, 0.05644193692776167),
+        ],
+        "1da1ad3de07c9c34584c6df8183714bf2a17114bee34bbd22bb9c200a63f03cb",
+    ),
+    "separate-0.5-0.5": (
+        {"embedding_sharing": False},
+        [
+            (0.48292896312914396, 3.406406446657683, 1.9446677105552272, 0.8964819538562894, 0.06523025670318035),
+            (0.3596265443299946, 0.8995722019797877, 0.6295993736066317, 0.8758317218170075, 0.0659498001839144),
+            (0.2401538866444638, 0.8866642712040952, 0.5634090786582545, 0.8730991180956107, 0.07376049960360405),
+        ],
+        "13d303b61c2d1a4926f30c31060c4ceefc11d6315f6d2af1a0669cf46884f5a2",
+    ),
+}
+
+
+def state_digest(network) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(BEFORE_THE_SEAM))
+def test_the_seeds_settings_take_the_fused_step_and_give_the_numbers_of_before_bit_for_bit(name, ml100k_split):
+    train, test = ml100k_split
+    params, history, digest = BEFORE_THE_SEAM[name]
+    model = MultitaskModel(seed=0, **params).fit(train, 3, test=test, metrics=["mse", "mrr"])
+    assert model.step_ == "fused"
+    measured = [(r.train_bpr, r.train_mse, r.train_loss, r.test_mse, r.test_mrr) for r in model.history_]
+    assert measured == history
+    assert state_digest(model.network_) == digest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sharing", [True, False])
+def test_both_steps_give_the_same_metrics_after_3_epochs_on_movielens(sharing, ml100k_split):
+    train, test = ml100k_split
+    metrics = []
+    for step in ("fused", "autograd"):
+        model = MultitaskModel(embedding_sharing=sharing, seed=0, step=step)  # the seed's settings
+        metrics.append(model.fit(train, 3, test=test).history_[-1].metrics)
+    assert metrics[0].keys() == metrics[1].keys()
+    for key in metrics[0]:
+        assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-4), key
 
 
 @pytest.mark.slow

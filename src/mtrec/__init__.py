@@ -1,3 +1,62 @@
-"""mtrec: multi-task recommenders in PyTorch."""
+"""mtrec: multi-task recommenders in PyTorch.
 
-__version__ = "0.1.0"
+The public API, importable from ``mtrec`` itself::
+
+    from mtrec import MultitaskModel, load_movielens, random_split
+
+Names are imported on first use, so that ``import mtrec.checkpoint`` (say) loads only what it needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.2.0"
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "MultitaskModel": "mtrec.model",
+    "scaled_learning_rate": "mtrec.model",
+    "MultitaskNet": "mtrec.network",
+    "RecommenderNetwork": "mtrec.network",
+    "JointObjective": "mtrec.losses",
+    "Batch": "mtrec.losses",
+    "AutogradStep": "mtrec.training",
+    "FusedStep": "mtrec.training",
+    "make_step": "mtrec.training",
+    "Evaluator": "mtrec.evaluation",
+    "mse_score": "mtrec.evaluation",
+    "mrr_score": "mtrec.evaluation",
+    "EpochRecord": "mtrec.fitted",
+    "RunConfig": "mtrec.config",
+    "DataSpec": "mtrec.data.spec",
+    "Interactions": "mtrec.data.interactions",
+    "ItemMetadata": "mtrec.data.interactions",
+    "load_movielens": "mtrec.data.datasets",
+    "download_release": "mtrec.data.datasets",
+    "load_ratings_file": "mtrec.data.readers",
+    "random_split": "mtrec.data.splits",
+    "user_split": "mtrec.data.splits",
+    "temporal_split": "mtrec.data.splits",
+    "canonical_split": "mtrec.data.splits",
+    "Recommender": "mtrec.recommend",
+    "MtrecError": "mtrec.errors",
+    "ConfigError": "mtrec.errors",
+    "DataError": "mtrec.errors",
+    "ModelFileError": "mtrec.errors",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mtrec' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,7 @@ from mtrec import __version__
 from mtrec.data.interactions import ItemMetadata, ids_from_json
 from mtrec.errors import ModelFileError
 from mtrec.fileio import atomic_write_bytes
-
-if TYPE_CHECKING:
-    from mtrec.model import MultitaskModel
+from mtrec.fitted import EpochRecord, FittedData
 
 FORMAT = "mtrec-model"
 FORMAT_VERSION = 1
@@ -57,12 +56,36 @@ def _ids_payload(ids: np.ndarray) -> tuple[torch.Tensor | None, list | None]:
     return None, [str(v) for v in ids.tolist()]
 
 
-def save_model(model: MultitaskModel, path: str | Path) -> Path:
-    """Write a fitted model to ``path`` atomically; returns the file written."""
-    network = model._fitted_network()
-    data = model.data_
+@dataclass
+class ModelRecord:
+    """What a model file holds: plain data, independent of the estimator that made it.
+
+    Parameters
+    ----------
+    params:
+        The estimator's hyper-parameters (JSON values).
+    state:
+        The network's state dict.
+    data:
+        What the model keeps of its training data.
+    history:
+        One record per trained epoch.
+    info:
+        Further JSON facts (which epoch the weights are from, for example).
+    """
+
+    params: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    data: FittedData
+    history: list[EpochRecord] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def save_record(record: ModelRecord, path: str | Path) -> Path:
+    """Write ``record`` to ``path`` atomically; returns the file written."""
+    data = record.data
     target = model_path(path)
-    tensors = {f"network.{k}": v.detach().cpu().clone().contiguous() for k, v in network.state_dict().items()}
+    tensors = {f"network.{k}": v.detach().cpu().clone().contiguous() for k, v in record.state.items()}
     tensors["seen.indptr"] = torch.as_tensor(data.seen_indptr.astype(np.int64))
     tensors["seen.indices"] = torch.as_tensor(data.seen_indices.astype(np.int64))
     extra: dict[str, Any] = {}
@@ -76,7 +99,7 @@ def save_model(model: MultitaskModel, path: str | Path) -> Path:
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "mtrec_version": __version__,
-        "config": json.dumps(model.get_params()),
+        "config": json.dumps(record.params),
         "data": json.dumps(
             {
                 "num_users": data.num_users,
@@ -88,7 +111,8 @@ def save_model(model: MultitaskModel, path: str | Path) -> Path:
                 **extra,
             }
         ),
-        "history": json.dumps([record.to_json() for record in model.history_]),
+        "history": json.dumps([epoch.to_json() for epoch in record.history]),
+        "info": json.dumps(record.info),
     }
     metadata["sha256"] = _digest(tensors, metadata)
     atomic_write_bytes(target, safetensors_save(tensors, metadata=metadata))
@@ -132,21 +156,14 @@ def _read_header_metadata(payload: bytes) -> dict[str, str]:
     return dict(metadata)
 
 
-def load_model(path: str | Path, device: str = "cpu") -> MultitaskModel:
-    """Rebuild a :class:`MultitaskModel` saved by :func:`save_model`."""
-    from mtrec.model import EpochRecord, FittedData, MultitaskModel, resolve_device
-
-    target_device = resolve_device(device)
+def load_record(path: str | Path) -> ModelRecord:
+    """The :class:`ModelRecord` in the model file at ``path``, verified; :class:`ModelFileError` if anything is off."""
     tensors, metadata = read_model_file(path)
     try:
-        config = json.loads(metadata["config"])
         info = json.loads(metadata["data"])
-        history = json.loads(metadata["history"])
-        config["device"] = device
-        model = MultitaskModel(**config)
         user_ids = tensors["user_ids"].numpy() if "user_ids" in tensors else ids_from_json(info["user_ids"])
         item_ids = tensors["item_ids"].numpy() if "item_ids" in tensors else ids_from_json(info["item_ids"])
-        model.data_ = FittedData(
+        data = FittedData(
             num_users=info["num_users"],
             num_items=info["num_items"],
             user_ids=user_ids,
@@ -158,18 +175,12 @@ def load_model(path: str | Path, device: str = "cpu") -> MultitaskModel:
             has_ratings=info["has_ratings"],
             name=info["name"],
         )
-        network = model._build(model.data_, torch.device("cpu"))
-        state = {k.removeprefix("network."): v for k, v in tensors.items() if k.startswith("network.")}
-        network.load_state_dict(state)
-        model.network_ = network.to(target_device)
-        model.history_ = [EpochRecord(**_split_extra(record)) for record in history]
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        return ModelRecord(
+            params=json.loads(metadata["config"]),
+            state={k.removeprefix("network."): v for k, v in tensors.items() if k.startswith("network.")},
+            data=data,
+            history=[EpochRecord.from_json(epoch) for epoch in json.loads(metadata["history"])],
+            info=json.loads(metadata.get("info", "{}")),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
-    return model
-
-
-def _split_extra(record: dict[str, Any]) -> dict[str, Any]:
-    known = {"epoch", "train_bpr", "train_mse", "train_loss", "test_mse", "test_mrr", "seconds"}
-    fields = {k: v for k, v in record.items() if k in known}
-    fields["extra"] = {k: v for k, v in record.items() if k not in known}
-    return fields

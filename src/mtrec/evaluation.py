@@ -1,9 +1,19 @@
-"""Evaluation: test MSE of the rating head and MRR of the watch score, vectorised.
+"""Evaluation of a network on held-out data, vectorised: rating errors and full-ranking metrics.
 
-MRR follows the assignment: for each user with held-out items, every item is ranked by the
-watch score p with the user's training items removed from the ranking; each held-out item's
-reciprocal rank is averaged over the user's held-out items, then over users. Tied scores
-take their average rank.
+Rating metrics compare the rating head's r̂ with the held-out ratings: ``mse``, ``rmse``, ``mae``.
+
+Ranking metrics rank, for each user with held-out items, *every* item by the watch score p,
+with the user's known items (those passed as ``train``) removed from the ranking. Tied scores
+take their average rank: an item is at rank ``1 + #outscoring + #tied / 2`` (counting the
+other items), so a rank can end in .5. From these ranks, per user and then averaged over users:
+
+* ``mrr``: the mean over the user's held-out items of 1 / rank (the assignment's MRR);
+* ``hr@k``: 1 if any held-out item has rank ≤ k;
+* ``recall@k``: the share of the user's held-out items with rank ≤ k;
+* ``ndcg@k``: Σ 1 / log2(1 + rank) over held-out items with rank ≤ k, divided by its ideal,
+  Σ_{i ≤ min(n, k)} 1 / log2(1 + i) for n held-out items;
+* ``map@k``: the mean, over min(n, k), of the precision at each held-out item with rank ≤ k
+  (the number of held-out items ranked at or above it, divided by its rank).
 
 Cold start: test rows whose user or item never occurs in training are kept and scored like
 any other row. A cold user's vector and bias keep their initial values (no training row
@@ -13,17 +23,18 @@ down. :func:`~mtrec.data.splits.cold_start_counts` reports how many such rows th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+import math
+import re
+from dataclasses import replace
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from mtrec.data.interactions import Interactions
-from mtrec.errors import DataError
-
-if TYPE_CHECKING:
-    from mtrec.model import FittedData, MultitaskModel
-    from mtrec.network import MultitaskNet
+from mtrec.data.interactions import Interactions, check_same_ids, same_id_maps
+from mtrec.errors import ConfigError, DataError
+from mtrec.fitted import FittedModel
 
 #: Bytes of scores one block of users may occupy while ranking.
 SCORE_BLOCK_BYTES = 256 * 2**20
@@ -32,24 +43,49 @@ COMPARE_CHUNK_BYTES = 4 * 2**20
 #: Pairs scored by the rating head at once.
 PREDICT_BATCH = 2**16
 
+RATING_METRICS = ("mse", "rmse", "mae")
+#: Ranking metrics; all but ``mrr`` are cut off at k and named ``<metric>@<k>``.
+RANKING_METRICS = ("mrr", "ndcg", "recall", "hr", "map")
+METRICS = RATING_METRICS + RANKING_METRICS
+DEFAULT_METRICS = METRICS
+DEFAULT_K = (10,)
+#: Whether a lower value of the metric is better.
+LOWER_IS_BETTER = {"mse": True, "rmse": True, "mae": True}
 
-def _same_id_maps(a: Interactions | FittedData, b: Interactions) -> bool:
-    same = (a.num_users, a.num_items) == (b.num_users, b.num_items)
-    return same and np.array_equal(a.user_ids, b.user_ids) and np.array_equal(a.item_ids, b.item_ids)
-
-
-def check_same_ids(a: Interactions, b: Interactions) -> None:
-    """Raise unless ``a`` and ``b`` index users and items the same way."""
-    if not _same_id_maps(a, b):
-        raise DataError(
-            f"{a.name or 'the data'} and {b.name or 'the test data'} use different id maps: "
-            "split one Interactions so both share it"
-        )
+_NAME = re.compile(r"^([a-z]+)(?:@(\d+))?$")
 
 
-def _check_model_ids(model: MultitaskModel, data: Interactions) -> None:
-    if not _same_id_maps(model.data_, data):
-        raise DataError("the data does not use the id map the model was trained with")
+def metric_names(metrics: Sequence[str] = DEFAULT_METRICS, k: Sequence[int] = DEFAULT_K) -> list[str]:
+    """The names of the metrics computed: ``["mse", ..., "mrr", "ndcg@10", ...]``, checked.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown metric or a k that is not a positive whole number.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown metric {', '.join(map(repr, unknown))}; use some of {', '.join(METRICS)}")
+    if not metrics:
+        raise ConfigError(f"no metric to compute; use some of {', '.join(METRICS)}")
+    cutoffs = list(k)
+    if not cutoffs or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c <= 0 for c in cutoffs):
+        raise ConfigError(f"k must be positive whole numbers (the cut-offs of ndcg, recall, hr, map), got {cutoffs}")
+    names = []
+    for metric in METRICS:
+        if metric in metrics:
+            if metric in RATING_METRICS or metric == "mrr":
+                names.append(metric)
+            else:
+                names += [f"{metric}@{c}" for c in dict.fromkeys(cutoffs)]
+    return names
+
+
+def lower_is_better(name: str) -> bool:
+    """Whether a lower value of metric ``name`` (``"mse"``, ``"valid_ndcg@10"``...) is better."""
+    base = name.split("_", 1)[1] if name.startswith(("valid_", "test_")) else name
+    match = _NAME.match(base)
+    return LOWER_IS_BETTER.get(match.group(1) if match else base, False)
 
 
 def _sorted_pairs(data: Interactions, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
@@ -63,29 +99,43 @@ def _sorted_pairs(data: Interactions, device: torch.device) -> tuple[torch.Tenso
 
 
 class Evaluator:
-    """Test MSE and MRR of a network on fixed test and train sets.
+    """Rating and ranking metrics of a network on fixed held-out and known sets.
 
-    Building one sorts the test and training pairs once, so evaluating every epoch costs
-    only the forward passes.
+    Building one sorts the held-out and known pairs once, so evaluating every epoch costs
+    only the forward passes. The network needs only the contract of
+    :class:`mtrec.network.RecommenderNetwork`.
 
     Parameters
     ----------
     test:
         Held-out interactions.
     train:
-        Training interactions; their items are removed from each user's ranking. Without
-        them nothing is removed.
+        Known interactions; their items are removed from each user's ranking. Without them
+        nothing is removed. Several sets (training and validation, say) may be given as a list.
     device:
         Where the evaluation tensors live.
+    metrics, k:
+        Which metrics, and the cut-offs of the top-k ones (see the module docstring).
     """
 
     def __init__(
-        self, test: Interactions, train: Interactions | None = None, device: torch.device | str = "cpu"
+        self,
+        test: Interactions,
+        train: Interactions | Sequence[Interactions] | None = None,
+        device: torch.device | str = "cpu",
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        k: Sequence[int] = DEFAULT_K,
     ) -> None:
-        train = train if train is not None else test.subset(np.zeros(len(test), dtype=bool))
-        check_same_ids(train, test)
+        self.names = metric_names(metrics, k)
+        known = [train] if isinstance(train, Interactions) else list(train or [])
+        for part in known:
+            check_same_ids(part, test)
         if len(test) == 0:
             raise DataError("the test set is empty")
+        if not known:
+            train = test.subset(np.zeros(len(test), dtype=bool))
+        else:
+            train = functools.reduce(_concat, known)
         self.device = torch.device(device)
         self.num_users, self.num_items = test.num_users, test.num_items
         self.test_users, self.test_items, self.test_indptr = _sorted_pairs(test, self.device)
@@ -95,28 +145,39 @@ class Evaluator:
         self._ratings = (
             None if test.ratings is None else torch.as_tensor(test.ratings, dtype=torch.float32, device=self.device)
         )
+        self._counts = np.diff(self.test_indptr)
+        self._counts_t = torch.as_tensor(self._counts, device=self.device)
+        self._has_tests = self._counts_t > 0
+        self._sorted_test_users = self.test_users.cpu().numpy()
 
     @torch.no_grad()
-    def mse(self, net: MultitaskNet) -> float:
-        """Mean over test pairs of (r_hat - r)^2; NaN for data without ratings."""
+    def rating_errors(self, net) -> dict[str, float]:
+        """``mse``, ``rmse`` and ``mae`` over the held-out ratings; NaN for data without ratings."""
         if self._ratings is None:
-            return float("nan")
-        total = torch.zeros((), dtype=torch.float64, device=self.device)
+            return dict.fromkeys(RATING_METRICS, math.nan)
+        squared = torch.zeros((), dtype=torch.float64, device=self.device)
+        absolute = torch.zeros((), dtype=torch.float64, device=self.device)
         for start in range(0, len(self._ratings), PREDICT_BATCH):
             users = self._pair_users[start : start + PREDICT_BATCH]
             items = self._pair_items[start : start + PREDICT_BATCH]
-            r_hat = net.rating(net.rating_users(users), net.rating_items(items))
-            total += ((r_hat - self._ratings[start : start + PREDICT_BATCH]) ** 2).sum(dtype=torch.float64)
-        return float(total) / len(self._ratings)
+            error = net.rating(users, items) - self._ratings[start : start + PREDICT_BATCH]
+            squared += (error**2).sum(dtype=torch.float64)
+            absolute += error.abs().sum(dtype=torch.float64)
+        mse = float(squared) / len(self._ratings)
+        return {"mse": mse, "rmse": math.sqrt(mse), "mae": float(absolute) / len(self._ratings)}
+
+    def mse(self, net) -> float:
+        """Mean over held-out pairs of (r_hat - r)^2; NaN for data without ratings."""
+        return self.rating_errors(net)["mse"]
 
     @torch.no_grad()
-    def ranks(self, net: MultitaskNet) -> torch.Tensor:
-        """The (average, 1-based) rank of each test pair, in user-sorted order."""
+    def ranks(self, net) -> torch.Tensor:
+        """The (average, 1-based) rank of each held-out pair, in user-sorted order."""
         num_items = self.num_items
         block = max(1, SCORE_BLOCK_BYTES // (4 * num_items))
         chunk = max(1, COMPARE_CHUNK_BYTES // (4 * num_items))
         ranks = torch.empty(len(self.test_users), dtype=torch.float32, device=self.device)
-        users_with_tests = np.flatnonzero(np.diff(self.test_indptr))
+        users_with_tests = np.flatnonzero(self._counts)
         for lo, hi in _blocks(users_with_tests, block):
             t0, t1 = int(self.test_indptr[lo]), int(self.test_indptr[hi])
             scores = net.all_watch_scores(torch.arange(lo, hi, device=self.device))
@@ -134,23 +195,87 @@ class Evaluator:
                 ranks[t0 + a : t0 + a + len(diff)] = diff.sign_().sum(1)
         return (ranks + (num_items + 1)) / 2
 
-    def mrr(self, net: MultitaskNet) -> float:
-        """Mean over users with held-out items of their mean reciprocal rank."""
-        reciprocal = 1.0 / self.ranks(net).double()
+    def _per_user_mean(self, values: torch.Tensor, per_user_denominator: torch.Tensor) -> float:
+        """Mean over users with held-out items of (the sum of their pairs' ``values``) / denominator."""
         per_user = torch.zeros(self.num_users, dtype=torch.float64, device=self.device)
-        per_user.index_add_(0, self.test_users, reciprocal)
-        counts = torch.as_tensor(np.diff(self.test_indptr), device=self.device)
-        has_tests = counts > 0
-        return float((per_user[has_tests] / counts[has_tests]).mean())
+        per_user.index_add_(0, self.test_users, values)
+        has = self._has_tests
+        return float((per_user[has] / per_user_denominator[has]).mean())
 
-    def evaluate(self, net: MultitaskNet) -> dict[str, float]:
-        """``{"test_mse": ..., "test_mrr": ...}``."""
+    def mrr(self, net) -> float:
+        """Mean over users with held-out items of their mean reciprocal rank."""
+        return self.ranking_metrics(net, ["mrr"])["mrr"]
+
+    def ranking_metrics(self, net, names: Sequence[str] | None = None) -> dict[str, float]:
+        """The ranking metrics among ``names`` (default: those this evaluator computes)."""
+        names = [n for n in (self.names if names is None else names) if n.split("@")[0] in RANKING_METRICS]
+        if not names:
+            return {}
+        ranks = self.ranks(net).double()
+        counts = self._counts_t
+        results = {}
+        if "mrr" in names:
+            results["mrr"] = self._per_user_mean(1.0 / ranks, counts)
+        cut_names = [n for n in names if "@" in n]
+        if cut_names:
+            ranks_np = ranks.cpu().numpy()
+            # For map@k: how many of the user's held-out items rank at or above each one.
+            key = self._sorted_test_users.astype(np.float64) * (self.num_items + 2) + ranks_np
+            at_or_above = np.searchsorted(np.sort(key), key, side="right") - self.test_indptr[self._sorted_test_users]
+            at_or_above = torch.as_tensor(at_or_above, dtype=torch.float64, device=self.device)
+            discount = 1.0 / torch.log2(ranks + 1.0)
+            for name in cut_names:
+                metric, cutoff = name.split("@")
+                k = int(cutoff)
+                hit = (ranks <= k).double()
+                if metric == "hr":
+                    per_user = torch.zeros(self.num_users, dtype=torch.float64, device=self.device)
+                    per_user.index_add_(0, self.test_users, hit)
+                    results[name] = float((per_user[self._has_tests] > 0).double().mean())
+                elif metric == "recall":
+                    results[name] = self._per_user_mean(hit, counts)
+                elif metric == "ndcg":
+                    results[name] = self._per_user_mean(hit * discount, _ideal_dcg(self._counts, k).to(self.device))
+                else:  # map
+                    results[name] = self._per_user_mean(hit * at_or_above / ranks, counts.clamp(max=k))
+        return {name: results[name] for name in names}
+
+    def evaluate(self, net) -> dict[str, float]:
+        """Every metric this evaluator computes, by name (``"mse"``, ``"ndcg@10"``...)."""
         was_training = net.training
         net.eval()
         try:
-            return {"test_mse": self.mse(net), "test_mrr": self.mrr(net)}
+            results: dict[str, float] = {}
+            if any(name in RATING_METRICS for name in self.names):
+                errors = self.rating_errors(net)
+                results.update({name: errors[name] for name in self.names if name in RATING_METRICS})
+            results.update(self.ranking_metrics(net))
+            return {name: results[name] for name in self.names}
         finally:
             net.train(was_training)
+
+
+def _ideal_dcg(counts: np.ndarray, k: int) -> torch.Tensor:
+    """Per user, Σ_{i ≤ min(n, k)} 1 / log2(1 + i) for n held-out items (1 where n = 0)."""
+    gains = np.concatenate([[0.0], np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))])
+    ideal = gains[np.minimum(counts, k)]
+    ideal[counts == 0] = 1.0
+    return torch.as_tensor(ideal, dtype=torch.float64)
+
+
+def _concat(a: Interactions, b: Interactions) -> Interactions:
+    """Two data sets with the same id maps as one (the known items of several parts)."""
+
+    def join(x, y):
+        return None if x is None or y is None else np.concatenate([x, y])
+
+    return replace(
+        a,
+        users=np.concatenate([a.users, b.users]),
+        items=np.concatenate([a.items, b.items]),
+        ratings=join(a.ratings, b.ratings),
+        timestamps=join(a.timestamps, b.timestamps),
+    )
 
 
 def _blocks(users: np.ndarray, size: int) -> list[tuple[int, int]]:
@@ -164,13 +289,24 @@ def _blocks(users: np.ndarray, size: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def mse_score(model: MultitaskModel, test: Interactions) -> float:
+def _check_model_ids(model: FittedModel, data: Interactions) -> None:
+    if model.data_ is None or model.network_ is None:
+        raise ConfigError("the model is not fitted yet: call fit() or load()")
+    if not same_id_maps(model.data_, data):
+        raise DataError("the data does not use the id map the model was trained with")
+
+
+def _device(model: FittedModel) -> torch.device:
+    return next(model.network_.parameters()).device
+
+
+def mse_score(model: FittedModel, test: Interactions) -> float:
     """Test MSE of a fitted model's rating head: the mean of (r_hat - r)^2 over ``test``."""
     _check_model_ids(model, test)
-    return Evaluator(test, device=model.device_).mse(model.network_)
+    return Evaluator(test, device=_device(model)).mse(model.network_)
 
 
-def mrr_score(model: MultitaskModel, test: Interactions, train: Interactions) -> float:
+def mrr_score(model: FittedModel, test: Interactions, train: Interactions) -> float:
     """MRR of a fitted model's watch score on ``test``, with ``train`` items removed from rankings."""
     _check_model_ids(model, test)
-    return Evaluator(test, train, model.device_).mrr(model.network_)
+    return Evaluator(test, train, _device(model)).mrr(model.network_)

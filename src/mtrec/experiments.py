@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from mtrec.config import RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError
-from mtrec.model import EpochRecord, MultitaskModel
-from mtrec.runs import is_finished, run_config, train_run
+from mtrec.fitted import EpochRecord
+from mtrec.runs import is_finished, train_run
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
 SWEEP_DIRNAME = "sweep"
@@ -55,9 +56,9 @@ class Configuration:
         }
 
     @classmethod
-    def of(cls, config: dict[str, Any]) -> Configuration:
-        """The configuration of a run, from its config.json."""
-        model = config["model"]
+    def of(cls, config: RunConfig) -> Configuration:
+        """The configuration of a run."""
+        model = config.model
         return cls(
             bool(model["embedding_sharing"]), float(model["factorization_weight"]), float(model["regression_weight"])
         )
@@ -119,13 +120,15 @@ def plan_runs(
     ]
 
 
+#: ``seed -> (train, validation, test, summary)``: a run's data, split by its seed.
+SplitLoader = Callable[[int], tuple[Interactions, "Interactions | None", Interactions, dict[str, Any]]]
+
+
 def run_experiment(
     runs: Sequence[PlannedRun],
-    epochs: int,
-    build_model: Callable[[PlannedRun], MultitaskModel],
-    load_split: Callable[[int], tuple[Interactions, Interactions, dict[str, Any]]],
+    config_of: Callable[[PlannedRun], RunConfig],
+    load_split: SplitLoader,
     *,
-    eval_every: int = 1,
     force: bool = False,
     on_run: Callable[[PlannedRun, bool], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -136,12 +139,10 @@ def run_experiment(
     ----------
     runs:
         The runs, from :func:`plan_runs`.
-    epochs, eval_every:
-        Passed to :func:`mtrec.runs.train_run`.
-    build_model:
-        The (unfitted) model of a run.
+    config_of:
+        The :class:`~mtrec.config.RunConfig` of a run.
     load_split:
-        ``seed -> (train, test, data_info)``; called once per seed.
+        ``seed -> (train, validation, test, summary)``; called once per seed.
     force:
         Train every run again, finished or not.
     on_run:
@@ -153,17 +154,18 @@ def run_experiment(
     -------
     The runs that were trained (the others were reused).
     """
-    splits: dict[int, tuple[Interactions, Interactions, dict[str, Any]]] = {}
+    splits: dict[int, tuple[Interactions, Interactions | None, Interactions, dict[str, Any]]] = {}
     trained = []
     for run in runs:
-        if run.seed not in splits:
-            splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
-        train, test, data_info = splits[run.seed]
-        model = build_model(run)
-        reuse = not force and is_finished(run.path, run_config(model, epochs, data_info, eval_every))
+        config = config_of(run)
+        reuse = not force and is_finished(run.path, config)
         if on_run is not None:
             on_run(run, reuse)
-        if not reuse:
-            train_run(model, train, test, epochs, run.path, data_info, eval_every, on_epoch)
-            trained.append(run)
+        if reuse:
+            continue
+        if run.seed not in splits:
+            splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
+        train, _, test, summary = splits[run.seed]
+        train_run(config, train, test, run.path, summary, on_epoch)
+        trained.append(run)
     return trained

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
-from dataclasses import asdict, dataclass, field
+import inspect
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from mtrec.data.interactions import Interactions, ItemMetadata
-from mtrec.errors import ConfigError, DataError
-from mtrec.evaluation import Evaluator, check_same_ids
+from mtrec.checkpoint import ModelRecord, load_record, model_path, save_record
+from mtrec.data.interactions import Interactions, check_same_ids
+from mtrec.errors import ConfigError, DataError, ModelFileError
+from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator
+from mtrec.fitted import EpochRecord, FittedData
+from mtrec.losses import JointObjective, check_weights
 from mtrec.network import MultitaskNet, check_architecture
-from mtrec.training import TrainingStep
+from mtrec.trainer import EpochSampler, torch_threads, train_epochs
+from mtrec.training import STEPS, Step, make_step
+
+#: The largest seed: what ``torch.Generator.manual_seed`` accepts.
+MAX_SEED = 2**64 - 1
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -35,74 +39,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return resolved
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int | None) -> Iterator[None]:
-    """Run with ``count`` intra-op threads, restoring the previous count afterwards."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-@dataclass
-class EpochRecord:
-    """What one epoch of training measured. Test metrics are None on epochs not evaluated."""
-
-    epoch: int
-    train_bpr: float
-    train_mse: float
-    train_loss: float
-    test_mse: float | None = None
-    test_mrr: float | None = None
-    seconds: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON values: a metric that does not apply (NaN) or overflowed (±inf) becomes None."""
-        record = asdict(self)
-        record.update(record.pop("extra"))
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
-
-
-@dataclass
-class FittedData:
-    """What a fitted model keeps of its training data: sizes, id maps, seen items, metadata."""
-
-    num_users: int
-    num_items: int
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    seen_indptr: np.ndarray
-    seen_indices: np.ndarray
-    item_metadata: ItemMetadata | None
-    rating_scale: tuple[float, float] | None
-    has_ratings: bool
-    name: str
-
-    @classmethod
-    def from_interactions(cls, data: Interactions) -> FittedData:
-        indptr, indices = data.seen_items_csr()
-        return cls(
-            num_users=data.num_users,
-            num_items=data.num_items,
-            user_ids=data.user_ids,
-            item_ids=data.item_ids,
-            seen_indptr=indptr,
-            seen_indices=indices,
-            item_metadata=data.item_metadata,
-            rating_scale=data.rating_scale,
-            has_ratings=data.has_ratings,
-            name=data.name,
-        )
+def _is_whole(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
 class MultitaskModel:
     """Learns whether a user watches an item (p) and the rating they would give it (r_hat).
 
-    The constructor only stores hyper-parameters (scikit-learn style); :meth:`fit` learns.
+    The constructor only stores hyper-parameters (scikit-learn style: :meth:`get_params`,
+    :meth:`set_params`); :meth:`fit` learns.
 
     Parameters
     ----------
@@ -110,11 +55,11 @@ class MultitaskModel:
         Dimension d of the user and item latent vectors.
     layer_sizes:
         Input size of each dense layer of the rating MLP; the first must be 3 * d.
-        Default ``[3d, 64]``.
+        Default (None) ``[3d, 64]``.
     embedding_sharing:
         Whether both heads read the same user/item embeddings.
     factorization_weight, regression_weight:
-        λF and λR in the joint loss λF·L_F + λR·L_R. Non-negative, not both zero.
+        λF and λR in the joint loss λF·L_F + λR·L_R: each in [0, 1000], not both zero.
     batch_size:
         Positive training triples per optimiser step.
     learning_rate:
@@ -124,12 +69,15 @@ class MultitaskModel:
         Adam's weight decay.
     seed:
         Seeds initialisation, shuffling and negative sampling: the same seed gives the same
-        results, bit for bit, on CPU.
+        results, bit for bit, on CPU. 0 to 2**64 - 1.
     device:
         ``"cpu"``, ``"cuda"`` or ``"auto"``.
     num_threads:
-        Intra-op threads used while training; None keeps PyTorch's setting. The default
-        training step is small, so one thread is usually fastest for batch 256.
+        Intra-op threads used while training; None keeps PyTorch's setting.
+    step:
+        The training step: ``"fused"`` (hand-written gradients, fastest; the seed's network and
+        objective only), ``"autograd"`` (any network and objective), or ``"auto"`` (fused
+        where it is supported). Only speed depends on it.
     """
 
     def __init__(
@@ -145,9 +93,10 @@ class MultitaskModel:
         seed: int = 0,
         device: str = "cpu",
         num_threads: int | None = None,
+        step: str = "auto",
     ) -> None:
         self.embedding_dim = embedding_dim
-        self.layer_sizes = list(layer_sizes) if layer_sizes is not None else [3 * embedding_dim, 64]
+        self.layer_sizes = layer_sizes
         self.embedding_sharing = embedding_sharing
         self.factorization_weight = factorization_weight
         self.regression_weight = regression_weight
@@ -157,45 +106,59 @@ class MultitaskModel:
         self.seed = seed
         self.device = device
         self.num_threads = num_threads
+        self.step = step
         self._check_params()
         self.network_: MultitaskNet | None = None
         self.data_: FittedData | None = None
         self.history_: list[EpochRecord] = []
+        self.step_: str | None = None
 
-    PARAM_NAMES = (
-        "embedding_dim",
-        "layer_sizes",
-        "embedding_sharing",
-        "factorization_weight",
-        "regression_weight",
-        "batch_size",
-        "learning_rate",
-        "l2",
-        "seed",
-        "device",
-        "num_threads",
-    )
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
 
-    def get_params(self) -> dict[str, Any]:
-        """The hyper-parameters, as plain data (what config.json records)."""
-        return {name: getattr(self, name) for name in self.PARAM_NAMES}
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters and their values, as plain data (scikit-learn's contract)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> MultitaskModel:
+        """Set constructor parameters by name (scikit-learn's contract); checks them; returns self."""
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ConfigError(f"unknown parameter {', '.join(unknown)}; the parameters are {', '.join(self._param_names())}")
+        previous = self.get_params()
+        for name, value in params.items():
+            setattr(self, name, value)
+        try:
+            self._check_params()
+        except ConfigError:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
+        return self
+
+    @property
+    def layer_sizes_(self) -> list[int]:
+        """The rating MLP's layer sizes in effect (the default filled in)."""
+        if self.layer_sizes is None:
+            return [3 * self.embedding_dim, 64]
+        return list(self.layer_sizes)
 
     def _check_params(self) -> None:
-        check_architecture(self.embedding_dim, self.layer_sizes)
-        weights = {"factorization_weight": self.factorization_weight, "regression_weight": self.regression_weight}
-        for name, value in weights.items():
-            if not np.isfinite(value) or value < 0:
-                raise ConfigError(f"{name} must be a non-negative number, got {value}")
-        if self.factorization_weight == 0 and self.regression_weight == 0:
-            raise ConfigError("factorization_weight and regression_weight cannot both be 0")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size <= 0:
+        check_architecture(self.embedding_dim, self.layer_sizes_)
+        check_weights(self.factorization_weight, self.regression_weight)
+        if not _is_whole(self.batch_size) or self.batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         if not np.isfinite(self.l2) or self.l2 < 0:
             raise ConfigError(f"l2 must be non-negative, got {self.l2}")
-        if self.num_threads is not None and self.num_threads <= 0:
-            raise ConfigError(f"num_threads must be positive, got {self.num_threads}")
+        if not _is_whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a whole number from 0 to 2**64 - 1, got {self.seed!r}")
+        if self.num_threads is not None and (not _is_whole(self.num_threads) or self.num_threads <= 0):
+            raise ConfigError(f"num_threads must be a positive integer, got {self.num_threads!r}")
+        if self.step not in STEPS:
+            raise ConfigError(f"unknown training step {self.step!r}; use one of {', '.join(STEPS)}")
 
     @property
     def device_(self) -> torch.device:
@@ -206,18 +169,29 @@ class MultitaskModel:
             raise ConfigError("the model is not fitted yet: call fit() or load()")
         return self.network_
 
-    def _build(self, data: FittedData, device: torch.device) -> MultitaskNet:
+    def objective(self) -> JointObjective:
+        """The training objective these hyper-parameters define."""
+        return JointObjective(self.factorization_weight, self.regression_weight)
+
+    def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
+        """A fresh network for this many users and items, initialised from ``seed``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            network = MultitaskNet(
-                data.num_users, data.num_items, self.embedding_dim, self.layer_sizes, self.embedding_sharing
-            )
+            network = MultitaskNet(num_users, num_items, self.embedding_dim, self.layer_sizes_, self.embedding_sharing)
         return network.to(device)
+
+    def make_step(self, network: MultitaskNet) -> Step:
+        """The training step for ``network``, as :attr:`step` asks."""
+        return make_step(self.step, network, self.objective(), self.learning_rate, self.l2)
+
+    def resolved_step(self) -> str:
+        """The step :meth:`fit` will take: ``"fused"`` or ``"autograd"`` (what ``step="auto"`` resolves to)."""
+        return self.make_step(self.build_network(1, 1)).kind
 
     def check_fit(self, train: Interactions, epochs: int, test: Interactions | None = None) -> torch.device:
         """Raise what :meth:`fit` would raise on these arguments, before any work; return the device."""
         self._check_params()
-        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        if not _is_whole(epochs) or epochs < 0:
             raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
         if len(train) == 0:
             raise DataError("the training set is empty")
@@ -236,6 +210,8 @@ class MultitaskModel:
         *,
         test: Interactions | None = None,
         eval_every: int = 1,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        k: Sequence[int] = DEFAULT_K,
         callback: Callable[[EpochRecord], None] | None = None,
     ) -> MultitaskModel:
         """Train from scratch on ``train`` for ``epochs`` epochs.
@@ -247,72 +223,28 @@ class MultitaskModel:
         epochs:
             Passes over the training data.
         test:
-            If given, test MSE and MRR are measured every ``eval_every`` epochs and on the
-            last, with ``train``'s items removed from the rankings.
+            If given, measured every ``eval_every`` epochs and on the last, with ``train``'s
+            items removed from the rankings; recorded as ``test_<metric>``.
+        metrics, k:
+            The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.evaluation`).
         callback:
             Called with each epoch's :class:`EpochRecord` (progress bars, logging).
         """
         device = self.check_fit(train, epochs, test)
+        evaluators = {"test": Evaluator(test, train, device, metrics, k)} if test is not None else {}
         self.data_ = FittedData.from_interactions(train)
-        self.network_ = self._build(self.data_, device)
+        self.network_ = self.build_network(train.num_users, train.num_items, device)
         self.history_ = []
-        evaluator = Evaluator(test, train, device) if test is not None else None
         eval_threads = torch.get_num_threads()
-        with _torch_threads(self.num_threads):
-            self._train(train, epochs, device, evaluator, max(1, eval_every), eval_threads, callback)
-        return self
-
-    def _train(
-        self,
-        train: Interactions,
-        epochs: int,
-        device: torch.device,
-        evaluator: Evaluator | None,
-        eval_every: int,
-        eval_threads: int,
-        callback: Callable[[EpochRecord], None] | None,
-    ) -> None:
-        network = self.network_
-        step = TrainingStep(network, self.factorization_weight, self.regression_weight, self.learning_rate, self.l2)
-        # Shuffles and negatives are drawn on the CPU so that every device sees the same ones.
-        generator = torch.Generator().manual_seed(self.seed)
-        users = torch.as_tensor(train.users, dtype=torch.long)
-        items = torch.as_tensor(train.items, dtype=torch.long)
-        with_rating = train.has_ratings and self.regression_weight > 0
-        ratings = torch.as_tensor(train.ratings) if with_rating else None
-        n, batch = len(train), self.batch_size
-        network.train()
-        for epoch in range(1, epochs + 1):
-            started = time.perf_counter()
-            order = torch.randperm(n, generator=generator)
-            negatives = torch.randint(0, train.num_items, (n,), generator=generator).to(device)
-            epoch_users, epoch_items = users[order].to(device), items[order].to(device)
-            epoch_ratings = ratings[order].to(device) if with_rating else None
-            sums = torch.zeros(3, dtype=torch.float64, device=device)
-            for start in range(0, n, batch):
-                stop = min(start + batch, n)
-                losses = step(
-                    epoch_users[start:stop],
-                    epoch_items[start:stop],
-                    negatives[start:stop],
-                    epoch_ratings[start:stop] if with_rating else None,
-                )
-                sums += losses * (stop - start)
-            train_bpr, train_mse, train_loss = (sums / n).tolist()
-            record = EpochRecord(
-                epoch=epoch,
-                train_bpr=train_bpr,
-                train_mse=train_mse if with_rating else float("nan"),
-                train_loss=train_loss,
+        with torch_threads(self.num_threads):
+            step = self.make_step(self.network_)
+            self.step_ = step.kind
+            with_ratings = train.has_ratings and self.regression_weight > 0
+            sampler = EpochSampler(train, self.seed, device, with_ratings)
+            self.history_ = train_epochs(
+                step, sampler, self.batch_size, epochs, evaluators, max(1, eval_every), eval_threads, callback
             )
-            if evaluator is not None and (epoch % eval_every == 0 or epoch == epochs):
-                with _torch_threads(eval_threads):
-                    metrics = evaluator.evaluate(network)
-                record.test_mse, record.test_mrr = metrics["test_mse"], metrics["test_mrr"]
-            record.seconds = time.perf_counter() - started
-            self.history_.append(record)
-            if callback is not None:
-                callback(record)
+        return self
 
     @torch.no_grad()
     def predict(self, users: Sequence[int] | np.ndarray, items: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -329,26 +261,52 @@ class MultitaskModel:
             raise ConfigError(f"item index out of range 0..{data.num_items - 1}")
         was_training = network.training
         network.eval()
-        p, r_hat = network(users_t, items_t)
+        p, r_hat = network.watch_score(users_t, items_t), network.rating(users_t, items_t)
         network.train(was_training)
         return p.cpu().numpy(), r_hat.cpu().numpy()
 
-    def evaluate(self, test: Interactions, train: Interactions) -> dict[str, float]:
-        """Test MSE and MRR of the fitted model."""
-        return Evaluator(test, train, self.device_).evaluate(self._fitted_network())
+    def evaluate(
+        self,
+        test: Interactions,
+        train: Interactions | Sequence[Interactions] | None = None,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        k: Sequence[int] = DEFAULT_K,
+    ) -> dict[str, float]:
+        """The metrics of the fitted model on ``test``, with ``train``'s items removed from the rankings."""
+        return Evaluator(test, train, self.device_, metrics, k).evaluate(self._fitted_network())
+
+    def to_record(self) -> ModelRecord:
+        """What a model file holds of this fitted model."""
+        network = self._fitted_network()
+        return ModelRecord(params=self.get_params(), state=network.state_dict(), data=self.data_, history=self.history_)
+
+    @classmethod
+    def from_record(cls, record: ModelRecord, device: str = "cpu") -> MultitaskModel:
+        """The fitted model a :class:`~mtrec.checkpoint.ModelRecord` describes, on ``device``."""
+        target = resolve_device(device)
+        params = {**record.params, "device": device}
+        known = set(cls._param_names())
+        model = cls(**{k: v for k, v in params.items() if k in known})
+        model.data_ = record.data
+        network = model.build_network(record.data.num_users, record.data.num_items)
+        network.load_state_dict(record.state)
+        model.network_ = network.to(target)
+        model.history_ = list(record.history)
+        return model
 
     def save(self, path: str | Path) -> Path:
         """Write the model atomically to ``path`` (a file, or a directory to hold model.safetensors)."""
-        from mtrec.checkpoint import save_model
-
-        return save_model(self, path)
+        return save_record(self.to_record(), path)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> MultitaskModel:
         """Read a model written by :meth:`save`; never executes code from the file."""
-        from mtrec.checkpoint import load_model
-
-        return load_model(path, device)
+        resolve_device(device)  # a device this machine lacks is the caller's error, not the file's
+        record = load_record(path)
+        try:
+            return cls.from_record(record, device)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
 
 
 def scaled_learning_rate(

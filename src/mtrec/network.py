@@ -1,14 +1,44 @@
-"""The multi-task network: a factorisation head and a rating head on user and item embeddings."""
+"""The multi-task network: a factorisation head and a rating head on user and item embeddings.
+
+:class:`RecommenderNetwork` is the contract that evaluation, recommendation and serving rely
+on: indices in, one value per pair (or per user and item) out. Any ``nn.Module`` that keeps it
+can be evaluated and served by mtrec, and trained by :class:`mtrec.training.AutogradStep`.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
 from mtrec.layers import ScaledEmbedding, ZeroEmbedding
+
+
+@runtime_checkable
+class RecommenderNetwork(Protocol):
+    """What mtrec asks of a network. ``users`` and ``items`` are int64 index tensors."""
+
+    def watch_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The likelihood head's score p of each (user, item) pair, shape (len(users),)."""
+        ...
+
+    def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The rating head's prediction r_hat of each (user, item) pair, shape (len(users),)."""
+        ...
+
+    def all_watch_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """p of every item for each user, shape (len(users), num_items)."""
+        ...
+
+    def item_vectors(self) -> torch.Tensor:
+        """The likelihood head's item vectors, shape (num_items, d): what "similar items" compares."""
+        ...
+
+
+#: Parameter groups a network may name for per-group weight decay; others fall in "mlp".
+PARAMETER_GROUPS = ("embeddings", "biases", "mlp")
 
 
 def check_architecture(embedding_dim: int, layer_sizes: Sequence[int]) -> list[int]:
@@ -81,9 +111,13 @@ class MultitaskNet(nn.Module):
         """The item embeddings the rating head reads."""
         return self.item_embeddings if self.embedding_sharing else self.rating_item_embeddings
 
-    def rating(self, u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def rating_from_embeddings(self, u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """r_hat from already looked-up rating-head embeddings."""
         return self.rating_mlp(torch.cat([u, q, u * q], dim=1)).squeeze(-1)
+
+    def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """r_hat = MLP([u, q, u*q]) for each (user, item) pair, on the rating head's embeddings."""
+        return self.rating_from_embeddings(self.rating_users(users), self.rating_items(items))
 
     def watch_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """p = u . q + a + b for each (user, item) pair."""
@@ -93,9 +127,7 @@ class MultitaskNet(nn.Module):
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(p, r_hat)`` for each (user, item) pair, both of shape (batch,)."""
-        p = self.watch_score(users, items)
-        r_hat = self.rating(self.rating_users(users), self.rating_items(items))
-        return p, r_hat
+        return self.watch_score(users, items), self.rating(users, items)
 
     def all_watch_scores(self, users: torch.Tensor) -> torch.Tensor:
         """p for every item, one row per user: U[users] Q^T + a + b, shape (len(users), num_items)."""
@@ -103,3 +135,18 @@ class MultitaskNet(nn.Module):
         scores += self.user_biases(users)
         scores += self.item_biases.weight.T
         return scores
+
+    def item_vectors(self) -> torch.Tensor:
+        """Q, the likelihood head's item embeddings."""
+        return self.item_embeddings.weight
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The parameters by group, for per-group weight decay: embeddings, biases, the MLP."""
+        embeddings = [self.user_embeddings.weight, self.item_embeddings.weight]
+        if not self.embedding_sharing:
+            embeddings += [self.rating_user_embeddings.weight, self.rating_item_embeddings.weight]
+        return {
+            "embeddings": embeddings,
+            "biases": [self.user_biases.weight, self.item_biases.weight],
+            "mlp": list(self.rating_mlp.parameters()),
+        }

@@ -172,7 +172,7 @@ class Recommender:
         self._num_ratings = counts.tolist()
         self._popular = np.argsort(-counts, kind="stable")
         with torch.inference_mode():
-            self._unit_items = F.normalize(self.network.item_embeddings.weight.detach(), dim=1)
+            self._unit_items = F.normalize(self.network.item_vectors().detach(), dim=1)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Recommender:
@@ -304,7 +304,7 @@ class Recommender:
         if not self.has_ratings:
             unknown = [None] * len(items)
             return unknown, unknown
-        raw = self.network.rating(self.network.rating_users(users), self.network.rating_items(items))
+        raw = self.network.rating(users, items)
         clipped = raw.clamp(*self.rating_scale) if self.rating_scale else raw
         return clipped.tolist(), raw.tolist()
 

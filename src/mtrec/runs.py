@@ -8,69 +8,27 @@ starting a run removes any previous one's metrics and event files first.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
-from mtrec import __version__
 from mtrec.checkpoint import MODEL_FILENAME
+from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import DataError
 from mtrec.fileio import atomic_write_text
-from mtrec.model import EpochRecord, MultitaskModel
+from mtrec.fitted import EpochRecord, summarize
 
-CONFIG_FILENAME = "config.json"
 METRICS_FILENAME = "metrics.json"
 
-#: TensorBoard tag of each per-epoch scalar.
-SCALAR_TAGS = {
-    "train_bpr": "train/bpr_loss",
-    "train_mse": "train/mse",
-    "train_loss": "train/joint_loss",
-    "test_mse": "test/mse",
-    "test_mrr": "test/mrr",
-}
+#: TensorBoard tags of the per-epoch training losses; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
+TRAIN_TAGS = {"train_bpr": "train/bpr_loss", "train_mse": "train/mse", "train_loss": "train/joint_loss"}
 
 
-def run_config(model: MultitaskModel, epochs: int, data_info: dict[str, Any], eval_every: int = 1) -> dict[str, Any]:
-    """Everything that determines a run's results, as plain data."""
-    params = model.get_params()
-    # Device and threads change speed, not results; they are recorded but not compared.
-    return {
-        "model": params,
-        "epochs": epochs,
-        "eval_every": eval_every,
-        "data": data_info,
-    }
-
-
-def same_config(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two run configs give the same results (device and thread count aside)."""
-
-    def essential(config: dict[str, Any]) -> dict[str, Any]:
-        model = {k: v for k, v in config.get("model", {}).items() if k not in ("device", "num_threads")}
-        return {**{k: v for k, v in config.items() if k not in ("model", "mtrec_version")}, "model": model}
-
-    return essential(a) == essential(b)
-
-
-def _finite(value: float | None) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
-
-
-def summarize(history: list[EpochRecord]) -> dict[str, Any]:
-    """Final-epoch metrics, and the best test MSE/MRR with their epochs."""
-    records = [record.to_json() for record in history]
-    summary: dict[str, Any] = {"final": records[-1] if records else None}
-    with_mse = [r for r in records if r["test_mse"] is not None]
-    if with_mse:
-        best = min(with_mse, key=lambda r: r["test_mse"])
-        summary["best_test_mse"] = {"value": best["test_mse"], "epoch": best["epoch"]}
-    with_mrr = [r for r in records if r["test_mrr"] is not None]
-    if with_mrr:
-        best = max(with_mrr, key=lambda r: r["test_mrr"])
-        summary["best_test_mrr"] = {"value": best["test_mrr"], "epoch": best["epoch"]}
-    return summary
+def scalar_tags(record: EpochRecord) -> dict[str, float]:
+    """The record's finite values by TensorBoard tag."""
+    values = {tag: record.get(name) for name, tag in TRAIN_TAGS.items()}
+    values.update({name.replace("_", "/", 1): value for name, value in record.metrics.items()})
+    return {tag: value for tag, value in values.items() if value is not None and value == value and abs(value) != float("inf")}
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -88,6 +46,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The raw config.json of a run (see :meth:`RunConfig.load` for the parsed config)."""
     path = Path(run_dir) / CONFIG_FILENAME
     try:
         return json.loads(path.read_text())
@@ -97,50 +56,60 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: corrupt config file ({error})") from None
 
 
-def is_finished(run_dir: str | Path, config: dict[str, Any]) -> bool:
+def is_finished(run_dir: str | Path, config: RunConfig) -> bool:
     """Whether ``run_dir`` holds a completed run made with ``config``."""
     try:
         read_metrics(run_dir)
-        return same_config(read_config(run_dir), config) and (Path(run_dir) / MODEL_FILENAME).is_file()
+        return RunConfig.load(run_dir).same_run(config) and (Path(run_dir) / MODEL_FILENAME).is_file()
     except DataError:
         return False
 
 
 def train_run(
-    model: MultitaskModel,
+    config: RunConfig,
     train: Interactions,
     test: Interactions,
-    epochs: int,
     logdir: str | Path,
-    data_info: dict[str, Any],
-    eval_every: int = 1,
+    summary: dict[str, Any] | None = None,
     callback: Callable[[EpochRecord], None] | None = None,
 ) -> dict[str, Any]:
-    """Fit ``model`` and record the run in ``logdir``; returns the metrics written to metrics.json."""
+    """Fit the model ``config`` describes and record the run in ``logdir``; returns the metrics written.
+
+    ``summary`` describes what the split gave (sizes, cold start) for config.json.
+    """
     from torch.utils.tensorboard import SummaryWriter
 
-    model.check_fit(train, epochs, test)  # a run that cannot start leaves an earlier one intact
+    config.check()
+    model = config.build_model()
+    model.check_fit(train, config.epochs, test)  # a run that cannot start leaves an earlier one intact
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     (logdir / METRICS_FILENAME).unlink(missing_ok=True)
     for stale in logdir.glob("events.out.tfevents.*"):
         stale.unlink()
-    config = {**run_config(model, epochs, data_info, eval_every), "mtrec_version": __version__}
-    atomic_write_text(logdir / CONFIG_FILENAME, json.dumps(config, indent=2, allow_nan=False) + "\n")
+    resolved = {"step": model.resolved_step()}
+    document = config.to_json(resolved=resolved, summary=summary)
+    atomic_write_text(logdir / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
     writer = SummaryWriter(log_dir=str(logdir))
 
     def log_epoch(record: EpochRecord) -> None:
-        for field, tag in SCALAR_TAGS.items():
-            value = getattr(record, field)
-            if _finite(value) is not None:
-                writer.add_scalar(tag, value, record.epoch)
+        for tag, value in scalar_tags(record).items():
+            writer.add_scalar(tag, value, record.epoch)
         writer.flush()
         if callback is not None:
             callback(record)
 
     try:
-        model.fit(train, epochs, test=test, eval_every=eval_every, callback=log_epoch)
+        model.fit(
+            train,
+            config.epochs,
+            test=test,
+            eval_every=config.eval_every,
+            metrics=config.metrics,
+            k=config.k,
+            callback=log_epoch,
+        )
     finally:
         writer.close()
     model.save(logdir / MODEL_FILENAME)

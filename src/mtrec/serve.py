@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from mtrec import __version__
 from mtrec.errors import AmbiguousItemError, UnknownItemError, UnknownUserError
 from mtrec.recommend import Prediction, Recommendations, Recommender, SimilarItems
-from mtrec.runs import summarize
+from mtrec.fitted import summarize
 
 #: Largest ``k`` a request may ask for.
 MAX_K = 1000

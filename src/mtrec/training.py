@@ -1,120 +1,259 @@
-"""The training step, written out by hand.
+"""Training steps: one optimiser step of an objective on a batch, two ways behind one interface.
 
-At batch 256 a training step is a few hundred microseconds of arithmetic buried under the
-per-operation overhead of autograd and of the optimiser's bookkeeping. This module removes
-both without changing the mathematics:
+* :class:`AutogradStep` trains any network that keeps the network contract
+  (:class:`mtrec.network.RecommenderNetwork`) on any objective: autograd computes the
+  gradients, PyTorch's Adam (its fused kernel where available) applies them.
+* :class:`FusedStep` is the fast path for the seed's network. At batch 256 a step is a few
+  hundred microseconds of arithmetic buried under the per-operation overhead of autograd and
+  of the optimiser's bookkeeping; this step removes both without changing the mathematics:
+  every parameter lives in one flat buffer (the module's tensors become views of it), so
+  Adam's fused kernel updates the whole model in one call, and the gradients of the objective
+  are written out analytically, with no autograd graph. :meth:`FusedStep.supports` says which
+  networks and objectives those hand-written gradients cover.
 
-* every parameter of the network lives in one flat buffer (the module's tensors become views
-  of it), so Adam's fused kernel updates the whole model in one call;
-* the forward pass scores positives and negatives together, and the gradients of the joint
-  loss are computed analytically (the model is small enough to write them down), with no
-  autograd graph.
-
-``tests/test_training.py`` checks the gradients against autograd on the same loss.
+:func:`make_step` picks one: ``"auto"`` takes the fused step where it is supported. The two
+give the same losses and gradients to rounding (``tests/test_training.py``), so the choice
+only changes speed.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mtrec.network import MultitaskNet
+from mtrec.errors import ConfigError
+from mtrec.losses import Batch, JointObjective
+from mtrec.network import PARAMETER_GROUPS, MultitaskNet
+
+#: The choices of training step.
+STEPS = ("auto", "fused", "autograd")
+
+
+def weight_decay_groups(network: nn.Module, weight_decay: float | dict[str, float]) -> list[tuple[list[nn.Parameter], float]]:
+    """The network's parameters grouped by their weight decay, in a fixed order.
+
+    ``weight_decay`` is one value for every parameter, or one per group of
+    :data:`mtrec.network.PARAMETER_GROUPS` (a network without ``parameter_groups()`` puts
+    everything in ``"mlp"``). Groups with the same decay are merged.
+    """
+    named = network.parameter_groups() if hasattr(network, "parameter_groups") else {"mlp": list(network.parameters())}
+    if not isinstance(weight_decay, dict):
+        weight_decay = dict.fromkeys(PARAMETER_GROUPS, float(weight_decay))
+    by_decay: dict[float, list[nn.Parameter]] = {}
+    for group in PARAMETER_GROUPS:
+        for param in named.get(group, []):
+            by_decay.setdefault(float(weight_decay[group]), []).append(param)
+    return [(params, decay) for decay, params in by_decay.items()]
+
+
+def _adam(groups: list[tuple[list[torch.Tensor], float]], learning_rate: float) -> torch.optim.Adam:
+    """Adam over parameter groups: the fused kernel, or the multi-tensor one where this PyTorch has none."""
+    param_groups = [{"params": params, "weight_decay": decay} for params, decay in groups]
+    try:
+        return torch.optim.Adam(param_groups, lr=learning_rate, fused=True)
+    except RuntimeError:  # fused Adam on the CPU needs PyTorch >= 2.4
+        return torch.optim.Adam(param_groups, lr=learning_rate, foreach=True)
+
+
+class Step:
+    """One optimiser step of an objective: ``step(batch)`` returns the batch's ``[L_F, L_R, loss]``.
+
+    Subclasses fill the gradients (:meth:`gradients`); between that and the optimiser's update
+    :attr:`reduce`, if set, is called with the gradient tensors (distributed training sums
+    them over processes there).
+
+    Attributes
+    ----------
+    kind:
+        ``"fused"`` or ``"autograd"``, as recorded in a run's config.
+    optimizer:
+        The ``torch.optim.Adam`` that applies the gradients; a learning-rate scheduler
+        may drive it.
+    """
+
+    kind = ""
+
+    def __init__(self, network: nn.Module, objective: JointObjective) -> None:
+        self.network = network
+        self.objective = objective
+        self.optimizer: torch.optim.Optimizer
+        self.reduce: Callable[[list[torch.Tensor]], None] | None = None
+
+    def gradients(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def gradient_tensors(self) -> list[torch.Tensor]:
+        """The tensors that hold the gradients, as the optimiser reads them."""
+        return [p.grad for group in self.optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        losses = self.gradients(batch)
+        if self.reduce is not None:
+            self.reduce(self.gradient_tensors())
+        self.optimizer.step()
+        return losses
+
+
+class AutogradStep(Step):
+    """Autograd and Adam, for any network that keeps the network contract and any objective.
+
+    Parameters
+    ----------
+    network:
+        The network to train.
+    objective:
+        Its objective (:class:`mtrec.losses.JointObjective`).
+    learning_rate:
+        Adam's learning rate.
+    weight_decay:
+        Adam's weight decay: one value, or one per parameter group.
+    """
+
+    kind = "autograd"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        objective: JointObjective,
+        learning_rate: float,
+        weight_decay: float | dict[str, float] = 0.0,
+    ) -> None:
+        super().__init__(network, objective)
+        groups = weight_decay_groups(network, weight_decay)
+        for params, _ in groups:
+            for param in params:
+                # Every parameter always has a gradient (zero where the batch does not reach it),
+                # so that Adam moves and decays them all alike, as the fused step's flat buffer does.
+                param.grad = torch.zeros_like(param)
+        self.optimizer = _adam(groups, learning_rate)
+
+    def gradients(self, batch: Batch) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=False)
+        with torch.enable_grad():
+            loss_f, loss_r, loss = self.objective(self.network, batch)
+            loss.backward()
+        return torch.stack([loss_f, loss_r, loss]).detach()
 
 
 class FlatParameters:
-    """Moves a module's parameters into one flat buffer with a matching flat gradient.
+    """Moves groups of parameters into one flat buffer per group, each with a matching flat gradient.
 
-    After construction each parameter of ``module`` is a view of :attr:`values`, and
-    :meth:`grad_of` gives the matching view of :attr:`grads`.
+    After construction each parameter is a view of its group's buffer in :attr:`values`, and
+    :meth:`grad_of` gives the matching view of that buffer's gradient.
     """
 
-    def __init__(self, module: nn.Module) -> None:
-        params = list(module.parameters())
-        self.values = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
-        self.values.grad = torch.zeros_like(self.values)
+    def __init__(self, groups: Iterable[list[nn.Parameter]]) -> None:
+        self.values: list[nn.Parameter] = []
         self._grads: dict[int, torch.Tensor] = {}
-        offset = 0
-        for param in params:
-            size = param.numel()
-            param.data = self.values.data[offset : offset + size].view_as(param)
-            self._grads[id(param)] = self.values.grad[offset : offset + size].view_as(param)
-            offset += size
+        for params in groups:
+            flat = nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+            flat.grad = torch.zeros_like(flat)
+            offset = 0
+            for param in params:
+                size = param.numel()
+                param.data = flat.data[offset : offset + size].view_as(param)
+                self._grads[id(param)] = flat.grad[offset : offset + size].view_as(param)
+                offset += size
+            self.values.append(flat)
 
-    @property
-    def grads(self) -> torch.Tensor:
-        return self.values.grad
+    def zero_grad(self) -> None:
+        for flat in self.values:
+            flat.grad.zero_()
 
     def grad_of(self, param: torch.Tensor) -> torch.Tensor:
         return self._grads[id(param)]
 
 
-def _adam(values: nn.Parameter, learning_rate: float, l2: float) -> torch.optim.Adam:
-    """Adam over one flat tensor: the fused kernel, or the multi-tensor one where this PyTorch has none."""
-    try:
-        return torch.optim.Adam([values], lr=learning_rate, weight_decay=l2, fused=True)
-    except RuntimeError:  # fused Adam on the CPU needs PyTorch >= 2.4
-        return torch.optim.Adam([values], lr=learning_rate, weight_decay=l2, foreach=True)
+class FusedStep(Step):
+    """The seed's objective on :class:`~mtrec.network.MultitaskNet`, with hand-written gradients.
 
-
-class TrainingStep:
-    """One optimiser step of the joint loss λF·L_F + λR·L_R with Adam.
-
-    Parameters
-    ----------
-    network:
-        The network to train; its parameters are moved into a flat buffer.
-    factorization_weight, regression_weight:
-        λF and λR.
-    learning_rate, l2:
-        Adam's learning rate and weight decay.
+    Same parameters as :class:`AutogradStep`; raises :class:`ConfigError` for a network or
+    objective that :meth:`supports` refuses.
     """
+
+    kind = "fused"
+
+    @staticmethod
+    def unsupported(network: nn.Module, objective: object) -> str | None:
+        """Why the hand-written gradients do not cover this network and objective; None if they do."""
+        if type(network) is not MultitaskNet:
+            return f"the network is a {type(network).__name__}, not the seed's MultitaskNet"
+        if type(objective) is not JointObjective:
+            return f"the objective is a {type(objective).__name__}, not the JointObjective λF·L_F + λR·L_R"
+        return None
+
+    @classmethod
+    def supports(cls, network: nn.Module, objective: object) -> bool:
+        """Whether the hand-written gradients cover ``network`` and ``objective``."""
+        return cls.unsupported(network, objective) is None
 
     def __init__(
         self,
         network: MultitaskNet,
-        factorization_weight: float,
-        regression_weight: float,
+        objective: JointObjective,
         learning_rate: float,
-        l2: float,
+        weight_decay: float | dict[str, float] = 0.0,
     ) -> None:
-        self.network = network
-        self.weight_f = float(factorization_weight)
-        self.weight_r = float(regression_weight)
-        self.flat = FlatParameters(network)
-        self.optimizer = _adam(self.flat.values, learning_rate, l2)
+        why = self.unsupported(network, objective)
+        if why is not None:
+            raise ConfigError(f"the fused training step does not support this model: {why}; use step='autograd' or 'auto'")
+        super().__init__(network, objective)
+        groups = weight_decay_groups(network, weight_decay)
+        self.flat = FlatParameters(params for params, _ in groups)
+        self.optimizer = _adam([([flat], decay) for flat, (_, decay) in zip(self.flat.values, groups)], learning_rate)
         self.linears = [layer for layer in network.rating_mlp if isinstance(layer, nn.Linear)]
 
-    @torch.no_grad()
-    def __call__(
-        self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, ratings: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Take one step; returns the batch's ``[L_F, L_R, loss]`` (L_R is 0 without ratings)."""
-        gradients = self.gradients(users, positives, negatives, ratings)
-        self.optimizer.step()
-        return gradients
+    def gradient_tensors(self) -> list[torch.Tensor]:
+        return [flat.grad for flat in self.flat.values]
 
     @torch.no_grad()
-    def gradients(
-        self, users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, ratings: torch.Tensor | None
-    ) -> torch.Tensor:
-        """Fill the flat gradient buffer for one batch; returns ``[L_F, L_R, loss]``."""
-        net, flat = self.network, self.flat
-        batch = len(users)
-        both = torch.cat([positives, negatives])
+    def gradients(self, batch: Batch) -> torch.Tensor:
+        """Fill the flat gradient buffers for one batch; returns ``[L_F, L_R, loss]``."""
+        net, flat, objective = self.network, self.flat, self.objective
+        users, positives, negatives, ratings = batch.users, batch.positives, batch.negatives, batch.ratings
+        size = len(users)
+        count = batch.denominator
+        weight_f = objective.factorization_weight
+        several = negatives.dim() == 2
+        k = negatives.shape[1] if several else 1
+        negatives_flat = negatives.reshape(-1)
+        both = torch.cat([positives, negatives_flat])
         u = net.user_embeddings.weight.index_select(0, users)
         q = net.item_embeddings.weight.index_select(0, both)
-        q_pos, q_neg = q[:batch], q[batch:]
+        q_pos, q_neg = q[:size], q[size:]
         item_bias = net.item_biases.weight.view(-1).index_select(0, both)
         # p+ - p-: the user's bias cancels, so it never receives a gradient from L_F.
-        q_diff = q_pos - q_neg
-        margin = (q_diff * u).sum(1) + item_bias[:batch] - item_bias[batch:]
+        if several:
+            q_diff = q_pos.unsqueeze(1) - q_neg.view(size, k, -1)
+            margin = (q_diff * u.unsqueeze(1)).sum(2) + item_bias[:size, None] - item_bias[size:].view(size, k)
+        else:
+            q_diff = q_pos - q_neg
+            margin = (q_diff * u).sum(1) + item_bias[:size] - item_bias[size:]
         sigma = torch.sigmoid(margin)
-        loss_f = (1.0 - sigma).mean()
-        d_margin = (sigma * (sigma - 1.0) * (self.weight_f / batch)).unsqueeze(1)
+        scale = weight_f / (count * k)
+        if objective.watch_loss == "bpr":
+            terms_f = 1.0 - sigma
+            d_margin = sigma * (sigma - 1.0) * scale
+        else:
+            terms_f = -F.logsigmoid(margin)
+            d_margin = (sigma - 1.0) * scale
+        loss_f = terms_f.mean() if batch.count is None else terms_f.sum() / (count * k)
 
-        flat.grads.zero_()
-        d_u = d_margin * q_diff
-        d_q_pos = d_margin * u  # and -d_q_pos for the negatives
+        flat.zero_grad()
+        if several:
+            d_u = (d_margin.unsqueeze(2) * q_diff).sum(1)
+            d_q_neg = (d_margin.unsqueeze(2) * u.unsqueeze(1)).reshape(size * k, -1)
+            d_q_pos = d_q_neg.view(size, k, -1).sum(1)
+            d_bias_pos, d_bias_neg = d_margin.sum(1), d_margin.reshape(-1)
+        else:
+            d_margin = d_margin.unsqueeze(1)
+            d_u = d_margin * q_diff
+            d_q_pos = d_margin * u  # and -d_q_pos for the negatives
+            d_q_neg = d_q_pos
+            d_bias_pos = d_bias_neg = d_margin.view(-1)
         d_q_pos_total = d_q_pos
         loss_r = torch.zeros((), device=u.device)
         if ratings is not None:
@@ -123,7 +262,7 @@ class TrainingStep:
             else:
                 u_r = net.rating_user_embeddings.weight.index_select(0, users)
                 q_r = net.rating_item_embeddings.weight.index_select(0, positives)
-            loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, ratings)
+            loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, ratings, count, batch.count is None)
             if net.embedding_sharing:
                 d_u += d_u_r
                 d_q_pos_total = d_q_pos + d_q_r
@@ -134,15 +273,15 @@ class TrainingStep:
         item_grad = flat.grad_of(net.item_embeddings.weight)
         item_grad.index_add_(0, positives, d_q_pos_total)
         # index_add_ with alpha != 1 takes a path several times slower; negating first is exact.
-        item_grad.index_add_(0, negatives, d_q_pos.neg())
+        item_grad.index_add_(0, negatives_flat, d_q_neg.neg())
         bias_grad = flat.grad_of(net.item_biases.weight).view(-1)
-        bias_grad.index_add_(0, positives, d_margin.view(-1))
-        bias_grad.index_add_(0, negatives, d_margin.view(-1).neg())
-        loss = self.weight_f * loss_f + self.weight_r * loss_r
+        bias_grad.index_add_(0, positives, d_bias_pos)
+        bias_grad.index_add_(0, negatives_flat, d_bias_neg.neg())
+        loss = weight_f * loss_f + objective.regression_weight * loss_r
         return torch.stack([loss_f, loss_r, loss])
 
     def _rating_gradients(
-        self, u: torch.Tensor, q: torch.Tensor, ratings: torch.Tensor
+        self, u: torch.Tensor, q: torch.Tensor, ratings: torch.Tensor, count: int, local: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """L_R and its gradients: the MLP's (written to the flat buffer), and those of u and q."""
         d = u.shape[1]
@@ -154,8 +293,8 @@ class TrainingStep:
             if index < len(self.linears) - 1:
                 inputs.append(pre.clamp_min(0.0))
         error = pre_activations[-1].view(-1) - ratings
-        loss_r = error.square().mean()
-        grad = (error * (2.0 * self.weight_r / len(ratings))).unsqueeze(1)
+        loss_r = error.square().mean() if local else error.square().sum() / count
+        grad = (error * (2.0 * self.objective.regression_weight / count)).unsqueeze(1)
         for index in range(len(self.linears) - 1, -1, -1):
             layer = self.linears[index]
             torch.mm(grad.T, inputs[index], out=self.flat.grad_of(layer.weight))
@@ -168,3 +307,18 @@ class TrainingStep:
         d_u = grad[:, :d] + grad[:, 2 * d :] * q
         d_q = grad[:, d : 2 * d] + grad[:, 2 * d :] * u
         return loss_r, d_u, d_q
+
+
+def make_step(
+    kind: str,
+    network: nn.Module,
+    objective: JointObjective,
+    learning_rate: float,
+    weight_decay: float | dict[str, float] = 0.0,
+) -> Step:
+    """The training step ``kind`` asks for: ``"fused"``, ``"autograd"``, or ``"auto"`` (fused where supported)."""
+    if kind not in STEPS:
+        raise ConfigError(f"unknown training step {kind!r}; use one of {', '.join(STEPS)}")
+    if kind == "autograd" or (kind == "auto" and not FusedStep.supports(network, objective)):
+        return AutogradStep(network, objective, learning_rate, weight_decay)
+    return FusedStep(network, objective, learning_rate, weight_decay)

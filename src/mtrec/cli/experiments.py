@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from mtrec.cli._args import add_option, positive_int
-from mtrec.cli.data_args import add_data_arguments, split_loader
+from mtrec.cli._args import add_option
+from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.cli.report import describe
-from mtrec.cli.train import add_model_arguments, epoch_summary, model_from_args
+from mtrec.cli.train import epoch_summary
 from mtrec.experiments import (
     CONFIGURATIONS,
     SWEEP_DIRNAME,
@@ -18,6 +18,8 @@ from mtrec.experiments import (
     run_experiment,
     sweep_configurations,
 )
+from mtrec.config import RunConfig
+from mtrec.data.splits import CANONICAL_SPLITS
 from mtrec.report import build_report
 
 DESCRIPTION = f"""\
@@ -59,16 +61,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(which, "--sweep", action="store_true", help="run the λ sweep instead of the configurations")
     add_option(parser, "--sweep-step", type=float, default=0.1, help="λF step of the sweep, in (0, 1) (default 0.1)")
     add_option(parser, "--seeds", type=int, default=3, help="seeds per configuration, from --seed on (default 3)")
-    add_option(parser, "--epochs", type=positive_int, default=200, help="training epochs per run (default 200)")
-    add_option(parser, "--eval-every", type=positive_int, default=1, help="evaluate every N epochs (default 1)")
     add_option(parser, "--root", default="run", help="folder of the runs (default run/)")
     add_option(parser, "--out", default="report", help="report folder (default report/)")
     add_option(parser, "--force", action="store_true", help="train again runs that are already finished")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
-    add_model_arguments(parser)
-    add_data_arguments(parser)
+    add_run_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
+
+
+def split_loader(config: RunConfig, data_dir: str | None):
+    """``seed -> (train, validation, test, summary)`` for ``config``'s data, read from disk once for all seeds."""
+    loaded = []
+
+    def load(seed: int):
+        spec = config.data.with_seed(seed)
+        if not loaded and spec.split not in CANONICAL_SPLITS:
+            loaded.append(spec.load(data_dir))
+        train, validation, test = spec.load_split(data_dir, data=loaded[0] if loaded else None)
+        return train, validation, test, spec.describe(train, validation, test)
+
+    return load
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,30 +91,27 @@ def run(args: argparse.Namespace) -> int:
         configurations, root = sweep_configurations(args.sweep_step), Path(args.root) / SWEEP_DIRNAME
     else:
         configurations, root = configurations_named(args.configs), Path(args.root)
-    runs = plan_runs(configurations, args.seeds, root, first_seed=args.seed)
-    bar = tqdm(total=len(runs) * args.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr)
+    base = run_config(args)
+    runs = plan_runs(configurations, args.seeds, root, first_seed=base.seed)
+    bar = tqdm(total=len(runs) * base.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr)
 
     def on_run(planned, reused: bool) -> None:
         position = f"[{runs.index(planned) + 1}/{len(runs)}]"
         bar.set_description_str(f"{position} {planned.configuration.name} seed {planned.seed}")
         if reused:
             bar.set_postfix_str("finished before: reused")
-            bar.update(args.epochs)
+            bar.update(base.epochs)
 
     def on_epoch(record) -> None:
-        bar.set_postfix_str(f"epoch {record.epoch}/{args.epochs}  {epoch_summary(record)}", refresh=False)
+        bar.set_postfix_str(f"epoch {record.epoch}/{base.epochs}  {epoch_summary(record)}", refresh=False)
         bar.update(1)
+
+    def config_of(planned) -> RunConfig:
+        return base.replace(seed=planned.seed, **planned.configuration.model_params()).check()
 
     try:
         trained = run_experiment(
-            runs,
-            args.epochs,
-            lambda planned: model_from_args(args, seed=planned.seed, **planned.configuration.model_params()),
-            split_loader(args, progress=False),  # reads the data once for all seeds
-            eval_every=args.eval_every,
-            force=args.force,
-            on_run=on_run,
-            on_epoch=on_epoch,
+            runs, config_of, split_loader(base, args.data_dir), force=args.force, on_run=on_run, on_epoch=on_epoch
         )
     finally:
         bar.close()

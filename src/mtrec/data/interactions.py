@@ -143,6 +143,22 @@ class Interactions:
         return indptr, self.items[order].astype(np.int64)
 
 
+def same_id_maps(a: Any, b: Any) -> bool:
+    """Whether ``a`` and ``b`` (data sets, or a fitted model's description of its data) index users
+    and items the same way."""
+    same = (a.num_users, a.num_items) == (b.num_users, b.num_items)
+    return same and np.array_equal(a.user_ids, b.user_ids) and np.array_equal(a.item_ids, b.item_ids)
+
+
+def check_same_ids(a: Interactions, b: Interactions) -> None:
+    """Raise :class:`DataError` unless ``a`` and ``b`` index users and items the same way."""
+    if not same_id_maps(a, b):
+        raise DataError(
+            f"{a.name or 'the data'} and {b.name or 'the test data'} use different id maps: "
+            "split one Interactions so both share it"
+        )
+
+
 def build_lookup(ids: np.ndarray) -> dict:
     """A dict from raw id (and its string form) to index."""
     lookup: dict = {}

@@ -11,6 +11,7 @@ other row. :func:`cold_start_counts` reports how many such rows a split has.
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import numpy as np
 
@@ -50,7 +51,9 @@ def _one_of(**options) -> str:
     return given[0]
 
 
-def random_split(data: Interactions, test_fraction: float = 0.05, seed: int = 0) -> tuple[Interactions, Interactions]:
+def random_split(
+    data: Interactions, test_fraction: float = 0.05, seed: int | Sequence[int] = 0
+) -> tuple[Interactions, Interactions]:
     """Hold out ``round(test_fraction * len(data))`` interactions drawn uniformly at random.
 
     The assignment's protocol. Both parts keep their original order and the full id maps.
@@ -62,7 +65,7 @@ def random_split(data: Interactions, test_fraction: float = 0.05, seed: int = 0)
     test_fraction:
         Share of the interactions held out, in (0, 1).
     seed:
-        Seeds the draw: the same seed gives the same split.
+        Seeds the draw (an integer, or a sequence of them): the same seed gives the same split.
     """
     check_fraction("test_fraction", test_fraction)
     n = len(data)
@@ -93,7 +96,7 @@ def user_split(
     data: Interactions,
     test_fraction: float | None = None,
     leave_k: int | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
 ) -> tuple[Interactions, Interactions]:
     """Hold out, for each user, ``leave_k`` random interactions or ``test_fraction`` of them.
 
@@ -110,7 +113,7 @@ def user_split(
     leave_k:
         Number of interactions held out per user. Give this or ``test_fraction``.
     seed:
-        Seeds the draw: the same seed gives the same split.
+        Seeds the draw (an integer, or a sequence of them): the same seed gives the same split.
     """
     option = _one_of(test_fraction=test_fraction, leave_k=leave_k)
     rank, counts = _rank_within_user(data.users, np.random.default_rng(seed).random(len(data)))

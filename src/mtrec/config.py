@@ -1,0 +1,250 @@
+"""A run's configuration: :class:`RunConfig`, what makes a training run, as plain data.
+
+A run config holds the model's parameters, the data spec (:class:`mtrec.data.spec.DataSpec`),
+the number of epochs and the evaluation settings. It is checked as a whole, written to a run's
+``config.json`` and read back (also from the files of earlier mtrec versions), and turned into
+the ``mtrec train`` options that make the same run.
+
+Some settings change only how fast a run is, never its numbers: the device, the thread count
+and the training step. They are recorded under ``"speed"`` and left out of
+:meth:`RunConfig.essential`, the one definition of "these two runs are comparable" that reuse
+of finished runs and the report both use. The metrics recorded are not essential either: a
+run measured with fewer metrics is still the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mtrec import __version__
+from mtrec.data.spec import DataSpec
+from mtrec.errors import ConfigError, DataError
+from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
+from mtrec.model import MultitaskModel
+
+CONFIG_FILENAME = "config.json"
+FORMAT = "mtrec-run"
+FORMAT_VERSION = 2
+#: Model parameters that change a run's speed, never its results.
+SPEED_ONLY = ("device", "num_threads", "step")
+#: Run settings that are recorded but do not change the trained model.
+RECORDING_ONLY = ("metrics", "k")
+#: Command-line spellings that are not ``--`` + the name with hyphens.
+FLAGS = {"num_threads": "--threads"}
+#: Boolean parameters and their (true, false) flags.
+SWITCHES = {"embedding_sharing": ("--shared-embeddings", "--no-shared-embeddings")}
+
+
+def model_defaults() -> dict[str, Any]:
+    """:class:`MultitaskModel`'s parameters and their defaults."""
+    signature = inspect.signature(MultitaskModel.__init__)
+    return {name: p.default for name, p in signature.parameters.items() if name != "self"}
+
+
+def _flag(name: str) -> str:
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def _option(name: str, value: Any) -> list[str]:
+    """``value`` of parameter ``name`` as command-line words."""
+    if name in SWITCHES:
+        return [SWITCHES[name][0] if value else SWITCHES[name][1]]
+    if isinstance(value, bool):
+        return [_flag(name) if value else "--no-" + _flag(name)[2:]]
+    if isinstance(value, (list, tuple)):
+        return [_flag(name), *(_word(v) for v in value)]
+    return [_flag(name), _word(value)]
+
+
+def _word(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a training run.
+
+    Parameters
+    ----------
+    model:
+        :class:`~mtrec.model.MultitaskModel` parameters; missing ones take the constructor's
+        defaults. ``seed`` also seeds the data spec's split.
+    data:
+        The data and its split.
+    epochs:
+        Training epochs.
+    eval_every:
+        Evaluate every N epochs (and after the last).
+    metrics, k:
+        The metrics recorded and the cut-offs of the top-k ones.
+    """
+
+    model: dict[str, Any] = field(default_factory=dict)
+    data: DataSpec = field(default_factory=DataSpec)
+    epochs: int = 200
+    eval_every: int = 1
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    k: tuple[int, ...] = DEFAULT_K
+
+    def __post_init__(self) -> None:
+        params = {**model_defaults(), **self.model}
+        if params.get("layer_sizes") is None:  # written out, so that default and explicit sizes compare equal
+            params["layer_sizes"] = [3 * params["embedding_dim"], 64] if isinstance(params["embedding_dim"], int) else None
+        elif isinstance(params["layer_sizes"], tuple):
+            params["layer_sizes"] = list(params["layer_sizes"])
+        object.__setattr__(self, "model", params)
+        object.__setattr__(self, "data", dataclasses.replace(self.data, seed=params["seed"]))
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        object.__setattr__(self, "k", tuple(self.k))
+
+    # ------------------------------------------------------------------ building and checking
+
+    @property
+    def seed(self) -> int:
+        return self.model["seed"]
+
+    def build_model(self) -> MultitaskModel:
+        """The unfitted model; :class:`ConfigError` for parameters out of range."""
+        unknown = sorted(set(self.model) - set(model_defaults()))
+        if unknown:
+            raise ConfigError(f"unknown model parameter {', '.join(unknown)}")
+        return MultitaskModel(**self.model)
+
+    def check(self) -> RunConfig:
+        """Raise :class:`ConfigError` for anything out of range or conflicting; return self."""
+        self.build_model()
+        self.data.check()
+        for name in ("epochs", "eval_every"):
+            value = getattr(self, name)
+            low = 0 if name == "epochs" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
+        metric_names(self.metrics, self.k)
+        return self
+
+    @classmethod
+    def option_names(cls) -> dict[str, str]:
+        """Every setting a command line can give, and where it lives: ``model``, ``data`` or ``run``."""
+        names = {name: "model" for name in model_defaults()}
+        names.update({f.name: "data" for f in dataclasses.fields(DataSpec) if f.name != "seed"})
+        names.update({f.name: "run" for f in dataclasses.fields(cls) if f.name not in ("model", "data")})
+        return names
+
+    def replace(self, **settings: Any) -> RunConfig:
+        """This config with some settings changed, each named as in :meth:`option_names`."""
+        where = self.option_names()
+        unknown = sorted(set(settings) - set(where))
+        if unknown:
+            raise ConfigError(f"unknown setting {', '.join(unknown)}")
+        model = {**self.model, **{k: v for k, v in settings.items() if where[k] == "model"}}
+        data = dataclasses.replace(self.data, **{k: v for k, v in settings.items() if where[k] == "data"})
+        run = {k: v for k, v in settings.items() if where[k] == "run"}
+        return dataclasses.replace(self, model=model, data=data, **run)
+
+    # ------------------------------------------------------------------ JSON
+
+    def essential(self) -> dict[str, Any]:
+        """What must be equal for two runs to give the same results: not the speed-only settings,
+        not the metrics recorded."""
+        return {
+            "model": {k: v for k, v in self.model.items() if k not in SPEED_ONLY},
+            "data": self.data.to_json(),
+            "training": {"epochs": self.epochs, "eval_every": self.eval_every},
+        }
+
+    def same_run(self, other: RunConfig) -> bool:
+        return self.essential() == other.essential()
+
+    def differences(self, other: RunConfig) -> list[str]:
+        """``"model.l2: 0 here, 1e-05 there"`` for each essential setting that differs."""
+        mine, theirs = flatten(self.essential()), flatten(other.essential())
+        return [
+            f"{key}: {json.dumps(mine.get(key))} here, {json.dumps(theirs.get(key))} there"
+            for key in sorted(mine.keys() | theirs.keys())
+            if mine.get(key) != theirs.get(key)
+        ]
+
+    def to_json(self, resolved: dict[str, Any] | None = None, summary: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The config as written to config.json; ``resolved`` (what ran: the step, the device) and
+        ``summary`` (what the split gave) are recorded beside it."""
+        essential = self.essential()
+        document = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "mtrec_version": __version__,
+            **essential,
+            "evaluation": {"metrics": list(self.metrics), "k": list(self.k)},
+            "speed": {k: self.model[k] for k in SPEED_ONLY},
+        }
+        if resolved:
+            document["resolved"] = resolved
+        if summary:
+            document["data_summary"] = summary
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> RunConfig:
+        """The config :meth:`to_json` wrote, or an earlier mtrec's config.json (format 1)."""
+        if not isinstance(document, dict) or "model" not in document or "data" not in document:
+            raise ConfigError("not an mtrec run config (no model and data sections)")
+        version = document.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise ConfigError(f"a run config of format {version}; this mtrec ({__version__}) reads up to {FORMAT_VERSION}")
+        model = dict(document["model"])
+        if version >= 2:
+            model.update(document.get("speed", {}))
+            training = document.get("training", {})
+            evaluation = document.get("evaluation", {})
+        else:  # mtrec 0.1: epochs and eval_every at the top, the metrics were MSE and MRR
+            training = {k: document[k] for k in ("epochs", "eval_every") if k in document}
+            evaluation = {"metrics": ["mse", "mrr"], "k": list(DEFAULT_K)}
+        return cls(model=model, data=DataSpec.from_json(document["data"]), **training, **evaluation)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """The config in ``path``: a config.json, or a run directory holding one."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / CONFIG_FILENAME
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(f"{path}: no such file") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise DataError(f"{path}: not a readable run config ({error})") from None
+        try:
+            return cls.from_json(document)
+        except (ConfigError, TypeError, KeyError, ValueError) as error:
+            raise DataError(f"{path}: {error}") from None
+
+    # ------------------------------------------------------------------ the command line
+
+    def cli_options(self, exclude: tuple[str, ...] = ()) -> list[str]:
+        """The ``mtrec train`` options that make this run (``--data-dir`` and the speed-only settings
+        aside), but for the model parameters named in ``exclude``."""
+        options = ["--epochs", str(self.epochs), "--eval-every", str(self.eval_every)]
+        for name, value in self.model.items():
+            if name not in SPEED_ONLY and name not in exclude and value is not None:
+                options += _option(name, value)
+        options += self.data.cli_options()
+        if tuple(self.metrics) != tuple(DEFAULT_METRICS):
+            options += _option("metrics", self.metrics)
+        if tuple(self.k) != tuple(DEFAULT_K):
+            options += _option("k", self.k)
+        return options
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as ``{"model.l2": 0.0, ...}``."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

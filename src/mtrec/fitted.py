@@ -1,0 +1,149 @@
+"""What a fitted model keeps: its data's description, the history of its epochs and their summary.
+
+These are plain records, shared by the estimator (:mod:`mtrec.model`), the model files
+(:mod:`mtrec.checkpoint`), the run directories (:mod:`mtrec.runs`) and the service; none of
+them imports the others through this module.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from mtrec.data.interactions import Interactions, ItemMetadata
+
+#: The per-epoch training losses every record has.
+TRAIN_FIELDS = ("train_bpr", "train_mse", "train_loss")
+
+
+def finite_or_none(value: Any) -> Any:
+    """A float that is NaN or ±inf becomes None (JSON has no such numbers); anything else is kept."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch of training measured.
+
+    Parameters
+    ----------
+    epoch:
+        1-based epoch number.
+    train_bpr, train_mse, train_loss:
+        Mean watch loss L_F, rating loss L_R and joint loss over the epoch's batches
+        (``train_mse`` is NaN for data without ratings).
+    metrics:
+        Evaluation results of this epoch, keyed ``valid_<metric>`` and ``test_<metric>``
+        (``test_mse``, ``valid_ndcg@10``...); empty on epochs not evaluated.
+    seconds:
+        Wall time of the epoch, evaluation included.
+    """
+
+    epoch: int
+    train_bpr: float
+    train_mse: float
+    train_loss: float
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def test_mse(self) -> float | None:
+        return self.metrics.get("test_mse")
+
+    @property
+    def test_mrr(self) -> float | None:
+        return self.metrics.get("test_mrr")
+
+    def get(self, name: str) -> float | None:
+        """A training loss or a metric by its JSON name; None where not measured."""
+        if name in TRAIN_FIELDS:
+            return getattr(self, name)
+        return self.metrics.get(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON values: a metric that does not apply (NaN) or overflowed (±inf) becomes None.
+
+        Test metrics are None on epochs that were not evaluated, as earlier versions wrote them.
+        """
+        record: dict[str, Any] = {"epoch": self.epoch}
+        record.update({name: getattr(self, name) for name in TRAIN_FIELDS})
+        record.update({"test_mse": None, "test_mrr": None})
+        record.update(self.metrics)
+        record["seconds"] = self.seconds
+        return {key: finite_or_none(value) for key, value in record.items()}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> EpochRecord:
+        """The record :meth:`to_json` wrote (None read back as NaN for the training losses)."""
+        known = {"epoch", "seconds", *TRAIN_FIELDS}
+        losses = {name: math.nan if record.get(name) is None else float(record[name]) for name in TRAIN_FIELDS}
+        metrics = {k: float(v) for k, v in record.items() if k not in known and v is not None}
+        return cls(epoch=int(record["epoch"]), **losses, metrics=metrics, seconds=float(record.get("seconds") or 0.0))
+
+
+@dataclass
+class FittedData:
+    """What a fitted model keeps of its training data: sizes, id maps, seen items, metadata."""
+
+    num_users: int
+    num_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    seen_indptr: np.ndarray
+    seen_indices: np.ndarray
+    item_metadata: ItemMetadata | None
+    rating_scale: tuple[float, float] | None
+    has_ratings: bool
+    name: str
+
+    @classmethod
+    def from_interactions(cls, data: Interactions) -> FittedData:
+        indptr, indices = data.seen_items_csr()
+        return cls(
+            num_users=data.num_users,
+            num_items=data.num_items,
+            user_ids=data.user_ids,
+            item_ids=data.item_ids,
+            seen_indptr=indptr,
+            seen_indices=indices,
+            item_metadata=data.item_metadata,
+            rating_scale=data.rating_scale,
+            has_ratings=data.has_ratings,
+            name=data.name,
+        )
+
+
+class FittedModel(Protocol):
+    """What evaluation and serving need of a fitted estimator: its network and its data's description."""
+
+    network_: Any
+    data_: FittedData | None
+    history_: list[EpochRecord]
+
+
+def summarize(history: list[EpochRecord], selected_epoch: int | None = None) -> dict[str, Any]:
+    """The summary metrics.json and ``GET /model`` give of a training history.
+
+    ``final`` is the last epoch; ``selected`` the epoch whose weights the model keeps
+    (``selected_epoch``, by default the last) with its validation and test metrics. The best
+    test MSE and MRR over all epochs are an **oracle**: picked on the test set, they say how
+    good an epoch was, never which to keep, and are labelled so.
+    """
+    records = [record.to_json() for record in history]
+    summary: dict[str, Any] = {"final": records[-1] if records else None}
+    if records:
+        epoch = selected_epoch if selected_epoch is not None else records[-1]["epoch"]
+        chosen = next(record for record in records if record["epoch"] == epoch)
+        summary["selected"] = {
+            "epoch": epoch,
+            **{k: v for k, v in chosen.items() if k.startswith(("valid_", "test_")) and v is not None},
+        }
+    for metric, lower in (("test_mse", True), ("test_mrr", False)):
+        measured = [r for r in records if r.get(metric) is not None]
+        if measured:
+            best = (min if lower else max)(measured, key=lambda r: r[metric])
+            summary[f"oracle_best_{metric}"] = {"value": best[metric], "epoch": best["epoch"]}
+    return summary
