@@ -4,7 +4,6 @@ seeding is exact, and the seed's settings give today's numbers bit for bit."""
 
 import hashlib
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

@@ -17,17 +17,11 @@ import numpy as np
 import pyarrow as pa
 
 from mtrec.data.download import download_release_archive, extract_archive
-from mtrec.data.interactions import Interactions, ItemMetadata
-from mtrec.data.readers import (
-    ItemTable,
-    TextFormat,
-    align_metadata,
-    build_interactions,
-    read_items_file,
-    read_text_columns,
-    split_genres,
-    year_from_title,
-)
+from mtrec.data.building import build_interactions
+from mtrec.data.formats import TextFormat
+from mtrec.data.interactions import Interactions
+from mtrec.data.metadata import align_metadata, read_movies
+from mtrec.data.parsing import read_text_columns
 from mtrec.errors import ConfigError, DataError
 
 #: Where GroupLens serves the archives; ``$MTREC_MOVIELENS_BASE_URL`` overrides it.
@@ -315,62 +309,3 @@ def check_sha256(path: Path, expected: str) -> None:
         )
 
 
-def read_movies(path: Path) -> ItemTable:
-    """Titles, years and genres from ``u.item``, ``movies.dat`` or ``movies.csv``."""
-    if path.name == "u.item":
-        return _read_u_item(path)
-    if path.suffix == ".dat":
-        return _read_movies_dat(path)
-    return read_items_file(path)
-
-
-def _decode(raw: bytes) -> str:
-    """UTF-8 where valid (ML-10M), else Latin-1 (ML-100K, ML-1M)."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("latin-1")
-
-
-def _split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> list[list[str]]:
-    """The non-empty lines of a small metadata file, split into ``width`` fields with a numeric id."""
-    rows = []
-    for number, line in enumerate(_decode(path.read_bytes()).splitlines(), 1):
-        if line.strip():
-            fields = line.split(separator)
-            if len(fields) != width or not fields[id_field].strip().isdigit():
-                problem = f"expected {width} fields separated by {separator!r}" if len(fields) != width else "bad id"
-                raise DataError(f"{path}, line {number}: {problem}, found {line[:80]!r}")
-            rows.append(fields)
-    return rows
-
-
-def _read_u_item(path: Path) -> ItemTable:
-    genre_names = [fields[0] for fields in _split_rows(path.with_name("u.genre"), "|", 2, id_field=1)]
-    rows = _split_rows(path, "|", 5 + len(genre_names))
-    for fields in rows:
-        if any(flag not in ("0", "1") for flag in fields[5:]):
-            raise DataError(f"{path}, item {fields[0]}: genre flags must be 0 or 1, found {'|'.join(fields[5:])!r}")
-    flags = np.array([fields[5:] for fields in rows], dtype=np.int8).astype(bool)
-    names = np.array(genre_names, dtype=object)
-    return ItemTable(
-        ids=np.array([int(fields[0]) for fields in rows], dtype=np.int64),
-        metadata=ItemMetadata(
-            titles=[fields[1].strip() for fields in rows],
-            years=[year_from_title(fields[1], fields[2]) for fields in rows],
-            genres=[names[row].tolist() for row in flags],
-        ),
-    )
-
-
-def _read_movies_dat(path: Path) -> ItemTable:
-    rows = _split_rows(path, "::", 3)
-    titles = [fields[1].strip() for fields in rows]
-    return ItemTable(
-        ids=np.array([int(fields[0]) for fields in rows], dtype=np.int64),
-        metadata=ItemMetadata(
-            titles=titles,
-            years=[year_from_title(title) for title in titles],
-            genres=[split_genres(fields[2]) for fields in rows],
-        ),
-    )

@@ -118,14 +118,14 @@ def write_report(collection: Collection, out: str | Path) -> ReportFiles:
     figures = write_figures(collection, out)
     blocks = document(collection, figures)
     title = "Multi-task recommender: experiments"
-    (out / "report.md").write_text(to_markdown(blocks))
-    (out / "report.html").write_text(to_html(blocks, out, title))
+    atomic_write_text(out / "report.md", to_markdown(blocks))
+    atomic_write_text(out / "report.html", to_html(blocks, out, title))
     data = {
         "groups": [group.to_json() for group in collection.groups],
         "sweep": [group.to_json() for group in collection.sweep],
         "left_out": collection.left_out,
     }
-    (out / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+    atomic_write_text(out / "report.json", json.dumps(data, indent=2) + "\n")
     return ReportFiles(
         out / "report.md",
         out / "report.html",

@@ -3,8 +3,7 @@ two questions, written from the numbers."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -19,7 +18,6 @@ from mtrec.report.stats import (
     GroupSummary,
     Stat,
     by_sharing,
-    fmt,
     fmt_epoch,
     fmt_stat,
     join,

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mtrec.fileio import atomic_output
 from mtrec.report.stats import BEST_FIELDS, NAMES, GroupSummary, Stat, by_sharing
 
 #: Per-epoch curves: metrics.json field -> (figure file, title, y label).
@@ -36,7 +37,8 @@ def _pyplot():
 
 def _save(figure, path: Path) -> None:
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=100, format="png")
     _pyplot().close(figure)
 
 

@@ -1,0 +1,190 @@
+"""Item descriptions: titles, release years and genres, from an items file of the user's or from
+the MovieLens releases' own (``u.item``, ``movies.dat``, ``movies.csv``), aligned with the item index."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mtrec.data.formats import PARQUET_SUFFIXES, TextFormat, resolve_columns, sniff_format
+from mtrec.data.interactions import ItemMetadata
+from mtrec.errors import DataError
+
+
+@dataclass
+class ItemTable:
+    """Item descriptions read from a file, in file order.
+
+    Parameters
+    ----------
+    ids:
+        Raw item ids (int64 or object ``str``).
+    metadata:
+        Title, year and genres of each, aligned with ``ids``.
+    """
+
+    ids: np.ndarray
+    metadata: ItemMetadata
+
+
+_YEAR_IN_TITLE = re.compile(r"\((\d{4})(?:\s*[-–]\s*\d{0,4})?\)\s*$")
+
+
+def year_from_title(title: str, date: str = "") -> int | None:
+    """The year in a title's trailing ``(1995)``, else the last four digits of ``date``."""
+    match = _YEAR_IN_TITLE.search(title)
+    if match:
+        return int(match.group(1))
+    match = re.search(r"(\d{4})\s*$", date)
+    return int(match.group(1)) if match else None
+
+
+def read_items_file(path: str | os.PathLike, sep: str | None = None) -> ItemTable:
+    """Read an items file: an id and a title column, optionally genres (``|``-separated).
+
+    Columns are recognised by name (``movieId``/``item_id``..., ``title``/``name``,
+    ``genres``); without a header they are id, title[, genres].
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    wanted = {"item": None, "title": None, "genres": None}
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        table = pq.read_table(path)
+        roles = resolve_columns(path, table.schema.names, wanted, required=("item", "title"))
+    else:
+        text_format = sniff_format(path, sep)
+        positions = {"item": 0, "title": 1, "genres": 2}
+        if text_format.header:
+            roles = resolve_columns(path, text_format.columns, wanted, required=("item", "title"))
+        else:
+            roles = {role: text_format.columns[i] for role, i in positions.items() if i < len(text_format.columns)}
+        table = _read_items_text(path, text_format, roles)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the items file has no rows")
+    ids = _raw_ids(table.column(roles["item"]))
+    titles = [str(t).strip() if t is not None else "" for t in table.column(roles["title"]).to_pylist()]
+    if "genres" in roles:
+        genres = [split_genres(g) for g in table.column(roles["genres"]).to_pylist()]
+    else:
+        genres = [[] for _ in titles]
+    years = [year_from_title(title) for title in titles]
+    return ItemTable(ids=ids, metadata=ItemMetadata(titles=titles, years=years, genres=genres))
+
+
+def _read_items_text(path: Path, text_format: TextFormat, roles: dict[str, str]) -> pa.Table:
+    try:
+        return pacsv.read_csv(
+            path,
+            read_options=pacsv.ReadOptions(
+                column_names=list(text_format.columns), skip_rows=1 if text_format.header else 0
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=text_format.delimiter, quote_char='"'),
+            convert_options=pacsv.ConvertOptions(
+                include_columns=list(roles.values()), column_types={name: pa.string() for name in roles.values()}
+            ),
+        )
+    except pa.ArrowInvalid as error:
+        raise DataError(f"{path}: cannot read the items file: {error}") from None
+
+
+def _raw_ids(column: pa.ChunkedArray) -> np.ndarray:
+    """Raw ids as int64 where they are all integers, else as ``str``."""
+    if pa.types.is_integer(column.type):
+        return column.to_numpy().astype(np.int64)
+    text = column.cast(pa.string())
+    try:
+        return text.cast(pa.int64()).to_numpy()
+    except pa.ArrowInvalid:
+        return np.asarray(text.to_pylist(), dtype=object)
+
+
+def split_genres(value: str | None) -> list[str]:
+    """``"Crime|Drama"`` as ``["Crime", "Drama"]``; MovieLens's ``(no genres listed)`` as none."""
+    if not value or value == "(no genres listed)":
+        return []
+    return [genre for genre in value.split("|") if genre]
+
+
+def align_metadata(item_ids: np.ndarray, table: ItemTable) -> ItemMetadata:
+    """Metadata aligned with ``item_ids``; items missing from ``table`` get their id as title."""
+    known, wanted = table.ids, item_ids
+    if known.dtype == object or wanted.dtype == object:
+        known, wanted = known.astype(str), wanted.astype(str)
+    order = np.argsort(known, kind="stable")
+    slots = np.minimum(np.searchsorted(known[order], wanted), len(known) - 1)
+    found = known[order][slots] == wanted
+    source = order[slots]
+    meta = table.metadata
+    titles = [meta.titles[s] if f else str(i) for s, f, i in zip(source.tolist(), found.tolist(), item_ids.tolist())]
+    years = [meta.years[s] if f else None for s, f in zip(source.tolist(), found.tolist())]
+    genres = [list(meta.genres[s]) if f else [] for s, f in zip(source.tolist(), found.tolist())]
+    return ItemMetadata(titles=titles, years=years, genres=genres)
+
+
+def read_movies(path: Path) -> ItemTable:
+    """Titles, years and genres from ``u.item``, ``movies.dat`` or ``movies.csv``."""
+    if path.name == "u.item":
+        return _read_u_item(path)
+    if path.suffix == ".dat":
+        return _read_movies_dat(path)
+    return read_items_file(path)
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8 where valid (ML-10M), else Latin-1 (ML-100K, ML-1M)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> list[list[str]]:
+    """The non-empty lines of a small metadata file, split into ``width`` fields with a numeric id."""
+    rows = []
+    for number, line in enumerate(_decode(path.read_bytes()).splitlines(), 1):
+        if line.strip():
+            fields = line.split(separator)
+            if len(fields) != width or not fields[id_field].strip().isdigit():
+                problem = f"expected {width} fields separated by {separator!r}" if len(fields) != width else "bad id"
+                raise DataError(f"{path}, line {number}: {problem}, found {line[:80]!r}")
+            rows.append(fields)
+    return rows
+
+
+def _read_u_item(path: Path) -> ItemTable:
+    genre_names = [fields[0] for fields in _split_rows(path.with_name("u.genre"), "|", 2, id_field=1)]
+    rows = _split_rows(path, "|", 5 + len(genre_names))
+    for fields in rows:
+        if any(flag not in ("0", "1") for flag in fields[5:]):
+            raise DataError(f"{path}, item {fields[0]}: genre flags must be 0 or 1, found {'|'.join(fields[5:])!r}")
+    flags = np.array([fields[5:] for fields in rows], dtype=np.int8).astype(bool)
+    names = np.array(genre_names, dtype=object)
+    return ItemTable(
+        ids=np.array([int(fields[0]) for fields in rows], dtype=np.int64),
+        metadata=ItemMetadata(
+            titles=[fields[1].strip() for fields in rows],
+            years=[year_from_title(fields[1], fields[2]) for fields in rows],
+            genres=[names[row].tolist() for row in flags],
+        ),
+    )
+
+
+def _read_movies_dat(path: Path) -> ItemTable:
+    rows = _split_rows(path, "::", 3)
+    titles = [fields[1].strip() for fields in rows]
+    return ItemTable(
+        ids=np.array([int(fields[0]) for fields in rows], dtype=np.int64),
+        metadata=ItemMetadata(
+            titles=titles,
+            years=[year_from_title(title) for title in titles],
+            genres=[split_genres(fields[2]) for fields in rows],
+        ),
+    )

@@ -1,0 +1,306 @@
+"""Parsing rating files into typed columns: text with pyarrow (fast, multithreaded), Parquet,
+and, when the fast parse fails, a line-by-line scan that names the first bad line.
+
+Raw ids may be integers or any strings, each column typed on its own: integer ids stay int64
+whatever the other columns hold. Times become int64 seconds since 1970.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mtrec.data.formats import Column, TextFormat, resolve_columns
+from mtrec.errors import DataError
+
+# Bytes read per block by pyarrow: larger blocks parse faster on big files.
+_BLOCK_SIZE = 16 * 2**20
+
+# What pyarrow raises for a value it cannot parse or convert.
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
+
+# Bytes that are not valid UTF-8, as decoded with errors="surrogateescape".
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+_TIME_KINDS = {"seconds": "seconds since 1970", "date": "an ISO date/time"}
+
+
+def read_text_columns(
+    path: Path,
+    text_format: TextFormat,
+    roles: dict[str, str],
+    rating_scale: tuple[float, float] | None = None,
+) -> dict[str, pa.ChunkedArray]:
+    """Read the columns named in ``roles`` with pyarrow, typed; the time as int64 seconds.
+
+    Ids and times are read as int64 first. If that fails, the file is read again with ids
+    as strings and the time's type inferred, and each id column holding only integers is
+    turned back into int64, so that no column's type depends on another's. If that fails
+    too, or a value is empty, out of scale or not a time, the file is scanned for the first
+    bad line.
+    """
+    try:
+        table = _arrow_read(path, text_format, roles, typed=True)
+    except _ARROW_ERRORS:
+        try:
+            table = _arrow_read(path, text_format, roles, typed=False)
+        except _ARROW_ERRORS as error:
+            raise _bad_line_error(path, text_format, roles, rating_scale, str(error)) from None
+    if table.num_rows == 0:
+        raise DataError(
+            f"{path}: no data rows after the header" if text_format.header else f"{path}: the file is empty"
+        )
+    columns = {role: table.column(name) for role, name in roles.items()}
+    if any(column.null_count for column in columns.values()) or _has_empty_ids(columns):
+        raise _bad_line_error(path, text_format, roles, rating_scale, "an empty field")
+    if "rating" in columns and not _ratings_valid(columns["rating"], rating_scale):
+        raise _bad_line_error(path, text_format, roles, rating_scale, "a rating that is not finite or out of scale")
+    for role in ("user", "item"):
+        columns[role] = _integer_ids(columns[role])
+    if "time" in columns:
+        try:
+            columns["time"] = seconds(columns["time"])
+        except _ARROW_ERRORS:
+            raise _bad_line_error(
+                path, text_format, roles, rating_scale, "a time that is neither seconds since 1970 nor an ISO date/time"
+            ) from None
+    return columns
+
+
+def _integer_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """String ids as int64 where every one is an integer, as the typed read gives them."""
+    if not pa.types.is_dictionary(column.type):
+        return column
+    try:
+        chunks = [
+            pc.utf8_trim_whitespace(chunk.dictionary).cast(pa.int64()).take(chunk.indices) for chunk in column.chunks
+        ]
+    except pa.ArrowInvalid:
+        return column
+    return pa.chunked_array(chunks, pa.int64())
+
+
+def _ratings_valid(ratings: pa.ChunkedArray, rating_scale: tuple[float, float] | None) -> bool:
+    if not pc.all(pc.is_finite(ratings)).as_py():
+        return False
+    if rating_scale is None:
+        return True
+    bounds = pc.min_max(ratings)
+    return rating_scale[0] <= bounds["min"].as_py() and bounds["max"].as_py() <= rating_scale[1]
+
+
+def _arrow_read(path: Path, text_format: TextFormat, roles: dict[str, str], typed: bool) -> pa.Table:
+    """Ids and time as int64 when ``typed``, else ids as strings and the time's type inferred."""
+    column_types = {}
+    for role, name in roles.items():
+        if role in ("user", "item"):
+            column_types[name] = pa.int64() if typed else pa.dictionary(pa.int32(), pa.string())
+        elif role == "rating":
+            column_types[name] = pa.float32()
+        elif role == "time" and typed:
+            column_types[name] = pa.int64()
+    # The empty columns between the colons of "::" are typed null: anything in them fails.
+    column_types.update({name: pa.null() for name in text_format.separator_columns})
+    delimiter = ":" if text_format.delimiter == "::" else text_format.delimiter
+    return pacsv.read_csv(
+        path,
+        read_options=pacsv.ReadOptions(
+            column_names=text_format.arrow_columns,
+            skip_rows=1 if text_format.header else 0,
+            block_size=_BLOCK_SIZE,
+        ),
+        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if text_format.quoted else False),
+        convert_options=pacsv.ConvertOptions(
+            column_types=column_types,
+            include_columns=list(roles.values()) + text_format.separator_columns,
+            null_values=[""],
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
+def _has_empty_ids(columns: dict[str, pa.ChunkedArray]) -> bool:
+    for role in ("user", "item"):
+        column = columns[role]
+        if pa.types.is_dictionary(column.type):
+            for chunk in column.chunks:
+                if len(chunk.dictionary) and pc.any(pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "")).as_py():
+                    return True
+    return False
+
+
+def _bad_line_error(
+    path: Path,
+    text_format: TextFormat,
+    roles: dict[str, str],
+    rating_scale: tuple[float, float] | None,
+    fallback: str,
+) -> DataError:
+    """Scan the file line by line (slow: only when the fast parse failed) for the first bad line."""
+    found = first_bad_line(path, text_format, roles, rating_scale)
+    if found is None:
+        return DataError(f"{path}: cannot read the file: {fallback}")
+    line_number, problem = found
+    return DataError(f"{path}, line {line_number}: {problem}")
+
+
+def first_bad_line(
+    path: Path,
+    text_format: TextFormat,
+    roles: dict[str, str],
+    rating_scale: tuple[float, float] | None = None,
+) -> tuple[int, str] | None:
+    """The number and problem of the first malformed line, or ``None`` if every line is fine.
+
+    Lines are numbered from 1, the header included. The time column must hold one kind of
+    time throughout: the kind of the first data line.
+    """
+    positions = {role: text_format.columns.index(name) for role, name in roles.items()}
+    expected = len(text_format.columns)
+    shown = "'::'" if text_format.delimiter == "::" else repr(text_format.delimiter)
+    time_kind = None
+    # Bytes that are not UTF-8 survive decoding as lone surrogates, for _field_problem to name.
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        if text_format.delimiter == "::" or not text_format.quoted:
+            rows = ((number, line.rstrip("\r\n").split(text_format.delimiter)) for number, line in enumerate(handle, 1))
+        else:
+            reader = csv.reader(handle, delimiter=text_format.delimiter)
+            rows = ((reader.line_num, fields) for fields in reader)
+        for number, fields in rows:
+            if number == 1 and text_format.header:
+                continue
+            if not any(field.strip() for field in fields):
+                continue
+            if len(fields) != expected:
+                return number, f"expected {expected} fields separated by {shown}, found {len(fields)}"
+            problem = _field_problem(fields, positions, rating_scale)
+            if problem is None and "time" in positions:
+                text = fields[positions["time"]]
+                kind = _time_kind(text)
+                time_kind = time_kind or kind
+                if kind is None:
+                    problem = f"time {text!r} is neither seconds since 1970 nor an ISO date/time"
+                elif kind != time_kind:
+                    problem = f"time {text!r} is {_TIME_KINDS[kind]}, but earlier lines hold {_TIME_KINDS[time_kind]}"
+            if problem:
+                return number, problem
+    return None
+
+
+def _time_kind(text: str) -> str | None:
+    """``"seconds"`` for a finite number, ``"date"`` for an ISO date/time, else ``None``."""
+    try:
+        return "seconds" if math.isfinite(float(text)) else None
+    except ValueError:
+        pass
+    try:
+        seconds(pa.chunked_array([[text]]))
+    except _ARROW_ERRORS:
+        return None
+    return "date"
+
+
+def _field_problem(
+    fields: list[str], positions: dict[str, int], rating_scale: tuple[float, float] | None
+) -> str | None:
+    for role, position in positions.items():
+        if _NOT_UTF8.search(fields[position]):
+            name = f"{role} id" if role in ("user", "item") else role
+            raw = fields[position].encode("utf-8", "surrogateescape")
+            return f"{name} {raw!r} is not valid UTF-8 text; save the file as UTF-8"
+    for role in ("user", "item"):
+        if not fields[positions[role]].strip():
+            return f"empty {role} id"
+    if "rating" in positions:
+        text = fields[positions["rating"]]
+        try:
+            rating = float(text)
+        except ValueError:
+            return f"rating {text!r} is not a number"
+        if not math.isfinite(rating):
+            return f"rating {text!r} is not a finite number"
+        if rating_scale is not None and not rating_scale[0] <= rating <= rating_scale[1]:
+            return f"rating {text.strip()} is outside the rating scale {rating_scale[0]:g}..{rating_scale[1]:g}"
+    if "time" in positions and not fields[positions["time"]].strip():
+        return "empty time"
+    return None
+
+
+def read_parquet_columns(path: Path, wanted: dict[str, Column | None]) -> dict[str, pa.ChunkedArray]:
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file: {error}") from None
+    roles = resolve_columns(path, schema.names, wanted, required=("user", "item"))
+    table = pq.read_table(path, columns=list(roles.values()))
+    if table.num_rows == 0:
+        raise DataError(f"{path}: the file has no rows")
+    columns = {role: table.column(name) for role, name in roles.items()}
+    for role, column in columns.items():
+        if column.null_count:
+            row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise DataError(f"{path}, row {row + 1}: empty {role} (column {roles[role]!r})")
+        if role in ("user", "item") and not pa.types.is_integer(column.type):
+            text = column.cast(pa.string())
+            empty = pc.equal(pc.utf8_trim_whitespace(text), "")
+            if pc.any(empty).as_py():
+                row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+                raise DataError(f"{path}, row {row + 1}: empty {role} id (column {roles[role]!r})")
+            columns[role] = pc.dictionary_encode(text)
+    if "rating" in columns:
+        try:
+            columns["rating"] = columns["rating"].cast(pa.float32())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+            raise DataError(f"{path}: rating column {roles['rating']!r} is not numeric: {error}") from None
+    return columns
+
+
+
+def seconds(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Times as int64 seconds since 1970, from integers, floats, dates, timestamps or ISO strings.
+
+    Fractions of a second are dropped. A value that is none of these raises pyarrow's error
+    (``ArrowInvalid``...).
+    """
+    kind = column.type
+    if pa.types.is_integer(kind):
+        return column.cast(pa.int64())
+    if pa.types.is_floating(kind):
+        return pc.floor(column).cast(pa.int64())
+    if pa.types.is_dictionary(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        text = column.cast(pa.string())
+        try:
+            column = text.cast(pa.timestamp("ns"))
+        except pa.ArrowInvalid:
+            # ISO times with a zone offset ("Z", "+01:00") parse only as zoned times.
+            column = text.cast(pa.timestamp("ns", tz="UTC"))
+    return column.cast(pa.timestamp("s"), safe=False).cast(pa.int64())
+
+
+def timestamps(path: Path, column: pa.ChunkedArray) -> np.ndarray:
+    """:func:`seconds` as numpy; a :class:`DataError` naming the first row that is not a time."""
+    try:
+        return seconds(column).to_numpy()
+    except _ARROW_ERRORS:
+        pass
+    # Bisect on prefixes (each conversion vectorised): prefix ``low`` converts, prefix ``high`` fails.
+    low, high = 0, len(column)
+    while high - low > 1:
+        middle = (low + high) // 2
+        try:
+            seconds(column.slice(0, middle))
+            low = middle
+        except _ARROW_ERRORS:
+            high = middle
+    value = column[low].as_py()
+    raise DataError(f"{path}, row {low + 1}: time {value!r} is neither seconds since 1970 nor an ISO date/time")
+

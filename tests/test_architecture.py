@@ -1,0 +1,126 @@
+"""The package's shape: no import cycles (function-local and type-checking imports included), lower
+layers never import upper ones, the library neither prints nor exits, and the public API is
+importable from ``mtrec`` without loading what it does not need."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PACKAGE = ROOT / "src" / "mtrec"
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(name: str) -> set[str]:
+    """Every mtrec module ``name`` imports, wherever the import statement stands."""
+    path = MODULES[name]
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base for alias in node.names]
+        else:
+            continue
+        found.update(target for target in targets if target in MODULES and target != name)
+    return found
+
+
+GRAPH = {name: imports_of(name) for name in MODULES}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for neighbour in sorted(graph[node]):
+            if state.get(neighbour) == 1:
+                return stack[stack.index(neighbour) :] + [neighbour]
+            if neighbour not in state and (cycle := visit(neighbour)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    assert find_cycle(GRAPH) is None, " -> ".join(find_cycle(GRAPH))
+
+
+def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import(tmp_path):
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_model_checkpoint_and_evaluation_modules_are_untangled():
+    assert "mtrec.model" not in GRAPH["mtrec.checkpoint"]
+    assert "mtrec.model" not in GRAPH["mtrec.evaluation"]
+    assert "mtrec.evaluation" not in GRAPH["mtrec.checkpoint"]
+
+
+def test_importing_the_checkpoint_module_does_not_import_the_estimator():
+    code = "import sys, mtrec.checkpoint; print('mtrec.model' in sys.modules, 'mtrec.training' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+def layer(name: str) -> int:
+    """data 0, the model's pieces 1, estimator and runs 2, what uses a model 3, the command line 4."""
+    if name.startswith("mtrec.cli"):
+        return 4
+    if name.startswith("mtrec.data") or name in ("mtrec.errors", "mtrec.fileio", "mtrec"):
+        return 0
+    if name in ("mtrec.recommend", "mtrec.serve", "mtrec.experiments") or name.startswith("mtrec.report"):
+        return 3
+    if name in ("mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.trainer"):
+        return 2
+    return 1
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_lower_layers_never_import_upper_ones(name):
+    upper = sorted(target for target in GRAPH[name] if layer(target) > layer(name))
+    assert not upper, f"{name} (layer {layer(name)}) imports {upper}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if not n.startswith("mtrec.cli")))
+def test_nothing_in_the_library_prints_or_exits(name):
+    tree = ast.parse(MODULES[name].read_text())
+    calls = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call)]
+    names = {getattr(f, "id", None) for f in calls} | {f"{getattr(f.value, 'id', '')}.{f.attr}" for f in calls if isinstance(f, ast.Attribute)}
+    assert not names & {"print", "exit", "sys.exit", "os._exit"}
+
+
+def test_the_public_api_is_importable_from_mtrec():
+    import mtrec
+    from mtrec import MultitaskModel, load_movielens, random_split  # noqa: F401
+
+    for name in mtrec.__all__:
+        assert getattr(mtrec, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        mtrec.nothing  # noqa: B018
