@@ -9,10 +9,10 @@ round by round (see :func:`measure_paired`), so that the machine's drift hits al
     python benchmarks/speed.py --time-to-quality   # + both runs to MRR >= 0.13 (about 10 minutes)
     python benchmarks/speed.py --scale             # + ML-25M-shaped synthetic data (several minutes)
 
-The baseline is written here, deliberately plain: the same network (autograd), positives
-and negatives scored in two forward passes, PyTorch's default Adam, and MRR from a Python
-loop over users with an argsort per user. It draws the same shuffles and negatives as mtrec,
-so both reach the same numbers.
+The baseline is the plain way to train the same network: a per-sample Dataset and
+DataLoader feeding the library's AutogradStep (autograd through the objective, PyTorch's
+Adam), and MRR from a Python loop over users with an argsort per user. It draws the same
+shuffles and negatives as mtrec, so both reach the same numbers.
 """
 
 from __future__ import annotations
@@ -40,6 +40,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def test_metrics(evaluator, network) -> dict[str, float]:
+    """Test MSE and MRR as the plain loop reports them."""
+    metrics = evaluator.evaluate(network)
+    return {"test_mse": metrics["mse"], "test_mrr": metrics["mrr"]}
+
+
+def evaluator_of(test, train):
+    """mtrec's evaluator, measuring what the plain loop measures (MSE and MRR)."""
+    from mtrec.evaluation import Evaluator
+
+    return Evaluator(test, train, metrics=("mse", "mrr"))
+
+
 def movielens_split():
     from mtrec.data import load_movielens, random_split
 
@@ -47,38 +60,45 @@ def movielens_split():
 
 
 # ---------------------------------------------------------------- the plain baseline
+class Triples(torch.utils.data.Dataset):
+    """One epoch's training examples, one at a time: (user, positive, negative, rating)."""
+
+    def __init__(self, users, items, negatives, ratings):
+        self.users, self.items, self.negatives, self.ratings = users, items, negatives, ratings
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int):
+        return self.users[index], self.items[index], self.negatives[index], self.ratings[index]
+
+
 class PlainTrainer:
-    """The straightforward loop: per-batch autograd, two forward passes, default Adam."""
+    """The straightforward loop: a per-sample Dataset and DataLoader feeding the library's
+    AutogradStep (autograd, PyTorch's Adam), and MRR from a Python loop over users."""
 
     def __init__(self, train, factorization_weight=0.5, regression_weight=0.5, batch_size=256, seed=0):
-        from mtrec.network import MultitaskNet
+        from mtrec.losses import JointObjective
+        from mtrec.model import MultitaskModel
+        from mtrec.training import AutogradStep
 
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the same initial weights as MultitaskModel(seed=seed)
-            self.net = MultitaskNet(train.num_users, train.num_items)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=1e-3)
+        self.net = MultitaskModel(seed=seed).build_network(train.num_users, train.num_items)  # mtrec's initial weights
+        self.step = AutogradStep(self.net, JointObjective(factorization_weight, regression_weight), learning_rate=1e-3)
         self.generator = torch.Generator().manual_seed(seed)
         self.train, self.batch_size = train, batch_size
-        self.weights = (factorization_weight, regression_weight)
 
     def epoch(self) -> None:
-        from mtrec.losses import bpr_loss, regression_loss
+        from mtrec.losses import Batch
 
         train, n = self.train, len(self.train)
+        # The same draws as mtrec's sampler, so both reach the same numbers.
         order = torch.randperm(n, generator=self.generator)
         negatives = torch.randint(0, train.num_items, (n,), generator=self.generator)
-        users, items = torch.as_tensor(train.users).long(), torch.as_tensor(train.items).long()
-        ratings = torch.as_tensor(train.ratings)
-        for start in range(0, n, self.batch_size):
-            batch = order[start : start + self.batch_size]
-            u, i, r = users[batch], items[batch], ratings[batch]
-            j = negatives[start : start + self.batch_size]
-            p_pos, r_hat = self.net(u, i)
-            p_neg, _ = self.net(u, j)
-            loss = self.weights[0] * bpr_loss(p_pos, p_neg) + self.weights[1] * regression_loss(r_hat, r)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
+        users, items = torch.as_tensor(train.users).long()[order], torch.as_tensor(train.items).long()[order]
+        ratings = torch.as_tensor(train.ratings)[order]
+        loader = torch.utils.data.DataLoader(Triples(users, items, negatives, ratings), batch_size=self.batch_size)
+        for u, i, j, r in loader:
+            self.step(Batch(u, i, j, r))
 
     @torch.no_grad()
     def evaluate(self, test, train) -> dict[str, float]:
@@ -107,7 +127,6 @@ class PlainTrainer:
 
 # ---------------------------------------------------------------- measurements (one per process)
 def measure_ml100k(variant: str, epochs: int, batch_size: int, threads: int | None) -> dict:
-    from mtrec.evaluation import Evaluator
     from mtrec.model import MultitaskModel, scaled_learning_rate
 
     train, test = movielens_split()
@@ -129,9 +148,9 @@ def measure_ml100k(variant: str, epochs: int, batch_size: int, threads: int | No
         model.fit(train, epochs=1)  # warm-up
         model.fit(train, epochs=epochs + 1)  # from scratch: as many epochs as the plain loop's, warm-up included
         epoch_times = [record.seconds for record in model.history_[1:]]
-        evaluator = Evaluator(test, train)
+        evaluator = evaluator_of(test, train)
         torch.set_num_threads(os.cpu_count() or 1)
-        evaluate = lambda: evaluator.evaluate(model.network_)  # noqa: E731
+        evaluate = lambda: test_metrics(evaluator, model.network_)  # noqa: E731
         repeats = 21
     metrics = evaluate()
     eval_times = []
@@ -150,7 +169,6 @@ def measure_paired(rounds: int, large_batches: list[int]) -> dict:
     round times one epoch of every configuration back to back, and a speed-up is the median
     over rounds of that round's ratio: a slow spell hits both sides of a ratio alike.
     """
-    from mtrec.evaluation import Evaluator
     from mtrec.model import MultitaskModel, scaled_learning_rate
 
     train, test = movielens_split()
@@ -158,7 +176,7 @@ def measure_paired(rounds: int, large_batches: list[int]) -> dict:
     plain = {threads: PlainTrainer(train) for threads in (1, cores)}
     configurations = {f"mtrec-256-{threads}": (256, threads) for threads in (1, cores)}
     configurations.update({f"mtrec-{batch}": (batch, cores) for batch in large_batches})
-    evaluator = Evaluator(test, train)
+    evaluator = evaluator_of(test, train)
     fitted = MultitaskModel(seed=0).fit(train, epochs=1)
     times: dict[str, list[float]] = {}
 
@@ -181,7 +199,7 @@ def measure_paired(rounds: int, large_batches: list[int]) -> dict:
         torch.set_num_threads(cores)
         timed("plain-eval", lambda: plain[cores].evaluate(test, train))
         for _ in range(3):
-            timed("mtrec-eval", lambda: evaluator.evaluate(fitted.network_))
+            timed("mtrec-eval", lambda: test_metrics(evaluator, fitted.network_))
     return {"times": times, "cores": cores}
 
 
@@ -191,7 +209,6 @@ def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> d
     Reports the wall time (what the user waits for, each side with its own evaluation) and
     the evaluation time within it, so that training alone can be compared too.
     """
-    from mtrec.evaluation import Evaluator
     from mtrec.model import MultitaskModel, scaled_learning_rate
 
     train, test = movielens_split()
@@ -219,10 +236,10 @@ def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> d
         class Reached(Exception):
             pass
 
-        evaluator = Evaluator(test, train)  # what fit(test=...) does, timed apart
+        evaluator = evaluator_of(test, train)  # what fit(test=...) does, timed apart
 
         def stop_at_quality(record):
-            metrics = evaluated(lambda: evaluator.evaluate(model.network_))
+            metrics = evaluated(lambda: test_metrics(evaluator, model.network_))
             history.append((record.epoch, time.perf_counter() - started, metrics["test_mse"], metrics["test_mrr"]))
             if metrics["test_mrr"] >= QUALITY_MRR:
                 raise Reached
@@ -253,7 +270,6 @@ def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> d
 def measure_scale(batch_size: int) -> dict:
     from mtrec.data import random_split
     from mtrec.data.synth import synthetic_interactions
-    from mtrec.evaluation import Evaluator
     from mtrec.model import MultitaskModel, scaled_learning_rate
 
     started = time.perf_counter()
@@ -266,7 +282,7 @@ def measure_scale(batch_size: int) -> dict:
     model.fit(train, epochs=1)
     epoch_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    metrics = Evaluator(test, train).evaluate(model.network_)
+    metrics = test_metrics(evaluator_of(test, train), model.network_)
     eval_seconds = time.perf_counter() - started
     return {
         "ratings": len(train) + len(test),

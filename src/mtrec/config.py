@@ -65,7 +65,7 @@ def _word(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RunConfig:
     """Everything that determines a training run.
 
@@ -101,6 +101,12 @@ class RunConfig:
         object.__setattr__(self, "data", dataclasses.replace(self.data, seed=params["seed"]))
         object.__setattr__(self, "metrics", tuple(self.metrics))
         object.__setattr__(self, "k", tuple(self.k))
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when they say the same, defaults written out or not (speed settings included)."""
+        return isinstance(other, RunConfig) and self.to_json() == other.to_json()
+
+    __hash__ = None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ building and checking
 

@@ -164,6 +164,8 @@ def temporal_split(
         The cutoff is the time that puts this share of the interactions, at least, in the
         test set (more where several share the cutoff time).
 
+    Notes
+    -----
     Give exactly one of ``cutoff``, ``last_k`` and ``test_fraction``.
     """
     if data.timestamps is None:

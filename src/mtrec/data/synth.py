@@ -38,6 +38,8 @@ def synthetic_interactions(
     seed:
         The same seed gives the same data.
 
+    Notes
+    -----
     Ratings are on MovieLens' half-star scale, 0.5 to 5.
     """
     if num_ratings <= 0 or num_users <= 0 or num_items <= 0:
