@@ -1,4 +1,4 @@
-"""The assignment's entry point: ``python main.py [options]`` is ``mtrec train [options]``."""
+"""The assignment's entry point: ``python main.py [options]`` is ``mtrec train --preset seed [options]``."""
 
 import sys
 from pathlib import Path
@@ -8,4 +8,4 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 from mtrec.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(["train", *sys.argv[1:]]))
+    sys.exit(main(["train", "--preset", "seed", *sys.argv[1:]]))

@@ -46,7 +46,8 @@ def test_tensorboard_receives_every_scalar_each_epoch(tmp_path, data_dir):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     metrics = ("mse", "rmse", "mae", "mrr", "ndcg@10", "recall@10", "hr@10", "map@10")
-    assert tags == {"train/bpr_loss", "train/mse", "train/joint_loss", *(f"test/{m}" for m in metrics)}
+    assert tags == {"train/bpr_loss", "train/mse", "train/joint_loss", "train/learning_rate",
+                    *(f"{part}/{m}" for part in ("valid", "test") for m in metrics)}
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     mrr = [event.value for event in events.Scalars("test/mrr")]
     assert mrr == pytest.approx([epoch["test_mrr"] for epoch in metrics["epochs"]], rel=1e-6)

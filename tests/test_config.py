@@ -207,7 +207,7 @@ def test_a_run_dir_copied_elsewhere_is_still_the_same_run(tmp_path):
     from mtrec.runs import train_run
 
     config = RunConfig(model={"embedding_dim": 4}, epochs=1)
-    train_run(config, data, test, tmp_path / "a")
+    train_run(config, data, None, test, tmp_path / "a")
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     assert is_finished(tmp_path / "b", config) and not is_finished(tmp_path / "b", config.replace(epochs=2))
     assert Path(tmp_path / "b" / "config.json").is_file()

@@ -19,13 +19,14 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from mtrec import __version__
 from mtrec.data.spec import DataSpec
 from mtrec.errors import ConfigError, DataError
 from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
 from mtrec.model import MultitaskModel
+from mtrec.trainer import check_early_stopping
 
 CONFIG_FILENAME = "config.json"
 FORMAT = "mtrec-run"
@@ -80,6 +81,11 @@ class RunConfig:
         Training epochs.
     eval_every:
         Evaluate every N epochs (and after the last).
+    early_stopping:
+        None, or the validation criterion that chooses the epoch whose weights are kept and
+        ends training when it stops improving (see :meth:`MultitaskModel.fit`).
+    patience:
+        Evaluations without improvement before early stopping ends training.
     metrics, k:
         The metrics recorded and the cut-offs of the top-k ones.
     """
@@ -88,6 +94,8 @@ class RunConfig:
     data: DataSpec = field(default_factory=DataSpec)
     epochs: int = 200
     eval_every: int = 1
+    early_stopping: str | None = None
+    patience: int = 10
     metrics: tuple[str, ...] = DEFAULT_METRICS
     k: tuple[int, ...] = DEFAULT_K
 
@@ -131,6 +139,12 @@ class RunConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
         metric_names(self.metrics, self.k)
+        if self.early_stopping is not None:
+            check_early_stopping(self.early_stopping, self.patience, self.k)
+        if self.early_stopping is not None and not self.data.has_validation:
+            raise ConfigError(
+                f"--early-stopping {self.early_stopping} needs a validation set: give --valid-fraction (or --valid-k)"
+            )
         return self
 
     @classmethod
@@ -157,10 +171,13 @@ class RunConfig:
     def essential(self) -> dict[str, Any]:
         """What must be equal for two runs to give the same results: not the speed-only settings,
         not the metrics recorded."""
+        training: dict[str, Any] = {"epochs": self.epochs, "eval_every": self.eval_every}
+        if self.early_stopping is not None:
+            training.update({"early_stopping": self.early_stopping, "patience": self.patience})
         return {
             "model": {k: v for k, v in self.model.items() if k not in SPEED_ONLY},
             "data": self.data.to_json(),
-            "training": {"epochs": self.epochs, "eval_every": self.eval_every},
+            "training": training,
         }
 
     def same_run(self, other: RunConfig) -> bool:
@@ -232,8 +249,11 @@ class RunConfig:
 
     def cli_options(self, exclude: tuple[str, ...] = ()) -> list[str]:
         """The ``mtrec train`` options that make this run (``--data-dir`` and the speed-only settings
-        aside), but for the model parameters named in ``exclude``."""
-        options = ["--epochs", str(self.epochs), "--eval-every", str(self.eval_every)]
+        aside), but for the model parameters named in ``exclude``. They start from ``--preset seed``,
+        whose settings are :class:`RunConfig`'s defaults."""
+        options = ["--preset", "seed", "--epochs", str(self.epochs), "--eval-every", str(self.eval_every)]
+        if self.early_stopping is not None:
+            options += ["--early-stopping", self.early_stopping, "--patience", str(self.patience)]
         for name, value in self.model.items():
             if name not in SPEED_ONLY and name not in exclude and value is not None:
                 options += _option(name, value)
@@ -243,6 +263,44 @@ class RunConfig:
         if tuple(self.k) != tuple(DEFAULT_K):
             options += _option("k", self.k)
         return options
+
+
+#: The presets: named starting points for a run's settings.
+PRESETS = ("seed", "quality")
+
+
+def preset(name: str, given: Mapping[str, Any] | None = None) -> RunConfig:
+    """The run config of preset ``name``, fitted to the ``given`` settings it will be laid under.
+
+    ``seed`` is the assignment's settings (:class:`RunConfig`'s defaults): 200 epochs at batch
+    256, no validation, the last epoch's model. ``quality`` is the best configuration measured
+    on validation data (README, "Presets"): a validation set carved from the training part by
+    the split's own rule (5%, or K per user for ``--leave-k`` / ``--last-k`` splits), early
+    stopping on the joint criterion, an exponentially decaying learning rate and weight decay.
+    """
+    if name == "seed":
+        return RunConfig()
+    if name != "quality":
+        raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+    given = given or {}
+    count = given.get("leave_k") or given.get("last_k")
+    validation = {"valid_k": count} if count else {"valid_fraction": QUALITY_VALID_FRACTION}
+    return RunConfig(model=dict(QUALITY_MODEL), data=DataSpec(**validation), **QUALITY_TRAINING)
+
+
+#: The quality preset (see :func:`preset`): measured by ``benchmarks/quality.py``.
+QUALITY_MODEL = {
+    "batch_size": 4096,
+    "learning_rate": 0.032,
+    "lr_schedule": "exponential",
+    "lr_gamma": 0.95,
+    "l2": 5e-6,
+    "factorization_weight": 0.99,
+    "regression_weight": 0.01,
+    "negatives": 4,
+}
+QUALITY_TRAINING = {"epochs": 150, "early_stopping": "joint", "patience": 20}
+QUALITY_VALID_FRACTION = 0.05
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

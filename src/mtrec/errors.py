@@ -39,3 +39,7 @@ class AmbiguousItemError(MtrecError):
     def __init__(self, message: str, candidates: list[tuple[object, str]]) -> None:
         super().__init__(message)
         self.candidates = candidates
+
+
+class TrainingDiverged(MtrecError):
+    """A loss or a parameter became NaN or infinite during training."""

@@ -165,7 +165,7 @@ def run_experiment(
             continue
         if run.seed not in splits:
             splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
-        train, _, test, summary = splits[run.seed]
-        train_run(config, train, test, run.path, summary, on_epoch)
+        train, validation, test, summary = splits[run.seed]
+        train_run(config, train, validation, test, run.path, summary, on_epoch)
         trained.append(run)
     return trained

@@ -40,6 +40,8 @@ class EpochRecord:
         (``test_mse``, ``valid_ndcg@10``...); empty on epochs not evaluated.
     seconds:
         Wall time of the epoch, evaluation included.
+    learning_rate:
+        The learning rate the epoch was trained with.
     """
 
     epoch: int
@@ -48,6 +50,7 @@ class EpochRecord:
     train_loss: float
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+    learning_rate: float | None = None
 
     @property
     def test_mse(self) -> float | None:
@@ -73,15 +76,24 @@ class EpochRecord:
         record.update({"test_mse": None, "test_mrr": None})
         record.update(self.metrics)
         record["seconds"] = self.seconds
+        if self.learning_rate is not None:
+            record["learning_rate"] = self.learning_rate
         return {key: finite_or_none(value) for key, value in record.items()}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> EpochRecord:
         """The record :meth:`to_json` wrote (None read back as NaN for the training losses)."""
-        known = {"epoch", "seconds", *TRAIN_FIELDS}
+        known = {"epoch", "seconds", "learning_rate", *TRAIN_FIELDS}
         losses = {name: math.nan if record.get(name) is None else float(record[name]) for name in TRAIN_FIELDS}
         metrics = {k: float(v) for k, v in record.items() if k not in known and v is not None}
-        return cls(epoch=int(record["epoch"]), **losses, metrics=metrics, seconds=float(record.get("seconds") or 0.0))
+        rate = record.get("learning_rate")
+        return cls(
+            epoch=int(record["epoch"]),
+            **losses,
+            metrics=metrics,
+            seconds=float(record.get("seconds") or 0.0),
+            learning_rate=None if rate is None else float(rate),
+        )
 
 
 @dataclass

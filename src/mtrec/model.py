@@ -12,15 +12,27 @@ import torch
 from mtrec.checkpoint import ModelRecord, load_record, model_path, save_record
 from mtrec.data.interactions import Interactions, check_same_ids
 from mtrec.errors import ConfigError, DataError, ModelFileError
-from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator
+from mtrec.baselines import PopularityNet
+from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
 from mtrec.fitted import EpochRecord, FittedData
-from mtrec.losses import JointObjective, check_weights
+from mtrec.losses import WATCH_LOSSES, JointObjective, check_weights
 from mtrec.network import MultitaskNet, check_architecture
-from mtrec.trainer import EpochSampler, torch_threads, train_epochs
+from mtrec.sampling import EpochSampler
+from mtrec.trainer import (
+    JOINT,
+    SCHEDULES,
+    EarlyStopping,
+    check_early_stopping,
+    make_scheduler,
+    torch_threads,
+    train_epochs,
+)
 from mtrec.training import STEPS, Step, make_step
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
 MAX_SEED = 2**64 - 1
+#: Most negatives per positive pair.
+MAX_NEGATIVES = 1000
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -41,6 +53,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def _is_whole(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
 class MultitaskModel:
@@ -66,7 +82,23 @@ class MultitaskModel:
         Adam's learning rate. For large batches scale it linearly with the batch
         (:func:`scaled_learning_rate`), and add a little ``l2``.
     l2:
-        Adam's weight decay.
+        Adam's weight decay, for every parameter group that has none of its own.
+    l2_embeddings, l2_biases, l2_mlp:
+        Weight decay of the user and item embeddings, of the biases, and of the rating MLP
+        (None: ``l2``).
+    lr_schedule:
+        ``"constant"``, ``"exponential"`` (× ``lr_gamma`` after every epoch), ``"step"``
+        (× ``lr_gamma`` every ``lr_step`` epochs) or ``"cosine"`` (down to 0 over the epochs).
+    lr_gamma, lr_step:
+        The schedules' decay factor and step length in epochs.
+    watch_loss:
+        ``"bpr"``, mean(1 − σ(p⁺ − p⁻)) (the seed's), or ``"logsigmoid"``, mean(−log σ(p⁺ − p⁻)).
+    negatives:
+        Negatives sampled per positive pair; the watch loss averages over all of them.
+    exclude_positives:
+        Redraw a sampled negative that is one of the user's training items.
+    rating_bias:
+        Add a learned per-user and per-item bias to the rating head's output.
     seed:
         Seeds initialisation, shuffling and negative sampling: the same seed gives the same
         results, bit for bit, on CPU. 0 to 2**64 - 1.
@@ -90,6 +122,16 @@ class MultitaskModel:
         batch_size: int = 256,
         learning_rate: float = 1e-3,
         l2: float = 0.0,
+        l2_embeddings: float | None = None,
+        l2_biases: float | None = None,
+        l2_mlp: float | None = None,
+        lr_schedule: str = "constant",
+        lr_gamma: float = 0.95,
+        lr_step: int = 10,
+        watch_loss: str = "bpr",
+        negatives: int = 1,
+        exclude_positives: bool = False,
+        rating_bias: bool = False,
         seed: int = 0,
         device: str = "cpu",
         num_threads: int | None = None,
@@ -103,6 +145,16 @@ class MultitaskModel:
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.l2 = l2
+        self.l2_embeddings = l2_embeddings
+        self.l2_biases = l2_biases
+        self.l2_mlp = l2_mlp
+        self.lr_schedule = lr_schedule
+        self.lr_gamma = lr_gamma
+        self.lr_step = lr_step
+        self.watch_loss = watch_loss
+        self.negatives = negatives
+        self.exclude_positives = exclude_positives
+        self.rating_bias = rating_bias
         self.seed = seed
         self.device = device
         self.num_threads = num_threads
@@ -112,6 +164,7 @@ class MultitaskModel:
         self.data_: FittedData | None = None
         self.history_: list[EpochRecord] = []
         self.step_: str | None = None
+        self.selected_epoch_: int | None = None
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -151,8 +204,23 @@ class MultitaskModel:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not np.isfinite(self.l2) or self.l2 < 0:
-            raise ConfigError(f"l2 must be non-negative, got {self.l2}")
+        for name in ("l2", "l2_embeddings", "l2_biases", "l2_mlp"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or not np.isfinite(value) or value < 0):
+                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(SCHEDULES)}")
+        if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
+        if not _is_whole(self.lr_step) or self.lr_step < 1:
+            raise ConfigError(f"lr_step must be a positive whole number of epochs, got {self.lr_step!r}")
+        if self.watch_loss not in WATCH_LOSSES:
+            raise ConfigError(f"unknown watch loss {self.watch_loss!r}; use one of {', '.join(WATCH_LOSSES)}")
+        if not _is_whole(self.negatives) or not 1 <= self.negatives <= MAX_NEGATIVES:
+            raise ConfigError(f"negatives must be a whole number from 1 to {MAX_NEGATIVES}, got {self.negatives!r}")
+        for name in ("embedding_sharing", "exclude_positives", "rating_bias"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if not _is_whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be a whole number from 0 to 2**64 - 1, got {self.seed!r}")
         if self.num_threads is not None and (not _is_whole(self.num_threads) or self.num_threads <= 0):
@@ -171,36 +239,62 @@ class MultitaskModel:
 
     def objective(self) -> JointObjective:
         """The training objective these hyper-parameters define."""
-        return JointObjective(self.factorization_weight, self.regression_weight)
+        return JointObjective(self.factorization_weight, self.regression_weight, self.watch_loss)
+
+    def weight_decay(self) -> dict[str, float]:
+        """Adam's weight decay per parameter group."""
+        return {
+            "embeddings": self.l2 if self.l2_embeddings is None else self.l2_embeddings,
+            "biases": self.l2 if self.l2_biases is None else self.l2_biases,
+            "mlp": self.l2 if self.l2_mlp is None else self.l2_mlp,
+        }
 
     def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
         """A fresh network for this many users and items, initialised from ``seed``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            network = MultitaskNet(num_users, num_items, self.embedding_dim, self.layer_sizes_, self.embedding_sharing)
+            network = MultitaskNet(
+                num_users, num_items, self.embedding_dim, self.layer_sizes_, self.embedding_sharing, self.rating_bias
+            )
         return network.to(device)
 
     def make_step(self, network: MultitaskNet) -> Step:
         """The training step for ``network``, as :attr:`step` asks."""
-        return make_step(self.step, network, self.objective(), self.learning_rate, self.l2)
+        return make_step(self.step, network, self.objective(), self.learning_rate, self.weight_decay())
 
     def resolved_step(self) -> str:
         """The step :meth:`fit` will take: ``"fused"`` or ``"autograd"`` (what ``step="auto"`` resolves to)."""
         return self.make_step(self.build_network(1, 1)).kind
 
-    def check_fit(self, train: Interactions, epochs: int, test: Interactions | None = None) -> torch.device:
+    def check_fit(
+        self,
+        train: Interactions,
+        epochs: int,
+        test: Interactions | None = None,
+        validation: Interactions | None = None,
+        early_stopping: str | None = None,
+        patience: int = 10,
+        metrics: Sequence[str] = DEFAULT_METRICS,
+        k: Sequence[int] = DEFAULT_K,
+    ) -> torch.device:
         """Raise what :meth:`fit` would raise on these arguments, before any work; return the device."""
         self._check_params()
         if not _is_whole(epochs) or epochs < 0:
             raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+        metric_names(metrics, k)
+        if early_stopping is not None:
+            check_early_stopping(early_stopping, patience, k)
+            if validation is None:
+                raise ConfigError("early stopping needs a validation set (--valid-fraction or --valid-k)")
         if len(train) == 0:
             raise DataError("the training set is empty")
         if not train.has_ratings and self.regression_weight > 0:
             raise ConfigError(
                 "the data has no ratings, so the rating head cannot train: set regression_weight to 0"
             )
-        if test is not None:
-            check_same_ids(train, test)
+        for other in (test, validation):
+            if other is not None:
+                check_same_ids(train, other)
         return resolve_device(self.device)
 
     def fit(
@@ -208,30 +302,68 @@ class MultitaskModel:
         train: Interactions,
         epochs: int = 1,
         *,
+        validation: Interactions | None = None,
         test: Interactions | None = None,
         eval_every: int = 1,
+        early_stopping: str | None = None,
+        patience: int = 10,
         metrics: Sequence[str] = DEFAULT_METRICS,
         k: Sequence[int] = DEFAULT_K,
         callback: Callable[[EpochRecord], None] | None = None,
     ) -> MultitaskModel:
-        """Train from scratch on ``train`` for ``epochs`` epochs.
+        """Train from scratch on ``train`` for up to ``epochs`` epochs.
 
         Parameters
         ----------
         train:
             Training interactions. Without ratings, regression_weight must be 0.
         epochs:
-            Passes over the training data.
+            Passes over the training data (fewer if early stopping ends training).
+        validation:
+            If given, measured every ``eval_every`` epochs and on the last (``valid_<metric>``),
+            with ``train``'s items removed from the rankings; early stopping reads it.
         test:
-            If given, measured every ``eval_every`` epochs and on the last, with ``train``'s
-            items removed from the rankings; recorded as ``test_<metric>``.
+            If given, measured likewise for the record only (``test_<metric>``), with the
+            items of ``train`` and ``validation`` removed from the rankings. Nothing is
+            chosen on it.
+        eval_every:
+            Evaluate every N epochs (and after the last).
+        early_stopping:
+            None, ``"joint"`` (the mean relative improvement of validation MSE and MRR over
+            the mean rating and the most popular items, see :func:`mtrec.trainer.joint_score`),
+            or a validation metric (``"mse"``, ``"ndcg@10"``...). Training stops once it has not
+            improved for ``patience`` evaluations, and the model keeps the weights of the best
+            validation epoch (:attr:`selected_epoch_`); without it, those of the last epoch.
+        patience:
+            Evaluations without improvement before early stopping ends training.
         metrics, k:
             The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.evaluation`).
         callback:
             Called with each epoch's :class:`EpochRecord` (progress bars, logging).
+
+        Raises
+        ------
+        TrainingDiverged
+            When a loss or a parameter becomes NaN or infinite.
         """
-        device = self.check_fit(train, epochs, test)
-        evaluators = {"test": Evaluator(test, train, device, metrics, k)} if test is not None else {}
+        device = self.check_fit(train, epochs, test, validation, early_stopping, patience, metrics, k)
+        evaluators = {}
+        stopping = None
+        if validation is not None:
+            # The validation set also measures what the criterion reads.
+            wanted, valid_k = list(metrics), list(k)
+            if early_stopping == JOINT:
+                wanted += ["mse", "mrr"] if train.has_ratings and self.regression_weight > 0 else ["mrr"]
+            elif early_stopping is not None:
+                metric, _, cutoff = early_stopping.partition("@")
+                wanted.append(metric)
+                valid_k += [int(cutoff)] if cutoff else []
+            evaluators["valid"] = Evaluator(validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)))
+            if early_stopping is not None:
+                stopping = EarlyStopping(early_stopping, patience, reference_metrics(train, evaluators["valid"]))
+        if test is not None:
+            known = [train] if validation is None else [train, validation]
+            evaluators["test"] = Evaluator(test, known, device, metrics, k)
         self.data_ = FittedData.from_interactions(train)
         self.network_ = self.build_network(train.num_users, train.num_items, device)
         self.history_ = []
@@ -239,11 +371,15 @@ class MultitaskModel:
         with torch_threads(self.num_threads):
             step = self.make_step(self.network_)
             self.step_ = step.kind
+            scheduler = make_scheduler(step.optimizer, self.lr_schedule, epochs, self.lr_gamma, self.lr_step)
             with_ratings = train.has_ratings and self.regression_weight > 0
-            sampler = EpochSampler(train, self.seed, device, with_ratings)
+            sampler = EpochSampler(train, self.seed, device, with_ratings, self.negatives, self.exclude_positives)
             self.history_ = train_epochs(
-                step, sampler, self.batch_size, epochs, evaluators, max(1, eval_every), eval_threads, callback
-            )
+                step, sampler, self.batch_size, epochs, evaluators, max(1, eval_every), eval_threads, callback,
+                stopping, scheduler,
+            )  # fmt: skip
+        last = self.history_[-1].epoch if self.history_ else None
+        self.selected_epoch_ = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
         return self
 
     @torch.no_grad()
@@ -278,7 +414,8 @@ class MultitaskModel:
     def to_record(self) -> ModelRecord:
         """What a model file holds of this fitted model."""
         network = self._fitted_network()
-        return ModelRecord(params=self.get_params(), state=network.state_dict(), data=self.data_, history=self.history_)
+        info = {"selected_epoch": self.selected_epoch_}
+        return ModelRecord(self.get_params(), network.state_dict(), self.data_, self.history_, info)
 
     @classmethod
     def from_record(cls, record: ModelRecord, device: str = "cpu") -> MultitaskModel:
@@ -292,6 +429,8 @@ class MultitaskModel:
         network.load_state_dict(record.state)
         model.network_ = network.to(target)
         model.history_ = list(record.history)
+        last = model.history_[-1].epoch if model.history_ else None
+        model.selected_epoch_ = record.info.get("selected_epoch", last)
         return model
 
     def save(self, path: str | Path) -> Path:
@@ -307,6 +446,12 @@ class MultitaskModel:
             return cls.from_record(record, device)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
+
+
+def reference_metrics(train: Interactions, validation: Evaluator) -> dict[str, float]:
+    """Validation MSE of the mean training rating and MRR of the most popular items: the joint criterion's reference."""
+    reference = validation.evaluate(PopularityNet(train))
+    return {"mse": reference.get("mse", float("nan")), "mrr": reference["mrr"]}
 
 
 def scaled_learning_rate(

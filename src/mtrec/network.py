@@ -79,6 +79,8 @@ class MultitaskNet(nn.Module):
         Default ``[3d, 64]``.
     embedding_sharing:
         If true both heads read the same U and Q; otherwise the rating head has its own.
+    rating_bias:
+        If true the rating head adds a learned bias per user and per item to the MLP's output.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class MultitaskNet(nn.Module):
         embedding_dim: int = 32,
         layer_sizes: Sequence[int] | None = None,
         embedding_sharing: bool = True,
+        rating_bias: bool = False,
     ) -> None:
         super().__init__()
         sizes = check_architecture(embedding_dim, [3 * embedding_dim, 64] if layer_sizes is None else layer_sizes)
@@ -100,6 +103,10 @@ class MultitaskNet(nn.Module):
             self.rating_user_embeddings = ScaledEmbedding(num_users, embedding_dim)
             self.rating_item_embeddings = ScaledEmbedding(num_items, embedding_dim)
         self.rating_mlp = build_mlp(sizes)
+        self.rating_bias = bool(rating_bias)
+        if self.rating_bias:
+            self.rating_user_biases = ZeroEmbedding(num_users, 1)
+            self.rating_item_biases = ZeroEmbedding(num_items, 1)
 
     @property
     def rating_users(self) -> nn.Embedding:
@@ -116,8 +123,11 @@ class MultitaskNet(nn.Module):
         return self.rating_mlp(torch.cat([u, q, u * q], dim=1)).squeeze(-1)
 
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """r_hat = MLP([u, q, u*q]) for each (user, item) pair, on the rating head's embeddings."""
-        return self.rating_from_embeddings(self.rating_users(users), self.rating_items(items))
+        """r_hat = MLP([u, q, u*q]) (+ the user's and the item's rating bias) for each (user, item) pair."""
+        r_hat = self.rating_from_embeddings(self.rating_users(users), self.rating_items(items))
+        if self.rating_bias:
+            r_hat = r_hat + self.rating_user_biases(users).squeeze(-1) + self.rating_item_biases(items).squeeze(-1)
+        return r_hat
 
     def watch_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """p = u . q + a + b for each (user, item) pair."""
@@ -145,8 +155,7 @@ class MultitaskNet(nn.Module):
         embeddings = [self.user_embeddings.weight, self.item_embeddings.weight]
         if not self.embedding_sharing:
             embeddings += [self.rating_user_embeddings.weight, self.rating_item_embeddings.weight]
-        return {
-            "embeddings": embeddings,
-            "biases": [self.user_biases.weight, self.item_biases.weight],
-            "mlp": list(self.rating_mlp.parameters()),
-        }
+        biases = [self.user_biases.weight, self.item_biases.weight]
+        if self.rating_bias:
+            biases += [self.rating_user_biases.weight, self.rating_item_biases.weight]
+        return {"embeddings": embeddings, "biases": biases, "mlp": list(self.rating_mlp.parameters())}

@@ -21,12 +21,17 @@ from mtrec.fitted import EpochRecord, summarize
 METRICS_FILENAME = "metrics.json"
 
 #: TensorBoard tags of the per-epoch training losses; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
-TRAIN_TAGS = {"train_bpr": "train/bpr_loss", "train_mse": "train/mse", "train_loss": "train/joint_loss"}
+TRAIN_TAGS = {
+    "train_bpr": "train/bpr_loss",
+    "train_mse": "train/mse",
+    "train_loss": "train/joint_loss",
+    "learning_rate": "train/learning_rate",
+}
 
 
 def scalar_tags(record: EpochRecord) -> dict[str, float]:
     """The record's finite values by TensorBoard tag."""
-    values = {tag: record.get(name) for name, tag in TRAIN_TAGS.items()}
+    values = {tag: getattr(record, name) for name, tag in TRAIN_TAGS.items()}
     values.update({name.replace("_", "/", 1): value for name, value in record.metrics.items()})
     return {tag: value for tag, value in values.items() if value is not None and value == value and abs(value) != float("inf")}
 
@@ -68,6 +73,7 @@ def is_finished(run_dir: str | Path, config: RunConfig) -> bool:
 def train_run(
     config: RunConfig,
     train: Interactions,
+    validation: Interactions | None,
     test: Interactions,
     logdir: str | Path,
     summary: dict[str, Any] | None = None,
@@ -75,13 +81,16 @@ def train_run(
 ) -> dict[str, Any]:
     """Fit the model ``config`` describes and record the run in ``logdir``; returns the metrics written.
 
-    ``summary`` describes what the split gave (sizes, cold start) for config.json.
+    ``validation`` (or None) chooses the epoch when the config asks for early stopping; the test
+    set is evaluated for the record only. ``summary`` describes what the split gave (sizes, cold
+    start) for config.json.
     """
     from torch.utils.tensorboard import SummaryWriter
 
     config.check()
     model = config.build_model()
-    model.check_fit(train, config.epochs, test)  # a run that cannot start leaves an earlier one intact
+    # a run that cannot start leaves an earlier one intact
+    model.check_fit(train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k)
     logdir = Path(logdir)
     logdir.mkdir(parents=True, exist_ok=True)
     (logdir / METRICS_FILENAME).unlink(missing_ok=True)
@@ -104,8 +113,11 @@ def train_run(
         model.fit(
             train,
             config.epochs,
+            validation=validation,
             test=test,
             eval_every=config.eval_every,
+            early_stopping=config.early_stopping,
+            patience=config.patience,
             metrics=config.metrics,
             k=config.k,
             callback=log_epoch,
@@ -116,7 +128,7 @@ def train_run(
     metrics = {
         "completed": True,
         "epochs": [record.to_json() for record in model.history_],
-        **summarize(model.history_),
+        **summarize(model.history_, model.selected_epoch_),
     }
     atomic_write_text(logdir / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     return metrics

@@ -262,7 +262,7 @@ class FusedStep(Step):
             else:
                 u_r = net.rating_user_embeddings.weight.index_select(0, users)
                 q_r = net.rating_item_embeddings.weight.index_select(0, positives)
-            loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, ratings, count, batch.count is None)
+            loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, users, positives, ratings, count, batch.count is None)
             if net.embedding_sharing:
                 d_u += d_u_r
                 d_q_pos_total = d_q_pos + d_q_r
@@ -281,9 +281,17 @@ class FusedStep(Step):
         return torch.stack([loss_f, loss_r, loss])
 
     def _rating_gradients(
-        self, u: torch.Tensor, q: torch.Tensor, ratings: torch.Tensor, count: int, local: bool
+        self,
+        u: torch.Tensor,
+        q: torch.Tensor,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        ratings: torch.Tensor,
+        count: int,
+        local: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """L_R and its gradients: the MLP's (written to the flat buffer), and those of u and q."""
+        """L_R and its gradients: the MLP's and the rating biases' (written to the flat buffer), and those of u and q."""
+        net = self.network
         d = u.shape[1]
         inputs = [torch.cat([u, q, u * q], dim=1)]
         pre_activations = []
@@ -292,9 +300,16 @@ class FusedStep(Step):
             pre_activations.append(pre)
             if index < len(self.linears) - 1:
                 inputs.append(pre.clamp_min(0.0))
-        error = pre_activations[-1].view(-1) - ratings
+        r_hat = pre_activations[-1].view(-1)
+        if net.rating_bias:
+            user_bias, item_bias = net.rating_user_biases.weight.view(-1), net.rating_item_biases.weight.view(-1)
+            r_hat = r_hat + user_bias.index_select(0, users) + item_bias.index_select(0, items)
+        error = r_hat - ratings
         loss_r = error.square().mean() if local else error.square().sum() / count
         grad = (error * (2.0 * self.objective.regression_weight / count)).unsqueeze(1)
+        if net.rating_bias:
+            self.flat.grad_of(net.rating_user_biases.weight).view(-1).index_add_(0, users, grad.view(-1))
+            self.flat.grad_of(net.rating_item_biases.weight).view(-1).index_add_(0, items, grad.view(-1))
         for index in range(len(self.linears) - 1, -1, -1):
             layer = self.linears[index]
             torch.mm(grad.T, inputs[index], out=self.flat.grad_of(layer.weight))

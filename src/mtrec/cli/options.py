@@ -13,11 +13,13 @@ import argparse
 from typing import Any
 
 from mtrec.cli._args import add_option, non_negative_float, non_negative_int, positive_float, positive_int
-from mtrec.config import RunConfig
+from mtrec.config import PRESETS, RunConfig, preset
 from mtrec.data.datasets import RELEASES
 from mtrec.data.spec import DEFAULT_TEST_FRACTION, SPLITS
 from mtrec.evaluation import METRICS
-from mtrec.model import MAX_SEED, scaled_learning_rate
+from mtrec.losses import WATCH_LOSSES
+from mtrec.model import MAX_NEGATIVES, MAX_SEED, scaled_learning_rate
+from mtrec.trainer import SCHEDULES
 from mtrec.training import STEPS
 
 SUPPRESS = argparse.SUPPRESS
@@ -30,9 +32,12 @@ def seed_number(text: str) -> int:
     return value
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """The model and its training."""
     group = parser.add_argument_group("model and training")
+    add_option(group, "--preset", choices=PRESETS, default=SUPPRESS,
+               help=f"the settings the other options change: seed (the assignment's) or quality (the best measured, "
+               f"with validation and early stopping) (default {default_preset})")
     add_option(group, "--factorization-weight", type=non_negative_float, default=SUPPRESS,
                help="lambda_F, weight of the watch (BPR) loss, 0 to 1000 (default 0.5)")
     add_option(group, "--regression-weight", type=non_negative_float, default=SUPPRESS,
@@ -48,10 +53,32 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(group, "--batch-size", type=positive_int, default=SUPPRESS, help="positive triples per step (default 256)")
     add_option(group, "--learning-rate", type=positive_float, default=SUPPRESS,
                help="Adam learning rate (default 1e-3; with --batch-size B alone, 1e-3 x B/256, at most 0.064)")
-    add_option(group, "--l2", type=non_negative_float, default=SUPPRESS, help="Adam weight decay (default 0)")
+    add_option(group, "--l2", type=non_negative_float, default=SUPPRESS,
+               help="Adam weight decay of every parameter group without its own (default 0)")
+    for part, what in (("embeddings", "user and item embeddings"), ("biases", "biases"), ("mlp", "rating MLP")):
+        add_option(group, f"--l2-{part}", type=non_negative_float, default=SUPPRESS,
+                   help=f"weight decay of the {what} (default: --l2)")
+    add_option(group, "--lr-schedule", choices=SCHEDULES, default=SUPPRESS,
+               help="learning rate per epoch: constant (default), exponential (x lr-gamma each epoch), "
+               "step (x lr-gamma every lr-step epochs), cosine (to 0 over the epochs)")
+    add_option(group, "--lr-gamma", type=positive_float, default=SUPPRESS, help="decay factor of the schedule, in (0, 1] (default 0.95)")
+    add_option(group, "--lr-step", type=positive_int, default=SUPPRESS, help="epochs per step of --lr-schedule step (default 10)")
+    add_option(group, "--watch-loss", choices=WATCH_LOSSES, default=SUPPRESS,
+               help="bpr: mean(1 - sigmoid(p+ - p-)) (the seed's, default); logsigmoid: mean(-log sigmoid(p+ - p-))")
+    add_option(group, "--negatives", type=positive_int, default=SUPPRESS, metavar="K",
+               help=f"negatives sampled per positive pair, 1 to {MAX_NEGATIVES} (default 1)")
+    add_option(group, "--exclude-positives", action=argparse.BooleanOptionalAction, default=SUPPRESS,
+               help="redraw a sampled negative that the user rated (default: no)")
+    add_option(group, "--rating-bias", action=argparse.BooleanOptionalAction, default=SUPPRESS,
+               help="a learned per-user and per-item bias in the rating head (default: no)")
     add_option(group, "--seed", type=seed_number, default=SUPPRESS, help="seeds split, initialisation and sampling (default 0)")
     add_option(group, "--epochs", type=non_negative_int, default=SUPPRESS, help="training epochs (default 200)")
     add_option(group, "--eval-every", type=positive_int, default=SUPPRESS, help="evaluate every N epochs (default 1)")
+    add_option(group, "--early-stopping", default=SUPPRESS, metavar="CRITERION",
+               help="stop when this validation criterion has not improved for --patience evaluations, and keep the "
+               "best epoch's weights: joint (mean relative improvement of MSE and MRR over the mean rating and the "
+               "most popular items), or a metric (mse, mrr, ndcg@10...) (default: none; quality preset: joint)")
+    add_option(group, "--patience", type=positive_int, default=SUPPRESS, help="evaluations without improvement (default 10)")
     add_option(group, "--metrics", nargs="+", choices=METRICS, default=SUPPRESS, metavar="METRIC",
                help=f"metrics recorded: {', '.join(METRICS)} (default all)")
     add_option(group, "--k", type=positive_int, nargs="+", default=SUPPRESS, metavar="K",
@@ -107,9 +134,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return group
 
 
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
+def add_run_arguments(parser: argparse.ArgumentParser, default_preset: str = "seed") -> None:
+    add_model_arguments(parser, default_preset)
     add_data_arguments(parser)
+    parser.set_defaults(default_preset=default_preset)
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,15 +147,19 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run_config(args: argparse.Namespace, base: RunConfig | None = None, **fixed: Any) -> RunConfig:
-    """``base`` (default: :class:`RunConfig`'s defaults) with the options given, and ``fixed`` on top.
+    """``base`` (default: the ``--preset``'s config) with the options given, and ``fixed`` on top.
 
     The learning rate follows the batch size (:func:`mtrec.model.scaled_learning_rate`) when a
-    batch size is given without a learning rate. A ``--dataset`` beside ``--ratings`` is an error.
+    batch size is given without a learning rate. A ``--dataset`` beside ``--ratings``, and a
+    ``--preset`` beside a base config (``--config``), are errors.
     """
     from mtrec.errors import ConfigError
 
-    base = base or RunConfig()
     given = {**given_settings(args), **fixed}
+    if base is not None and hasattr(args, "preset"):
+        raise ConfigError("--config and --preset are two starting points: give one")
+    if base is None:
+        base = preset(getattr(args, "preset", getattr(args, "default_preset", "seed")), given)
     if "dataset" in given and "ratings" in given:
         raise ConfigError("--dataset and --ratings are two data sources: give one")
     if "ratings" in given:

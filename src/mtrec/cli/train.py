@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                help="a run's config.json (or its run directory): train that run again")
     add_option(parser, "--logdir", default=None, help="run directory (default run/shared=<..>_LF=<..>_LR=<..>)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
-    add_run_arguments(parser)
+    add_run_arguments(parser, default_preset="quality")
     parser.set_defaults(handler=run)
     return parser
 
@@ -91,14 +91,15 @@ def run(args: argparse.Namespace) -> int:
 
     summary = config.data.describe(train, validation, test)
     try:
-        metrics = train_run(config, train, test, logdir, summary, on_epoch)
+        metrics = train_run(config, train, validation, test, logdir, summary, on_epoch)
     finally:
         bar.close()
-    final = metrics["final"]
-    if final is None:
+    selected = metrics.get("selected")
+    if selected is None:
         print(f"no epochs trained; model saved in {logdir}")
         return 0
-    mse = "n/a" if final.get("test_mse") is None else f"{final['test_mse']:.4f}"
-    mrr = "n/a" if final.get("test_mrr") is None else f"{final['test_mrr']:.4f}"
-    print(f"epoch {final['epoch']}: test MSE {mse}  MRR {mrr}  (run saved in {logdir})")
+    mse = "n/a" if selected.get("test_mse") is None else f"{selected['test_mse']:.4f}"
+    mrr = "n/a" if selected.get("test_mrr") is None else f"{selected['test_mrr']:.4f}"
+    how = "chosen on validation" if config.early_stopping else "the last"
+    print(f"epoch {selected['epoch']} ({how}): test MSE {mse}  MRR {mrr}  (run saved in {logdir})")
     return 0
