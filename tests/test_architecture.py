@@ -95,7 +95,7 @@ def layer(name: str) -> int:
         return 4
     if name.startswith("mtrec.data") or name in ("mtrec.errors", "mtrec.fileio", "mtrec"):
         return 0
-    if name in ("mtrec.recommend", "mtrec.serve", "mtrec.experiments") or name.startswith("mtrec.report"):
+    if name in ("mtrec.recommend", "mtrec.serve", "mtrec.experiments", "mtrec.tuning") or name.startswith("mtrec.report"):
         return 3
     if name in ("mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.trainer"):
         return 2

@@ -5,7 +5,6 @@ whose wording follows the measured numbers."""
 from __future__ import annotations
 
 import json
-import math
 import re
 import shutil
 from pathlib import Path
@@ -25,17 +24,11 @@ from mtrec.experiments import (
     sweep_configurations,
 )
 from mtrec.config import RunConfig
-from mtrec.fitted import EpochRecord, summarize
 from mtrec.report import (
     CURVES,
     FIGURES,
-    SUMMARY_FIGURE,
     TABLE_HEADER,
     TRADEOFF_FIGURE,
-    GroupSummary,
-    RunResult,
-    answer_sharing,
-    answer_weights,
     build_report,
 )
 from mtrec.runs import METRICS_FILENAME, is_finished
@@ -116,20 +109,22 @@ def test_report_numbers_are_the_runs_own(experiment):
     for group in data["groups"]:
         runs = [json.loads((Path(path) / METRICS_FILENAME).read_text()) for path in group["runs"]]
         assert group["seeds"] == list(range(SEEDS))
-        for field, stat in group["final"].items():
-            assert stat["values"] == [run["final"][field] for run in runs]
-            assert stat["mean"] == pytest.approx(np.mean(stat["values"]), rel=1e-12)
-            assert stat["sd"] == pytest.approx(np.std(stat["values"], ddof=1), rel=1e-9)
-        for field, best in group["best"].items():
+        for field, stat in group["selected"].items():
+            if field != "epoch":
+                chosen = [next(e for e in run["epochs"] if e["epoch"] == run["selected"]["epoch"]) for run in runs]
+                assert stat["values"] == [epoch[field] for epoch in chosen]
+                assert stat["mean"] == pytest.approx(np.mean(stat["values"]), rel=1e-12)
+                assert stat["sd"] == pytest.approx(np.std(stat["values"], ddof=1), rel=1e-9)
+        for field, best in group["oracle_best"].items():
             assert best["value"]["values"] == [run[f"oracle_best_{field}"]["value"] for run in runs]
             assert best["epoch"]["values"] == [run[f"oracle_best_{field}"]["epoch"] for run in runs]
         row = rows[group["label"]]
-        final, best = group["final"], group["best"]
-        assert row[2] == f"{final['test_mse']['mean']:.4f} ± {final['test_mse']['sd']:.4f}"
-        assert row[3] == f"{best['test_mse']['value']['mean']:.4f} ± {best['test_mse']['value']['sd']:.4f}"
-        assert row[5] == f"{final['test_mrr']['mean']:.4f} ± {final['test_mrr']['sd']:.4f}"
-        assert row[8] == f"{final['train_mse']['mean']:.4f} ± {final['train_mse']['sd']:.4f}"
-        assert row[9] == f"{final['train_bpr']['mean']:.4f} ± {final['train_bpr']['sd']:.4f}"
+        selected, best = group["selected"], group["oracle_best"]
+        assert row[2] == str(EPOCHS)  # the seed preset keeps the last epoch
+        assert row[3] == f"{selected['test_mse']['mean']:.4f} ± {selected['test_mse']['sd']:.4f}"
+        assert row[4] == f"{selected['test_mrr']['mean']:.4f} ± {selected['test_mrr']['sd']:.4f}"
+        assert row[5] == f"{selected['test_ndcg@10']['mean']:.4f} ± {selected['test_ndcg@10']['sd']:.4f}"
+        assert row[8].startswith(f"{best['test_mse']['value']['mean']:.4f} ± {best['test_mse']['value']['sd']:.4f} (")
 
 
 def test_a_run_is_reproduced_by_the_train_command_the_report_gives(experiment, data_dir, tmp_path):
@@ -253,168 +248,3 @@ def test_sweep_goes_from_0_to_1_shared_and_separate():
     assert configurations_named(["separate-0.5-0.5"]) == [Configuration(False, 0.5, 0.5)]
     with pytest.raises(ConfigError):
         sweep_configurations(1.0)
-
-
-# ---------------------------------------------------------------------------------------------
-# The answers follow the numbers: synthetic runs
-
-
-def synthetic_group(configuration: Configuration, test_mse, test_mrr, train_mse=None, train_bpr=None) -> GroupSummary:
-    """A configuration's runs from per-seed curves (lists of per-epoch values, one list per seed)."""
-    runs = []
-    for seed, (mse, mrr) in enumerate(zip(test_mse, test_mrr)):
-        epochs = len(mse)
-        tr_mse = train_mse[seed] if train_mse else np.linspace(1.0, 0.8, epochs)
-        tr_bpr = train_bpr[seed] if train_bpr else np.linspace(0.3, 0.2, epochs)
-        history = [
-            EpochRecord(
-                epoch=e + 1,
-                train_bpr=float(tr_bpr[e]),
-                train_mse=float(tr_mse[e]),
-                train_loss=configuration.factorization_weight * tr_bpr[e] + configuration.regression_weight * tr_mse[e],
-                metrics={"test_mse": float(mse[e]), "test_mrr": float(mrr[e])},
-            )
-            for e in range(epochs)
-        ]
-        config = RunConfig(model={"seed": seed, **configuration.model_params()}, epochs=epochs)
-        metrics = {"completed": True, "epochs": [r.to_json() for r in history], **summarize(history)}
-        path = Path(f"run/{configuration.name}/seed-{seed}")
-        runs.append(RunResult(path, configuration, seed, config, {"name": "synthetic"}, metrics))
-    return GroupSummary.of(configuration, runs)
-
-
-def write_runs(group: GroupSummary, root: Path) -> None:
-    """The group's runs as finished run directories ``root/<configuration>/seed-<k>``."""
-    for run in group.runs:
-        run_dir = root / group.configuration.name / f"seed-{run.seed}"
-        run_dir.mkdir(parents=True)
-        (run_dir / "config.json").write_text(json.dumps(run.config.to_json(summary=run.data_summary)))
-        (run_dir / METRICS_FILENAME).write_text(json.dumps(run.metrics))
-
-
-def flat(values: list[float], epochs: int = 5) -> list[list[float]]:
-    return [[value] * epochs for value in values]
-
-
-SHARED, SEPARATE = CONFIGURATIONS["shared-0.5-0.5"], CONFIGURATIONS["separate-0.5-0.5"]
-HIGH = CONFIGURATIONS["shared-0.99-0.01"]
-
-
-@pytest.mark.parametrize(
-    "shared_mse, shared_mrr, separate_mse, separate_mrr, opening",
-    [
-        ([0.90, 0.91, 0.92], [0.060, 0.061, 0.062], [1.00, 1.01, 1.02], [0.050, 0.051, 0.052], "Yes."),
-        ([1.00, 1.01, 1.02], [0.050, 0.051, 0.052], [0.90, 0.91, 0.92], [0.060, 0.061, 0.062], "No."),
-        ([0.90, 0.91, 0.92], [0.050, 0.051, 0.052], [1.00, 1.01, 1.02], [0.060, 0.061, 0.062], "Not overall"),
-        ([0.90, 0.91, 0.92], [0.050, 0.051, 0.052], [1.00, 1.01, 1.02], [0.051, 0.050, 0.052], "Partly."),
-        # Seeds spread more than the configurations differ, but seed k is the same split for both:
-        # the per-seed differences are consistent, so the difference is clear.
-        ([0.90, 0.95, 1.00], [0.050, 0.055, 0.060], [0.91, 0.96, 1.01], [0.049, 0.054, 0.059], "Yes."),
-    ],
-    ids=["shared-better", "separate-better", "trade-off", "one-task-within-noise", "paired-by-seed"],
-)
-def test_the_answer_to_question_1_follows_the_per_seed_differences(
-    shared_mse, shared_mrr, separate_mse, separate_mrr, opening
-):
-    shared = synthetic_group(SHARED, flat(shared_mse), flat(shared_mrr))
-    separate = synthetic_group(SEPARATE, flat(separate_mse), flat(separate_mrr))
-    text = " ".join(answer_sharing(shared, separate))
-    assert text.startswith(opening)
-    assert f"shared embeddings reach test MSE {np.mean(shared_mse):.4f} ± {np.std(shared_mse, ddof=1):.4f}" in text
-
-
-def test_differences_inside_the_seed_spread_are_called_noise():
-    """Per-seed differences -0.03, +0.01, -0.03: mean -0.0167 < 2 x standard error 0.0133."""
-    shared = synthetic_group(SHARED, flat([0.90, 0.95, 1.00]), flat([0.050, 0.055, 0.060]))
-    separate = synthetic_group(SEPARATE, flat([0.93, 0.94, 1.03]), flat([0.051, 0.054, 0.061]))
-    text = " ".join(answer_sharing(shared, separate))
-    assert text.startswith("Not shown by these runs.")
-    assert "On rating prediction (test MSE) the difference (-0.0167 ± 0.0133) is within noise; on ranking" in text
-
-
-def test_a_rising_test_mse_with_falling_train_mse_is_called_overfitting_at_its_epoch():
-    rising = [[1.0, 0.9, 0.8, 0.85, 0.95], [1.0, 0.91, 0.81, 0.86, 0.96]]
-    falling = [[1.0, 0.8, 0.6, 0.4, 0.2]] * 2
-    separate = synthetic_group(SEPARATE, rising, flat([0.05, 0.05]), train_mse=falling)
-    shared = synthetic_group(SHARED, flat([0.80, 0.81]), flat([0.05, 0.05]))
-    text = " ".join(answer_sharing(shared, separate))
-    assert (
-        "separate, λF=0.5, λR=0.5: test MSE is best at epoch 3, at 0.8050 ± 0.0071, and ends 19% higher, at "
-        "0.9550 ± 0.0071 (epoch 5), while train MSE falls from 0.6000 ± 0.0000 to 0.2000 ± 0.0000: it overfits "
-        "after about epoch 3."
-    ) in text
-    assert "The train–test gap is 0.0050 ± 0.0071 for shared embeddings and 0.7550 ± 0.0071 for separate" in text
-    assert (
-        "Separate embeddings predict held-out ratings worse because they overfit more, although they fit the "
-        "training ratings more closely."
-    ) in text
-    assert "Elsewhere the last-epoch value is within noise of the best one: no test curve has turned by epoch 5" in text
-
-
-def test_weights_answer_explains_each_task_by_its_training_fit():
-    high = synthetic_group(HIGH, flat([1.20, 1.21]), flat([0.080, 0.081]), train_bpr=[[0.1] * 5] * 2)
-    balanced = synthetic_group(SHARED, flat([0.90, 0.91]), flat([0.060, 0.061]))
-    text = " ".join(answer_weights(high, balanced))
-    assert (
-        "The λF=0.99/λR=0.01 runs do better on ranking (test MRR); "
-        "the λF=0.5/λR=0.5 runs do better on rating prediction (test MSE)."
-    ) in text
-    assert "Why: the weights set how much each task shapes the shared embeddings." in text
-    assert "The λF=0.99/λR=0.01 runs predict held-out ratings worse because they overfit more." in text
-    assert (
-        "train BPR loss is 0.1000 ± 0.0000 for the λF=0.99/λR=0.01 runs and 0.2000 ± 0.0000 for the "
-        "λF=0.5/λR=0.5 runs; test MRR 0.0805 ± 0.0007 and 0.0605 ± 0.0007. The λF=0.99/λR=0.01 runs also have "
-        "the lower train BPR loss: their advantage is a better fit of the training data, not less overfitting."
-    ) in text
-
-
-def test_weights_control_without_sharing_within_noise_points_at_the_shared_embeddings():
-    high = synthetic_group(HIGH, flat([1.2, 1.21]), flat([0.08, 0.081]))
-    balanced = synthetic_group(SHARED, flat([0.9, 0.91]), flat([0.06, 0.061]))
-    unshared = (
-        synthetic_group(CONFIGURATIONS["separate-0.99-0.01"], flat([1.0, 1.02]), flat([0.05, 0.052])),
-        synthetic_group(SEPARATE, flat([1.01, 1.01]), flat([0.051, 0.051])),
-    )
-    assert "they change through the shared embeddings" in answer_weights(high, balanced, unshared)[-1]
-    unshared_clear = (unshared[0], synthetic_group(SEPARATE, flat([0.7, 0.71]), flat([0.051, 0.053])))
-    assert "Even without sharing the weights change the results" in answer_weights(high, balanced, unshared_clear)[-1]
-
-
-def test_sweep_report_draws_the_trade_off_curve(tmp_path):
-    for configuration in sweep_configurations(0.5):
-        weight = configuration.factorization_weight
-        group = synthetic_group(configuration, flat([1 + weight, 1.01 + weight]), flat([0.02 + weight / 10] * 2))
-        write_runs(group, tmp_path / "run" / "sweep")
-    files = build_report([tmp_path / "run"], tmp_path / "report")
-    assert (tmp_path / "report" / TRADEOFF_FIGURE).is_file() and not (tmp_path / "report" / SUMMARY_FIGURE).exists()
-    markdown = files.markdown.read_text()
-    assert "Lowest test MSE at the last epoch: λF=0 (1.0050 ± 0.0071), clearly ahead of λF=0.5 (1.5050" in markdown
-    assert "Highest test MRR at the last epoch: λF=1 (0.1200 ± 0.0000), clearly ahead of λF=0.5" in markdown
-    assert math.isclose(json.loads(files.data.read_text())["sweep"][0]["final"]["test_mse"]["mean"], 2.005)
-
-
-def test_a_test_mse_that_rises_with_the_train_mse_is_not_called_overfitting():
-    rising = [[1.0, 0.9, 0.8, 0.85, 0.95], [1.0, 0.91, 0.81, 0.86, 0.96]]
-    train_rising = [[0.9, 0.8, 0.7, 0.8, 0.9]] * 2
-    separate = synthetic_group(SEPARATE, rising, flat([0.05, 0.05]), train_mse=train_rising)
-    shared = synthetic_group(SHARED, flat([0.80, 0.81]), flat([0.05, 0.05]))
-    text = " ".join(answer_sharing(shared, separate))
-    assert (
-        "while train MSE rises from 0.7000 ± 0.0000 to 0.9000 ± 0.0000: the training fit worsens too, so this is "
-        "not overfitting: after about epoch 3 training moves away from this task."
-    ) in text
-    assert "it overfits" not in text
-
-
-def test_a_sweep_with_one_finished_weight_and_no_test_mse_still_reports(tmp_path):
-    configuration = sweep_configurations(0.5)[1]
-    group = synthetic_group(configuration, flat([float("nan")] * 2), flat([0.05, 0.06]))
-    write_runs(group, tmp_path / "run" / "sweep")
-    files = build_report([tmp_path / "run"], tmp_path / "report")
-    markdown = files.markdown.read_text()
-    assert "mtrec experiments --sweep --seeds 2" in markdown and "--sweep-step" not in markdown
-    from mtrec.report import summary_figure
-
-    summary_figure([group], tmp_path / "summary.png")  # no finite test MSE: that panel stays empty
-    assert (tmp_path / "summary.png").stat().st_size > 0
-

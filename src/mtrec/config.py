@@ -250,12 +250,19 @@ class RunConfig:
     def cli_options(self, exclude: tuple[str, ...] = ()) -> list[str]:
         """The ``mtrec train`` options that make this run (``--data-dir`` and the speed-only settings
         aside), but for the model parameters named in ``exclude``. They start from ``--preset seed``,
-        whose settings are :class:`RunConfig`'s defaults."""
-        options = ["--preset", "seed", "--epochs", str(self.epochs), "--eval-every", str(self.eval_every)]
+        whose settings are :class:`RunConfig`'s defaults, and name what differs from it."""
+        seed = RunConfig()
+        options = ["--preset", "seed", "--epochs", str(self.epochs)]
+        if self.eval_every != seed.eval_every:
+            options += ["--eval-every", str(self.eval_every)]
         if self.early_stopping is not None:
             options += ["--early-stopping", self.early_stopping, "--patience", str(self.patience)]
         for name, value in self.model.items():
-            if name not in SPEED_ONLY and name not in exclude and value is not None:
+            if name in SPEED_ONLY or name in exclude or value is None:
+                continue
+            if name == "layer_sizes" and value == [3 * self.model["embedding_dim"], 64]:
+                continue  # what the dimension implies
+            if value != seed.model[name] or name in ("embedding_sharing", "factorization_weight", "regression_weight", "seed"):
                 options += _option(name, value)
         options += self.data.cli_options()
         if tuple(self.metrics) != tuple(DEFAULT_METRICS):

@@ -74,7 +74,7 @@ def train_run(
     config: RunConfig,
     train: Interactions,
     validation: Interactions | None,
-    test: Interactions,
+    test: Interactions | None,
     logdir: str | Path,
     summary: dict[str, Any] | None = None,
     callback: Callable[[EpochRecord], None] | None = None,

@@ -18,7 +18,7 @@ import warnings
 from mtrec import __version__
 from mtrec.errors import ConfigError, MtrecError
 
-SUBCOMMANDS = ("train", "experiments", "report", "recommend", "predict", "similar", "serve", "synth", "datasets")
+SUBCOMMANDS = ("train", "experiments", "tune", "report", "recommend", "predict", "similar", "serve", "synth", "datasets")
 
 
 def build_parser() -> argparse.ArgumentParser:

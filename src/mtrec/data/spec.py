@@ -269,12 +269,13 @@ class DataSpec:
         return cls(**fields)
 
     def cli_options(self) -> list[str]:
-        """The ``mtrec train`` options that give this spec (the seed is the run's ``--seed``)."""
-        spec = self.normalised()
+        """The ``mtrec train`` options that give this spec, where it differs from the default (the
+        assignment's 95/5 random split of MovieLens 100K); the seed is the run's ``--seed``."""
+        spec, default = self.normalised(), DataSpec().normalised()
         options: list[str] = []
         for name in (*_SOURCE_FIELDS, "split", "test_fraction", "leave_k", "cutoff", "last_k", "valid_fraction", "valid_k"):
             value = getattr(spec, name)
-            if value is None:
+            if value is None or value == getattr(default, name):
                 continue
             if name == "rating_scale":
                 options += [_flag(name), *(f"{v:g}" for v in value)]

@@ -87,7 +87,7 @@ def write_figures(collection: Collection, out: Path) -> dict[str, str]:
             curve_figure(groups, field, out / name)
             figures[name] = f"{title} per epoch, per configuration"
         summary_figure(groups, out / SUMMARY_FIGURE)
-        figures[SUMMARY_FIGURE] = "Test MSE and MRR at the last and at the best epoch"
+        figures[SUMMARY_FIGURE] = "Test MSE and MRR at the selected epoch and at the best test epoch (an oracle)"
     if collection.sweep:
         tradeoff_figure(collection.sweep, out / TRADEOFF_FIGURE)
         figures[TRADEOFF_FIGURE] = (

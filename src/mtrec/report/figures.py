@@ -1,4 +1,4 @@
-"""The report's figures: per-epoch curves, final and best values, the λ sweep's trade-off."""
+"""The report's figures: per-epoch curves, selected and oracle values, the λ sweep's trade-off."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ CURVES = {
     "test_mse": ("test_mse.png", "Test MSE", "rating MSE"),
     "test_mrr": ("test_mrr.png", "Test MRR", "MRR"),
 }
-SUMMARY_FIGURE = "final_and_best.png"
+SUMMARY_FIGURE = "selected_and_oracle.png"
 TRADEOFF_FIGURE = "sweep_tradeoff.png"
 FIGURES = (*(figure for figure, _, _ in CURVES.values()), SUMMARY_FIGURE, TRADEOFF_FIGURE)
 
@@ -72,7 +72,8 @@ def _error_bars(stats: Sequence[Stat]) -> np.ndarray:
 
 
 def summary_figure(groups: Sequence[GroupSummary], path: Path) -> None:
-    """Final and best-epoch test MSE and MRR per configuration, bars with min–max error bars.
+    """Test MSE and MRR per configuration at the selected epoch and at the best test epoch (oracle),
+    bars with min–max error bars.
 
     The y axis is cut to the range of the values: the differences are small next to the values.
     """
@@ -81,7 +82,7 @@ def summary_figure(groups: Sequence[GroupSummary], path: Path) -> None:
     positions = np.arange(len(groups))
     for axes, field in zip(panels, BEST_FIELDS):
         bounds = []
-        for offset, (kind, label) in zip((-0.2, 0.2), (("final", "last epoch"), ("best", "best epoch"))):
+        for offset, (kind, label) in zip((-0.2, 0.2), (("selected", "selected epoch"), ("best", "best test epoch (oracle)"))):
             stats = [getattr(group, kind)(field) for group in groups]
             axes.bar(positions + offset, [s.mean for s in stats], 0.4, yerr=_error_bars(stats), capsize=4, label=label)
             bounds += [s.low for s in stats] + [s.high for s in stats]
@@ -100,14 +101,14 @@ def summary_figure(groups: Sequence[GroupSummary], path: Path) -> None:
 
 
 def tradeoff_figure(sweep: Sequence[GroupSummary], path: Path) -> None:
-    """Test MSE against MRR, one point per λF and a line per sharing mode; last and best epoch.
+    """Test MSE against MRR, one point per λF and a line per sharing mode; selected and best test epoch (oracle).
 
     λF = 0 and λF = 1 are not drawn: each leaves one head untrained, far off the other points.
     """
     plt = _pyplot()
     figure, panels = plt.subplots(1, 2, figsize=(11, 4.8))
     both_trained = [g for g in sweep if 0 < g.configuration.factorization_weight < 1]
-    for axes, (kind, when) in zip(panels, (("final", "last epoch"), ("best", "best epoch"))):
+    for axes, (kind, when) in zip(panels, (("selected", "selected epoch"), ("best", "best test epoch (oracle)"))):
         for index, (name, groups) in enumerate(by_sharing(both_trained)):
             mse = [getattr(g, kind)("test_mse") for g in groups]
             mrr = [getattr(g, kind)("test_mrr") for g in groups]

@@ -1,5 +1,10 @@
 """Statistics over seeds: one number per seed (:class:`Stat`), a configuration's runs
-(:class:`GroupSummary`) and seed-paired comparisons between configurations (:class:`Comparison`)."""
+(:class:`GroupSummary`) and seed-paired comparisons between configurations (:class:`Comparison`).
+
+A run's headline numbers are those of its *selected* epoch, the one whose weights it keeps:
+chosen on validation data by early stopping, or the last epoch. The best test value over all
+epochs is an *oracle* (chosen on the test set) and is reported only as such.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ import numpy as np
 
 from mtrec.experiments import Configuration
 
-#: The final-epoch values the table reports.
-FINAL_FIELDS = ("test_mse", "test_mrr", "train_mse", "train_bpr")
-#: The test metrics whose best epoch is reported, and whether lower is better.
+#: The values reported for the selected and the last epoch.
+FINAL_FIELDS = ("test_mse", "test_mrr", "test_ndcg@10", "test_recall@10", "train_mse", "train_bpr")
+#: The test metrics the answers compare (and whose oracle best epoch is reported), and whether lower is better.
 BEST_FIELDS = {"test_mse": True, "test_mrr": False}
+#: A difference is clear when its seed-paired t-test gives a p-value below this.
+SIGNIFICANCE = 0.05
 #: The training metric that goes with each test metric when looking for overfitting.
 TRAIN_COUNTERPART = {"test_mse": "train_mse", "test_mrr": "train_bpr"}
 NAMES = {
@@ -24,9 +31,9 @@ NAMES = {
     "test_mrr": "test MRR",
     "train_mse": "train MSE",
     "train_bpr": "train BPR loss",
+    "test_ndcg@10": "test NDCG@10",
+    "test_recall@10": "test Recall@10",
 }
-
-
 
 @dataclass(frozen=True)
 class Stat:
@@ -105,18 +112,42 @@ class GroupSummary:
 
     @property
     def epochs(self) -> int:
-        return len(self.runs[0].metrics["epochs"])
+        """The most epochs any of the runs trained (early stopping may end some sooner)."""
+        return max(len(run.metrics["epochs"]) for run in self.runs)
 
     def curve(self, field: str) -> np.ndarray:
-        """``field`` per epoch, one row per seed; NaN on epochs that did not measure it."""
-        return np.array([[_number(r.get(field)) for r in run.metrics["epochs"]] for run in self.runs])
+        """``field`` per epoch, one row per seed; NaN on epochs that did not measure it or were not trained."""
+        values = np.full((len(self.runs), self.epochs), np.nan)
+        for row, run in enumerate(self.runs):
+            for column, record in enumerate(run.metrics["epochs"]):
+                values[row, column] = _number(record.get(field))
+        return values
 
     def stat(self, values: Iterable[float]) -> Stat:
         """A :class:`Stat` of one value per run, in the runs' order."""
         return Stat(tuple(values), tuple(self.seeds))
 
     def final(self, field: str) -> Stat:
+        """``field`` at each run's last epoch."""
         return self.stat(_number(run.metrics["final"].get(field)) for run in self.runs)
+
+    def selected(self, field: str) -> Stat:
+        """``field`` at each run's selected epoch (chosen on validation, or the last): the headline."""
+        return self.stat(_number(self._selected_record(run).get(field)) for run in self.runs)
+
+    def selected_epoch(self) -> Stat:
+        return self.stat(_number(self._selected_record(run).get("epoch")) for run in self.runs)
+
+    @staticmethod
+    def _selected_record(run: SeedRun) -> dict[str, Any]:
+        """The selected epoch's record (mtrec 0.1 kept the last epoch's weights and had no "selected")."""
+        epoch = (run.metrics.get("selected") or run.metrics["final"])["epoch"]
+        return next(record for record in run.metrics["epochs"] if record["epoch"] == epoch)
+
+    @property
+    def early_stopped(self) -> bool:
+        """Whether any run's weights come from an epoch other than its last."""
+        return any(self._selected_record(run)["epoch"] != run.metrics["final"]["epoch"] for run in self.runs)
 
     def best(self, field: str) -> Stat:
         """The best test value over all epochs, per seed: an oracle, picked on the test set."""
@@ -127,10 +158,14 @@ class GroupSummary:
 
     def at_best_epoch(self, field: str, best_of: str) -> Stat:
         """``field`` at each seed's best epoch of ``best_of``."""
-        epochs = [int(e) if math.isfinite(e) else None for e in self.best_epoch(best_of).values]
+        return self.at_epochs(field, self.best_epoch(best_of))
+
+    def at_epochs(self, field: str, epochs: Stat) -> Stat:
+        """``field`` of each run at its epoch in ``epochs``."""
+        chosen = [int(e) if math.isfinite(e) else None for e in epochs.values]
         return self.stat(
             math.nan if epoch is None else _number(run.metrics["epochs"][epoch - 1].get(field))
-            for run, epoch in zip(self.runs, epochs)
+            for run, epoch in zip(self.runs, chosen)
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -140,8 +175,12 @@ class GroupSummary:
             "seeds": self.seeds,
             "runs": [str(run.path) for run in self.runs],
             "epochs": self.epochs,
+            "selected": {
+                "epoch": self.selected_epoch().to_json(),
+                **{field: self.selected(field).to_json() for field in FINAL_FIELDS},
+            },
             "final": {field: self.final(field).to_json() for field in FINAL_FIELDS},
-            "best": {
+            "oracle_best": {
                 field: {"value": self.best(field).to_json(), "epoch": self.best_epoch(field).to_json()}
                 for field in BEST_FIELDS
             },
@@ -157,13 +196,13 @@ def group_runs(runs: Sequence[SeedRun]) -> list[GroupSummary]:
     return [GroupSummary.of(configuration, grouped[configuration]) for configuration in order]
 
 
-
 @dataclass(frozen=True)
 class Comparison:
     """``a`` against ``b`` on one metric, paired by seed (seed k splits the data alike for both).
 
-    The difference is *clear* when its mean over the common seeds exceeds twice its standard
-    error (sd / sqrt(n)); with fewer than two common seeds nothing is clear.
+    The per-seed differences are tested with a two-sided paired t-test (n − 1 degrees of
+    freedom); the difference is *clear* when its p-value is below :data:`SIGNIFICANCE` (0.05).
+    With fewer than two common seeds, or identical differences of zero, nothing is clear.
     """
 
     a: Stat
@@ -189,21 +228,40 @@ class Comparison:
         return statistics.stdev(differences) / math.sqrt(len(differences))
 
     @property
+    def p_value(self) -> float:
+        """Two-sided p-value of the paired t-test of the per-seed differences (NaN when it cannot be computed)."""
+        from scipy import stats
+
+        differences, error = self.differences, self.standard_error
+        if not math.isfinite(error) or not math.isfinite(self.difference):
+            return math.nan
+        if error == 0:
+            return 1.0 if self.difference == 0 else 0.0
+        return float(2 * stats.t.sf(abs(self.difference / error), len(differences) - 1))
+
+    @property
     def clear(self) -> bool:
-        return math.isfinite(self.standard_error) and abs(self.difference) > 2 * self.standard_error
+        return math.isfinite(self.p_value) and self.p_value < SIGNIFICANCE
 
     @property
     def a_better(self) -> bool:
         return (self.difference < 0) == self.lower_is_better
 
     def describe(self) -> str:
-        """``+0.0123 ± 0.0040`` (mean difference ± standard error)."""
+        """``+0.0123 ± 0.0040, p = 0.012`` (mean difference ± standard error, and the test's p-value)."""
         difference = f"{self.difference:+.4f}" if math.isfinite(self.difference) else "n/a"
-        return f"{difference} ± {fmt(self.standard_error)}"
+        return f"{difference} ± {fmt(self.standard_error)}, {fmt_p(self.p_value)}"
 
 
 def fmt(value: float) -> str:
     return f"{value:.4f}" if math.isfinite(value) else "n/a"
+
+
+def fmt_p(value: float) -> str:
+    """``p = 0.012``, ``p < 0.001``, ``p n/a``."""
+    if not math.isfinite(value):
+        return "p n/a"
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
 
 
 def fmt_stat(stat: Stat) -> str:
@@ -222,8 +280,6 @@ def fmt_epoch(stat: Stat) -> str:
 
 def join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
 
 
 def by_sharing(sweep: Sequence[GroupSummary]) -> list[tuple[str, list[GroupSummary]]]:

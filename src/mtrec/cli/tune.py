@@ -1,0 +1,84 @@
+"""``mtrec tune``: search hyper-parameters on the validation criterion (Optuna)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mtrec.cli._args import add_option, positive_float, positive_int
+from mtrec.cli.options import add_run_arguments, run_config
+from mtrec.cli.train import epoch_summary
+from mtrec.errors import ConfigError
+
+DESCRIPTION = """\
+Search the model's hyper-parameters (embedding size, learning rate and its decay, weight decay,
+loss weights, negatives, watch loss, sharing, rating bias) for the best validation criterion
+(--early-stopping, default joint), starting from the settings the other options give (default:
+the quality preset). Trials are trained without the test set, and poor ones are pruned; each is
+a run directory ROOT/trial-NNNN. The best settings are written to ROOT/best/config.json:
+'mtrec train --config ROOT/best/config.json' trains and tests them. The study is kept in
+ROOT/study.db, so running the same command again adds trials to it. Needs Optuna
+(pip install -e ".[tune]").
+"""
+
+EXAMPLES = """\
+examples:
+  mtrec tune --trials 50
+  mtrec tune --trials 20 --root tune/ml1m --dataset 1m --early-stopping ndcg@10
+  mtrec train --config tune/best/config.json --logdir run/tuned
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "tune",
+        help="search hyper-parameters on the validation set (Optuna)",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_option(parser, "--trials", type=positive_int, default=50, help="trials to run (default 50)")
+    add_option(parser, "--timeout", type=positive_float, default=None, metavar="SECONDS",
+               help="start no trial after this many seconds")
+    add_option(parser, "--root", default="tune", help="folder of the trials, the study and best/ (default tune/)")
+    add_option(parser, "--tune-seed", type=int, default=0, help="seeds the sampler (default 0)")
+    add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    add_run_arguments(parser, default_preset="quality")
+    parser.set_defaults(handler=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mtrec.tuning import _optuna, tune
+
+    _optuna()  # a missing extra is named before any data is read
+    config = run_config(args)
+    if not config.data.has_validation:
+        raise ConfigError("mtrec tune chooses on a validation set: give --valid-fraction (or --valid-k)")
+    train, validation, _ = config.data.load_split(args.data_dir, progress=not args.no_progress)
+    bar = tqdm(total=args.trials, desc="tune", unit="trial", disable=args.no_progress, file=sys.stderr)
+    best: list[float] = []
+
+    def on_trial(number: int, value: float | None, pruned: bool) -> None:
+        if value is not None:
+            best.append(value)
+        bar.set_postfix_str(f"trial {number}: {'pruned' if pruned else f'{value:.4f}'}  best {max(best, default=float('nan')):.4f}")
+        bar.update(1)
+
+    def on_epoch(record) -> None:
+        bar.set_description_str(f"tune (epoch {record.epoch}: {epoch_summary(record)})", refresh=False)
+
+    try:
+        result = tune(config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
+                      on_trial=on_trial, on_epoch=on_epoch)
+    finally:
+        bar.close()
+    settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    print(
+        f"{result.trials} trials in the study ({result.pruned} pruned); best trial {result.best_trial}, validation "
+        f"{config.early_stopping or 'joint'} {result.best_value:.4f}: {settings}\n"
+        f"best config: {result.config_path}  (train it: mtrec train --config {result.config_path})"
+    )
+    return 0

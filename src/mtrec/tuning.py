@@ -1,0 +1,186 @@
+"""Hyper-parameter search on the validation criterion, with Optuna (``pip install -e ".[tune]"``).
+
+Each trial is an ordinary training run in ``<root>/trial-NNNN`` whose settings the sampler
+(TPE, seeded) picks from a search space; the trial's value is the best validation criterion
+over its epochs (the one its early stopping keeps), and a trial whose criterion falls below
+the median of the earlier trials at the same epoch is pruned. The test set is never read:
+trials are trained without it. The best settings are written as ``<root>/best/config.json``,
+which ``mtrec train --config`` trains (and then tests).
+
+The study lives in ``<root>/study.db`` (SQLite): running the same search again adds trials to
+it, so an interrupted search resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mtrec.config import CONFIG_FILENAME, RunConfig
+from mtrec.data.interactions import Interactions
+from mtrec.errors import ConfigError, MtrecError
+from mtrec.evaluation import Evaluator
+from mtrec.fileio import atomic_write_text
+from mtrec.fitted import EpochRecord
+from mtrec.model import reference_metrics
+from mtrec.runs import train_run
+from mtrec.trainer import EarlyStopping
+
+#: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
+Dimension = tuple
+
+#: The default search space: the settings the quality preset's measurements found to matter.
+SEARCH_SPACE: dict[str, Dimension] = {
+    "embedding_dim": ("categorical", [16, 32, 64, 128]),
+    "learning_rate": ("log", 0.004, 0.1),
+    "lr_gamma": ("float", 0.85, 1.0),
+    "l2": ("log", 1e-8, 1e-4),
+    "l2_mlp": ("log", 1e-8, 1e-3),
+    "factorization_weight": ("float", 0.5, 1.0),
+    "regression_weight": ("log", 0.001, 1.0),
+    "negatives": ("categorical", [1, 2, 4, 8]),
+    "watch_loss": ("categorical", ["bpr", "logsigmoid"]),
+    "embedding_sharing": ("categorical", [True, False]),
+    "rating_bias": ("categorical", [False, True]),
+}
+BEST_DIRNAME = "best"
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ConfigError('mtrec tune needs Optuna: pip install -e ".[tune]" (or pip install optuna)') from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
+    """The settings a trial picks from ``space``."""
+    params = {}
+    for name, (kind, *bounds) in space.items():
+        if kind == "categorical":
+            params[name] = trial.suggest_categorical(name, bounds[0])
+        elif kind in ("float", "log"):
+            params[name] = trial.suggest_float(name, bounds[0], bounds[1], log=kind == "log")
+        else:
+            raise ConfigError(f"unknown kind of search dimension {kind!r} for {name}")
+    if "embedding_dim" in params:
+        params["layer_sizes"] = None  # follows the dimension
+    return params
+
+
+@dataclass(frozen=True)
+class TuningResult:
+    """What a search found: the best trial's number, value and settings, and its config file."""
+
+    best_trial: int
+    best_value: float
+    best_params: dict[str, Any]
+    config_path: Path
+    trials: int
+    pruned: int
+
+
+class _Pruned(MtrecError):
+    """Raised inside a trial's training to end it (Optuna prunes it)."""
+
+
+def tune(
+    base: RunConfig,
+    train: Interactions,
+    validation: Interactions,
+    root: str | Path,
+    trials: int = 50,
+    seed: int = 0,
+    timeout: float | None = None,
+    space: dict[str, Dimension] | None = None,
+    on_trial: Callable[[int, float | None, bool], None] | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TuningResult:
+    """Search ``space`` around ``base`` for the best validation criterion.
+
+    Parameters
+    ----------
+    base:
+        The settings not searched (batch size, schedule, epochs, early stopping...). Its
+        ``early_stopping`` is the criterion maximised (``"joint"`` when it has none).
+    train, validation:
+        The data: trials learn on ``train`` and are judged on ``validation``.
+    root:
+        Where the trials' run directories, the study and the best config go.
+    trials:
+        How many trials to run (in this call; earlier ones in the study count for the best).
+    seed:
+        Seeds the sampler.
+    timeout:
+        Stop starting trials after this many seconds.
+    space:
+        The search space (default :data:`SEARCH_SPACE`).
+    on_trial:
+        Called after each trial with its number, value (None if pruned) and whether it was pruned.
+    on_epoch:
+        Called after each trained epoch.
+    """
+    optuna = _optuna()
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
+        raise ConfigError(f"trials must be a positive whole number, got {trials!r}")
+    space = SEARCH_SPACE if space is None else space
+    unknown = sorted(set(space) - set(RunConfig.option_names()))
+    if unknown:
+        raise ConfigError(f"unknown setting in the search space: {', '.join(unknown)}")
+    criterion = base.early_stopping or "joint"
+    base = base.replace(early_stopping=criterion).check()
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    evaluator = Evaluator(validation, train, metrics=("mse", "mrr") if train.has_ratings else ("mrr",))
+    scorer = EarlyStopping(criterion, base.patience, reference_metrics(train, evaluator))
+
+    def objective(trial) -> float:
+        config = base.replace(**suggest(trial, space)).check()
+        best = float("-inf")
+
+        def report(record: EpochRecord) -> None:
+            nonlocal best
+            valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
+            if valid:
+                score = scorer.score(valid)
+                best = max(best, score)
+                trial.report(score, record.epoch)
+                if trial.should_prune():
+                    raise _Pruned(f"trial {trial.number} pruned at epoch {record.epoch}")
+            if on_epoch is not None:
+                on_epoch(record)
+
+        try:
+            train_run(config, train, validation, None, root / f"trial-{trial.number:04d}", callback=report)
+        except _Pruned:
+            raise optuna.TrialPruned() from None
+        return best
+
+    study = optuna.create_study(
+        study_name="mtrec",
+        storage=f"sqlite:///{root / 'study.db'}",
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
+    )
+
+    def after(study, trial) -> None:
+        if on_trial is not None:
+            pruned = trial.state == optuna.trial.TrialState.PRUNED
+            on_trial(trial.number, None if pruned else trial.value, pruned)
+
+    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[after], catch=())
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise MtrecError(f"no trial of the search in {root} finished (all were pruned or failed)")
+    best = study.best_trial
+    config = base.replace(**{**best.params, **({"layer_sizes": None} if "embedding_dim" in best.params else {})}).check()
+    path = root / BEST_DIRNAME / CONFIG_FILENAME
+    atomic_write_text(path, json.dumps(config.to_json(), indent=2) + "\n")
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    return TuningResult(best.number, best.value, dict(best.params), path, len(study.trials), pruned)
