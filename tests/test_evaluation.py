@@ -114,3 +114,76 @@ def test_library_scores_agree_with_the_per_epoch_evaluation():
     model = MultitaskModel(embedding_dim=8, seed=0).fit(train, epochs=2, test=test)
     assert mse_score(model, test) == model.history_[-1].test_mse
     assert mrr_score(model, test, train) == model.history_[-1].test_mrr
+
+
+def slow_ranking_metrics(scores: np.ndarray, test: Interactions, train: Interactions, k: int) -> dict[str, float]:
+    """Obviously correct: per user, each held-out item's average rank among the items not in training,
+    then NDCG@k, Recall@k, HR@k and MAP@k by their textbook definitions."""
+    totals = {"ndcg": [], "recall": [], "hr": [], "map": []}
+    for user in range(test.num_users):
+        held = test.items[test.users == user].tolist()
+        if not held:
+            continue
+        seen = set(train.items[train.users == user].tolist())
+        candidates = [j for j in range(test.num_items) if j not in seen or j in held]
+        ranks = []
+        for item in held:
+            s = scores[user, item]
+            greater = sum(1 for j in candidates if scores[user, j] > s)
+            equal = sum(1 for j in candidates if scores[user, j] == s)
+            ranks.append(greater + (equal + 1) / 2)
+        hits = [r for r in ranks if r <= k]
+        dcg = sum(1 / np.log2(1 + r) for r in hits)
+        ideal = sum(1 / np.log2(1 + i) for i in range(1, min(len(held), k) + 1))
+        precisions = [sum(1 for other in ranks if other <= r) / r for r in hits]
+        totals["ndcg"].append(dcg / ideal)
+        totals["recall"].append(len(hits) / len(held))
+        totals["hr"].append(1.0 if hits else 0.0)
+        totals["map"].append(sum(precisions) / min(len(held), k))
+    return {f"{name}@{k}": float(np.mean(values)) for name, values in totals.items()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_top_k_metrics_equal_a_slow_reference_with_ties(seed, k, monkeypatch):
+    rng = np.random.default_rng(seed)
+    num_users, num_items = 25, 30
+    scores = rng.integers(0, 4, size=(num_users, num_items)).astype(np.float32)  # many ties
+    data = random_interactions(num_users, num_items, n=400, seed=seed)
+    order = rng.permutation(len(data))
+    train, test = data.subset(order[:250]), data.subset(order[250:])
+    test = test.subset(test.users >= 2)  # users without held-out items do not count
+    expected = slow_ranking_metrics(scores, test, train, k)
+    net = net_with_scores(scores)
+    measured = Evaluator(test, train, metrics=["ndcg", "recall", "hr", "map"], k=[k]).evaluate(net)
+    assert measured == pytest.approx(expected, rel=1e-9)
+    monkeypatch.setattr(evaluation, "SCORE_BLOCK_BYTES", 4 * num_items * 4)
+    assert Evaluator(test, train, metrics=["ndcg", "recall", "hr", "map"], k=[k]).evaluate(net) == pytest.approx(expected, rel=1e-9)
+
+
+def test_rmse_and_mae_are_the_root_and_the_absolute_errors():
+    torch.manual_seed(1)
+    data = random_interactions(seed=4)
+    net = MultitaskNet(data.num_users, data.num_items, embedding_dim=4, layer_sizes=[12, 5])
+    with torch.no_grad():
+        r_hat = net.rating(torch.as_tensor(data.users).long(), torch.as_tensor(data.items).long()).numpy().astype(np.float64)
+    measured = Evaluator(data, data, metrics=["mse", "rmse", "mae"]).evaluate(net)
+    assert measured["rmse"] == pytest.approx(np.sqrt(np.mean((r_hat - data.ratings) ** 2)), rel=1e-6)
+    assert measured["mae"] == pytest.approx(np.mean(np.abs(r_hat - data.ratings)), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "metrics, k, message",
+    [
+        (["mse", "auc"], [10], "unknown metric 'auc'; use some of mse, rmse, mae, mrr, ndcg, recall, hr, map"),
+        (["ndcg"], [0], r"k must be positive whole numbers \(the cut-offs of ndcg, recall, hr, map\), got \[0\]"),
+        (["ndcg"], [-5, 10], "k must be positive whole numbers"),
+        ([], [10], "no metric to compute"),
+    ],
+)
+def test_unknown_metrics_and_bad_cut_offs_are_named(metrics, k, message):
+    from mtrec.errors import ConfigError
+
+    data = random_interactions()
+    with pytest.raises(ConfigError, match=message):
+        Evaluator(data, data, metrics=metrics, k=k)

@@ -21,8 +21,15 @@ from mtrec.errors import ConfigError, MtrecError
 SUBCOMMANDS = ("train", "experiments", "tune", "report", "recommend", "predict", "similar", "serve", "synth", "datasets")
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line and a pointer to --help, not the whole usage."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mtrec",
         description=(
             "Multi-task recommenders: one network learns from shared user and item embeddings both "
