@@ -92,9 +92,11 @@ def ease_scores(train, regularization: float) -> np.ndarray:
 
 def als_scores(train, factors: int, regularization: float, seed: int) -> np.ndarray:
     from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
 
     model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=15, random_state=seed)
-    model.fit(interaction_matrix(train), show_progress=False)
+    with threadpool_limits(1, "blas"):  # implicit's advice: its own threads, not BLAS's
+        model.fit(interaction_matrix(train), show_progress=False)
     return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
 
 
@@ -174,7 +176,8 @@ def one_seed(seed: int, data, data_dir) -> dict[str, tuple[dict, float]]:
         started = time.perf_counter()
         table = scores(train, best)
         seconds = time.perf_counter() - started
-        results[f"{label} ({best})"] = (evaluate(ScoreTable(table), test, train, ("mrr", "ndcg@10", "recall@10")), seconds)
+        chosen = "/".join(f"{v:g}" for v in best) if isinstance(best, tuple) else f"{best:g}"
+        results[f"{label} ({chosen})"] = (evaluate(ScoreTable(table), test, train, ("mrr", "ndcg@10", "recall@10")), seconds)
     return results
 
 
@@ -211,6 +214,7 @@ def main() -> None:
             systems.setdefault(system, []).append((metrics, seconds, chosen.rstrip(")")))
     reference = systems["mtrec, quality preset"]
     rows = [["system (same splits, same evaluator)", *METRICS, "fit s", "MSE / mtrec", "MRR / mtrec", "chosen on validation"]]
+    # BPR: factors/learning rate; ALS: factors/regularisation; EASE: λ.
     for system, runs in systems.items():
         column = lambda m: [r[0].get(m) for r in runs]  # noqa: E731
         ratios = []

@@ -31,7 +31,7 @@ from mtrec.report import (
     TRADEOFF_FIGURE,
     build_report,
 )
-from mtrec.runs import METRICS_FILENAME, is_finished
+from mtrec.runs import METRICS_FILENAME, is_finished, staging_dir
 
 SEEDS, EPOCHS = 2, 3
 
@@ -205,7 +205,7 @@ def test_ctrl_c_leaves_finished_runs_complete_and_the_interrupted_one_unfinished
         return RunConfig(model={"embedding_dim": 4, "seed": planned.seed, **planned.configuration.model_params()}, epochs=3)
 
     def interrupt_second_run(record):
-        if runs[1].path.exists() and record.epoch == 2:
+        if staging_dir(runs[1].path).exists() and record.epoch == 2:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):

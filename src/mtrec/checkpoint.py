@@ -124,7 +124,10 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     target = model_path(path)
     if not target.is_file():
         raise ModelFileError(f"no model file at {target}")
-    payload = target.read_bytes()
+    try:
+        payload = target.read_bytes()
+    except OSError as error:
+        raise ModelFileError(f"{target}: cannot be read: {error.strerror or error}") from None
     try:
         tensors = safetensors_load(payload)
         metadata = _read_header_metadata(payload)
@@ -141,6 +144,20 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if expected != _digest(tensors, metadata):
         raise ModelFileError(f"{target} failed its integrity check: the file was modified or damaged")
     return tensors, metadata
+
+
+def model_digest(path: str | Path) -> str | None:
+    """The SHA-256 a model file's header records for its contents (read from the header alone), or None."""
+    target = model_path(path)
+    try:
+        with open(target, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if size > 100 * 2**20:
+                return None
+            metadata = json.loads(handle.read(size)).get("__metadata__") or {}
+    except (OSError, ValueError):
+        return None
+    return metadata.get("sha256")
 
 
 def _read_header_metadata(payload: bytes) -> dict[str, str]:

@@ -297,14 +297,15 @@ def preset(name: str, given: Mapping[str, Any] | None = None) -> RunConfig:
 
 #: The quality preset (see :func:`preset`): measured by ``benchmarks/quality.py``.
 QUALITY_MODEL = {
+    "embedding_sharing": True,
+    "factorization_weight": 0.99,
+    "regression_weight": 0.01,
     "batch_size": 4096,
     "learning_rate": 0.032,
     "lr_schedule": "exponential",
     "lr_gamma": 0.95,
     "l2": 5e-6,
-    "factorization_weight": 0.99,
-    "regression_weight": 0.01,
-    "negatives": 4,
+    "negatives": 8,
 }
 QUALITY_TRAINING = {"epochs": 150, "early_stopping": "joint", "patience": 20}
 QUALITY_VALID_FRACTION = 0.05

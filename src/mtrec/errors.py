@@ -43,3 +43,7 @@ class AmbiguousItemError(MtrecError):
 
 class TrainingDiverged(MtrecError):
     """A loss or a parameter became NaN or infinite during training."""
+
+
+class RunExistsError(MtrecError):
+    """A run directory already holds a finished run (or other files) that would be replaced."""

@@ -7,8 +7,8 @@ in ``<root>/sweep/<name>/seed-<k>``. Seed k seeds the split, initialisation and 
 exactly as ``mtrec train --seed k`` does, so any single run can be reproduced on its own.
 
 A run already finished with the same settings is reused, not trained again; an interrupted
-run is never taken as finished (:func:`mtrec.runs.is_finished`), so a stopped experiment
-resumes where it stopped.
+run is never taken as finished (:func:`mtrec.runs.inspect_run`), so a stopped experiment
+resumes where it stopped; a finished run with other settings is not replaced without ``force``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 from mtrec.config import RunConfig
 from mtrec.data.interactions import Interactions
-from mtrec.errors import ConfigError
+from mtrec.errors import ConfigError, RunExistsError
 from mtrec.fitted import EpochRecord
-from mtrec.runs import is_finished, train_run
+from mtrec.runs import inspect_run, train_run
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
 SWEEP_DIRNAME = "sweep"
@@ -124,13 +124,58 @@ def plan_runs(
 SplitLoader = Callable[[int], tuple[Interactions, "Interactions | None", Interactions, dict[str, Any]]]
 
 
+@dataclass(frozen=True)
+class RunAction:
+    """What an experiment does with a planned run: reuse it, or train it (``reason`` says why, when
+    a finished-looking run is trained again)."""
+
+    reuse: bool
+    reason: str | None = None
+
+
+def plan_actions(runs: Sequence[PlannedRun], config_of: Callable[[PlannedRun], RunConfig], force: bool) -> list[RunAction]:
+    """Reuse or train, for every planned run, before anything is trained.
+
+    A finished run with the same settings is reused; a damaged one (its model fails its
+    integrity check, or is not the model its metrics recorded) is trained again, saying why.
+
+    Raises
+    ------
+    RunExistsError
+        When finished runs hold other settings (each named, with the settings that differ) and
+        ``force`` is false: they are not replaced silently. Also for folders holding files that
+        are not a run's.
+    """
+    actions, conflicts = [], []
+    for run in runs:
+        config = config_of(run)
+        state = inspect_run(run.path)
+        if state.kind == "foreign":
+            raise RunExistsError(f"{state.reason}: choose another --root")
+        if state.kind == "finished" and state.config.same_run(config) and not force:
+            actions.append(RunAction(True))
+        elif state.kind == "finished" and not force:
+            conflicts.append(f"{run.path} ({'; '.join(config.differences(state.config))})")
+            actions.append(RunAction(False))
+        elif state.kind == "damaged":
+            actions.append(RunAction(False, f"{state.reason}: trained again"))
+        else:
+            actions.append(RunAction(False))
+    if conflicts:
+        raise RunExistsError(
+            f"{len(conflicts)} finished runs were made with other settings, shown as here / there: "
+            f"{', '.join(conflicts)}. Give --force to train them again with these settings, or another --root"
+        )
+    return actions
+
+
 def run_experiment(
     runs: Sequence[PlannedRun],
     config_of: Callable[[PlannedRun], RunConfig],
     load_split: SplitLoader,
     *,
     force: bool = False,
-    on_run: Callable[[PlannedRun, bool], None] | None = None,
+    on_run: Callable[[PlannedRun, RunAction], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> list[PlannedRun]:
     """Train every planned run that is not already finished with the same settings.
@@ -146,26 +191,30 @@ def run_experiment(
     force:
         Train every run again, finished or not.
     on_run:
-        Called before each run with the run and whether it is reused (progress display).
+        Called before each run with the run and what is done with it (progress display).
     on_epoch:
         Called after each trained epoch.
 
     Returns
     -------
     The runs that were trained (the others were reused).
+
+    Raises
+    ------
+    RunExistsError
+        See :func:`plan_actions`: checked for every run before the first is trained.
     """
+    actions = plan_actions(runs, config_of, force)
     splits: dict[int, tuple[Interactions, Interactions | None, Interactions, dict[str, Any]]] = {}
     trained = []
-    for run in runs:
-        config = config_of(run)
-        reuse = not force and is_finished(run.path, config)
+    for run, action in zip(runs, actions):
         if on_run is not None:
-            on_run(run, reuse)
-        if reuse:
+            on_run(run, action)
+        if action.reuse:
             continue
         if run.seed not in splits:
             splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
         train, validation, test, summary = splits[run.seed]
-        train_run(config, train, validation, test, run.path, summary, on_epoch)
+        train_run(config_of(run), train, validation, test, run.path, summary, on_epoch, force=True)
         trained.append(run)
     return trained

@@ -13,15 +13,37 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files that writes of ``path`` by processes no longer alive left behind
+    (a SIGKILL mid-save cannot clean up after itself)."""
+    for temporary in path.parent.glob(f".{path.name}.*.tmp"):
+        parts = temporary.name[len(path.name) + 2 :].split(".")
+        if parts and parts[0].isdigit() and not _alive(int(parts[0])):
+            temporary.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path``.
 
-    On any error (or Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    On any error (or Ctrl-C) the temporary file is removed and ``path`` is untouched. The
+    temporary's name carries the writer's process id, so that the next write of ``path``
+    removes what a killed writer left.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(handle)
     temporary = Path(name)
     try:
@@ -30,12 +52,12 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         with open(temporary, "rb+") as file:
             os.fsync(file.fileno())
         os.replace(temporary, path)
-        _fsync_directory(path.parent)
+        fsync_directory(path.parent)
     finally:
         temporary.unlink(missing_ok=True)
 
 
-def _fsync_directory(folder: Path) -> None:
+def fsync_directory(folder: Path) -> None:
     """Make a rename durable (where the platform allows opening a directory)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,7 +28,7 @@ from mtrec.trainer import (
     torch_threads,
     train_epochs,
 )
-from mtrec.training import STEPS, Step, make_step
+from mtrec.training import STEPS, Step, make_step, resolve_step
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
 MAX_SEED = 2**64 - 1
@@ -264,7 +265,28 @@ class MultitaskModel:
 
     def resolved_step(self) -> str:
         """The step :meth:`fit` will take: ``"fused"`` or ``"autograd"`` (what ``step="auto"`` resolves to)."""
-        return self.make_step(self.build_network(1, 1)).kind
+        with torch.device("meta"):  # the network's shape only: nothing is allocated
+            network = self.build_network(1, 1, "meta")
+        return resolve_step(self.step, network, self.objective())
+
+    def memory_needed(self, num_users: int, num_items: int) -> dict[str, float]:
+        """Bytes training would take, by the option that makes them: the embeddings' and the
+        inputs' width (``embedding_dim``), the hidden layers (``layer_sizes``), the batch (``batch_size``).
+
+        Each parameter is held four times (value, gradient and Adam's two moments) in float32;
+        a batch's activations about three times per layer.
+        """
+        d, hidden = self.embedding_dim, [*self.layer_sizes_[1:], 1]
+        tables = (2 if self.embedding_sharing else 4) * d + (4 if self.rating_bias else 2)
+        sizes = [3 * d, *hidden]
+        mlp = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+        rows = self.batch_size * (1 + self.negatives)
+        needed = {"embedding_dim": 16.0 * (num_users + num_items) * tables, "layer_sizes": 0.0, "batch_size": 0.0}
+        # The MLP and the activations grow with whichever is wider: the inputs [u, q, u*q] or the hidden layers.
+        width = "layer_sizes" if sum(hidden) > 3 * d else "embedding_dim"
+        needed[width] += 16.0 * mlp
+        needed["batch_size" if rows > 10**7 else width] += 12.0 * rows * sum(sizes)
+        return needed
 
     def check_fit(
         self,
@@ -288,6 +310,8 @@ class MultitaskModel:
                 raise ConfigError("early stopping needs a validation set (--valid-fraction or --valid-k)")
         if len(train) == 0:
             raise DataError("the training set is empty")
+        device = resolve_device(self.device)
+        check_memory(self.memory_needed(train.num_users, train.num_items), device)
         if not train.has_ratings and self.regression_weight > 0:
             raise ConfigError(
                 "the data has no ratings, so the rating head cannot train: set regression_weight to 0"
@@ -295,7 +319,7 @@ class MultitaskModel:
         for other in (test, validation):
             if other is not None:
                 check_same_ids(train, other)
-        return resolve_device(self.device)
+        return device
 
     def fit(
         self,
@@ -446,6 +470,24 @@ class MultitaskModel:
             return cls.from_record(record, device)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
+
+
+def machine_memory(device: torch.device) -> int:
+    """Bytes of memory of the device: the GPU's, or this machine's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(needed: dict[str, float], device: torch.device) -> None:
+    """:class:`ConfigError` naming the option to lower when training would need more memory than the device has."""
+    total, available = sum(needed.values()), machine_memory(device)
+    if total > available:
+        option = max(needed, key=needed.get)
+        raise ConfigError(
+            f"training would need about {total / 1e9:,.1f} GB of memory, more than the {available / 1e9:,.1f} GB "
+            f"this {'GPU' if device.type == 'cuda' else 'machine'} has; most of it for --{option.replace('_', '-')}: lower it"
+        )
 
 
 def reference_metrics(train: Interactions, validation: Evaluator) -> dict[str, float]:

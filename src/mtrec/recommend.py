@@ -48,6 +48,8 @@ import torch.nn.functional as F
 from mtrec.data.interactions import build_lookup, lookup_id
 from mtrec.errors import AmbiguousItemError, ConfigError, DataError, UnknownItemError, UnknownUserError
 from mtrec.model import MultitaskModel
+from mtrec.config import CONFIG_FILENAME
+from mtrec.runs import METRICS_FILENAME, check_complete
 
 #: Elements of a (pairs x catalogue) block scored at once: bounds memory for big batches.
 CHUNK_ELEMENTS = 1 << 22
@@ -176,7 +178,15 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> Recommender:
-        """A recommender for the model saved at ``path`` (a model file or a run directory)."""
+        """A recommender for the model saved at ``path`` (a model file or a run directory).
+
+        A run directory (one with a config.json or metrics.json) must hold a complete, consistent
+        run (:func:`mtrec.runs.check_complete`): an unfinished or damaged one is refused, saying
+        why. A folder that :meth:`MultitaskModel.save` wrote holds just the model file.
+        """
+        folder = Path(path)
+        if folder.is_dir() and ((folder / CONFIG_FILENAME).exists() or (folder / METRICS_FILENAME).exists()):
+            check_complete(path)
         return cls(MultitaskModel.load(path, device))
 
     def user_index(self, user: Any) -> int | None:

@@ -1,26 +1,39 @@
 """A training run on disk: config.json, TensorBoard curves, the model and metrics.json.
 
-A run directory is *finished* when its ``metrics.json`` says ``"completed": true``. That file is
-written last and atomically, after the model, so an interrupted run never looks finished;
-starting a run removes any previous one's metrics and event files first.
+A run directory is either a complete, consistent run or visibly unfinished, never a mix:
+
+* a run is trained in a staging folder beside its directory (``.<name>.staging``) and published
+  by renaming it into place once its model and ``metrics.json`` are written, so a crash, a full
+  disk or Ctrl-C never touches what the directory held;
+* a run is *finished* when ``metrics.json`` says ``"completed": true``, its model file passes its
+  integrity check, and the model's and config.json's digests are the ones ``metrics.json`` recorded;
+* a finished run is never replaced unless asked (``force``), and then only once the new one is
+  complete; a folder holding anything but run files is never replaced at all.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mtrec.checkpoint import MODEL_FILENAME
+from mtrec.checkpoint import MODEL_FILENAME, model_digest, read_model_file
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
-from mtrec.errors import DataError
-from mtrec.fileio import atomic_write_text
+from mtrec.errors import DataError, ModelFileError, RunExistsError
+from mtrec.fileio import atomic_write_text, fsync_directory
 from mtrec.fitted import EpochRecord, summarize
 
 METRICS_FILENAME = "metrics.json"
+#: Files a run directory may hold; a folder with anything else is not mtrec's to replace.
+RUN_FILES = (CONFIG_FILENAME, METRICS_FILENAME, MODEL_FILENAME, "checkpoint.safetensors")
 
-#: TensorBoard tags of the per-epoch training losses; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
+#: TensorBoard tags of the per-epoch training values; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
 TRAIN_TAGS = {
     "train_bpr": "train/bpr_loss",
     "train_mse": "train/mse",
@@ -33,7 +46,7 @@ def scalar_tags(record: EpochRecord) -> dict[str, float]:
     """The record's finite values by TensorBoard tag."""
     values = {tag: getattr(record, name) for name, tag in TRAIN_TAGS.items()}
     values.update({name.replace("_", "/", 1): value for name, value in record.metrics.items()})
-    return {tag: value for tag, value in values.items() if value is not None and value == value and abs(value) != float("inf")}
+    return {tag: value for tag, value in values.items() if value is not None and math.isfinite(value)}
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -61,13 +74,138 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise DataError(f"{path}: corrupt config file ({error})") from None
 
 
-def is_finished(run_dir: str | Path, config: RunConfig) -> bool:
-    """Whether ``run_dir`` holds a completed run made with ``config``."""
+# ---------------------------------------------------------------------------------------------
+# The state of a run directory
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a run directory holds.
+
+    ``kind`` is ``absent`` (nothing there), ``unfinished`` (a run that did not finish, or an
+    empty folder), ``finished`` (complete and consistent), ``damaged`` (it says it finished, but
+    its files disagree: ``reason`` says how) or ``foreign`` (files that are not a run's).
+    """
+
+    kind: str
+    reason: str = ""
+    config: RunConfig | None = None
+
+
+def staging_dir(run_dir: Path) -> Path:
+    """Where a run for ``run_dir`` is trained before it is published."""
+    return run_dir.parent / f".{run_dir.name}.staging"
+
+
+def _old_dir(run_dir: Path) -> Path:
+    return run_dir.parent / f".{run_dir.name}.old"
+
+
+def _is_run_file(name: str) -> bool:
+    """A file mtrec writes into a run directory: its files, TensorBoard's, and temporaries of a save."""
+    return name in RUN_FILES or name.startswith("events.out.tfevents.") or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _foreign_entries(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in folder.iterdir() if not _is_run_file(entry.name))
+
+
+def recover(run_dir: str | Path) -> None:
+    """Finish a publication that a crash interrupted (between the renames), and remove its leftovers."""
+    run_dir = Path(run_dir)
+    staging, old = staging_dir(run_dir), _old_dir(run_dir)
+    if not run_dir.exists() and staging.is_dir() and inspect_run(staging, recovering=False).kind == "finished":
+        os.rename(staging, run_dir)
+    if old.exists() and run_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def inspect_run(run_dir: str | Path, recovering: bool = True) -> RunState:
+    """The :class:`RunState` of ``run_dir``; checks the model file in full for a finished run."""
+    run_dir = Path(run_dir)
+    if recovering:
+        recover(run_dir)
+    if not run_dir.exists():
+        return RunState("absent")
+    if not run_dir.is_dir():
+        return RunState("foreign", f"{run_dir} is a file, not a run directory")
+    foreign = _foreign_entries(run_dir)
+    if foreign:
+        return RunState("foreign", f"{run_dir} holds files that are not a run's ({', '.join(foreign[:5])})")
     try:
-        read_metrics(run_dir)
-        return RunConfig.load(run_dir).same_run(config) and (Path(run_dir) / MODEL_FILENAME).is_file()
-    except DataError:
-        return False
+        metrics = read_metrics(run_dir)
+    except DataError as error:
+        return RunState("unfinished", str(error))
+    try:
+        config = RunConfig.load(run_dir)
+        read_model_file(run_dir)  # the integrity check
+    except (DataError, ModelFileError) as error:
+        return RunState("damaged", str(error))
+    recorded = metrics.get("model_sha256")
+    if recorded is not None and recorded != model_digest(run_dir):
+        return RunState("damaged", f"{run_dir / MODEL_FILENAME} is not the model {run_dir / METRICS_FILENAME} recorded")
+    recorded = metrics.get("config_sha256")
+    if recorded is not None and recorded != _file_digest(run_dir / CONFIG_FILENAME):
+        return RunState("damaged", f"{run_dir / CONFIG_FILENAME} is not the config {run_dir / METRICS_FILENAME} recorded")
+    return RunState("finished", config=config)
+
+
+def _file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def check_complete(run_dir: str | Path) -> None:
+    """:class:`DataError` unless ``run_dir`` holds a finished, consistent run (what serving needs)."""
+    state = inspect_run(run_dir)
+    if state.kind != "finished":
+        why = {"absent": "there is no run there"}.get(state.kind, state.reason)
+        raise DataError(f"{run_dir} is not a complete run ({state.kind}): {why}")
+
+
+def is_finished(run_dir: str | Path, config: RunConfig) -> bool:
+    """Whether ``run_dir`` holds a finished, consistent run made with ``config``."""
+    state = inspect_run(run_dir)
+    return state.kind == "finished" and state.config is not None and state.config.same_run(config)
+
+
+def _publish(staging: Path, run_dir: Path) -> None:
+    """Rename the finished staging folder into place, the previous run (if any) out of the way."""
+    old = _old_dir(run_dir)
+    if old.exists():
+        shutil.rmtree(old)
+    if run_dir.exists():
+        os.rename(run_dir, old)
+    os.rename(staging, run_dir)
+    fsync_directory(run_dir.parent)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare_run_dir(run_dir: str | Path, force: bool = False) -> Path:
+    """Check that a run may be trained for ``run_dir``, and give a fresh staging folder for it.
+
+    Raises
+    ------
+    RunExistsError
+        When ``run_dir`` holds a finished run and ``force`` is false, or holds files that are
+        not a run's (never replaced).
+    """
+    run_dir = Path(run_dir)
+    state = inspect_run(run_dir)
+    if state.kind == "foreign":
+        raise RunExistsError(f"{state.reason}: choose another --logdir")
+    if state.kind == "finished" and not force:
+        raise RunExistsError(
+            f"{run_dir} holds a finished run: give --force to train it again (the finished run stays until "
+            "the new one is complete), or another --logdir"
+        )
+    staging = staging_dir(run_dir)
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
 
 
 def train_run(
@@ -78,29 +216,28 @@ def train_run(
     logdir: str | Path,
     summary: dict[str, Any] | None = None,
     callback: Callable[[EpochRecord], None] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Fit the model ``config`` describes and record the run in ``logdir``; returns the metrics written.
 
     ``validation`` (or None) chooses the epoch when the config asks for early stopping; the test
     set is evaluated for the record only. ``summary`` describes what the split gave (sizes, cold
-    start) for config.json.
+    start) for config.json. A finished run in ``logdir`` is replaced only with ``force``.
     """
     from torch.utils.tensorboard import SummaryWriter
 
     config.check()
     model = config.build_model()
-    # a run that cannot start leaves an earlier one intact
-    model.check_fit(train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k)
+    # A run that cannot start leaves whatever was there intact.
+    model.check_fit(
+        train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k
+    )
     logdir = Path(logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    (logdir / METRICS_FILENAME).unlink(missing_ok=True)
-    for stale in logdir.glob("events.out.tfevents.*"):
-        stale.unlink()
-    resolved = {"step": model.resolved_step()}
-    document = config.to_json(resolved=resolved, summary=summary)
-    atomic_write_text(logdir / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    staging = prepare_run_dir(logdir, force)
+    document = config.to_json(resolved={"step": model.resolved_step()}, summary=summary)
+    atomic_write_text(staging / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
 
-    writer = SummaryWriter(log_dir=str(logdir))
+    writer = SummaryWriter(log_dir=str(staging))
 
     def log_epoch(record: EpochRecord) -> None:
         for tag, value in scalar_tags(record).items():
@@ -124,11 +261,14 @@ def train_run(
         )
     finally:
         writer.close()
-    model.save(logdir / MODEL_FILENAME)
+    model.save(staging / MODEL_FILENAME)
     metrics = {
         "completed": True,
+        "model_sha256": model_digest(staging),
+        "config_sha256": _file_digest(staging / CONFIG_FILENAME),
         "epochs": [record.to_json() for record in model.history_],
         **summarize(model.history_, model.selected_epoch_),
     }
-    atomic_write_text(logdir / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(staging / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    _publish(staging, logdir)
     return metrics

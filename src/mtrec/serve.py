@@ -14,15 +14,16 @@ body ``{"detail": ...}``.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path as FilePath
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from mtrec import __version__
@@ -32,6 +33,11 @@ from mtrec.fitted import summarize
 
 #: Largest ``k`` a request may ask for.
 MAX_K = 1000
+#: Longest user id, item id or title a request may name.
+MAX_ID_LENGTH = 256
+#: Largest request body, by default: room for the largest batch of the longest ids. A larger
+#: body is refused with 413 before any of it is parsed.
+MAX_BODY_BYTES = 8 * 2**20
 #: Most (user, item) pairs in one ``POST /predict``.
 MAX_BATCH = 10_000
 #: Batches whose scoring touches up to this many (pair, catalogue item) scores are answered on
@@ -69,9 +75,13 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any] = Field(description="final-epoch metrics and the best test MSE/MRR with their epochs")
 
 
+Id = Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]
+PathId = Annotated[str, Path(max_length=MAX_ID_LENGTH, description=f"raw id (or, for an item, title), at most {MAX_ID_LENGTH} characters")]
+
+
 class Pair(BaseModel):
-    user: int | str
-    item: int | str = Field(description="raw item id or title")
+    user: int | Id
+    item: int | Id = Field(description="raw item id or title")
 
 
 class PredictRequest(BaseModel):
@@ -95,11 +105,63 @@ ERRORS = {
 K = Query(10, ge=1, le=MAX_K, description=f"how many items, 1 to {MAX_K}")
 
 
-def create_app(recommender: Recommender | str | Path) -> FastAPI:
-    """The service for ``recommender``, or for the model saved at that path (a file or run directory)."""
+class BodyLimit:
+    """ASGI middleware: a request body over ``max_bytes`` is a 413, refused before it is parsed.
+
+    The declared Content-Length is checked before anything is read. A body sent without one
+    (chunked) is read here, at most ``max_bytes`` of it, and refused as soon as it passes the
+    limit; what was read is handed on to the app. No oversized body is ever held in memory.
+    """
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None:
+            if declared.isdigit() and int(declared) > self.max_bytes:
+                await self._refuse(send)
+                return
+            await self.app(scope, receive, send)
+            return
+        parts, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > self.max_bytes:
+                await self._refuse(send)
+                return
+            parts.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        replayed = [{"type": "http.request", "body": b"".join(parts), "more_body": False}]
+
+        async def replay():
+            return replayed.pop() if replayed else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send) -> None:
+        body = json.dumps({"detail": f"request body over {self.max_bytes:,} bytes"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def create_app(recommender: Recommender | str | FilePath, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The service for ``recommender``, or for the model saved at that path (a file or run directory).
+
+    ``max_body_bytes`` bounds a request's body (413 beyond it, before parsing).
+    """
     if not isinstance(recommender, Recommender):
         recommender = Recommender.load(recommender)
     app = FastAPI(title="mtrec", version=__version__, description=DESCRIPTION)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.recommender = recommender
     model_info = _model_info(recommender)
 
@@ -130,12 +192,12 @@ def create_app(recommender: Recommender | str | Path) -> FastAPI:
         return model_info
 
     @app.get("/users/{user}/recommendations", response_model=Recommendations)
-    async def recommendations(user: str, k: int = K, exclude_seen: bool = True) -> Response:
+    async def recommendations(user: PathId, k: int = K, exclude_seen: bool = True) -> Response:
         """The top-k items for `user`; seen items excluded unless `exclude_seen=false`."""
         return _json(recommender.recommend(user, k, exclude_seen))
 
     @app.get("/users/{user}/items/{item:path}", response_model=Prediction, responses=ERRORS)
-    async def prediction(user: str, item: str) -> Response:
+    async def prediction(user: PathId, item: PathId) -> Response:
         """Watch score and rating of one item (id or title) for one user."""
         return _json(recommender.predict([(user, item)])[0])
 
@@ -150,7 +212,7 @@ def create_app(recommender: Recommender | str | Path) -> FastAPI:
         return _json(Predictions(predictions))
 
     @app.get("/items/{item:path}/similar", response_model=SimilarItems, responses=ERRORS)
-    async def similar(item: str, k: int = K) -> Response:
+    async def similar(item: PathId, k: int = K) -> Response:
         """The k items nearest to `item` by cosine similarity of the item vectors."""
         return _json(recommender.similar(item, k))
 

@@ -324,6 +324,15 @@ class FusedStep(Step):
         return loss_r, d_u, d_q
 
 
+def resolve_step(kind: str, network: nn.Module, objective: JointObjective) -> str:
+    """What ``kind`` (``auto``, ``fused`` or ``autograd``) means for this network and objective."""
+    if kind not in STEPS:
+        raise ConfigError(f"unknown training step {kind!r}; use one of {', '.join(STEPS)}")
+    if kind == "autograd" or (kind == "auto" and not FusedStep.supports(network, objective)):
+        return "autograd"
+    return "fused"
+
+
 def make_step(
     kind: str,
     network: nn.Module,
@@ -332,8 +341,6 @@ def make_step(
     weight_decay: float | dict[str, float] = 0.0,
 ) -> Step:
     """The training step ``kind`` asks for: ``"fused"``, ``"autograd"``, or ``"auto"`` (fused where supported)."""
-    if kind not in STEPS:
-        raise ConfigError(f"unknown training step {kind!r}; use one of {', '.join(STEPS)}")
-    if kind == "autograd" or (kind == "auto" and not FusedStep.supports(network, objective)):
+    if resolve_step(kind, network, objective) == "autograd":
         return AutogradStep(network, objective, learning_rate, weight_decay)
     return FusedStep(network, objective, learning_rate, weight_decay)

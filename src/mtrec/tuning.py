@@ -1,7 +1,8 @@
 """Hyper-parameter search on the validation criterion, with Optuna (``pip install -e ".[tune]"``).
 
 Each trial is an ordinary training run in ``<root>/trial-NNNN`` whose settings the sampler
-(TPE, seeded) picks from a search space; the trial's value is the best validation criterion
+(TPE, seeded) picks from a search space; the first trial of a new study is the base config
+itself (the quality preset by default), so the best found is never worse than it. The trial's value is the best validation criterion
 over its epochs (the one its early stopping keeps), and a trial whose criterion falls below
 the median of the earlier trials at the same epoch is pruned. The test set is never read:
 trials are trained without it. The best settings are written as ``<root>/best/config.json``,
@@ -70,6 +71,20 @@ def suggest(trial, space: dict[str, Dimension]) -> dict[str, Any]:
     if "embedding_dim" in params:
         params["layer_sizes"] = None  # follows the dimension
     return params
+
+
+def _point_of(config: RunConfig, space: dict[str, Dimension]) -> dict[str, Any]:
+    """The search-space coordinates of ``config`` (a weight decay of None is the ``l2`` in effect);
+    settings outside the space are left to the sampler."""
+    point = {}
+    for name, (kind, *bounds) in space.items():
+        value = config.model.get(name)
+        if value is None and name.startswith("l2_"):
+            value = config.model["l2"]
+        inside = value in bounds[0] if kind == "categorical" else value is not None and bounds[0] <= value <= bounds[1]
+        if inside:
+            point[name] = value
+    return point
 
 
 @dataclass(frozen=True)
@@ -174,6 +189,9 @@ def tune(
             pruned = trial.state == optuna.trial.TrialState.PRUNED
             on_trial(trial.number, None if pruned else trial.value, pruned)
 
+    if not study.trials:
+        # The first trial is the base config itself, so the search can only find something better.
+        study.enqueue_trial(_point_of(base, space))
     study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[after], catch=())
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:

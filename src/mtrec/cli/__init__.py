@@ -51,7 +51,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version and usage errors: their exit code, for callers of main()
+        return stop.code if isinstance(stop.code, int) else 2
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2

@@ -27,8 +27,9 @@ Train the assignment's configurations, each over several seeds, and write the re
 Configurations: {', '.join(CONFIGURATIONS)} (sharing-λF-λR).
 Run k of a configuration lives in ROOT/<name>/seed-<k> and is exactly what
 'mtrec train --seed k' with the same options makes; a run already finished with the same
-settings is reused (--force trains it again), and an interrupted experiment resumes where it
-stopped. --sweep runs λF = 0, step, ..., 1 (λR = 1 − λF), shared and separate, in
+settings is reused (--force trains it again), a damaged one is trained again (saying why),
+and an interrupted experiment resumes where it stopped. Finished runs made with other settings
+are an error that names the settings (--force replaces them; or choose another --root). --sweep runs λF = 0, step, ..., 1 (λR = 1 − λF), shared and separate, in
 ROOT/{SWEEP_DIRNAME}/. The report (--out) is then rebuilt from every finished run under ROOT,
 as 'mtrec report ROOT' does.
 """
@@ -63,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(parser, "--seeds", type=int, default=3, help="seeds per configuration, from --seed on (default 3)")
     add_option(parser, "--root", default="run", help="folder of the runs (default run/)")
     add_option(parser, "--out", default="report", help="report folder (default report/)")
-    add_option(parser, "--force", action="store_true", help="train again runs that are already finished")
+    add_option(parser, "--force", action="store_true",
+               help="train again runs that are already finished (also those made with other settings, which are "
+               "otherwise an error)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     add_run_arguments(parser)
     parser.set_defaults(handler=run)
@@ -95,10 +98,13 @@ def run(args: argparse.Namespace) -> int:
     runs = plan_runs(configurations, args.seeds, root, first_seed=base.seed)
     bar = tqdm(total=len(runs) * base.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr)
 
-    def on_run(planned, reused: bool) -> None:
+    def on_run(planned, action) -> None:
         position = f"[{runs.index(planned) + 1}/{len(runs)}]"
+        bar.n = runs.index(planned) * base.epochs  # early-stopped runs end before their budget
         bar.set_description_str(f"{position} {planned.configuration.name} seed {planned.seed}")
-        if reused:
+        if action.reason:
+            bar.write(f"mtrec experiments: {action.reason}", file=sys.stderr)
+        if action.reuse:
             bar.set_postfix_str("finished before: reused")
             bar.update(base.epochs)
 

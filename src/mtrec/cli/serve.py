@@ -12,7 +12,8 @@ DESCRIPTION = """\
 Serve recommendations, predictions and similar items over HTTP (OpenAPI docs at /docs).
 The model is loaded once; requests are answered concurrently. An unknown user gets the
 most-rated items flagged cold_start; an unknown item (or, for a prediction, user) is a
-404; k is 1 to 1000 and a POST /predict batch at most 10,000 pairs (422 otherwise).
+404; k is 1 to 1000, a POST /predict batch at most 10,000 pairs, and an id or title at most 256
+characters (422 otherwise); a request body over --max-body-bytes is a 413, refused unparsed.
 """
 
 
@@ -41,6 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=1,
         help="PyTorch threads; one keeps single requests fastest and leaves cores to others (default 1)",
     )
+    add_option(parser, "--max-body-bytes", type=positive_int, default=None, metavar="BYTES",
+               help="largest request body; a larger one is a 413, refused before parsing (default 8 MiB)")
     add_option(parser, "--access-log", action="store_true", help="log every request")
     parser.set_defaults(handler=run)
     return parser
@@ -50,9 +53,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from mtrec.serve import create_app
+    from mtrec.serve import MAX_BODY_BYTES, create_app
 
     torch.set_num_threads(args.threads)
-    app = create_app(load_recommender(args))
+    app = create_app(load_recommender(args), max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES)
     uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
     return 0

@@ -41,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(parser, "--config", default=None, metavar="CONFIG",
                help="a run's config.json (or its run directory): train that run again")
     add_option(parser, "--logdir", default=None, help="run directory (default run/shared=<..>_LF=<..>_LR=<..>)")
+    add_option(parser, "--force", action="store_true",
+               help="train into a --logdir that holds a finished run (it stays until the new run is complete)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     add_run_arguments(parser, default_preset="quality")
     parser.set_defaults(handler=run)
@@ -91,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     summary = config.data.describe(train, validation, test)
     try:
-        metrics = train_run(config, train, validation, test, logdir, summary, on_epoch)
+        metrics = train_run(config, train, validation, test, logdir, summary, on_epoch, force=args.force)
     finally:
         bar.close()
     selected = metrics.get("selected")

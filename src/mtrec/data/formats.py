@@ -120,6 +120,9 @@ def sniff_format(path: Path, sep: str | None = None, column_names: list[str] = (
     suffix = path.suffix.lower()
     if sep is None:
         sep = {".csv": ",", ".tsv": "\t", ".tab": "\t"}.get(suffix)
+        if sep is not None and sep not in lines[0]:
+            # A ".csv" separated by ";" or "|" (spreadsheets write them): sniff rather than misread.
+            sep = None
     if sep is None:
         sep = next((d for d in SNIFFED_DELIMITERS if d in lines[0]), None)
         if sep is None:

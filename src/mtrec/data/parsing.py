@@ -173,9 +173,10 @@ def first_bad_line(
         if text_format.delimiter == "::" or not text_format.quoted:
             rows = ((number, line.rstrip("\r\n").split(text_format.delimiter)) for number, line in enumerate(handle, 1))
         else:
-            reader = csv.reader(handle, delimiter=text_format.delimiter)
-            rows = ((reader.line_num, fields) for fields in reader)
+            rows = _quoted_records(handle, text_format.delimiter)
         for number, fields in rows:
+            if isinstance(fields, str):
+                return number, fields
             if number == 1 and text_format.header:
                 continue
             if not any(field.strip() for field in fields):
@@ -194,6 +195,24 @@ def first_bad_line(
             if problem:
                 return number, problem
     return None
+
+
+def _quoted_records(handle, delimiter: str):
+    """``(line the record starts on, fields)`` of a quoted CSV; ``(line, problem)`` for a quote that is not closed."""
+    reader = csv.reader(handle, delimiter=delimiter, strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            yield start, f"a quoted field is not closed ({error}): the quote opens on this line"
+            return
+        if reader.line_num > start and any("\n" in field or "\r" in field for field in fields):
+            yield start, f"a quoted field opens on this line and runs over {reader.line_num - start + 1} lines: a quote is not closed"
+            return
+        yield start, fields
 
 
 def _time_kind(text: str) -> str | None:
@@ -238,10 +257,13 @@ def _field_problem(
 def read_parquet_columns(path: Path, wanted: dict[str, Column | None]) -> dict[str, pa.ChunkedArray]:
     try:
         schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as error:
+    except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file: {error}") from None
     roles = resolve_columns(path, schema.names, wanted, required=("user", "item"))
-    table = pq.read_table(path, columns=list(roles.values()))
+    try:
+        table = pq.read_table(path, columns=list(roles.values()))
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path}: not a readable Parquet file: {error}") from None
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no rows")
     columns = {role: table.column(name) for role, name in roles.items()}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
+
 from mtrec.data.building import build_interactions
 from mtrec.data.formats import PARQUET_SUFFIXES, Column, resolve_columns, sniff_format
 from mtrec.data.interactions import Interactions
@@ -80,6 +82,13 @@ def load_ratings_file(
     if rating_scale is not None and not float(rating_scale[0]) < float(rating_scale[1]):
         raise DataError(f"rating scale must have lowest < highest, got {rating_scale[0]:g}..{rating_scale[1]:g}")
     wanted = {"user": user_col, "item": item_col, "rating": rating_col, "time": time_col}
+    try:
+        return _load(path, wanted, items_path, rating_scale, sep)
+    except (OSError, pa.ArrowException) as error:  # whatever library raised it, the error names the file
+        raise DataError(f"{getattr(error, 'filename', None) or path}: {getattr(error, 'strerror', None) or error}") from None
+
+
+def _load(path: Path, wanted: dict, items_path, rating_scale, sep) -> Interactions:
     if path.suffix.lower() in PARQUET_SUFFIXES:
         columns = read_parquet_columns(path, wanted)
     else:
