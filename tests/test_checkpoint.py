@@ -17,7 +17,7 @@ from mtrec.model import MultitaskModel
 @pytest.fixture(scope="module")
 def fitted():
     data = random_interactions(num_users=40, num_items=50, n=800, seed=11)
-    return data, MultitaskModel(embedding_dim=8, embedding_sharing=False, seed=3).fit(data, epochs=2)
+    return data, MultitaskModel(embedding_dim=8, sharing="separate", seed=3).fit(data, epochs=2)
 
 
 def test_save_then_load_gives_identical_predictions_and_metadata(fitted, tmp_path):
@@ -86,7 +86,7 @@ def test_an_edited_header_fails_the_integrity_check(fitted, tmp_path):
     tensors, metadata = read_model_file(path)
     header_len = int.from_bytes(path.read_bytes()[:8], "little")
     metadata = json.loads(path.read_bytes()[8 : 8 + header_len])["__metadata__"]
-    metadata["config"] = metadata["config"].replace('"embedding_sharing": false', '"embedding_sharing": true')
+    metadata["config"] = metadata["config"].replace('"sharing": "separate"', '"sharing": "hard"')
     path.write_bytes(save(load(path.read_bytes()), metadata=metadata))
     with pytest.raises(ModelFileError, match="integrity check"):
         MultitaskModel.load(path)
@@ -121,7 +121,7 @@ def test_a_crash_mid_save_leaves_the_previous_model_intact(fitted, tmp_path, mon
     data, model = fitted
     path = model.save(tmp_path)
     before = path.read_bytes()
-    other = MultitaskModel(embedding_dim=8, embedding_sharing=False, seed=4).fit(data, epochs=1)
+    other = MultitaskModel(embedding_dim=8, sharing="separate", seed=4).fit(data, epochs=1)
 
     def crash(*args, **kwargs):
         raise OSError("disk full")

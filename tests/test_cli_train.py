@@ -28,7 +28,7 @@ def test_main_py_runs_the_assignments_command_and_writes_the_run(tmp_path, data_
     assert result.returncode == 0, result.stderr
     assert "test MSE" in result.stdout and "MRR" in result.stdout
     config = json.loads((logdir / "config.json").read_text())
-    assert config["model"]["factorization_weight"] == 0.99 and config["model"]["embedding_sharing"] is True
+    assert config["model"]["factorization_weight"] == 0.99 and config["model"]["sharing"] == "hard"
     assert config["data_summary"]["train_size"] == 95_000 and config["data_summary"]["test_size"] == 5_000
     assert config["resolved"] == {"step": "fused"} and config["speed"]["step"] == "auto"
     metrics = json.loads((logdir / "metrics.json").read_text())

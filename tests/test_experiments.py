@@ -242,9 +242,9 @@ def test_sweep_goes_from_0_to_1_shared_and_separate():
     sweep = sweep_configurations(0.25)
     assert [c.factorization_weight for c in sweep] == [0, 0.25, 0.5, 0.75, 1] * 2
     assert [c.regression_weight for c in sweep[:5]] == [1, 0.75, 0.5, 0.25, 0]
-    assert [c.embedding_sharing for c in sweep] == [True] * 5 + [False] * 5
+    assert [c.sharing for c in sweep] == ["hard"] * 5 + ["separate"] * 5
     names = [c.name for c in sweep_configurations(0.3)]
     assert names[:5] == ["shared-0-1", "shared-0.3-0.7", "shared-0.6-0.4", "shared-0.9-0.1", "shared-1-0"]
-    assert configurations_named(["separate-0.5-0.5"]) == [Configuration(False, 0.5, 0.5)]
+    assert configurations_named(["separate-0.5-0.5"]) == [Configuration("separate", 0.5, 0.5)]
     with pytest.raises(ConfigError):
         sweep_configurations(1.0)

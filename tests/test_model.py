@@ -19,7 +19,7 @@ def test_forward_returns_one_score_and_one_rating_per_pair():
 
 
 def test_shared_heads_use_the_same_embedding_tensors():
-    net = MultitaskNet(10, 20, embedding_sharing=True)
+    net = MultitaskNet(10, 20, sharing="hard")
     assert net.rating_users.weight is net.user_embeddings.weight
     assert net.rating_items.weight is net.item_embeddings.weight
     names = {name for name, _ in net.named_parameters()}
@@ -27,7 +27,7 @@ def test_shared_heads_use_the_same_embedding_tensors():
 
 
 def test_separate_heads_share_no_parameters():
-    net = MultitaskNet(10, 20, embedding_sharing=False)
+    net = MultitaskNet(10, 20, sharing="separate")
     watch = {id(p) for p in (net.user_embeddings.weight, net.item_embeddings.weight)}
     rating = {id(p) for p in (net.rating_users.weight, net.rating_items.weight)}
     assert watch.isdisjoint(rating)

@@ -201,7 +201,7 @@ def test_the_sweep_names_its_leaders_and_draws_the_trade_off(tmp_path):
         group = synthetic_group(configuration, flat([1 + weight, 1.01 + weight]), flat([0.02 + weight / 10] * 2))
         write_runs(group, tmp_path / "run" / "sweep")
         groups.append(group)
-    shared = [g for g in groups if g.configuration.embedding_sharing]
+    shared = [g for g in groups if g.configuration.sharing == "hard"]
     mse, mrr = leader(shared, "test_mse"), leader(shared, "test_mrr")
     assert mse.first.configuration.factorization_weight == 0 and mse.second.configuration.factorization_weight == 0.5
     assert mse.clear and mrr.first.configuration.factorization_weight == 1

@@ -21,7 +21,7 @@ STEPS = [FusedStep, AutogradStep]
 
 def random_net(sharing=True, layer_sizes=(24, 16), seed=0):
     torch.manual_seed(seed)
-    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=list(layer_sizes), embedding_sharing=sharing)
+    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=list(layer_sizes), sharing="hard" if sharing else "separate")
     with torch.no_grad():
         for param in net.parameters():
             param.normal_()  # non-zero biases so every term of the gradient is exercised
@@ -128,8 +128,8 @@ def test_both_steps_give_the_same_parameters_after_50_steps(sharing):
 
 def test_a_fused_step_is_adams_update_with_the_learning_rate_and_per_group_weight_decay():
     reference, net = random_net(False, seed=5), random_net(False, seed=5)
-    decay = {"embeddings": 0.1, "biases": 0.0, "mlp": 0.01}
-    groups = reference.parameter_groups()
+    decay = {"embeddings": 0.1, "residuals": 0.0, "biases": 0.0, "mlp": 0.01}
+    groups = {name: params for name, params in reference.parameter_groups().items() if params}
     optimizer = torch.optim.Adam([{"params": groups[g], "weight_decay": decay[g]} for g in groups], lr=0.01)
     step = FusedStep(net, JointObjective(0.7, 0.3), learning_rate=0.01, weight_decay=decay)
     assert len(step.flat.values) == 3  # one flat buffer per distinct weight decay
@@ -149,8 +149,8 @@ def test_a_zero_weight_leaves_that_heads_own_parameters_untouched(silent_head, s
     weights = {"factorization_weight": 0.0, "regression_weight": 1.0}
     if silent_head == "regression":
         weights = {"factorization_weight": 1.0, "regression_weight": 0.0}
-    before = MultitaskModel(embedding_dim=4, embedding_sharing=False, seed=2, step=step, **weights).fit(data, epochs=0)
-    after = MultitaskModel(embedding_dim=4, embedding_sharing=False, seed=2, step=step, **weights).fit(data, epochs=3)
+    before = MultitaskModel(embedding_dim=4, sharing="separate", seed=2, step=step, **weights).fit(data, epochs=0)
+    after = MultitaskModel(embedding_dim=4, sharing="separate", seed=2, step=step, **weights).fit(data, epochs=3)
     net0, net1 = before.network_, after.network_
     watch = ["user_embeddings", "item_embeddings", "item_biases"]
     rating = ["rating_user_embeddings", "rating_item_embeddings", "rating_mlp"]
@@ -257,7 +257,7 @@ BEFORE_THE_SEAM = {
         "1da1ad3de07c9c34584c6df8183714bf2a17114bee34bbd22bb9c200a63f03cb",
     ),
     "separate-0.5-0.5": (
-        {"embedding_sharing": False},
+        {"sharing": "separate"},
         [
             (0.48292896312914396, 3.406406446657683, 1.9446677105552272, 0.8964819538562894, 0.06523025670318035),
             (0.3596265443299946, 0.8995722019797877, 0.6295993736066317, 0.8758317218170075, 0.0659498001839144),
@@ -294,7 +294,7 @@ def test_both_steps_give_the_same_metrics_after_3_epochs_on_movielens(sharing, m
     train, test = ml100k_split
     metrics = []
     for step in ("fused", "autograd"):
-        model = MultitaskModel(embedding_sharing=sharing, seed=0, step=step)  # the seed's settings
+        model = MultitaskModel(sharing="hard" if sharing else "separate", seed=0, step=step)  # the seed's settings
         metrics.append(model.fit(train, 3, test=test).history_[-1].metrics)
     assert metrics[0].keys() == metrics[1].keys()
     for key in metrics[0]:

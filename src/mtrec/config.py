@@ -37,8 +37,6 @@ SPEED_ONLY = ("device", "num_threads", "step")
 RECORDING_ONLY = ("metrics", "k")
 #: Command-line spellings that are not ``--`` + the name with hyphens.
 FLAGS = {"num_threads": "--threads"}
-#: Boolean parameters and their (true, false) flags.
-SWITCHES = {"embedding_sharing": ("--shared-embeddings", "--no-shared-embeddings")}
 
 
 def model_defaults() -> dict[str, Any]:
@@ -53,8 +51,6 @@ def _flag(name: str) -> str:
 
 def _option(name: str, value: Any) -> list[str]:
     """``value`` of parameter ``name`` as command-line words."""
-    if name in SWITCHES:
-        return [SWITCHES[name][0] if value else SWITCHES[name][1]]
     if isinstance(value, bool):
         return [_flag(name) if value else "--no-" + _flag(name)[2:]]
     if isinstance(value, (list, tuple)):
@@ -100,7 +96,11 @@ class RunConfig:
     k: tuple[int, ...] = DEFAULT_K
 
     def __post_init__(self) -> None:
-        params = {**model_defaults(), **self.model}
+        given = dict(self.model)
+        if "embedding_sharing" in given:  # mtrec 0.1's name, and the seed's flags
+            shared = given.pop("embedding_sharing")
+            given.setdefault("sharing", "hard" if shared else "separate")
+        params = {**model_defaults(), **given}
         if params.get("layer_sizes") is None:  # written out, so that default and explicit sizes compare equal
             params["layer_sizes"] = [3 * params["embedding_dim"], 64] if isinstance(params["embedding_dim"], int) else None
         elif isinstance(params["layer_sizes"], tuple):
@@ -262,7 +262,7 @@ class RunConfig:
                 continue
             if name == "layer_sizes" and value == [3 * self.model["embedding_dim"], 64]:
                 continue  # what the dimension implies
-            if value != seed.model[name] or name in ("embedding_sharing", "factorization_weight", "regression_weight", "seed"):
+            if value != seed.model[name] or name in ("sharing", "factorization_weight", "regression_weight", "seed"):
                 options += _option(name, value)
         options += self.data.cli_options()
         if tuple(self.metrics) != tuple(DEFAULT_METRICS):
@@ -276,8 +276,9 @@ class RunConfig:
 PRESETS = ("seed", "quality")
 
 
-def preset(name: str, given: Mapping[str, Any] | None = None) -> RunConfig:
-    """The run config of preset ``name``, fitted to the ``given`` settings it will be laid under.
+def preset(name: str, given: Mapping[str, Any] | None = None, **settings: Any) -> RunConfig:
+    """The run config of preset ``name``, fitted to the ``given`` settings it will be laid under,
+    with ``settings`` (named as in :meth:`RunConfig.option_names`) laid over it and checked.
 
     ``seed`` is the assignment's settings (:class:`RunConfig`'s defaults): 200 epochs at batch
     256, no validation, the last epoch's model. ``quality`` is the best configuration measured
@@ -286,18 +287,20 @@ def preset(name: str, given: Mapping[str, Any] | None = None) -> RunConfig:
     stopping on the joint criterion, an exponentially decaying learning rate and weight decay.
     """
     if name == "seed":
-        return RunConfig()
-    if name != "quality":
+        base = RunConfig()
+    elif name == "quality":
+        given = {**(given or {}), **settings}
+        count = given.get("leave_k") or given.get("last_k")
+        validation = {"valid_k": count} if count else {"valid_fraction": QUALITY_VALID_FRACTION}
+        base = RunConfig(model=dict(QUALITY_MODEL), data=DataSpec(**validation), **QUALITY_TRAINING)
+    else:
         raise ConfigError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
-    given = given or {}
-    count = given.get("leave_k") or given.get("last_k")
-    validation = {"valid_k": count} if count else {"valid_fraction": QUALITY_VALID_FRACTION}
-    return RunConfig(model=dict(QUALITY_MODEL), data=DataSpec(**validation), **QUALITY_TRAINING)
+    return base.replace(**settings).check() if settings else base
 
 
 #: The quality preset (see :func:`preset`): measured by ``benchmarks/quality.py``.
 QUALITY_MODEL = {
-    "embedding_sharing": True,
+    "sharing": "hard",
     "factorization_weight": 0.99,
     "regression_weight": 0.01,
     "batch_size": 4096,

@@ -26,33 +26,50 @@ from mtrec.runs import inspect_run, train_run
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
 SWEEP_DIRNAME = "sweep"
+#: Folder below the experiment root that holds the runs of the multi-task study.
+STUDY_DIRNAME = "multitask"
+#: λF of the study's fixed-λ sweep (λR = 1 − λF), each architecture's reference.
+STUDY_WEIGHTS = (0.5, 0.9, 0.99)
+#: The study's learned and gradient methods (λ only switches a task on for them, PCGrad aside).
+STUDY_METHODS = ("uncertainty", "gradnorm", "mgda")
+
+
+#: How each sharing is named in configuration names ("shared" is the assignment's word for hard).
+SHARING_NAMES = {"hard": "shared", "separate": "separate", "residual": "residual", "cross-stitch": "cross-stitch"}
 
 
 @dataclass(frozen=True)
 class Configuration:
-    """What the experiments vary: embedding sharing and the loss weights λF, λR."""
+    """What the experiments vary: the sharing of the embeddings, the loss weights λF and λR, and
+    the weighting that joins the tasks (fixed, the assignment's, unless a study says otherwise)."""
 
-    embedding_sharing: bool
+    sharing: str
     factorization_weight: float
     regression_weight: float
+    weighting: str = "fixed"
+
+    @property
+    def embedding_sharing(self) -> bool:
+        return self.sharing == "hard"
 
     @property
     def name(self) -> str:
-        """``shared-0.99-0.01``: sharing, then λF and λR."""
-        sharing = "shared" if self.embedding_sharing else "separate"
-        return f"{sharing}-{self.factorization_weight:g}-{self.regression_weight:g}"
+        """``shared-0.99-0.01``: sharing, the weighting unless fixed, then λF and λR."""
+        method = "" if self.weighting == "fixed" else f"-{self.weighting}"
+        return f"{SHARING_NAMES[self.sharing]}{method}-{self.factorization_weight:g}-{self.regression_weight:g}"
 
     @property
     def label(self) -> str:
-        sharing = "shared" if self.embedding_sharing else "separate"
-        return f"{sharing}, λF={self.factorization_weight:g}, λR={self.regression_weight:g}"
+        method = "" if self.weighting == "fixed" else f", {self.weighting}"
+        return f"{SHARING_NAMES[self.sharing]}{method}, λF={self.factorization_weight:g}, λR={self.regression_weight:g}"
 
     def model_params(self) -> dict[str, Any]:
         """The :class:`~mtrec.model.MultitaskModel` parameters this configuration sets."""
         return {
-            "embedding_sharing": self.embedding_sharing,
+            "sharing": self.sharing,
             "factorization_weight": self.factorization_weight,
             "regression_weight": self.regression_weight,
+            "weighting": self.weighting,
         }
 
     @classmethod
@@ -60,18 +77,19 @@ class Configuration:
         """The configuration of a run."""
         model = config.model
         return cls(
-            bool(model["embedding_sharing"]), float(model["factorization_weight"]), float(model["regression_weight"])
-        )
+            str(model["sharing"]), float(model["factorization_weight"]), float(model["regression_weight"]),
+            str(model["weighting"]),
+        )  # fmt: skip
 
 
 #: The three configurations of the assignment, in its order.
 ASSIGNMENT_CONFIGURATIONS = (
-    Configuration(True, 0.99, 0.01),
-    Configuration(True, 0.5, 0.5),
-    Configuration(False, 0.5, 0.5),
+    Configuration("hard", 0.99, 0.01),
+    Configuration("hard", 0.5, 0.5),
+    Configuration("separate", 0.5, 0.5),
 )
 #: The assignment's configurations and the fourth that completes the 2 x 2 design.
-CONFIGURATIONS = {c.name: c for c in (*ASSIGNMENT_CONFIGURATIONS, Configuration(False, 0.99, 0.01))}
+CONFIGURATIONS = {c.name: c for c in (*ASSIGNMENT_CONFIGURATIONS, Configuration("separate", 0.99, 0.01))}
 
 
 def configurations_named(names: Iterable[str]) -> list[Configuration]:
@@ -91,8 +109,19 @@ def sweep_configurations(step: float = 0.1) -> list[Configuration]:
     # Rounded so that 0.1 * 3 is named 0.3, not 0.30000000000000004.
     weights = sorted({round(i * step, 10) for i in range(count + 1)} | {1.0})
     return [
-        Configuration(sharing, weight, round(1 - weight, 10)) for sharing in (True, False) for weight in weights
+        Configuration(sharing, weight, round(1 - weight, 10)) for sharing in ("hard", "separate") for weight in weights
     ]
+
+
+def study_configurations() -> list[Configuration]:
+    """The multi-task study: every sharing architecture with a fixed-λ sweep, PCGrad at the sweep's
+    high λF, and the weightings that set their own weights."""
+    configurations = []
+    for sharing in SHARING_NAMES:
+        configurations += [Configuration(sharing, w, round(1 - w, 10)) for w in STUDY_WEIGHTS]
+        configurations.append(Configuration(sharing, STUDY_WEIGHTS[-1], round(1 - STUDY_WEIGHTS[-1], 10), "pcgrad"))
+        configurations += [Configuration(sharing, 0.5, 0.5, method) for method in STUDY_METHODS]
+    return configurations
 
 
 @dataclass(frozen=True)

@@ -136,11 +136,14 @@ class FittedModel(Protocol):
     history_: list[EpochRecord]
 
 
-def summarize(history: list[EpochRecord], selected_epoch: int | None = None) -> dict[str, Any]:
+def summarize(
+    history: list[EpochRecord], selected_epoch: int | None = None, selection: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The summary metrics.json and ``GET /model`` give of a training history.
 
     ``final`` is the last epoch; ``selected`` the epoch whose weights the model keeps
-    (``selected_epoch``, by default the last) with its validation and test metrics. The best
+    (``selected_epoch``, by default the last) with its validation and test metrics, and
+    ``selection`` how it was chosen (the criterion, its reference and its value). The best
     test MSE and MRR over all epochs are an **oracle**: picked on the test set, they say how
     good an epoch was, never which to keep, and are labelled so.
     """
@@ -153,6 +156,8 @@ def summarize(history: list[EpochRecord], selected_epoch: int | None = None) -> 
             "epoch": epoch,
             **{k: v for k, v in chosen.items() if k.startswith(("valid_", "test_")) and v is not None},
         }
+        if selection:
+            summary["selection"] = {k: finite_or_none(v) for k, v in selection.items()}
     for metric, lower in (("test_mse", True), ("test_mrr", False)):
         measured = [r for r in records if r.get(metric) is not None]
         if measured:

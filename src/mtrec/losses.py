@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from mtrec.errors import ConfigError
+from mtrec.weighting import make_weighting
 
 #: The watch losses, by name.
 WATCH_LOSSES = ("bpr", "logsigmoid")
@@ -90,7 +91,7 @@ def check_weights(factorization_weight: float, regression_weight: float) -> None
 
 
 class JointObjective:
-    """λF·L_F + λR·L_R.
+    """λF·L_F + λR·L_R, or the tasks' losses joined by another weighting.
 
     Parameters
     ----------
@@ -98,15 +99,28 @@ class JointObjective:
         λF and λR, each in [0, :data:`MAX_LOSS_WEIGHT`], not both 0.
     watch_loss:
         ``"bpr"`` (mean(1 − σ(p⁺ − p⁻)), the seed's) or ``"logsigmoid"`` (mean(−log σ(p⁺ − p⁻))).
+    weighting:
+        How the two losses become one update (:mod:`mtrec.weighting`): ``"fixed"`` (the λs),
+        ``"uncertainty"``, ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"``.
+    gradnorm_alpha:
+        GradNorm's asymmetry α.
     """
 
-    def __init__(self, factorization_weight: float = 0.5, regression_weight: float = 0.5, watch_loss: str = "bpr"):
+    def __init__(
+        self,
+        factorization_weight: float = 0.5,
+        regression_weight: float = 0.5,
+        watch_loss: str = "bpr",
+        weighting: str = "fixed",
+        gradnorm_alpha: float = 1.5,
+    ):
         check_weights(factorization_weight, regression_weight)
         if watch_loss not in WATCH_LOSSES:
             raise ConfigError(f"unknown watch loss {watch_loss!r}; use one of {', '.join(WATCH_LOSSES)}")
         self.factorization_weight = float(factorization_weight)
         self.regression_weight = float(regression_weight)
         self.watch_loss = watch_loss
+        self.weighting = make_weighting(weighting, factorization_weight, regression_weight, gradnorm_alpha)
 
     def task_losses(self, network, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_F, L_R)`` of ``network`` on ``batch``; L_R is 0 for a batch without ratings."""
@@ -127,7 +141,8 @@ class JointObjective:
         return loss_f, error.square().sum() / batch.denominator
 
     def combine(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> torch.Tensor:
-        return self.factorization_weight * loss_f + self.regression_weight * loss_r
+        """The joint loss: what autograd differentiates for a loss weighting, what is reported for all."""
+        return self.weighting.combine(loss_f, loss_r)
 
     def __call__(self, network, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(L_F, L_R, λF·L_F + λR·L_R)``."""

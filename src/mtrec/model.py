@@ -17,7 +17,7 @@ from mtrec.baselines import PopularityNet
 from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
 from mtrec.fitted import EpochRecord, FittedData
 from mtrec.losses import WATCH_LOSSES, JointObjective, check_weights
-from mtrec.network import MultitaskNet, check_architecture
+from mtrec.network import SHARINGS, MultitaskNet, check_architecture
 from mtrec.sampling import EpochSampler
 from mtrec.trainer import (
     JOINT,
@@ -29,6 +29,7 @@ from mtrec.trainer import (
     train_epochs,
 )
 from mtrec.training import STEPS, Step, make_step, resolve_step
+from mtrec.weighting import WEIGHTINGS
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
 MAX_SEED = 2**64 - 1
@@ -73,10 +74,18 @@ class MultitaskModel:
     layer_sizes:
         Input size of each dense layer of the rating MLP; the first must be 3 * d.
         Default (None) ``[3d, 64]``.
-    embedding_sharing:
-        Whether both heads read the same user/item embeddings.
+    sharing:
+        How the heads share the user and item embeddings: ``"hard"`` (the same U and Q, the
+        seed's ``--shared_embeddings``), ``"separate"`` (``--no_shared_embeddings``),
+        ``"residual"`` or ``"cross-stitch"`` (see :class:`~mtrec.network.MultitaskNet`).
     factorization_weight, regression_weight:
         λF and λR in the joint loss λF·L_F + λR·L_R: each in [0, 1000], not both zero.
+    weighting:
+        How the two losses become one update: ``"fixed"`` (the λs), ``"uncertainty"``,
+        ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"`` (:mod:`mtrec.weighting`). All but ``fixed``
+        train with the autograd step.
+    gradnorm_alpha:
+        GradNorm's asymmetry α.
     batch_size:
         Positive training triples per optimiser step.
     learning_rate:
@@ -84,9 +93,11 @@ class MultitaskModel:
         (:func:`scaled_learning_rate`), and add a little ``l2``.
     l2:
         Adam's weight decay, for every parameter group that has none of its own.
-    l2_embeddings, l2_biases, l2_mlp:
-        Weight decay of the user and item embeddings, of the biases, and of the rating MLP
-        (None: ``l2``).
+    l2_embeddings, l2_residuals, l2_biases, l2_mlp:
+        Weight decay of the user and item embeddings, of the task-specific parts of residual
+        sharing, of the biases, and of the rating MLP (and cross-stitch maps) (None: ``l2``).
+    cross_stitch_init:
+        The diagonal of the cross-stitch maps at the start (1 is the identity: separate embeddings).
     lr_schedule:
         ``"constant"``, ``"exponential"`` (× ``lr_gamma`` after every epoch), ``"step"``
         (× ``lr_gamma`` every ``lr_step`` epochs) or ``"cosine"`` (down to 0 over the epochs).
@@ -117,13 +128,16 @@ class MultitaskModel:
         self,
         embedding_dim: int = 32,
         layer_sizes: Sequence[int] | None = None,
-        embedding_sharing: bool = True,
+        sharing: str = "hard",
         factorization_weight: float = 0.5,
         regression_weight: float = 0.5,
+        weighting: str = "fixed",
+        gradnorm_alpha: float = 1.5,
         batch_size: int = 256,
         learning_rate: float = 1e-3,
         l2: float = 0.0,
         l2_embeddings: float | None = None,
+        l2_residuals: float | None = None,
         l2_biases: float | None = None,
         l2_mlp: float | None = None,
         lr_schedule: str = "constant",
@@ -133,6 +147,7 @@ class MultitaskModel:
         negatives: int = 1,
         exclude_positives: bool = False,
         rating_bias: bool = False,
+        cross_stitch_init: float = 0.9,
         seed: int = 0,
         device: str = "cpu",
         num_threads: int | None = None,
@@ -140,13 +155,16 @@ class MultitaskModel:
     ) -> None:
         self.embedding_dim = embedding_dim
         self.layer_sizes = layer_sizes
-        self.embedding_sharing = embedding_sharing
+        self.sharing = sharing
         self.factorization_weight = factorization_weight
         self.regression_weight = regression_weight
+        self.weighting = weighting
+        self.gradnorm_alpha = gradnorm_alpha
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.l2 = l2
         self.l2_embeddings = l2_embeddings
+        self.l2_residuals = l2_residuals
         self.l2_biases = l2_biases
         self.l2_mlp = l2_mlp
         self.lr_schedule = lr_schedule
@@ -156,6 +174,7 @@ class MultitaskModel:
         self.negatives = negatives
         self.exclude_positives = exclude_positives
         self.rating_bias = rating_bias
+        self.cross_stitch_init = cross_stitch_init
         self.seed = seed
         self.device = device
         self.num_threads = num_threads
@@ -166,6 +185,7 @@ class MultitaskModel:
         self.history_: list[EpochRecord] = []
         self.step_: str | None = None
         self.selected_epoch_: int | None = None
+        self.selection_: dict[str, Any] = {}
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -205,7 +225,7 @@ class MultitaskModel:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        for name in ("l2", "l2_embeddings", "l2_biases", "l2_mlp"):
+        for name in ("l2", "l2_embeddings", "l2_residuals", "l2_biases", "l2_mlp"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not np.isfinite(value) or value < 0):
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
@@ -219,9 +239,17 @@ class MultitaskModel:
             raise ConfigError(f"unknown watch loss {self.watch_loss!r}; use one of {', '.join(WATCH_LOSSES)}")
         if not _is_whole(self.negatives) or not 1 <= self.negatives <= MAX_NEGATIVES:
             raise ConfigError(f"negatives must be a whole number from 1 to {MAX_NEGATIVES}, got {self.negatives!r}")
-        for name in ("embedding_sharing", "exclude_positives", "rating_bias"):
+        for name in ("exclude_positives", "rating_bias"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.sharing not in SHARINGS:
+            raise ConfigError(f"unknown sharing {self.sharing!r}; use one of {', '.join(SHARINGS)}")
+        if self.weighting not in WEIGHTINGS:
+            raise ConfigError(f"unknown weighting {self.weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+        if not _is_number(self.gradnorm_alpha) or not 0 <= self.gradnorm_alpha <= 10:
+            raise ConfigError(f"gradnorm_alpha must be a number from 0 to 10, got {self.gradnorm_alpha!r}")
+        if not _is_number(self.cross_stitch_init) or not 0 <= self.cross_stitch_init <= 1:
+            raise ConfigError(f"cross_stitch_init must be in [0, 1], got {self.cross_stitch_init!r}")
         if not _is_whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be a whole number from 0 to 2**64 - 1, got {self.seed!r}")
         if self.num_threads is not None and (not _is_whole(self.num_threads) or self.num_threads <= 0):
@@ -240,23 +268,23 @@ class MultitaskModel:
 
     def objective(self) -> JointObjective:
         """The training objective these hyper-parameters define."""
-        return JointObjective(self.factorization_weight, self.regression_weight, self.watch_loss)
+        return JointObjective(
+            self.factorization_weight, self.regression_weight, self.watch_loss, self.weighting, self.gradnorm_alpha
+        )
 
     def weight_decay(self) -> dict[str, float]:
         """Adam's weight decay per parameter group."""
-        return {
-            "embeddings": self.l2 if self.l2_embeddings is None else self.l2_embeddings,
-            "biases": self.l2 if self.l2_biases is None else self.l2_biases,
-            "mlp": self.l2 if self.l2_mlp is None else self.l2_mlp,
-        }
+        own = {"embeddings": self.l2_embeddings, "residuals": self.l2_residuals, "biases": self.l2_biases, "mlp": self.l2_mlp}
+        return {group: self.l2 if value is None else value for group, value in own.items()}
 
     def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
         """A fresh network for this many users and items, initialised from ``seed``."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             network = MultitaskNet(
-                num_users, num_items, self.embedding_dim, self.layer_sizes_, self.embedding_sharing, self.rating_bias
-            )
+                num_users, num_items, self.embedding_dim, self.layer_sizes_, self.sharing, self.rating_bias,
+                self.cross_stitch_init,
+            )  # fmt: skip
         return network.to(device)
 
     def make_step(self, network: MultitaskNet) -> Step:
@@ -277,7 +305,7 @@ class MultitaskModel:
         a batch's activations about three times per layer.
         """
         d, hidden = self.embedding_dim, [*self.layer_sizes_[1:], 1]
-        tables = (2 if self.embedding_sharing else 4) * d + (4 if self.rating_bias else 2)
+        tables = {"hard": 2, "separate": 4, "cross-stitch": 4, "residual": 6}.get(self.sharing, 6) * d + (4 if self.rating_bias else 2)
         sizes = [3 * d, *hidden]
         mlp = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         rows = self.batch_size * (1 + self.negatives)
@@ -404,6 +432,11 @@ class MultitaskModel:
             )  # fmt: skip
         last = self.history_[-1].epoch if self.history_ else None
         self.selected_epoch_ = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
+        self.selection_ = {} if stopping is None else {
+            "criterion": early_stopping,
+            "score": stopping.best_score,
+            **{f"reference_{k}": v for k, v in stopping.reference.items()},
+        }
         return self
 
     @torch.no_grad()
@@ -446,6 +479,8 @@ class MultitaskModel:
         """The fitted model a :class:`~mtrec.checkpoint.ModelRecord` describes, on ``device``."""
         target = resolve_device(device)
         params = {**record.params, "device": device}
+        if "embedding_sharing" in params:  # a model file of mtrec 0.1
+            params.setdefault("sharing", "hard" if params.pop("embedding_sharing") else "separate")
         known = set(cls._param_names())
         model = cls(**{k: v for k, v in params.items() if k in known})
         model.data_ = record.data

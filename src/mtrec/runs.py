@@ -267,7 +267,7 @@ def train_run(
         "model_sha256": model_digest(staging),
         "config_sha256": _file_digest(staging / CONFIG_FILENAME),
         "epochs": [record.to_json() for record in model.history_],
-        **summarize(model.history_, model.selected_epoch_),
+        **summarize(model.history_, model.selected_epoch_, model.selection_),
     }
     atomic_write_text(staging / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
     _publish(staging, logdir)

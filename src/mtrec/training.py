@@ -27,6 +27,7 @@ from torch import nn
 from mtrec.errors import ConfigError
 from mtrec.losses import Batch, JointObjective
 from mtrec.network import PARAMETER_GROUPS, MultitaskNet
+from mtrec.weighting import Fixed
 
 #: The choices of training step.
 STEPS = ("auto", "fused", "autograd")
@@ -123,19 +124,48 @@ class AutogradStep(Step):
     ) -> None:
         super().__init__(network, objective)
         groups = weight_decay_groups(network, weight_decay)
+        learned = list(objective.weighting.parameters())
+        if learned:  # a weighting's own parameters (uncertainty's log variances), never decayed
+            groups.append((learned, 0.0))
         for params, _ in groups:
             for param in params:
                 # Every parameter always has a gradient (zero where the batch does not reach it),
                 # so that Adam moves and decays them all alike, as the fused step's flat buffer does.
                 param.grad = torch.zeros_like(param)
         self.optimizer = _adam(groups, learning_rate)
+        self.trained = [p for params, _ in groups for p in params]
 
     def gradients(self, batch: Batch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=False)
         with torch.enable_grad():
             loss_f, loss_r, loss = self.objective(self.network, batch)
-            loss.backward()
+            if self.objective.weighting.gradient_method:
+                self._combined_gradients(loss_f, loss_r)
+            else:
+                loss.backward()
         return torch.stack([loss_f, loss_r, loss]).detach()
+
+    def _combined_gradients(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> None:
+        """Each task's gradient, one backward pass each; the shared parameters' combined by the weighting."""
+        weighting, params = self.objective.weighting, self.trained
+        g_f = torch.autograd.grad(loss_f, params, retain_graph=True, allow_unused=True)
+        g_r = (
+            torch.autograd.grad(loss_r, params, allow_unused=True) if loss_r.requires_grad else [None] * len(params)
+        )
+        shared = [i for i, (a, b) in enumerate(zip(g_f, g_r)) if a is not None and b is not None]
+        if shared:
+            flat_f = torch.cat([g_f[i].reshape(-1) for i in shared])
+            flat_r = torch.cat([g_r[i].reshape(-1) for i in shared])
+            combined = weighting.shared(flat_f, flat_r, (loss_f, loss_r))
+            offset = 0
+            for i in shared:
+                size = params[i].numel()
+                params[i].grad.copy_(combined[offset : offset + size].view_as(params[i]))
+                offset += size
+        for task, grads in enumerate((g_f, g_r)):
+            for i, grad in enumerate(grads):
+                if grad is not None and i not in shared:
+                    params[i].grad.copy_(weighting.own(task, grad))
 
 
 class FlatParameters:
@@ -183,6 +213,10 @@ class FusedStep(Step):
             return f"the network is a {type(network).__name__}, not the seed's MultitaskNet"
         if type(objective) is not JointObjective:
             return f"the objective is a {type(objective).__name__}, not the JointObjective λF·L_F + λR·L_R"
+        if network.sharing not in ("hard", "separate"):
+            return f"its hand-written gradients cover hard and separate sharing, not {network.sharing}"
+        if type(objective.weighting) is not Fixed:
+            return f"its hand-written gradients cover the fixed weighting, not {type(objective.weighting).__name__}"
         return None
 
     @classmethod

@@ -34,7 +34,7 @@ Dimension = tuple
 
 #: The default search space: the settings the quality preset's measurements found to matter.
 SEARCH_SPACE: dict[str, Dimension] = {
-    "embedding_dim": ("categorical", [16, 32, 64, 128]),
+    "embedding_dim": ("categorical", [16, 32, 64]),
     "learning_rate": ("log", 0.004, 0.1),
     "lr_gamma": ("float", 0.85, 1.0),
     "l2": ("log", 1e-8, 1e-4),
@@ -43,7 +43,7 @@ SEARCH_SPACE: dict[str, Dimension] = {
     "regression_weight": ("log", 0.001, 1.0),
     "negatives": ("categorical", [1, 2, 4, 8]),
     "watch_loss": ("categorical", ["bpr", "logsigmoid"]),
-    "embedding_sharing": ("categorical", [True, False]),
+    "sharing": ("categorical", ["hard", "separate"]),
     "rating_bias": ("categorical", [False, True]),
 }
 BEST_DIRNAME = "best"

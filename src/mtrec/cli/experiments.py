@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 from mtrec.cli._args import add_option
-from mtrec.cli.options import add_run_arguments, run_config
+from mtrec.cli.options import add_run_arguments, given_settings, run_config
+from mtrec.config import preset
 from mtrec.cli.report import describe
 from mtrec.cli.train import epoch_summary
 from mtrec.experiments import (
     CONFIGURATIONS,
+    STUDY_DIRNAME,
     SWEEP_DIRNAME,
     configurations_named,
     plan_runs,
     run_experiment,
+    study_configurations,
     sweep_configurations,
 )
 from mtrec.config import RunConfig
@@ -39,6 +42,7 @@ examples:
   mtrec experiments --seeds 3 --epochs 200
   mtrec experiments --configs shared-0.5-0.5 separate-0.5-0.5 --seeds 5
   mtrec experiments --sweep --sweep-step 0.25 --seeds 2 --epochs 50
+  mtrec experiments --study multitask --seeds 3
 """
 
 
@@ -60,6 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="configurations to run (default: all four)",
     )
     add_option(which, "--sweep", action="store_true", help="run the λ sweep instead of the configurations")
+    add_option(which, "--study", choices=("multitask",), default=None,
+               help="multitask: every sharing architecture (hard, separate, residual, cross-stitch) with a fixed-λ "
+               "sweep and the weightings uncertainty, gradnorm, pcgrad and mgda, from the quality preset "
+               "(validation and early stopping), in ROOT/multitask/")
     add_option(parser, "--sweep-step", type=float, default=0.1, help="λF step of the sweep, in (0, 1) (default 0.1)")
     add_option(parser, "--seeds", type=int, default=3, help="seeds per configuration, from --seed on (default 3)")
     add_option(parser, "--root", default="run", help="folder of the runs (default run/)")
@@ -90,11 +98,16 @@ def split_loader(config: RunConfig, data_dir: str | None):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    base = None
     if args.sweep:
         configurations, root = sweep_configurations(args.sweep_step), Path(args.root) / SWEEP_DIRNAME
+    elif args.study:
+        configurations, root = study_configurations(), Path(args.root) / STUDY_DIRNAME
+        if not hasattr(args, "preset"):  # the study compares validation-chosen models
+            base = preset("quality", given_settings(args))
     else:
         configurations, root = configurations_named(args.configs), Path(args.root)
-    base = run_config(args)
+    base = run_config(args, base)
     runs = plan_runs(configurations, args.seeds, root, first_seed=base.seed)
     bar = tqdm(total=len(runs) * base.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr)
 

@@ -18,9 +18,11 @@ from mtrec.data.datasets import RELEASES
 from mtrec.data.spec import DEFAULT_TEST_FRACTION, SPLITS
 from mtrec.evaluation import METRICS
 from mtrec.losses import WATCH_LOSSES
+from mtrec.network import SHARINGS
 from mtrec.model import MAX_NEGATIVES, MAX_SEED, scaled_learning_rate
 from mtrec.trainer import SCHEDULES
 from mtrec.training import STEPS
+from mtrec.weighting import WEIGHTINGS
 
 SUPPRESS = argparse.SUPPRESS
 
@@ -43,10 +45,19 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) ->
     add_option(group, "--regression-weight", type=non_negative_float, default=SUPPRESS,
                help="lambda_R, weight of the rating (MSE) loss, 0 to 1000 (default 0.5)")
     sharing = group.add_mutually_exclusive_group()
-    add_option(sharing, "--shared-embeddings", dest="embedding_sharing", action="store_true", default=SUPPRESS,
-               help="both heads read the same U and Q (default)")
-    add_option(sharing, "--no-shared-embeddings", dest="embedding_sharing", action="store_false", default=SUPPRESS,
-               help="the rating head has its own U and Q")
+    add_option(sharing, "--sharing", choices=SHARINGS, default=SUPPRESS,
+               help="how the heads share U and Q: hard (the same, default), separate (each its own), residual "
+               "(shared plus a task-specific part each), cross-stitch (two sets mixed by learned 2x2 maps)")
+    add_option(sharing, "--shared-embeddings", dest="sharing", action="store_const", const="hard", default=SUPPRESS,
+               help="the seed's spelling of --sharing hard")
+    add_option(sharing, "--no-shared-embeddings", dest="sharing", action="store_const", const="separate",
+               default=SUPPRESS, help="the seed's spelling of --sharing separate")
+    add_option(group, "--weighting", choices=WEIGHTINGS, default=SUPPRESS,
+               help="how the two losses make one update: fixed (the lambdas, default), uncertainty (learned, Kendall "
+               "et al.), gradnorm, pcgrad (conflicting gradients projected), mgda (the min-norm combination)")
+    add_option(group, "--gradnorm-alpha", type=non_negative_float, default=SUPPRESS, help="GradNorm's asymmetry (default 1.5)")
+    add_option(group, "--cross-stitch-init", type=non_negative_float, default=SUPPRESS,
+               help="diagonal of the cross-stitch maps at the start, 1 being the identity (default 0.9)")
     add_option(group, "--embedding-dim", type=positive_int, default=SUPPRESS, help="latent dimension d (default 32)")
     add_option(group, "--layer-sizes", type=positive_int, nargs="+", default=SUPPRESS, metavar="N",
                help="input size of each dense layer of the rating MLP; the first must be 3*d (default: 3d 64)")
@@ -55,7 +66,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) ->
                help="Adam learning rate (default 1e-3; with --batch-size B alone, 1e-3 x B/256, at most 0.064)")
     add_option(group, "--l2", type=non_negative_float, default=SUPPRESS,
                help="Adam weight decay of every parameter group without its own (default 0)")
-    for part, what in (("embeddings", "user and item embeddings"), ("biases", "biases"), ("mlp", "rating MLP")):
+    for part, what in (("embeddings", "user and item embeddings"), ("residuals", "task-specific parts of residual sharing"),
+                       ("biases", "biases"), ("mlp", "rating MLP and cross-stitch maps")):
         add_option(group, f"--l2-{part}", type=non_negative_float, default=SUPPRESS,
                    help=f"weight decay of the {what} (default: --l2)")
     add_option(group, "--lr-schedule", choices=SCHEDULES, default=SUPPRESS,

@@ -49,9 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def default_logdir(shared: bool, factorization_weight: float, regression_weight: float) -> Path:
-    """The assignment's naming: run/shared=True_LF=0.99_LR=0.01."""
-    return Path("run") / f"shared={shared}_LF={factorization_weight:g}_LR={regression_weight:g}"
+def default_logdir(sharing: str, factorization_weight: float, regression_weight: float) -> Path:
+    """The assignment's naming: run/shared=True_LF=0.99_LR=0.01 (other sharings by name: run/sharing=residual_...)."""
+    where = {"hard": "shared=True", "separate": "shared=False"}.get(sharing, f"sharing={sharing}")
+    return Path("run") / f"{where}_LF={factorization_weight:g}_LR={regression_weight:g}"
 
 
 def epoch_summary(record) -> str:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.replace(regression_weight=0.0, factorization_weight=config.model["factorization_weight"] or 1.0)
     model = config.model
     logdir = Path(args.logdir) if args.logdir else default_logdir(
-        model["embedding_sharing"], model["factorization_weight"], model["regression_weight"]
+        model["sharing"], model["factorization_weight"], model["regression_weight"]
     )
     # delay: a run refused before its first epoch (a bad --device, say) shows no empty bar.
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=args.no_progress, file=sys.stderr, delay=0.5)

@@ -36,6 +36,7 @@ from mtrec.report.figures import (
     tradeoff_figure,
 )
 from mtrec.report.stats import GroupSummary
+from mtrec.report.study import STUDY_FIGURE, choices, study_blocks, study_figure
 
 __all__ = [
     "CURVES",
@@ -62,12 +63,15 @@ def document(collection: Collection, figures: dict[str, str]) -> list[Block]:
         blocks += setup(groups)
         blocks += answers(groups)
         blocks += [Heading(2, "Results"), results_table(groups)]
-        blocks += [Figure(name, caption) for name, caption in figures.items() if name != TRADEOFF_FIGURE]
+        blocks += [Figure(name, caption) for name, caption in figures.items() if name not in (TRADEOFF_FIGURE, STUDY_FIGURE)]
     if sweep:
         blocks += [Heading(2, "λ sweep"), *setup(sweep, sweep=True)]
         blocks += [Paragraph(line) for line in sweep_reading(sweep)]
         blocks += [results_table(sweep), Figure(TRADEOFF_FIGURE, figures[TRADEOFF_FIGURE])]
-    runs = [str(run.path) for group in (*groups, *sweep) for run in group.runs]
+    if collection.study:
+        blocks += study_blocks(collection.study, figures.get(STUDY_FIGURE))
+        blocks += setup(collection.study, study=True)
+    runs = [str(run.path) for group in (*groups, *sweep, *collection.study) for run in group.runs]
     blocks += [
         Heading(2, "Runs"),
         Paragraph(f"{len(runs)} runs, each with its TensorBoard curves (`tensorboard --logdir DIR`):"),
@@ -88,6 +92,12 @@ def write_figures(collection: Collection, out: Path) -> dict[str, str]:
             figures[name] = f"{title} per epoch, per configuration"
         summary_figure(groups, out / SUMMARY_FIGURE)
         figures[SUMMARY_FIGURE] = "Test MSE and MRR at the selected epoch and at the best test epoch (an oracle)"
+    if collection.study:
+        study_figure(collection.study, choices(collection.study), out / STUDY_FIGURE)
+        figures[STUDY_FIGURE] = (
+            "Test MSE against MRR: each architecture's fixed-λ sweep as a line, each weighting's validation-chosen "
+            "variant as a marker"
+        )
     if collection.sweep:
         tradeoff_figure(collection.sweep, out / TRADEOFF_FIGURE)
         figures[TRADEOFF_FIGURE] = (
@@ -113,7 +123,7 @@ def write_report(collection: Collection, out: str | Path) -> ReportFiles:
     """Write report.md, report.html, report.json and the figures to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in FIGURES:
+    for stale in (*FIGURES, STUDY_FIGURE):
         (out / stale).unlink(missing_ok=True)
     figures = write_figures(collection, out)
     blocks = document(collection, figures)
@@ -123,6 +133,7 @@ def write_report(collection: Collection, out: str | Path) -> ReportFiles:
     data = {
         "groups": [group.to_json() for group in collection.groups],
         "sweep": [group.to_json() for group in collection.sweep],
+        "study": [group.to_json() for group in collection.study],
         "left_out": collection.left_out,
     }
     atomic_write_text(out / "report.json", json.dumps(data, indent=2) + "\n")

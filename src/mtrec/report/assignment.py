@@ -475,7 +475,7 @@ def answers(groups: Sequence[GroupSummary]) -> list[Block]:
     return blocks
 
 
-def setup(groups: Sequence[GroupSummary], sweep: bool = False) -> list[Block]:
+def setup(groups: Sequence[GroupSummary], sweep: bool = False, study: bool = False) -> list[Block]:
     """How the runs were made, how they are compared, and the commands that make them again."""
     first = groups[0].runs[0]
     data = first.data_summary
@@ -524,6 +524,8 @@ def setup(groups: Sequence[GroupSummary], sweep: bool = False) -> list[Block]:
         # The smallest gap is the step even if a value in between did not finish.
         step = ["--sweep-step", f"{min(np.diff(weights)):g}"] if len(weights) > 1 else []
         which = ["--sweep", *step]
+    elif study:
+        which = ["--study", "multitask"]
     else:
         which = ["--configs", *(group.configuration.name for group in groups)]
     experiment = ["mtrec", "experiments", *which, "--seeds", str(len(seeds)), "--seed", str(seeds[0])]

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from mtrec.config import CONFIG_FILENAME, RunConfig, flatten
 from mtrec.errors import DataError
-from mtrec.experiments import SWEEP_DIRNAME, Configuration
+from mtrec.experiments import STUDY_DIRNAME, SWEEP_DIRNAME, Configuration
 from mtrec.report.stats import GroupSummary, group_runs
 from mtrec.runs import METRICS_FILENAME, read_config, read_metrics
 
@@ -43,7 +43,11 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.is_dir():
             raise DataError(f"{path}: no such directory")
-        markers = [*path.rglob(CONFIG_FILENAME), *path.rglob(METRICS_FILENAME)]
+        # Hidden folders are runs being trained (.<name>.staging) or replaced: not runs yet.
+        markers = [
+            marker for marker in (*path.rglob(CONFIG_FILENAME), *path.rglob(METRICS_FILENAME))
+            if not any(part.startswith(".") for part in marker.relative_to(path).parts[:-1])
+        ]
         if not markers:
             raise DataError(f"{path}: no runs found (no {CONFIG_FILENAME} or {METRICS_FILENAME} in or below it)")
         for run_dir in sorted({marker.parent for marker in markers}):
@@ -63,7 +67,7 @@ def load_runs(run_dirs: Sequence[Path]) -> tuple[list[RunResult], list[str]]:
 
 
 #: What the experiments vary between the runs they compare.
-VARYING = ("seed", "embedding_sharing", "factorization_weight", "regression_weight")
+VARYING = ("seed", "sharing", "factorization_weight", "regression_weight", "weighting")
 
 
 def settings(config: RunConfig) -> dict[str, Any]:
@@ -100,23 +104,28 @@ def comparable_runs(runs: Sequence[RunResult]) -> tuple[list[RunResult], list[st
 
 @dataclass(frozen=True)
 class Collection:
-    """The runs a report is made of: the configurations compared, the sweep and what was left out."""
+    """The runs a report is made of: the configurations compared, the sweep, the multi-task study
+    and what was left out."""
 
     groups: list[GroupSummary]
     sweep: list[GroupSummary]
     left_out: list[str]
+    study: list[GroupSummary] = field(default_factory=list)
 
 
 def collect(paths: Sequence[str | Path]) -> Collection:
     """Read and group the runs in or below ``paths``; a warning names every run left out."""
     runs, left_out = load_runs(find_run_dirs(paths))
-    # The layout of mtrec.experiments: ROOT/sweep/<configuration>/seed-<k>.
-    in_sweep = [run.path.parent.parent.name == SWEEP_DIRNAME for run in runs]
-    compared, excluded = comparable_runs([run for run, swept in zip(runs, in_sweep) if not swept])
-    swept, excluded_sweep = comparable_runs([run for run, swept in zip(runs, in_sweep) if swept])
-    left_out += excluded + excluded_sweep
+    # The layout of mtrec.experiments: ROOT/sweep/<configuration>/seed-<k>, ROOT/multitask/<configuration>/seed-<k>.
+    parts: dict[str, list[RunResult]] = {"": [], SWEEP_DIRNAME: [], STUDY_DIRNAME: []}
+    for run in runs:
+        parts.get(run.path.parent.parent.name, parts[""]).append(run)
+    kept = {}
+    for name, members in parts.items():
+        kept[name], excluded = comparable_runs(members)
+        left_out += excluded
     for message in left_out:
         warnings.warn(message, stacklevel=2)
-    if not compared and not swept:
+    if not any(kept.values()):
         raise DataError(f"no finished run in {', '.join(map(str, paths))}")
-    return Collection(group_runs(compared), group_runs(swept), left_out)
+    return Collection(group_runs(kept[""]), group_runs(kept[SWEEP_DIRNAME]), left_out, group_runs(kept[STUDY_DIRNAME]))

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from mtrec.experiments import Configuration
+from mtrec.experiments import SHARING_NAMES, Configuration
 
 #: The values reported for the selected and the last epoch.
 FINAL_FIELDS = ("test_mse", "test_mrr", "test_ndcg@10", "test_recall@10", "train_mse", "train_bpr")
@@ -192,7 +192,8 @@ def group_runs(runs: Sequence[SeedRun]) -> list[GroupSummary]:
     grouped: dict[Configuration, list[SeedRun]] = {}
     for run in runs:
         grouped.setdefault(run.configuration, []).append(run)
-    order = sorted(grouped, key=lambda c: (not c.embedding_sharing, -c.factorization_weight))
+    sharings = list(SHARING_NAMES)
+    order = sorted(grouped, key=lambda c: (sharings.index(c.sharing), c.weighting != "fixed", c.weighting, -c.factorization_weight))
     return [GroupSummary.of(configuration, grouped[configuration]) for configuration in order]
 
 
@@ -285,8 +286,8 @@ def join(items: Sequence[str]) -> str:
 def by_sharing(sweep: Sequence[GroupSummary]) -> list[tuple[str, list[GroupSummary]]]:
     """The sweep's configurations per sharing mode, by increasing λF."""
     modes = []
-    for sharing, name in ((True, "shared"), (False, "separate")):
-        groups = [g for g in sweep if g.configuration.embedding_sharing == sharing]
+    for sharing, name in SHARING_NAMES.items():
+        groups = [g for g in sweep if g.configuration.sharing == sharing]
         if groups:
             modes.append((name, sorted(groups, key=lambda g: g.configuration.factorization_weight)))
     return modes
