@@ -4,7 +4,10 @@
 
 ``save`` N: the N-th atomic write, after its temporary file is written and before it replaces the
 target (the most fragile moment of a save). ``step`` N: the N-th training step. The signal is
-SIGKILL (nothing runs after it) or SIGINT (Ctrl-C).
+SIGKILL (nothing runs after it), SIGINT (Ctrl-C) or HANG (the process sleeps, answering nothing).
+
+Under torchrun, ``MTREC_FAULT_RANK`` limits the fault to one process, and the fault fires only in
+the first attempt (not in a worker torchrun restarted).
 """
 
 from __future__ import annotations
@@ -13,18 +16,22 @@ import contextlib
 import os
 import signal
 import sys
+import time
 
 
 def run(point: str, count: int, name: str, argv: list[str]) -> None:
     import mtrec.fileio as fileio
 
     calls = [0]
-    sig = getattr(signal, f"SIG{name}")
+    rank = os.environ.get("MTREC_FAULT_RANK")
+    armed = (rank is None or rank == os.environ.get("RANK")) and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
 
     def hit() -> None:
         calls[0] += 1
-        if calls[0] == count:
-            os.kill(os.getpid(), sig)
+        if armed and calls[0] == count:
+            if name == "HANG":
+                time.sleep(3600)
+            os.kill(os.getpid(), getattr(signal, f"SIG{name}"))
 
     if point == "save":
         real = fileio.atomic_output
@@ -49,3 +56,7 @@ def run(point: str, count: int, name: str, argv: list[str]) -> None:
     from mtrec.cli import main
 
     sys.exit(main(argv))
+
+
+if __name__ == "__main__":  # torchrun runs a script: faults.py POINT COUNT SIGNAL ARGV...
+    run(sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:])

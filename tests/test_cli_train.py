@@ -30,7 +30,7 @@ def test_main_py_runs_the_assignments_command_and_writes_the_run(tmp_path, data_
     config = json.loads((logdir / "config.json").read_text())
     assert config["model"]["factorization_weight"] == 0.99 and config["model"]["sharing"] == "hard"
     assert config["data_summary"]["train_size"] == 95_000 and config["data_summary"]["test_size"] == 5_000
-    assert config["resolved"] == {"step": "fused"} and config["speed"]["step"] == "auto"
+    assert config["resolved"] == {"step": "fused", "world_size": 1} and config["speed"]["step"] == "auto"
     metrics = json.loads((logdir / "metrics.json").read_text())
     assert metrics["completed"] is True and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert metrics["final"]["test_mrr"] > 0.02

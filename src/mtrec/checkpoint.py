@@ -30,6 +30,9 @@ from mtrec.fitted import EpochRecord, FittedData
 FORMAT = "mtrec-model"
 FORMAT_VERSION = 1
 MODEL_FILENAME = "model.safetensors"
+#: A training checkpoint: everything needed to continue a run where it was.
+CHECKPOINT_FILENAME = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "mtrec-checkpoint"
 
 
 def model_path(path: str | Path) -> Path:
@@ -201,3 +204,33 @@ def load_record(path: str | Path) -> ModelRecord:
         )
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
+
+
+def save_training_state(path: str | Path, tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
+    """Write a training checkpoint (tensors and JSON facts) atomically, with its SHA-256; returns the file."""
+    target = Path(path)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "mtrec_version": __version__,
+        "info": json.dumps(info),
+    }
+    metadata["sha256"] = _digest(tensors, metadata)
+    atomic_write_bytes(target, safetensors_save(tensors, metadata=metadata))
+    return target
+
+
+def load_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and facts of a training checkpoint, verified; :class:`ModelFileError` if anything is off."""
+    target = Path(path)
+    try:
+        payload = target.read_bytes()
+        tensors = safetensors_load(payload)
+        metadata = _read_header_metadata(payload)
+    except (SafetensorError, ValueError, OSError) as error:
+        raise ModelFileError(f"{target} is not a readable mtrec checkpoint: {error}") from None
+    expected = metadata.pop("sha256", None)
+    if metadata.get("format") != CHECKPOINT_FORMAT or expected != _digest(tensors, metadata):
+        raise ModelFileError(f"{target} failed its integrity check: not a complete mtrec checkpoint")
+    return tensors, json.loads(metadata["info"])

@@ -116,6 +116,9 @@ class Evaluator:
         Where the evaluation tensors live.
     metrics, k:
         Which metrics, and the cut-offs of the top-k ones (see the module docstring).
+    distributed:
+        In a distributed run, each process ranks its share of the users and the per-user sums
+        are added up over the processes: every process gets the single-process metrics.
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class Evaluator:
         device: torch.device | str = "cpu",
         metrics: Sequence[str] = DEFAULT_METRICS,
         k: Sequence[int] = DEFAULT_K,
+        distributed=None,
     ) -> None:
         self.names = metric_names(metrics, k)
         known = [train] if isinstance(train, Interactions) else list(train or [])
@@ -149,6 +153,15 @@ class Evaluator:
         self._counts_t = torch.as_tensor(self._counts, device=self.device)
         self._has_tests = self._counts_t > 0
         self._sorted_test_users = self.test_users.cpu().numpy()
+        self.distributed = distributed
+        self._ranked_users = np.flatnonzero(self._counts)
+        self._mine = None
+        if distributed is not None:  # a contiguous share of the users with held-out items
+            lo, hi = distributed.share(0, len(self._ranked_users))
+            self._ranked_users = self._ranked_users[lo:hi]
+            owned = np.zeros(self.num_users, dtype=bool)
+            owned[self._ranked_users] = True
+            self._mine = torch.as_tensor(owned[self._sorted_test_users], device=self.device)
 
     @torch.no_grad()
     def rating_errors(self, net) -> dict[str, float]:
@@ -176,9 +189,10 @@ class Evaluator:
         num_items = self.num_items
         block = max(1, SCORE_BLOCK_BYTES // (4 * num_items))
         chunk = max(1, COMPARE_CHUNK_BYTES // (4 * num_items))
-        ranks = torch.empty(len(self.test_users), dtype=torch.float32, device=self.device)
-        users_with_tests = np.flatnonzero(self._counts)
-        for lo, hi in _blocks(users_with_tests, block):
+        ranks = torch.ones(len(self.test_users), dtype=torch.float32, device=self.device)
+        if self._mine is not None:
+            ranks.mul_(-(num_items + 1))  # (r + n + 1) / 2 is then 0 for the pairs of other processes' users
+        for lo, hi in _blocks(self._ranked_users, block):
             t0, t1 = int(self.test_indptr[lo]), int(self.test_indptr[hi])
             scores = net.all_watch_scores(torch.arange(lo, hi, device=self.device))
             rows = self.test_users[t0:t1] - lo
@@ -195,10 +209,19 @@ class Evaluator:
                 ranks[t0 + a : t0 + a + len(diff)] = diff.sign_().sum(1)
         return (ranks + (num_items + 1)) / 2
 
+    def _per_user_sums(self, values: torch.Tensor) -> torch.Tensor:
+        """Per user, the sum of their pairs' ``values`` (over every process's users in a distributed run)."""
+        per_user = torch.zeros(self.num_users, dtype=torch.float64, device=self.device)
+        if self._mine is not None:
+            values = torch.where(self._mine, values, torch.zeros_like(values))
+        per_user.index_add_(0, self.test_users, values)
+        if self.distributed is not None:
+            self.distributed.sum([per_user])
+        return per_user
+
     def _per_user_mean(self, values: torch.Tensor, per_user_denominator: torch.Tensor) -> float:
         """Mean over users with held-out items of (the sum of their pairs' ``values``) / denominator."""
-        per_user = torch.zeros(self.num_users, dtype=torch.float64, device=self.device)
-        per_user.index_add_(0, self.test_users, values)
+        per_user = self._per_user_sums(values)
         has = self._has_tests
         return float((per_user[has] / per_user_denominator[has]).mean())
 
@@ -229,8 +252,7 @@ class Evaluator:
                 k = int(cutoff)
                 hit = (ranks <= k).double()
                 if metric == "hr":
-                    per_user = torch.zeros(self.num_users, dtype=torch.float64, device=self.device)
-                    per_user.index_add_(0, self.test_users, hit)
+                    per_user = self._per_user_sums(hit)
                     results[name] = float((per_user[self._has_tests] > 0).double().mean())
                 elif metric == "recall":
                     results[name] = self._per_user_mean(hit, counts)

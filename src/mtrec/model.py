@@ -19,14 +19,15 @@ from mtrec.fitted import EpochRecord, FittedData
 from mtrec.losses import WATCH_LOSSES, JointObjective, check_weights
 from mtrec.network import SHARINGS, MultitaskNet, check_architecture
 from mtrec.sampling import EpochSampler
+from mtrec.distributed import Distributed
 from mtrec.trainer import (
     JOINT,
     SCHEDULES,
     EarlyStopping,
+    Trainer,
     check_early_stopping,
     make_scheduler,
     torch_threads,
-    train_epochs,
 )
 from mtrec.training import STEPS, Step, make_step, resolve_step
 from mtrec.weighting import WEIGHTINGS
@@ -362,8 +363,12 @@ class MultitaskModel:
         metrics: Sequence[str] = DEFAULT_METRICS,
         k: Sequence[int] = DEFAULT_K,
         callback: Callable[[EpochRecord], None] | None = None,
+        distributed: Distributed | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+        checkpoint_every: int = 0,
+        resume: tuple[dict[str, torch.Tensor], dict] | None = None,
     ) -> MultitaskModel:
-        """Train from scratch on ``train`` for up to ``epochs`` epochs.
+        """Train from scratch on ``train`` for up to ``epochs`` epochs (or on from a checkpoint).
 
         Parameters
         ----------
@@ -392,6 +397,14 @@ class MultitaskModel:
             The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.evaluation`).
         callback:
             Called with each epoch's :class:`EpochRecord` (progress bars, logging).
+        distributed:
+            This process's place in a distributed run (:mod:`mtrec.distributed`): it trains its
+            slice of each global batch of ``batch_size`` and evaluates its share of the users.
+        on_checkpoint, checkpoint_every:
+            Called with the :class:`~mtrec.trainer.Trainer` every ``checkpoint_every`` epochs
+            (to save :meth:`~mtrec.trainer.Trainer.state`).
+        resume:
+            A :meth:`~mtrec.trainer.Trainer.state` to continue from instead of starting over.
 
         Raises
         ------
@@ -410,12 +423,14 @@ class MultitaskModel:
                 metric, _, cutoff = early_stopping.partition("@")
                 wanted.append(metric)
                 valid_k += [int(cutoff)] if cutoff else []
-            evaluators["valid"] = Evaluator(validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)))
+            evaluators["valid"] = Evaluator(
+                validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)), distributed
+            )
             if early_stopping is not None:
                 stopping = EarlyStopping(early_stopping, patience, reference_metrics(train, evaluators["valid"]))
         if test is not None:
             known = [train] if validation is None else [train, validation]
-            evaluators["test"] = Evaluator(test, known, device, metrics, k)
+            evaluators["test"] = Evaluator(test, known, device, metrics, k, distributed)
         self.data_ = FittedData.from_interactions(train)
         self.network_ = self.build_network(train.num_users, train.num_items, device)
         self.history_ = []
@@ -426,10 +441,13 @@ class MultitaskModel:
             scheduler = make_scheduler(step.optimizer, self.lr_schedule, epochs, self.lr_gamma, self.lr_step)
             with_ratings = train.has_ratings and self.regression_weight > 0
             sampler = EpochSampler(train, self.seed, device, with_ratings, self.negatives, self.exclude_positives)
-            self.history_ = train_epochs(
-                step, sampler, self.batch_size, epochs, evaluators, max(1, eval_every), eval_threads, callback,
-                stopping, scheduler,
+            trainer = Trainer(
+                step, sampler, self.batch_size, epochs, evaluators, eval_every, eval_threads, callback, stopping,
+                scheduler, distributed, on_checkpoint, checkpoint_every,
             )  # fmt: skip
+            if resume is not None:
+                trainer.restore(*resume)
+            self.history_ = trainer.run()
         last = self.history_[-1].epoch if self.history_ else None
         self.selected_epoch_ = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
         self.selection_ = {} if stopping is None else {

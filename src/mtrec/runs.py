@@ -22,9 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from mtrec.checkpoint import MODEL_FILENAME, model_digest, read_model_file
+from mtrec.checkpoint import (
+    CHECKPOINT_FILENAME,
+    MODEL_FILENAME,
+    load_training_state,
+    model_digest,
+    read_model_file,
+    save_training_state,
+)
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
+from mtrec.distributed import Distributed
 from mtrec.errors import DataError, ModelFileError, RunExistsError
 from mtrec.fileio import atomic_write_text, fsync_directory
 from mtrec.fitted import EpochRecord, summarize
@@ -208,6 +216,17 @@ def prepare_run_dir(run_dir: str | Path, force: bool = False) -> Path:
     return staging
 
 
+def _resumable(run_dir: Path, config: RunConfig) -> tuple[dict, dict] | None:
+    """The checkpoint of an unfinished run of ``config`` for ``run_dir`` (in its staging folder), if there is one."""
+    staging = staging_dir(run_dir)
+    try:
+        if not RunConfig.load(staging).same_run(config):
+            return None
+        return load_training_state(staging / CHECKPOINT_FILENAME)
+    except (DataError, ModelFileError):
+        return None
+
+
 def train_run(
     config: RunConfig,
     train: Interactions,
@@ -217,12 +236,32 @@ def train_run(
     summary: dict[str, Any] | None = None,
     callback: Callable[[EpochRecord], None] | None = None,
     force: bool = False,
+    distributed: Distributed | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    speed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Fit the model ``config`` describes and record the run in ``logdir``; returns the metrics written.
 
-    ``validation`` (or None) chooses the epoch when the config asks for early stopping; the test
-    set is evaluated for the record only. ``summary`` describes what the split gave (sizes, cold
-    start) for config.json. A finished run in ``logdir`` is replaced only with ``force``.
+    Parameters
+    ----------
+    config, train, validation, test:
+        The run and its data: ``validation`` (or None) chooses the epoch when the config asks for
+        early stopping; the test set is evaluated for the record only.
+    logdir:
+        The run directory. A finished run there is replaced only with ``force``.
+    summary:
+        What the split gave (sizes, cold start), for config.json.
+    callback:
+        Called after each epoch.
+    distributed:
+        This process's place in a distributed run: every process trains; process 0 alone
+        writes, and tells the others when it refuses to start.
+    checkpoint_every, resume:
+        Save a checkpoint (model, optimiser, generator, schedule, history) every K epochs; and
+        continue from the last one of an unfinished run of the same config, if there is one.
+    speed:
+        Speed-only facts to record beside the config (the world size...).
     """
     from torch.utils.tensorboard import SummaryWriter
 
@@ -233,18 +272,36 @@ def train_run(
         train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k
     )
     logdir = Path(logdir)
-    staging = prepare_run_dir(logdir, force)
-    document = config.to_json(resolved={"step": model.resolved_step()}, summary=summary)
-    atomic_write_text(staging / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    main = distributed is None or distributed.is_main
+    state, refusal, staging = None, None, staging_dir(logdir)
+    if main:
+        try:
+            state = _resumable(logdir, config) if resume else None
+            if state is None:
+                staging = prepare_run_dir(logdir, force)
+                document = config.to_json(resolved={"step": model.resolved_step(), **(speed or {})}, summary=summary)
+                atomic_write_text(staging / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
+        except RunExistsError as error:
+            refusal = str(error)
+    if distributed is not None:
+        refusal = distributed.broadcast(refusal)
+        state = distributed.broadcast(state)  # every process continues from the same checkpoint
+    if refusal is not None:
+        raise RunExistsError(refusal)
 
-    writer = SummaryWriter(log_dir=str(staging))
+    writer = SummaryWriter(log_dir=str(staging)) if main else None
 
     def log_epoch(record: EpochRecord) -> None:
-        for tag, value in scalar_tags(record).items():
-            writer.add_scalar(tag, value, record.epoch)
-        writer.flush()
+        if writer is not None:
+            for tag, value in scalar_tags(record).items():
+                writer.add_scalar(tag, value, record.epoch)
+            writer.flush()
         if callback is not None:
             callback(record)
+
+    def save_checkpoint(trainer) -> None:
+        if main:
+            save_training_state(staging / CHECKPOINT_FILENAME, *trainer.state())
 
     try:
         model.fit(
@@ -258,17 +315,26 @@ def train_run(
             metrics=config.metrics,
             k=config.k,
             callback=log_epoch,
+            distributed=distributed,
+            on_checkpoint=save_checkpoint,
+            checkpoint_every=checkpoint_every,
+            resume=state,
         )
     finally:
-        writer.close()
-    model.save(staging / MODEL_FILENAME)
+        if writer is not None:
+            writer.close()
     metrics = {
         "completed": True,
-        "model_sha256": model_digest(staging),
-        "config_sha256": _file_digest(staging / CONFIG_FILENAME),
         "epochs": [record.to_json() for record in model.history_],
         **summarize(model.history_, model.selected_epoch_, model.selection_),
     }
-    atomic_write_text(staging / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-    _publish(staging, logdir)
+    if main:
+        model.save(staging / MODEL_FILENAME)
+        (staging / CHECKPOINT_FILENAME).unlink(missing_ok=True)  # a finished run needs none
+        metrics = {"completed": True, "model_sha256": model_digest(staging),
+                   "config_sha256": _file_digest(staging / CONFIG_FILENAME), **metrics}
+        atomic_write_text(staging / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        _publish(staging, logdir)
+    if distributed is not None:
+        distributed.barrier()  # the run is published before any process reports it
     return metrics

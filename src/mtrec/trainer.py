@@ -17,6 +17,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from mtrec.distributed import Distributed
 from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.evaluation import DEFAULT_K, METRICS, Evaluator, lower_is_better, metric_names
 from mtrec.fitted import EpochRecord
@@ -153,6 +154,187 @@ def _check_finite(epoch: int, sums: torch.Tensor, per_step: torch.Tensor, networ
     )
 
 
+class Trainer:
+    """Drives a :class:`~mtrec.training.Step` over epochs of batches; evaluates, stops early,
+    schedules the learning rate, and saves and restores its whole state for checkpoints.
+
+    Parameters
+    ----------
+    step, sampler, batch_size, epochs:
+        What trains, on which samples, in global batches of this size, for up to this many epochs.
+    evaluators:
+        A prefix (``"valid"``, ``"test"``) per evaluator; its metrics are recorded as ``<prefix>_<metric>``.
+    eval_every, eval_threads:
+        Evaluate every N epochs (and after the last), with this many threads.
+    callback:
+        Called with each epoch's record.
+    stopping:
+        Reads the ``valid`` metrics; may end training early and leaves the best epoch's weights.
+    scheduler:
+        The per-epoch learning-rate schedule.
+    distributed:
+        This process's place in a distributed run (it then trains its slice of each global
+        batch, and the gradients are summed over processes), or None.
+    on_checkpoint:
+        Called with the trainer after every ``checkpoint_every`` epochs (it saves :meth:`state`).
+    """
+
+    def __init__(
+        self,
+        step: Step,
+        sampler: EpochSampler,
+        batch_size: int,
+        epochs: int,
+        evaluators: Mapping[str, Evaluator],
+        eval_every: int = 1,
+        eval_threads: int | None = None,
+        callback: Callable[[EpochRecord], None] | None = None,
+        stopping: EarlyStopping | None = None,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        distributed: Distributed | None = None,
+        on_checkpoint: Callable[[Trainer], None] | None = None,
+        checkpoint_every: int = 0,
+    ) -> None:
+        self.step, self.sampler, self.batch_size, self.epochs = step, sampler, batch_size, epochs
+        self.evaluators, self.eval_every, self.eval_threads = evaluators, max(1, eval_every), eval_threads
+        self.callback, self.stopping, self.scheduler = callback, stopping, scheduler
+        self.distributed = distributed
+        self.on_checkpoint, self.checkpoint_every = on_checkpoint, checkpoint_every
+        self.history: list[EpochRecord] = []
+        self.stopped = False
+        if distributed is not None:
+            step.reduce = distributed.sum
+
+    def _epoch(self, epoch: int) -> EpochRecord:
+        step, network, n, size = self.step, self.step.network, len(self.sampler), self.batch_size
+        started = time.perf_counter()
+        learning_rate = step.optimizer.param_groups[0]["lr"]
+        users, items, negatives, ratings = self.sampler.draw()
+        sums = torch.zeros(3, dtype=torch.float64, device=users.device)
+        per_step = torch.empty(-(-n // size), 3, dtype=torch.float32, device=users.device)
+        for index, start in enumerate(range(0, n, size)):
+            stop = min(start + size, n)
+            count = None
+            if self.distributed is not None:
+                count = stop - start  # the losses average over the global batch
+                start, stop = self.distributed.share(start, stop)
+            batch = Batch(
+                users[start:stop],
+                items[start:stop],
+                negatives[start:stop],
+                ratings[start:stop] if ratings is not None else None,
+                count,
+            )
+            losses = step(batch)
+            per_step[index] = losses
+            sums += losses * (stop - start if count is None else count)
+        if self.distributed is not None:
+            self.distributed.sum([sums, per_step])  # each process's part of every global batch's loss
+        _check_finite(epoch, sums, per_step, network, step)
+        if self.scheduler is not None:
+            self.scheduler.step()
+        train_bpr, train_mse, train_loss = (sums / n).tolist()
+        record = EpochRecord(
+            epoch=epoch,
+            train_bpr=train_bpr,
+            train_mse=train_mse if ratings is not None else float("nan"),
+            train_loss=train_loss,
+            learning_rate=learning_rate,
+        )
+        if self.evaluators and (epoch % self.eval_every == 0 or epoch == self.epochs):
+            with torch_threads(self.eval_threads):
+                for prefix, evaluator in self.evaluators.items():
+                    record.metrics.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(network).items()})
+            if self.stopping is not None:
+                valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
+                self.stopped = self.stopping.update(epoch, valid, network)
+        record.seconds = time.perf_counter() - started
+        return record
+
+    def run(self) -> list[EpochRecord]:
+        """Train the epochs not trained yet (all of them, unless :meth:`restore` was given a checkpoint)."""
+        self.step.network.train()
+        first = len(self.history) + 1
+        for epoch in range(first, self.epochs + 1):
+            if self.stopped:
+                break
+            record = self._epoch(epoch)
+            self.history.append(record)
+            if self.callback is not None:
+                self.callback(record)
+            if self.on_checkpoint is not None and self.checkpoint_every and epoch % self.checkpoint_every == 0:
+                self.on_checkpoint(self)
+        if self.stopping is not None:
+            self.stopping.restore(self.step.network)
+        return self.history
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue exactly where training is: tensors, and plain JSON facts."""
+        step = self.step
+        tensors = {f"network.{k}": v for k, v in step.network.state_dict().items()}
+        tensors.update({f"weighting.{k}": v for k, v in step.objective.weighting.state_dict().items()})
+        optimizer = step.optimizer.state_dict()
+        for index, state in optimizer["state"].items():
+            for name, value in state.items():
+                tensors[f"optimizer.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        tensors["sampler.generator"] = self.sampler.state()
+        info = {
+            "epoch": len(self.history),
+            "history": [record.to_json() for record in self.history],
+            "optimizer_groups": optimizer["param_groups"],
+            "scheduler": None if self.scheduler is None else _plain(self.scheduler.state_dict()),
+            "weighting": step.objective.weighting.extra_state(),
+            "stopped": self.stopped,
+        }
+        if self.stopping is not None:
+            info["stopping"] = {"best_score": self.stopping.best_score, "best_epoch": self.stopping.best_epoch,
+                                "waited": self.stopping.waited}
+            if self.stopping.best_state is not None:
+                tensors.update({f"best.{k}": v for k, v in self.stopping.best_state.items()})
+        return tensors, info
+
+    def restore(self, tensors: dict[str, torch.Tensor], info: dict) -> None:
+        """Continue from a :meth:`state`: the next :meth:`run` trains epoch ``info["epoch"] + 1`` on."""
+        step = self.step
+        with torch.no_grad():
+            for name, tensor in step.network.state_dict().items():
+                tensor.copy_(tensors[f"network.{name}"])
+        weighting_state = {k.removeprefix("weighting."): v for k, v in tensors.items() if k.startswith("weighting.")}
+        if weighting_state:
+            step.objective.weighting.load_state_dict(weighting_state)
+        step.objective.weighting.load_extra_state(info.get("weighting") or {})
+        state: dict[int, dict] = {}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = value
+        step.optimizer.load_state_dict({"state": state, "param_groups": info["optimizer_groups"]})
+        self.sampler.set_state(tensors["sampler.generator"])
+        if self.scheduler is not None and info.get("scheduler") is not None:
+            self.scheduler.load_state_dict(info["scheduler"])
+        self.history = [EpochRecord.from_json(record) for record in info["history"]]
+        self.stopped = bool(info.get("stopped"))
+        if self.stopping is not None and info.get("stopping"):
+            self.stopping.best_score = info["stopping"]["best_score"]
+            self.stopping.best_epoch = info["stopping"]["best_epoch"]
+            self.stopping.waited = info["stopping"]["waited"]
+            best = {k.removeprefix("best."): v.clone() for k, v in tensors.items() if k.startswith("best.")}
+            self.stopping.best_state = best or None
+
+
+def _plain(value):
+    """A state dict as JSON values (tensors as lists)."""
+    if torch.is_tensor(value):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def train_epochs(
     step: Step,
     sampler: EpochSampler,
@@ -165,60 +347,5 @@ def train_epochs(
     stopping: EarlyStopping | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> list[EpochRecord]:
-    """Train for up to ``epochs`` epochs; evaluate on each of ``evaluators`` every ``eval_every`` and at the end.
-
-    ``evaluators`` maps a prefix (``"valid"``, ``"test"``) to an evaluator; its metrics are
-    recorded as ``<prefix>_<metric>``. ``stopping`` reads the ``valid`` metrics: it may end
-    training early, and it leaves the best validation epoch's weights in the network. Returns
-    one record per epoch trained, each also passed to ``callback``.
-    """
-    network = step.network
-    history = []
-    n = len(sampler)
-    steps = -(-n // batch_size)
-    network.train()
-    for epoch in range(1, epochs + 1):
-        started = time.perf_counter()
-        learning_rate = step.optimizer.param_groups[0]["lr"]
-        users, items, negatives, ratings = sampler.draw()
-        sums = torch.zeros(3, dtype=torch.float64, device=users.device)
-        per_step = torch.empty(steps, 3, dtype=torch.float32, device=users.device)
-        for index, start in enumerate(range(0, n, batch_size)):
-            stop = min(start + batch_size, n)
-            batch = Batch(
-                users[start:stop],
-                items[start:stop],
-                negatives[start:stop],
-                ratings[start:stop] if ratings is not None else None,
-            )
-            losses = step(batch)
-            per_step[index] = losses
-            sums += losses * (stop - start)
-        _check_finite(epoch, sums, per_step, network, step)
-        if scheduler is not None:
-            scheduler.step()
-        train_bpr, train_mse, train_loss = (sums / n).tolist()
-        record = EpochRecord(
-            epoch=epoch,
-            train_bpr=train_bpr,
-            train_mse=train_mse if ratings is not None else float("nan"),
-            train_loss=train_loss,
-            learning_rate=learning_rate,
-        )
-        stop_now = False
-        if evaluators and (epoch % eval_every == 0 or epoch == epochs):
-            with torch_threads(eval_threads):
-                for prefix, evaluator in evaluators.items():
-                    record.metrics.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(network).items()})
-            if stopping is not None:
-                valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
-                stop_now = stopping.update(epoch, valid, network)
-        record.seconds = time.perf_counter() - started
-        history.append(record)
-        if callback is not None:
-            callback(record)
-        if stop_now:
-            break
-    if stopping is not None:
-        stopping.restore(network)
-    return history
+    """Train for up to ``epochs`` epochs (see :class:`Trainer`); returns one record per epoch trained."""
+    return Trainer(step, sampler, batch_size, epochs, evaluators, eval_every, eval_threads, callback, stopping, scheduler).run()

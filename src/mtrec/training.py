@@ -90,9 +90,12 @@ class Step:
         """The tensors that hold the gradients, as the optimiser reads them."""
         return [p.grad for group in self.optimizer.param_groups for p in group["params"]]
 
+    #: Whether :meth:`gradients` sums the gradients over processes itself (before combining them).
+    reduces_itself = False
+
     def __call__(self, batch: Batch) -> torch.Tensor:
         losses = self.gradients(batch)
-        if self.reduce is not None:
+        if self.reduce is not None and not self.reduces_itself:
             self.reduce(self.gradient_tensors())
         self.optimizer.step()
         return losses
@@ -134,6 +137,7 @@ class AutogradStep(Step):
                 param.grad = torch.zeros_like(param)
         self.optimizer = _adam(groups, learning_rate)
         self.trained = [p for params, _ in groups for p in params]
+        self.reduces_itself = objective.weighting.gradient_method
 
     def gradients(self, batch: Batch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=False)
@@ -148,10 +152,15 @@ class AutogradStep(Step):
     def _combined_gradients(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> None:
         """Each task's gradient, one backward pass each; the shared parameters' combined by the weighting."""
         weighting, params = self.objective.weighting, self.trained
-        g_f = torch.autograd.grad(loss_f, params, retain_graph=True, allow_unused=True)
-        g_r = (
+        g_f = list(torch.autograd.grad(loss_f, params, retain_graph=True, allow_unused=True))
+        g_r = list(
             torch.autograd.grad(loss_r, params, allow_unused=True) if loss_r.requires_grad else [None] * len(params)
         )
+        if self.reduce is not None:
+            # In a distributed run the tasks' gradients (and losses, for GradNorm) are summed over
+            # processes first, so that every process combines the same global gradients.
+            loss_f, loss_r = loss_f.detach().clone(), loss_r.detach().clone()
+            self.reduce([g for g in (*g_f, *g_r) if g is not None] + [loss_f.view(1), loss_r.view(1)])
         shared = [i for i, (a, b) in enumerate(zip(g_f, g_r)) if a is not None and b is not None]
         if shared:
             flat_f = torch.cat([g_f[i].reshape(-1) for i in shared])

@@ -70,6 +70,13 @@ class TaskWeighting(nn.Module):
         """The weights of (L_F, L_R) in effect now."""
         return self.weights
 
+    def extra_state(self) -> dict:
+        """State that is not a parameter (GradNorm's weights...), as JSON, for checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
 
 class Fixed(TaskWeighting):
     """λF·L_F + λR·L_R."""
@@ -137,6 +144,12 @@ class MGDA(GradientCombination):
     def task_weights(self) -> tuple[float, float]:
         return self.alpha, 1.0 - self.alpha
 
+    def extra_state(self) -> dict:
+        return {"alpha": self.alpha}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.alpha = state.get("alpha", self.alpha)
+
 
 class GradNorm(GradientCombination):
     """GradNorm with asymmetry ``alpha`` and its weights' own learning rate."""
@@ -171,6 +184,14 @@ class GradNorm(GradientCombination):
 
     def task_weights(self) -> tuple[float, float]:
         return tuple(self.w.tolist())
+
+    def extra_state(self) -> dict:
+        return {"w": self.w.tolist(), "initial": None if self.initial is None else self.initial.tolist()}
+
+    def load_extra_state(self, state: dict) -> None:
+        if "w" in state:
+            self.w = torch.tensor(state["w"])
+            self.initial = None if state.get("initial") is None else torch.tensor(state["initial"])
 
 
 def make_weighting(

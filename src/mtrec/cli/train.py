@@ -7,9 +7,15 @@ import math
 import sys
 from pathlib import Path
 
-from mtrec.cli._args import add_option
+import os
+
+import torch
+
+from mtrec.cli._args import add_option, non_negative_int, positive_float
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.config import RunConfig
+from mtrec.distributed import BACKENDS, DEFAULT_TIMEOUT, Distributed, launched_by_torchrun, restarted
+from mtrec.model import resolve_device
 from mtrec.runs import train_run
 
 DESCRIPTION = """\
@@ -44,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(parser, "--force", action="store_true",
                help="train into a --logdir that holds a finished run (it stays until the new run is complete)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    runs = parser.add_argument_group("checkpoints and distributed training (torchrun)")
+    add_option(runs, "--checkpoint-every", type=non_negative_int, default=0, metavar="K",
+               help="save a checkpoint (model, optimiser, random state, epoch) every K epochs (default: none)")
+    add_option(runs, "--resume", action="store_true",
+               help="continue an unfinished run of the same settings from its last checkpoint (a worker that "
+               "torchrun restarts does so by itself)")
+    add_option(runs, "--dist-backend", choices=BACKENDS, default="auto",
+               help="under torchrun: auto (nccl on CUDA, gloo on CPU; default), gloo or nccl")
+    add_option(runs, "--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+               help=f"under torchrun: how long a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})")
     add_run_arguments(parser, default_preset="quality")
     parser.set_defaults(handler=run)
     return parser
@@ -73,20 +89,39 @@ def run(args: argparse.Namespace) -> int:
 
     base = RunConfig.load(args.config) if args.config else None
     config = run_config(args, base)
-    train, validation, test = config.data.load_split(args.data_dir, progress=not args.no_progress)
-    if not train.has_ratings and config.model["regression_weight"] > 0:
+    distributed = None
+    if launched_by_torchrun():
+        device = resolve_device(config.model["device"])
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        distributed = Distributed.start(args.dist_backend, device, args.dist_timeout)
+        config = config.replace(device=str(device))
+    try:
+        return _train(args, config, distributed, tqdm)
+    finally:
+        if distributed is not None:
+            distributed.close()
+
+
+def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed | None, tqdm) -> int:
+    main = distributed is None or distributed.is_main
+    quiet = args.no_progress or not main
+    train, validation, test = config.data.load_split(args.data_dir, progress=not quiet)
+    if not train.has_ratings and config.model["regression_weight"] > 0 and main:
         print(
             "mtrec train: the data has no rating column, so the rating head cannot train: "
             "training the likelihood head alone (regression_weight = 0)",
             file=sys.stderr,
         )
+    if not train.has_ratings and config.model["regression_weight"] > 0:
         config = config.replace(regression_weight=0.0, factorization_weight=config.model["factorization_weight"] or 1.0)
     model = config.model
     logdir = Path(args.logdir) if args.logdir else default_logdir(
         model["sharing"], model["factorization_weight"], model["regression_weight"]
     )
     # delay: a run refused before its first epoch (a bad --device, say) shows no empty bar.
-    bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=args.no_progress, file=sys.stderr, delay=0.5)
+    bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=quiet, file=sys.stderr, delay=0.5)
 
     def on_epoch(record) -> None:
         bar.set_postfix_str(epoch_summary(record), refresh=False)
@@ -94,9 +129,18 @@ def run(args: argparse.Namespace) -> int:
 
     summary = config.data.describe(train, validation, test)
     try:
-        metrics = train_run(config, train, validation, test, logdir, summary, on_epoch, force=args.force)
+        speed = {"world_size": 1 if distributed is None else distributed.world_size}
+        if distributed is not None:
+            speed["dist_backend"] = distributed.backend
+        resume = args.resume or restarted()
+        metrics = train_run(
+            config, train, validation, test, logdir, summary, on_epoch, force=args.force, distributed=distributed,
+            checkpoint_every=args.checkpoint_every, resume=resume, speed=speed,
+        )  # fmt: skip
     finally:
         bar.close()
+    if not main:
+        return 0
     selected = metrics.get("selected")
     if selected is None:
         print(f"no epochs trained; model saved in {logdir}")

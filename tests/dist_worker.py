@@ -1,0 +1,51 @@
+"""Run by torchrun in the distributed tests: trains a small model on every process and writes, per
+process, digests of the model and optimiser state after initialisation and after each epoch, and
+the metrics of distributed and single-process evaluation, to OUT/rank-<r>.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import random_interactions  # noqa: E402
+
+from mtrec.distributed import Distributed  # noqa: E402
+from mtrec.evaluation import Evaluator  # noqa: E402
+from mtrec.model import MultitaskModel  # noqa: E402
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    sha = hashlib.sha256()
+    for name in sorted(tensors):
+        sha.update(name.encode())
+        sha.update(tensors[name].detach().contiguous().cpu().numpy().tobytes())
+    return sha.hexdigest()
+
+
+def main(out: Path, batch_size: int, weighting: str) -> None:
+    torch.set_num_threads(1)
+    distributed = Distributed.start("gloo")
+    data = random_interactions(num_users=50, num_items=60, n=1500, seed=3)
+    test = random_interactions(num_users=50, num_items=60, n=300, seed=4)
+    model = MultitaskModel(embedding_dim=8, batch_size=batch_size, learning_rate=0.01, weighting=weighting, seed=5)
+    record = {"init": digest(model.build_network(50, 60).state_dict()), "epochs": []}
+
+    def dump(trainer) -> None:
+        tensors, _ = trainer.state()
+        record["epochs"].append(digest({k: v for k, v in tensors.items() if not k.startswith("sampler")}))
+
+    model.fit(data, 3, test=test, distributed=distributed, on_checkpoint=dump, checkpoint_every=1)
+    record["history"] = [r.to_json() | {"seconds": 0} for r in model.history_]
+    record["distributed_eval"] = Evaluator(test, data, distributed=distributed).evaluate(model.network_)
+    record["single_eval"] = Evaluator(test, data).evaluate(model.network_)
+    (out / f"rank-{distributed.rank}.json").write_text(json.dumps(record))
+    distributed.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "fixed")
