@@ -1,19 +1,28 @@
-"""Load test of ``mtrec serve``: latency and throughput per kind of request.
+"""Load test of ``mtrec serve``: latency per kind of request at fixed offered rates (open loop).
 
-Starts the service (``mtrec serve`` in a subprocess on 127.0.0.1, a free port) with a model
-trained on MovieLens 100K (trained here for ``--epochs`` if no ``--model`` is given), then
-sends ``--requests`` requests from ``--concurrency`` concurrent clients on keep-alive
-connections, mixed across top-10 recommendations (known and unknown users), single and
-batch predictions and predictions for unknown ids (which must be 404s). An error is any
-response whose status is not the one expected. Prints one row per kind of request.
+Starts the service (``mtrec serve`` in a subprocess on 127.0.0.1, a free port, ``--workers``
+processes) with a model trained on MovieLens 100K (trained here for ``--epochs`` if no
+``--model`` is given). Then, for each offered rate, it schedules requests at fixed intervals
+and sends each at its scheduled time on one of ``--connections`` keep-alive connections, whether
+or not earlier ones have been answered (open loop). Latency counts from the *scheduled* time,
+so that time spent waiting for a free connection, a busy server, counts too (no coordinated
+omission). The client is a minimal HTTP/1.1 client on asyncio streams, so that on two cores it
+takes as little CPU from the server as it can. The mix: top-10 recommendations of known users,
+of unknown users (cold start), single predictions, and predictions for unknown ids (which must
+be 404s); an error is any other status than the one expected. The knee is the highest offered
+rate at which the top-10 p99 stays under 25 ms. ``--closed-loop`` instead sends from
+``--concurrency`` clients, each waiting for its answer before the next request: that measures
+throughput under a fixed concurrency, and hides the tail (it is labelled so).
 
-    flock /tmp/mtrec-heavy.lock .venv/bin/python benchmarks/serve.py [--model RUN_DIR]
+    python benchmarks/serve.py                        # rates 200 ... 2400 req/s, about 4 minutes
+    python benchmarks/serve.py --workers 2 --figure docs/serve_latency.png
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -37,12 +46,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: Share of the requests of each kind.
 MIX = {
-    "recommend top-10": 0.60,
+    "recommend top-10": 0.70,
     "recommend cold start": 0.10,
-    "predict single": 0.20,
-    "predict batch (100)": 0.05,
+    "predict single": 0.15,
     "predict unknown (404)": 0.05,
 }
+#: The offered rates of the sweep, requests per second.
+RATES = (200, 400, 800, 1200, 1600, 2000, 2400)
+#: The p99 of top-10 recommendations that the knee keeps under, in ms.
+KNEE_MS = 25.0
 
 
 CONTENT_LENGTH = re.compile(rb"content-length: *(\d+)", re.IGNORECASE)
@@ -77,8 +89,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, port: int, log: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mtrec.cli", "serve", "--model", str(model), "--port", str(port)]
+def start_server(model: Path, port: int, log: Path, workers: int = 1) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mtrec", "serve", "--model", str(model), "--port", str(port), "--workers", str(workers)]
     with log.open("w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -106,9 +118,6 @@ def plan_requests(count: int, users: list, items: list, seed: int) -> list[Reque
             return Request.http(kind, "GET", f"/users/new-{rng.randrange(10**6)}/recommendations?k=10", None, 200)
         if kind == "predict single":
             return Request.http(kind, "GET", f"/users/{user}/items/{item}", None, 200)
-        if kind == "predict batch (100)":
-            pairs = [{"user": rng.choice(users), "item": rng.choice(items)} for _ in range(100)]
-            return Request.http(kind, "POST", "/predict", {"pairs": pairs}, 200)
         unknown = rng.choice([f"/users/new-{user}/items/{item}", f"/users/{user}/items/no-such-item-{item}"])
         return Request.http(kind, "GET", unknown, None, 404)
 
@@ -145,20 +154,108 @@ async def send_all(port: int, requests: list[Request], concurrency: int) -> list
     return results
 
 
+async def exchange(reader, writer, request: Request) -> int:
+    """Send one request and read its answer; the status."""
+    writer.write(request.payload)
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    await reader.readexactly(int(CONTENT_LENGTH.search(head).group(1)))
+    return status
+
+
+async def send_open_loop(port: int, requests: list[Request], rate: float, connections: int) -> tuple[list, float]:
+    """Send request i at start + i / rate on a free keep-alive connection; (kind, status, seconds
+    from its scheduled time) of each, and the seconds from the start to the last answer."""
+    loop = asyncio.get_running_loop()
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    results: list[tuple[str, int, float]] = []
+    start = loop.time() + 0.05
+    last = [start]
+
+    async def one(request: Request, scheduled: float) -> None:
+        reader, writer = await pool.get()
+        try:
+            status = await exchange(reader, writer, request)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
+            status = 0
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        done = loop.time()
+        results.append((request.kind, status, done - scheduled))
+        last[0] = max(last[0], done)
+        pool.put_nowait((reader, writer))
+
+    tasks = []
+    for index, request in enumerate(requests):
+        scheduled = start + index / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(request, scheduled)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return results, last[0] - start
+
+
+def summary(results: list[tuple[str, int, float]], expected: dict[str, int], kind: str, seconds: float) -> dict:
+    rows = [r for r in results if kind in ("all", r[0])]
+    latency = np.array([r[2] for r in rows]) * 1000
+    return {
+        "requests": len(rows),
+        "rate": len(rows) / seconds,
+        "p50": float(np.percentile(latency, 50)),
+        "p99": float(np.percentile(latency, 99)),
+        "max": float(latency.max()),
+        "errors": sum(status != expected[k] for k, status, _ in rows),
+        "server_errors": sum(status >= 500 for _, status, _ in rows),
+    }
+
+
 def report(requests: list[Request], results: list[tuple[str, int, float]], seconds: float) -> str:
     expected = {request.kind: request.expected for request in requests}
-    header = f"{'request':<24}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'5xx':>6}"
+    header = f"{'request':<24}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}{'5xx':>6}"
     lines = [header, "-" * len(header)]
     for kind in [*MIX, "all"]:
-        rows = [r for r in results if kind in ("all", r[0])]
-        latency = np.array([r[2] for r in rows]) * 1000
-        errors = sum(status != expected[k] for k, status, _ in rows)
-        server_errors = sum(status >= 500 for _, status, _ in rows)
+        row = summary(results, expected, kind, seconds)
         lines.append(
-            f"{kind:<24}{len(rows):>9}{len(rows) / seconds:>9.0f}{np.percentile(latency, 50):>9.2f}"
-            f"{np.percentile(latency, 99):>9.2f}{errors:>8}{server_errors:>6}"
+            f"{kind:<24}{row['requests']:>9}{row['rate']:>9.0f}{row['p50']:>9.2f}{row['p99']:>9.2f}{row['max']:>9.1f}"
+            f"{row['errors']:>8}{row['server_errors']:>6}"
         )
     return "\n".join(lines)
+
+
+def sweep_table(rows: list[tuple[int, dict, dict]]) -> str:
+    header = (f"{'offered req/s':>13}{'achieved':>10}{'top-10 p50 ms':>15}{'top-10 p99 ms':>15}{'top-10 max ms':>15}"
+              f"{'all p99 ms':>12}{'errors':>8}")
+    lines = [header, "-" * len(header)]
+    for rate, top, every in rows:
+        lines.append(f"{rate:>13}{every['rate']:>10.0f}{top['p50']:>15.2f}{top['p99']:>15.2f}{top['max']:>15.1f}"
+                     f"{every['p99']:>12.2f}{every['errors']:>8}")
+    return "\n".join(lines)
+
+
+def draw(rows: list[tuple[int, dict, dict]], path: Path, workers: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    rates = [rate for rate, _, _ in rows]
+    axes.plot(rates, [top["p50"] for _, top, _ in rows], marker="o", label="top-10 p50")
+    axes.plot(rates, [top["p99"] for _, top, _ in rows], marker="o", label="top-10 p99")
+    axes.axhline(KNEE_MS, color="grey", linestyle="--", linewidth=1, label=f"{KNEE_MS:g} ms")
+    axes.set_yscale("log")
+    axes.set_xlabel("offered requests per second (open loop)")
+    axes.set_ylabel("latency from the scheduled send, ms")
+    axes.set_title(f"mtrec serve, ML-100K model, {workers} worker(s), client on the same 2 cores")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
 
 
 def main() -> None:
@@ -166,9 +263,15 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="run directory or model file (default: train one)")
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MTREC_DATA_DIR", ROOT.parent / "shared" / "data")))
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the model trained without --model")
-    parser.add_argument("--requests", type=int, default=5000)
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=200, help="requests sent first and not measured")
+    parser.add_argument("--rates", type=int, nargs="+", default=list(RATES), help="offered rates, requests per second")
+    parser.add_argument("--seconds", type=float, default=6.0, help="seconds of requests at each rate")
+    parser.add_argument("--connections", type=int, default=64, help="keep-alive connections of the open-loop client")
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes (mtrec serve --workers)")
+    parser.add_argument("--closed-loop", action="store_true", help="closed loop instead: --concurrency clients, --requests")
+    parser.add_argument("--requests", type=int, default=5000, help="--closed-loop: requests")
+    parser.add_argument("--concurrency", type=int, default=32, help="--closed-loop: concurrent clients")
+    parser.add_argument("--warmup", type=int, default=500, help="requests sent first and not measured")
+    parser.add_argument("--figure", type=Path, help="draw the p50 / p99 curve to this PNG")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -177,18 +280,48 @@ def main() -> None:
         data = MultitaskModel.load(model).data_
         users, items = data.user_ids.tolist(), data.item_ids.tolist()
         port = free_port()
-        server = start_server(model, port, Path(scratch) / "server.log")
+        server = start_server(model, port, Path(scratch) / "server.log", args.workers)
         try:
-            asyncio.run(send_all(port, plan_requests(args.warmup, users, items, args.seed + 1), args.concurrency))
-            requests = plan_requests(args.requests, users, items, args.seed)
-            started = time.perf_counter()
-            results = asyncio.run(send_all(port, requests, args.concurrency))
-            seconds = time.perf_counter() - started
+            asyncio.run(send_all(port, plan_requests(args.warmup, users, items, args.seed + 1), 8))
+            if args.closed_loop:
+                requests = plan_requests(args.requests, users, items, args.seed)
+                started = time.perf_counter()
+                results = asyncio.run(send_all(port, requests, args.concurrency))
+                seconds = time.perf_counter() - started
+                print(f"CLOSED LOOP (a fixed concurrency; latency hides the queue): {args.requests} requests, "
+                      f"{args.concurrency} concurrent clients, {seconds:.1f} s, {os.cpu_count()} CPUs")
+                print(report(requests, results, seconds))
+                return
+            rows, details = [], {}
+            for rate in args.rates:
+                requests = plan_requests(int(rate * args.seconds), users, items, args.seed + rate)
+                # The client's own garbage collections (a full one walks torch's heap: about 100 ms)
+                # would be counted as the server's latency: none while a rate is measured.
+                gc.collect()
+                gc.freeze()
+                gc.disable()
+                try:
+                    results, seconds = asyncio.run(send_open_loop(port, requests, rate, args.connections))
+                finally:
+                    gc.enable()
+                    gc.unfreeze()
+                expected = {request.kind: request.expected for request in requests}
+                rows.append((rate, summary(results, expected, "recommend top-10", seconds), summary(results, expected, "all", seconds)))
+                details[rate] = report(requests, results, seconds)
         finally:
             server.terminate()
             server.wait(timeout=30)
-    print(f"{args.requests} requests, {args.concurrency} concurrent, {seconds:.1f} s, {os.cpu_count()} CPUs")
-    print(report(requests, results, seconds))
+    knee = max((rate for rate, top, every in rows if top["p99"] < KNEE_MS and every["errors"] == 0), default=None)
+    print(f"OPEN LOOP: {args.seconds:g} s at each offered rate, {args.connections} keep-alive connections, "
+          f"{args.workers} server worker(s), {os.cpu_count()} CPUs shared by client and server")
+    print(sweep_table(rows))
+    print(f"knee (highest offered rate with top-10 p99 < {KNEE_MS:g} ms and no errors): "
+          f"{'none' if knee is None else f'{knee} req/s'}")
+    target = 800 if 800 in details else args.rates[len(args.rates) // 2]
+    print(f"\nper kind at {target} req/s offered:")
+    print(details[target])
+    if args.figure:
+        draw(rows, args.figure, args.workers)
 
 
 if __name__ == "__main__":

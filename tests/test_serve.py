@@ -13,6 +13,7 @@ import uvicorn
 from mtrec.cli import main
 from mtrec.errors import ModelFileError
 from mtrec.serve import INLINE_SCORES, MAX_BATCH, MAX_K, create_app
+from mtrec.recommend import MAX_HISTORY
 from test_recommend import recommender, run_dir  # noqa: F401  (a model trained on ML-100K, once per module)
 
 
@@ -148,16 +149,25 @@ def test_concurrent_requests_get_the_same_answers_as_sequential_ones(client):
     assert concurrent == sequential and {status for status, _ in sequential} == {200}
 
 
+def schemas_of(schema: dict) -> dict:
+    return schema["components"]["schemas"]
+
+
 def test_the_docs_describe_every_endpoint_and_the_watch_score(client):
     schema = client.get("/openapi.json").json()
     assert set(schema["paths"]) == {
         "/health",
         "/model",
         "/users/{user}/recommendations",
+        "/recommendations",
         "/users/{user}/items/{item}",
         "/predict",
         "/items/{item}/similar",
     }
+    parameters = {p["name"]: p for p in schema["paths"]["/users/{user}/recommendations"]["get"]["parameters"]}
+    assert {"k", "exclude_seen", "exclude", "include", "genre"} <= set(parameters)
+    assert "never to recommend" in parameters["exclude"]["description"]
+    assert schemas_of(schema)["HistoryRequest"]["properties"]["history"]["maxItems"] == MAX_HISTORY
     assert "rank percentile of `p` among all items" in schema["info"]["description"]
     schemas = schema["components"]["schemas"]
     assert {"watch_score", "p", "rating", "rating_raw"} <= set(schemas["ScoredItem"]["properties"])
@@ -180,3 +190,54 @@ def test_serve_help_documents_the_limits(capsys):
     assert main(["serve", "--help"]) == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"k is 1 to {MAX_K}" in help_text and f"at most {MAX_BATCH:,} pairs" in help_text
+
+
+HOT_PATH_URLS = [
+    "/users/196/recommendations",
+    "/users/196/recommendations?k=1000",
+    "/users/196/recommendations?k=3&exclude_seen=false",
+    "/users/196/recommendations?k=5&exclude_seen=0&exclude=151,216&genre=Comedy",
+    "/users/196/recommendations?k=4&include=1,2,3,242",
+    "/users/196/recommendations?k=4&include=",
+    "/users/196/recommendations?genre=Telenovela",
+    "/users/196/recommendations?exclude=no%20such%20film",
+    "/users/196/recommendations?exclude=chasing%20amy",
+    "/users/196/recommendations?k=2&k=3",
+    "/users/196/recommendations?k=2&unknown=1",
+    "/users/no-such-user/recommendations?k=3",
+    # not plainly valid: FastAPI parses and answers these (422 or an unusual spelling)
+    "/users/196/recommendations?k=1001",
+    "/users/196/recommendations?k=0",
+    "/users/196/recommendations?k=abc",
+    "/users/196/recommendations?k=010",
+    "/users/196/recommendations?exclude_seen=no",
+    "/users/196/recommendations?exclude_seen=maybe",
+    f"/users/{'u' * 257}/recommendations",
+    "/users/196/items/242",
+    "/users/196/items/Star Wars (1977)",
+    "/users/196/items/chasing amy",
+    "/users/no-such-user/items/242",
+    "/users/196/items/no such film",
+    f"/users/196/items/{'i' * 257}",
+]
+
+
+@pytest.mark.parametrize("url", HOT_PATH_URLS)
+def test_the_hot_paths_answer_what_the_endpoints_answer(run_dir, url):
+    from fastapi.testclient import TestClient
+
+    fast, plain = TestClient(create_app(run_dir)), TestClient(create_app(run_dir, hot_paths=False))
+    a, b = fast.get(url), plain.get(url)
+    assert (a.status_code, a.headers["content-type"], a.json()) == (b.status_code, b.headers["content-type"], b.json())
+
+
+def test_the_hot_paths_skip_fastapis_parameter_machinery(run_dir, monkeypatch):
+    from fastapi.dependencies import utils
+    from fastapi.testclient import TestClient
+
+    calls = []
+    original = utils.request_params_to_args
+    monkeypatch.setattr(utils, "request_params_to_args", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fast = TestClient(create_app(run_dir))
+    assert fast.get("/users/196/recommendations?k=5").status_code == 200 and not calls
+    assert fast.get("/users/196/recommendations?k=5000").status_code == 422 and calls

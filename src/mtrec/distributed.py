@@ -133,6 +133,11 @@ class Distributed:
     def barrier(self) -> None:
         self._guard("waiting for the other processes", lambda: dist.barrier())
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Leave the process group; with ``wait``, once every process has got here (so that none
+        tears its connections down while another still uses them). After a failure, pass
+        ``wait=False``: the others may be gone."""
         if dist.is_initialized():
+            if wait:
+                self.barrier()
             dist.destroy_process_group()

@@ -36,23 +36,33 @@ shared by several items raises :class:`AmbiguousItemError` listing them.
 from __future__ import annotations
 
 import csv
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
 from mtrec.data.interactions import build_lookup, lookup_id
 from mtrec.errors import AmbiguousItemError, ConfigError, DataError, UnknownItemError, UnknownUserError
+from mtrec.foldin import fold_in
+from mtrec.losses import JointObjective
 from mtrec.model import MultitaskModel
 from mtrec.config import CONFIG_FILENAME
 from mtrec.runs import METRICS_FILENAME, check_complete
 
 #: Elements of a (pairs x catalogue) block scored at once: bounds memory for big batches.
 CHUNK_ELEMENTS = 1 << 22
+#: Up to this many (pick, item) pairs, one user's watch scores are counted by comparison, not a sort.
+COMPARE_ELEMENTS = 1 << 17
+#: Bytes of scores (and their bookkeeping) one block of users may take in :meth:`Recommender.recommend_all`.
+BATCH_BYTES = 512 * 2**20
+#: Bytes per (user, item) score while a block is ranked: the scores, their masked copy, the buckets and their keys.
+BYTES_PER_SCORE = 4 + 4 + 4 + 8
 
 _YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 
@@ -83,7 +93,7 @@ class ScoredItem(RankedItem):
 class Recommendations:
     """The top items for one user; ``cold_start`` when the user is unknown and these are the most-rated."""
 
-    user: int | str
+    user: int | str | None
     cold_start: bool
     exclude_seen: bool
     items: list[ScoredItem]
@@ -200,37 +210,264 @@ class Recommender:
         """The index of the item named by raw id or title; see the module docstring."""
         return self._item_index(item, "")
 
-    def recommend(self, user: Any, k: int = 10, exclude_seen: bool = True) -> Recommendations:
-        """The ``k`` items with the highest watch score for ``user`` (a raw id).
+    def allowed(self, exclude: Iterable[Any] = (), include: Iterable[Any] | None = None, genres: Iterable[str] = ()) -> torch.Tensor | None:
+        """The items a recommendation may hold: not in ``exclude``, in ``include`` (a candidate set)
+        if given, and of one of ``genres`` if given; None when nothing is filtered.
 
-        Ranks the whole catalogue with one matrix product. With ``exclude_seen`` the user's
-        training items are left out (so fewer than ``k`` come back if few are unseen). An
-        unknown user gets the ``k`` most-rated training items with ``cold_start=True``.
+        Items are named by raw id or title; an unknown one is an :class:`UnknownItemError`, an
+        unknown genre a :class:`ConfigError` listing the genres the data has.
         """
-        k = min(_check_k(k), self.num_items)
-        index = self.user_index(user)
-        if index is None:
-            return Recommendations(user=user, cold_start=True, exclude_seen=exclude_seen, items=self._cold_start(k))
-        with torch.inference_mode():
-            users = torch.tensor([index], device=self.device)
-            scores = self.network.all_watch_scores(users)
-            ranked = scores
-            if exclude_seen:
-                seen = self._seen_indices[self._seen_indptr[index] : self._seen_indptr[index + 1]]
-                ranked = scores.index_fill(1, seen, float("-inf"))
-                k = min(k, self.num_items - len(seen))
-            top_p, top_items = torch.topk(ranked[0], k)
-            # How many of all items each pick outscores: one sort and k binary searches
-            # (a k x items comparison would cost 100 ms for k = 1000 on a 59,047-item catalogue).
+        exclude, genres = list(exclude), list(genres)
+        if not exclude and include is None and not genres:
+            return None
+        mask = torch.ones(self.num_items, dtype=torch.bool, device=self.device)
+        if include is not None:
+            mask[:] = False
+            mask[self._indices(include, "include")] = True
+        if exclude:
+            mask[self._indices(exclude, "exclude")] = False
+        if genres:
+            known = self.genres
+            unknown = [g for g in genres if g not in known]
+            if unknown:
+                listed = ", ".join(sorted(known)) or "none: the model's data has no genres"
+                raise ConfigError(f"unknown genre {', '.join(map(repr, unknown))}; the genres are {listed}")
+            mask &= torch.stack([known[g] for g in genres]).any(0)
+        return mask
+
+    @functools.cached_property
+    def genres(self) -> dict[str, torch.Tensor]:
+        """Per genre, which items have it."""
+        found: dict[str, list[int]] = {}
+        for index, names in enumerate(self._genres):
+            for name in names:
+                found.setdefault(name, []).append(index)
+        masks = {}
+        for name, indices in found.items():
+            mask = torch.zeros(self.num_items, dtype=torch.bool, device=self.device)
+            mask[torch.tensor(indices, device=self.device)] = True
+            masks[name] = mask
+        return masks
+
+    def _indices(self, items: Iterable[Any], what: str) -> torch.Tensor:
+        indices = [self._item_index(item, f" (in {what})") for item in items]
+        return torch.tensor(indices, dtype=torch.long, device=self.device)
+
+    def _ranked(
+        self,
+        network,
+        users: torch.Tensor,
+        hidden: torch.Tensor | None,
+        allowed: torch.Tensor | None,
+        k: int,
+    ) -> list[ScoredItem]:
+        """The top ``k`` items for one user of ``network``, leaving out ``hidden`` indices and what ``allowed`` refuses."""
+        scores = network.all_watch_scores(users)
+        ranked = scores
+        if hidden is not None and len(hidden):
+            ranked = scores.index_fill(1, hidden, float("-inf"))
+        if allowed is not None:
+            ranked = ranked.masked_fill(~allowed, float("-inf"))
+        if allowed is not None:
+            available = int(torch.isfinite(ranked).sum())
+        else:  # the hidden items are distinct: a user's seen items, a history's
+            available = self.num_items - (0 if hidden is None else len(hidden))
+        k = min(k, available)
+        top_p, top_items = torch.topk(ranked[0], k)
+        # How many of all items each pick outscores: a k x items comparison where that is small,
+        # else one sort and k binary searches (the comparison would cost 100 ms for k = 1000 on a
+        # 59,047-item catalogue). Both count the items strictly below each pick.
+        if k * self.num_items <= COMPARE_ELEMENTS:
+            below = (scores[0][None, :] < top_p[:, None]).sum(1)
+        else:
             below = torch.searchsorted(torch.sort(scores[0]).values, top_p, side="left")
-            watch = below / max(self.num_items - 1, 1)
-            ratings, ratings_raw = self._ratings(users.expand(k), top_items)
+        watch = below.double() / max(self.num_items - 1, 1)
+        ratings, ratings_raw = self._ratings(network, users.expand(k), top_items)
         columns = zip(top_items.tolist(), watch.tolist(), top_p.tolist(), ratings, ratings_raw)
-        items = [
+        return [
             ScoredItem(rank=rank, **self._describe(i), watch_score=w, p=p, rating=r, rating_raw=raw)
             for rank, (i, w, p, r, raw) in enumerate(columns, start=1)
         ]
+
+    def recommend(
+        self,
+        user: Any,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Iterable[Any] = (),
+        include: Iterable[Any] | None = None,
+        genres: Iterable[str] = (),
+    ) -> Recommendations:
+        """The ``k`` items with the highest watch score for ``user`` (a raw id).
+
+        Ranks the whole catalogue with one matrix product. With ``exclude_seen`` the user's
+        training items are left out (so fewer than ``k`` come back if few are unseen);
+        ``exclude``, ``include`` and ``genres`` filter further (:meth:`allowed`): a filter that
+        leaves nothing gives an empty list. An unknown user gets the ``k`` most-rated training
+        items (that pass the filters) with ``cold_start=True``.
+        """
+        k = min(_check_k(k), self.num_items)
+        allowed = self.allowed(exclude, include, genres)
+        index = self.user_index(user)
+        if index is None:
+            return Recommendations(user=user, cold_start=True, exclude_seen=exclude_seen, items=self._cold_start(k, allowed))
+        with torch.inference_mode():
+            users = torch.tensor([index], device=self.device)
+            seen = self._seen_indices[self._seen_indptr[index] : self._seen_indptr[index + 1]] if exclude_seen else None
+            items = self._ranked(self.network, users, seen, allowed, k)
         return Recommendations(user=self._user_ids[index], cold_start=False, exclude_seen=exclude_seen, items=items)
+
+    def recommend_history(
+        self,
+        history: Sequence[tuple[Any, float | None]],
+        k: int = 10,
+        exclude: Iterable[Any] = (),
+        include: Iterable[Any] | None = None,
+        genres: Iterable[str] = (),
+    ) -> Recommendations:
+        """Recommendations for a user the model never saw, from their history (fold-in).
+
+        ``history`` holds ``(item, rating)`` pairs, items by raw id or title and ratings None
+        where unknown (then, for a history without any rating, only the watch loss fits). The
+        user's vectors are fitted with everything else frozen (:func:`mtrec.foldin.fold_in`), and
+        the history's items are left out of the list. An empty history gets the most-rated items,
+        flagged ``cold_start``. An unknown item is an :class:`UnknownItemError` naming it.
+        """
+        k = min(_check_k(k), self.num_items)
+        allowed = self.allowed(exclude, include, genres)
+        if not history:
+            return Recommendations(user=None, cold_start=True, exclude_seen=True, items=self._cold_start(k, allowed))
+        items = [self._item_index(item, f" (history entry {n} of {len(history)})") for n, (item, _) in enumerate(history, 1)]
+        given = [rating for _, rating in history]
+        ratings = None if not self.has_ratings or all(r is None for r in given) else [
+            float(np.nanmean([r for r in given if r is not None])) if r is None else float(r) for r in given
+        ]
+        model = self.model
+        weight_r = model.regression_weight if ratings is not None else 0.0
+        # A model trained on ratings alone still ranks by its watch score: a history fits that too.
+        weight_f = model.factorization_weight if model.factorization_weight > 0 or weight_r > 0 else 1.0
+        objective = JointObjective(weight_f, weight_r, model.watch_loss)
+        one = fold_in(
+            self.network, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"], seed=model.seed
+        )
+        with torch.inference_mode():
+            users = torch.zeros(1, dtype=torch.long, device=self.device)
+            hidden = torch.tensor(sorted(set(items)), dtype=torch.long, device=self.device)
+            ranked = self._ranked(one, users, hidden, allowed, k)
+        return Recommendations(user=None, cold_start=False, exclude_seen=True, items=ranked)
+
+    def recommend_all(
+        self,
+        users: Sequence[Any] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Iterable[Any] = (),
+        include: Iterable[Any] | None = None,
+        genres: Iterable[str] = (),
+        budget_bytes: int = BATCH_BYTES,
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[pa.Table]:
+        """The top ``k`` of every user (or of ``users``, raw ids), block by block, as Arrow tables.
+
+        Each table has the columns ``user``, ``rank``, ``item``, ``title``, ``watch_score``, ``p``,
+        ``rating``, ``rating_raw`` and ``cold_start``, one row per recommended item; a user the
+        model never saw gets the most-rated items (``cold_start`` true, scores null). Users are
+        scored in blocks whose scores fit ``budget_bytes``; ``progress`` is called with the number
+        of users of each block done. The watch score is exact, as in :meth:`recommend`: the
+        fraction of all items each pick outscores, counted in one pass over the block's scores.
+        """
+        k = min(_check_k(k), self.num_items)
+        allowed = self.allowed(exclude, include, genres)
+        if users is None:
+            known, cold = np.arange(len(self._user_ids)), []
+        else:
+            indices = [self.user_index(user) for user in users]
+            known = np.array([i for i in indices if i is not None], dtype=np.int64)
+            cold = [user for user, i in zip(users, indices) if i is None]
+        block = max(1, budget_bytes // (BYTES_PER_SCORE * self.num_items))
+        seen_indptr = torch.as_tensor(np.asarray(self._seen_indptr), device=self.device)
+        for start in range(0, len(known), block):
+            chosen = torch.as_tensor(known[start : start + block], device=self.device)
+            with torch.inference_mode():
+                yield self._block(chosen, k, exclude_seen, allowed, seen_indptr)
+            if progress is not None:
+                progress(len(chosen))
+        if cold:
+            yield self._cold_table(cold, k, allowed)
+            if progress is not None:
+                progress(len(cold))
+
+    def _block(self, users: torch.Tensor, k: int, exclude_seen: bool, allowed, seen_indptr) -> pa.Table:
+        """The top ``k`` of a block of known users (indices), as an Arrow table."""
+        scores = self.network.all_watch_scores(users)
+        ranked = scores.clone()
+        if exclude_seen:
+            starts, stops = seen_indptr[users], seen_indptr[users + 1]
+            counts = stops - starts
+            rows = torch.repeat_interleave(torch.arange(len(users), device=self.device), counts)
+            offsets = torch.arange(int(counts.sum()), device=self.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            ranked[rows, self._seen_indices[torch.repeat_interleave(starts, counts) + offsets]] = float("-inf")
+        if allowed is not None:
+            ranked.masked_fill_(~allowed, float("-inf"))
+        top_p, top_items = torch.topk(ranked, k, dim=1)
+        del ranked
+        # How many of all items each pick outscores: bucket every score among the picks (ascending),
+        # count each bucket, and add the counts up from the top.
+        ascending = top_p.flip(1).contiguous()
+        buckets = torch.searchsorted(ascending, scores, right=True, out_int32=True)
+        keys = buckets.long() + (torch.arange(len(users), device=self.device) * (k + 1))[:, None]
+        del buckets
+        histogram = torch.bincount(keys.view(-1), minlength=len(users) * (k + 1)).view(len(users), k + 1)
+        del keys, scores
+        at_or_above = histogram[:, 1:].flip(1).cumsum(1).flip(1)  # per ascending pick: items scored at least as high
+        below = (self.num_items - at_or_above).flip(1)
+        watch = below.double() / max(self.num_items - 1, 1)
+        valid = torch.isfinite(top_p)  # fewer than k items left after the filters
+        pair_users = users[:, None].expand_as(top_items)
+        if self.has_ratings:
+            raw = self.network.rating(pair_users.reshape(-1), top_items.reshape(-1)).view_as(top_p)
+            clipped = raw.clamp(*self.rating_scale) if self.rating_scale else raw
+        flat = valid.reshape(-1).cpu().numpy()
+        items = top_items.reshape(-1).cpu().numpy()[flat]
+        columns = {
+            "user": self._user_array.take(pa.array(pair_users.reshape(-1).cpu().numpy()[flat])),
+            "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int32), len(users))[flat]),
+            "item": self._item_array.take(pa.array(items)),
+            "title": self._title_array.take(pa.array(items)),
+            "watch_score": pa.array(watch.reshape(-1).cpu().numpy()[flat]),
+            "p": pa.array(top_p.reshape(-1).cpu().numpy()[flat]),
+            "rating": pa.array(clipped.reshape(-1).cpu().numpy()[flat]) if self.has_ratings else pa.nulls(int(flat.sum()), pa.float32()),
+            "rating_raw": pa.array(raw.reshape(-1).cpu().numpy()[flat]) if self.has_ratings else pa.nulls(int(flat.sum()), pa.float32()),
+            "cold_start": pa.array(np.zeros(int(flat.sum()), dtype=bool)),
+        }
+        return pa.table(columns)
+
+    def _cold_table(self, users: list[Any], k: int, allowed) -> pa.Table:
+        indices = self._popular_indices(k, allowed)
+        n = len(users) * len(indices)
+        return pa.table({
+            "user": pa.array([str(u) for u in users for _ in indices]),
+            "rank": pa.array(np.tile(np.arange(1, len(indices) + 1, dtype=np.int32), len(users))),
+            "item": self._item_array.take(pa.array(np.tile(indices, len(users)))),
+            "title": self._title_array.take(pa.array(np.tile(indices, len(users)))),
+            "watch_score": pa.nulls(n, pa.float64()),
+            "p": pa.nulls(n, pa.float32()),
+            "rating": pa.nulls(n, pa.float32()),
+            "rating_raw": pa.nulls(n, pa.float32()),
+            "cold_start": pa.array(np.ones(n, dtype=bool)),
+        })  # fmt: skip
+
+    @functools.cached_property
+    def _user_array(self) -> pa.Array:
+        return pa.array([str(u) for u in self._user_ids])
+
+    @functools.cached_property
+    def _item_array(self) -> pa.Array:
+        return pa.array([str(i) for i in self._item_ids])
+
+    @functools.cached_property
+    def _title_array(self) -> pa.Array:
+        return pa.array(self._titles, type=pa.string())
 
     def predict(self, pairs: Iterable[tuple[Any, Any]]) -> list[Prediction]:
         """Watch score and rating for each (user, item) pair of raw ids (or item titles), in one batch.
@@ -250,7 +487,7 @@ class Recommender:
                 p = rows.gather(1, items_t[start : start + chunk, None]).squeeze(1)
                 p_parts.append(p)
                 watch_parts.append(_outscored_fraction(rows, p))
-            ratings, ratings_raw = self._ratings(users_t, items_t)
+            ratings, ratings_raw = self._ratings(self.network, users_t, items_t)
         columns = zip(users, items, torch.cat(watch_parts).tolist(), torch.cat(p_parts).tolist(), ratings, ratings_raw)
         return [
             Prediction(self._user_ids[u], self._item_ids[i], self._titles[i], w, p, r, raw)
@@ -303,18 +540,23 @@ class Recommender:
             items.append(self._item_index(item, where))
         return users, items
 
-    def _cold_start(self, k: int) -> list[ScoredItem]:
+    def _popular_indices(self, k: int, allowed: torch.Tensor | None = None) -> np.ndarray:
+        """The ``k`` most-rated items that ``allowed`` lets through."""
+        popular = self._popular if allowed is None else self._popular[allowed.cpu().numpy()[self._popular]]
+        return popular[:k]
+
+    def _cold_start(self, k: int, allowed: torch.Tensor | None = None) -> list[ScoredItem]:
         return [
             ScoredItem(rank=rank, **self._describe(i), watch_score=None, p=None, rating=None, rating_raw=None)
-            for rank, i in enumerate(self._popular[:k].tolist(), start=1)
+            for rank, i in enumerate(self._popular_indices(k, allowed).tolist(), start=1)
         ]
 
-    def _ratings(self, users: torch.Tensor, items: torch.Tensor) -> tuple[list, list]:
+    def _ratings(self, network, users: torch.Tensor, items: torch.Tensor) -> tuple[list, list]:
         """Clipped and raw rating-head predictions; all ``None`` if the model did not learn ratings."""
         if not self.has_ratings:
             unknown = [None] * len(items)
             return unknown, unknown
-        raw = self.network.rating(users, items)
+        raw = network.rating(users, items)
         clipped = raw.clamp(*self.rating_scale) if self.rating_scale else raw
         return clipped.tolist(), raw.tolist()
 
@@ -364,3 +606,44 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
             raise DataError(f"{path}, line {number}: expected a user and an item, got {delimiter.join(row)!r}")
         pairs.append((row[columns[0]], row[columns[1]]))
     return pairs
+
+
+#: Most items a history may hold (for fold-in).
+MAX_HISTORY = 1000
+
+
+def read_history(path: str | Path) -> list[tuple[str, float | None]]:
+    """A new user's history from a CSV or TSV file: an item (id or title) per line, optionally a rating.
+
+    The columns named ``item`` and ``rating`` in a header line, or else the first two; the header
+    is optional. At most :data:`MAX_HISTORY` items.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read a history from {path}: {error}") from None
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise DataError(f"{path}: an empty history")
+    delimiter = "\t" if "\t" in numbered[0][1] else ","
+    cells = csv.reader([line for _, line in numbered], delimiter=delimiter)
+    rows = [(number, [cell.strip() for cell in row]) for (number, _), row in zip(numbered, cells)]
+    header = [cell.lower() for cell in rows[0][1]]
+    item_column, rating_column = 0, 1
+    if "item" in header:
+        item_column = header.index("item")
+        rating_column = header.index("rating") if "rating" in header else None
+        rows = rows[1:]
+    history = []
+    for number, row in rows:
+        rating = None
+        if rating_column is not None and len(row) > rating_column and row[rating_column]:
+            try:
+                rating = float(row[rating_column])
+            except ValueError:
+                raise DataError(f"{path}, line {number}: rating {row[rating_column]!r} is not a number") from None
+        history.append((row[item_column], rating))
+    if len(history) > MAX_HISTORY:
+        raise DataError(f"{path}: a history of {len(history):,} items; at most {MAX_HISTORY:,}")
+    return history

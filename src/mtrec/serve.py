@@ -3,7 +3,9 @@
 The model is loaded once, when the app is created; requests only read its tensors, so they
 are served concurrently without locks. OpenAPI docs are at ``/docs``.
 
-``GET /health``, ``GET /model``, ``GET /users/{user}/recommendations?k=10&exclude_seen=true``,
+``GET /health``, ``GET /model``, ``GET /users/{user}/recommendations?k=10&exclude_seen=true``
+(with ``exclude``, ``include`` and ``genre`` filters, comma-separated), ``POST /recommendations``
+(a new user's history, folded in; at most :data:`~mtrec.recommend.MAX_HISTORY` items),
 ``GET /users/{user}/items/{item}``, ``POST /predict`` (at most :data:`MAX_BATCH` pairs) and
 ``GET /items/{item}/similar?k=10``. ``k`` is 1 to :data:`MAX_K`. An unknown user gets the
 most-rated items with ``"cold_start": true``; an unknown item (or, for predictions, user) is
@@ -15,9 +17,11 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path as FilePath
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
@@ -27,8 +31,8 @@ from pydantic import BaseModel, Field, StringConstraints, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from mtrec import __version__
-from mtrec.errors import AmbiguousItemError, UnknownItemError, UnknownUserError
-from mtrec.recommend import Prediction, Recommendations, Recommender, SimilarItems
+from mtrec.errors import AmbiguousItemError, ConfigError, UnknownItemError, UnknownUserError
+from mtrec.recommend import MAX_HISTORY, Prediction, Recommendations, Recommender, SimilarItems
 from mtrec.fitted import summarize
 
 #: Largest ``k`` a request may ask for.
@@ -88,6 +92,23 @@ class PredictRequest(BaseModel):
     pairs: list[Pair] = Field(max_length=MAX_BATCH, description=f"at most {MAX_BATCH:,} (user, item) pairs")
 
 
+class HistoryEntry(BaseModel):
+    item: int | Id = Field(description="raw item id or title")
+    rating: float | None = Field(None, description="the rating given, if known")
+
+
+class HistoryRequest(BaseModel):
+    """A user the model never saw, by the items they rated: fold-in fits their vector."""
+
+    history: list[HistoryEntry] = Field(
+        min_length=1, max_length=MAX_HISTORY, description=f"1 to {MAX_HISTORY:,} items the user rated (or watched)"
+    )
+    k: int = Field(10, ge=1, le=1000)
+    exclude: list[int | Id] = Field(default_factory=list, max_length=MAX_HISTORY, description="items never to recommend")
+    include: list[int | Id] | None = Field(None, max_length=MAX_BATCH, description="recommend only among these items")
+    genres: list[Id] = Field(default_factory=list, max_length=100, description="recommend only items of one of these")
+
+
 @dataclass
 class Predictions:
     predictions: list[Prediction]
@@ -103,6 +124,98 @@ ERRORS = {
     400: {"model": ErrorBody, "description": "a title shared by several items; candidates lists them"},
 }
 K = Query(10, ge=1, le=MAX_K, description=f"how many items, 1 to {MAX_K}")
+
+
+MAX_FILTER_LENGTH = MAX_BODY_BYTES // 8
+
+
+def _filter(what: str):
+    # One Query per parameter: FastAPI keys parameters by their FieldInfo, so a shared
+    # instance would make every filter read the first one's value.
+    return Query(None, max_length=MAX_FILTER_LENGTH, description=f"a comma-separated list of {what}")
+
+
+def _listed(text: str | None) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else []
+
+
+def _filters(exclude: str | None, include: str | None, genre: str | None) -> dict[str, Any]:
+    """The filters of a GET recommendation, from its comma-separated query values."""
+    return {"exclude": _listed(exclude), "include": None if include is None else _listed(include), "genres": _listed(genre)}
+
+
+#: The library's errors that are the request's fault, answered 400, 404 or 422.
+LIBRARY_ERRORS = (AmbiguousItemError, UnknownItemError, UnknownUserError, ConfigError)
+
+
+def _error_response(error: Exception) -> JSONResponse:
+    """The answer to a library error: the same from the app's handlers and from the hot paths."""
+    if isinstance(error, AmbiguousItemError):
+        return JSONResponse({"detail": str(error), "candidates": error.candidates}, status_code=400)
+    if isinstance(error, (UnknownItemError, UnknownUserError)):
+        return JSONResponse({"detail": str(error)}, status_code=404)
+    return JSONResponse({"detail": str(error)}, status_code=422)  # ConfigError
+
+
+#: The query values ``exclude_seen`` may take on the hot path (others go through FastAPI's parsing).
+_BOOLEANS = {"true": True, "1": True, "false": False, "0": False}
+_RECOMMENDATIONS = re.compile(r"^/users/(?P<user>[^/]+)/recommendations$")
+_PREDICTION = re.compile(r"^/users/(?P<user>[^/]+)/items/(?P<item>.*)$")
+_WHOLE = re.compile(r"^[1-9][0-9]{0,3}$")
+
+
+class HotPaths:
+    """ASGI middleware: the two most frequent requests, answered without FastAPI's per-request
+    parameter machinery (about 0.2 ms a request, as much as the model's share).
+
+    ``GET /users/{user}/recommendations`` and ``GET /users/{user}/items/{item}`` are answered
+    here when every parameter is plainly valid: the same library calls, the same serialiser, the
+    same error bodies as the app's endpoints. Anything else (a value out of range, an id too long,
+    an unusual spelling of a number or a boolean) goes on to the app, which answers it as
+    documented, 422s included. A test checks both ways give the same answers.
+    """
+
+    def __init__(self, app, recommender: Recommender) -> None:
+        self.app, self.recommender = app, recommender
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET":
+            response = self._answer(scope)
+            if response is not None:
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _answer(self, scope) -> Response | None:
+        path = scope["path"]
+        if not path.startswith("/users/"):
+            return None
+        matched = _RECOMMENDATIONS.match(path)
+        if matched is not None:
+            return self._recommendations(matched["user"], scope["query_string"])
+        matched = _PREDICTION.match(path)
+        if matched is not None and len(matched["user"]) <= MAX_ID_LENGTH and len(matched["item"]) <= MAX_ID_LENGTH:
+            try:
+                return _json(self.recommender.predict([(matched["user"], matched["item"])])[0])
+            except LIBRARY_ERRORS as error:
+                return _error_response(error)
+        return None
+
+    def _recommendations(self, user: str, query_string: bytes) -> Response | None:
+        if len(user) > MAX_ID_LENGTH:
+            return None
+        query = dict(parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)) if query_string else {}
+        k = query.get("k", "10")
+        seen = _BOOLEANS.get(query.get("exclude_seen", "true").lower())
+        if not _WHOLE.match(k) or int(k) > MAX_K or seen is None:
+            return None
+        texts = [query.get(name) for name in ("exclude", "include", "genre")]
+        if any(text is not None and len(text) > MAX_FILTER_LENGTH for text in texts):
+            return None
+        try:
+            return _json(self.recommender.recommend(user, int(k), seen, **_filters(*texts)))
+        except LIBRARY_ERRORS as error:
+            return _error_response(error)
 
 
 class BodyLimit:
@@ -153,26 +266,30 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_app(recommender: Recommender | str | FilePath, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(
+    recommender: Recommender | str | FilePath, max_body_bytes: int = MAX_BODY_BYTES, hot_paths: bool = True
+) -> FastAPI:
     """The service for ``recommender``, or for the model saved at that path (a file or run directory).
 
-    ``max_body_bytes`` bounds a request's body (413 beyond it, before parsing).
+    ``max_body_bytes`` bounds a request's body (413 beyond it, before parsing). ``hot_paths``
+    answers plainly valid GET recommendations and predictions without FastAPI's parameter
+    machinery (:class:`HotPaths`); the answers are the same either way.
     """
     if not isinstance(recommender, Recommender):
         recommender = Recommender.load(recommender)
     app = FastAPI(title="mtrec", version=__version__, description=DESCRIPTION)
+    if hot_paths:
+        app.add_middleware(HotPaths, recommender=recommender)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.state.recommender = recommender
     model_info = _model_info(recommender)
 
     @app.exception_handler(UnknownItemError)
     @app.exception_handler(UnknownUserError)
-    async def not_found(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=404)
-
+    @app.exception_handler(ConfigError)
     @app.exception_handler(AmbiguousItemError)
-    async def ambiguous(request: Request, error: AmbiguousItemError) -> JSONResponse:
-        return JSONResponse({"detail": str(error), "candidates": error.candidates}, status_code=400)
+    async def library_error(request: Request, error: Exception) -> JSONResponse:
+        return _error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -191,10 +308,27 @@ def create_app(recommender: Recommender | str | FilePath, max_body_bytes: int = 
     async def model() -> ModelInfo:
         return model_info
 
-    @app.get("/users/{user}/recommendations", response_model=Recommendations)
-    async def recommendations(user: PathId, k: int = K, exclude_seen: bool = True) -> Response:
-        """The top-k items for `user`; seen items excluded unless `exclude_seen=false`."""
-        return _json(recommender.recommend(user, k, exclude_seen))
+    @app.get("/users/{user}/recommendations", response_model=Recommendations, responses=ERRORS)
+    async def recommendations(
+        user: PathId,
+        k: int = K,
+        exclude_seen: bool = True,
+        exclude: str | None = _filter("item ids or titles never to recommend"),
+        include: str | None = _filter("item ids or titles to choose from"),
+        genre: str | None = _filter("genres, any of which an item must have"),
+    ) -> Response:
+        """The top-k items for `user`; seen items excluded unless `exclude_seen=false`. `exclude`, `include`
+        (a candidate set) and `genre` are comma-separated lists of item ids (or titles) and genres."""
+        return _json(recommender.recommend(user, k, exclude_seen, **_filters(exclude, include, genre)))
+
+    @app.post("/recommendations", response_model=Recommendations, responses=ERRORS)
+    async def recommendations_for_history(request: HistoryRequest) -> Response:
+        """Recommendations for a new user from their history (fold-in); 404 names an unknown item."""
+        history = [(entry.item, entry.rating) for entry in request.history]
+        result = await run_in_threadpool(
+            recommender.recommend_history, history, request.k, request.exclude, request.include, request.genres
+        )
+        return _json(result)
 
     @app.get("/users/{user}/items/{item:path}", response_model=Prediction, responses=ERRORS)
     async def prediction(user: PathId, item: PathId) -> Response:
@@ -243,3 +377,31 @@ def _model_info(recommender: Recommender) -> ModelInfo:
         metrics=summarize(model.history_),  # JSON values: NaN and inf already None
     )
 
+
+
+#: Environment variables that carry ``mtrec serve``'s options to each of its worker processes.
+ENVIRONMENT = {"model": "MTREC_SERVE_MODEL", "device": "MTREC_SERVE_DEVICE", "max_body_bytes": "MTREC_SERVE_MAX_BODY",
+               "threads": "MTREC_SERVE_THREADS"}
+
+
+def settle_heap() -> None:
+    """Collect once and freeze what is left, before serving: the model and the libraries are
+    long-lived, and a full garbage collection would otherwise walk all of them (about 100 ms on
+    an ML-100K model: a stall of every request in flight, seen as the p99 of a load test)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``mtrec serve --workers N`` worker, its options read from :data:`ENVIRONMENT`."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get(ENVIRONMENT["threads"], "1")))
+    recommender = Recommender.load(os.environ[ENVIRONMENT["model"]], os.environ.get(ENVIRONMENT["device"], "cpu"))
+    app = create_app(recommender, int(os.environ.get(ENVIRONMENT["max_body_bytes"], MAX_BODY_BYTES)))
+    settle_heap()
+    return app

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from mtrec.cli._args import add_option, positive_int
-from mtrec.recommend import Recommender
+from mtrec.errors import ConfigError, DataError, RunExistsError
+from mtrec.fileio import atomic_output
+from mtrec.recommend import Recommender, read_history
 
 WATCH_SCORE_HELP = """\
 watch score: the rank percentile of the model's raw score p among all items for the user,
@@ -27,8 +31,11 @@ SCORE_COLUMNS: list[Column] = [("watch score", "watch_score", "{:.3f}"), ("ratin
 
 
 DESCRIPTION = """\
-The k items a trained model scores highest for a user, seen items excluded. A user the
-model never saw gets the most-rated items instead (cold start).
+The k items a trained model scores highest for a user (--user), seen items excluded. A user the
+model never saw gets the most-rated items instead (cold start). --history FILE recommends for a
+new user from the items they rated (fold-in: their vector is fitted, everything else frozen).
+--all-users or --users FILE writes every user's top k to --out (Parquet or CSV), scored in blocks.
+--exclude, --include (a candidate set) and --genre filter what is recommended.
 """
 
 
@@ -96,23 +103,112 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_option(parser)
-    add_option(parser, "--user", required=True, help="raw user id, as in the training data")
+    who = parser.add_mutually_exclusive_group(required=True)
+    add_option(who, "--user", help="raw user id, as in the training data")
+    add_option(who, "--history", metavar="FILE",
+               help="a new user's history: CSV or TSV of item[,rating] (ids or titles; header optional)")
+    add_option(who, "--all-users", action="store_true", help="every user the model knows, to --out")
+    add_option(who, "--users", metavar="FILE", help="the users listed in FILE (one raw id a line), to --out")
     parser.add_argument("-k", type=positive_int, default=10, help="how many items (default 10)")
     add_option(parser, "--include-seen", action="store_true", help="also rank the user's training items")
+    add_option(parser, "--exclude", nargs="+", default=(), metavar="ITEM", help="items never to recommend (ids or titles)")
+    add_option(parser, "--include", nargs="+", default=None, metavar="ITEM", help="recommend only among these items")
+    add_option(parser, "--genre", dest="genres", nargs="+", default=(), metavar="GENRE",
+               help="recommend only items of one of these genres (where the data has genres)")
+    add_option(parser, "--out", metavar="FILE", help="--all-users / --users: the file to write, .parquet or .csv")
+    add_option(parser, "--force", action="store_true", help="--out: replace the file if it exists")
+    add_option(parser, "--memory-budget", type=positive_int, default=512, metavar="MB",
+               help="--all-users / --users: memory for one block of users' scores (default 512 MB)")
+    add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     add_format_option(parser)
     parser.set_defaults(handler=run)
     return parser
 
 
+def check_out(path: str | None, many: bool, force: bool = False) -> Path | None:
+    """The --out file, checked before any scoring: where it can be written, and in a known format."""
+    if not many:
+        if path is not None:
+            raise ConfigError("--out goes with --all-users or --users (one user's list is printed)")
+        return None
+    if path is None:
+        raise ConfigError("--all-users and --users write to a file: give --out FILE.parquet or FILE.csv")
+    out = Path(path)
+    if out.suffix.lower() not in (".parquet", ".csv"):
+        raise ConfigError(f"--out must end in .parquet or .csv, got {out.name}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such directory to write {out.name} in")
+    if out.exists() and not out.is_dir() and not force:
+        raise RunExistsError(f"{out} exists: give --force to replace it, or another --out")
+    if not os.access(folder, os.W_OK) or (out.exists() and (out.is_dir() or not os.access(out, os.W_OK))):
+        raise DataError(f"{out}: cannot be written")
+    return out
+
+
+def write_all(args: argparse.Namespace, recommender: Recommender, out: Path) -> int:
+    """Every (or every listed) user's top k to ``out``, atomically, with a progress bar."""
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    users = read_users(args.users) if args.users else None
+    total = len(users) if users is not None else recommender.model.data_.num_users
+    bar = tqdm(total=total, desc="recommend", unit="user", disable=args.no_progress, file=sys.stderr)
+    rows = 0
+    try:
+        with atomic_output(out) as temporary:
+            writer = None
+            for table in recommender.recommend_all(
+                users, args.k, not args.include_seen, args.exclude, args.include, args.genres,
+                budget_bytes=args.memory_budget * 2**20, progress=bar.update,
+            ):  # fmt: skip
+                if writer is None:
+                    writer = pq.ParquetWriter(temporary, table.schema) if out.suffix.lower() == ".parquet" else pacsv.CSVWriter(temporary, table.schema)
+                writer.write_table(table)
+                rows += table.num_rows
+            if writer is not None:
+                writer.close()
+    finally:
+        bar.close()
+    print(f"wrote {rows:,} recommendations for {total:,} users to {out}")
+    return 0
+
+
+def read_users(path: str) -> list[str]:
+    """Raw user ids, one a line (a header line ``user`` is skipped)."""
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read users from {path}: {error}") from None
+    users = [line.split(",")[0].split("\t")[0] for line in lines if line]
+    if users and users[0].lower() in ("user", "userid", "user_id"):
+        users = users[1:]
+    if not users:
+        raise DataError(f"{path}: no users")
+    return users
+
+
 def run(args: argparse.Namespace) -> int:
-    result = load_recommender(args).recommend(args.user, args.k, exclude_seen=not args.include_seen)
+    out = check_out(args.out, args.all_users or args.users is not None, args.force)  # before any scoring
+    history = read_history(args.history) if args.history else None
+    recommender = load_recommender(args)
+    if out is not None:
+        return write_all(args, recommender, out)
+    filters = {"exclude": args.exclude, "include": args.include, "genres": args.genres}
+    if history is not None:
+        result = recommender.recommend_history(history, args.k, **filters)
+    else:
+        result = recommender.recommend(args.user, args.k, exclude_seen=not args.include_seen, **filters)
     rows = [{"user": result.user, "cold_start": result.cold_start, **asdict(item)} for item in result.items]
+    who = f"the history in {args.history}" if history is not None else f"user {result.user}"
     if result.cold_start:
-        heading = f"user {result.user!r} is unknown to the model (cold start): the {len(rows)} most-rated items"
+        why = "an empty history" if history is not None else f"user {result.user!r} is unknown to the model"
+        heading = f"{why} (cold start): the {len(rows)} most-rated items"
         columns = [("rank", "rank", "{}"), *ITEM_COLUMNS, ("ratings", "num_ratings", "{}")]
     else:
         seen = "seen items included" if args.include_seen else "seen items excluded"
-        heading = f"top {len(rows)} for user {result.user} ({seen})"
+        heading = f"top {len(rows)} for {who} ({seen})"
         columns = [("rank", "rank", "{}"), *ITEM_COLUMNS, *SCORE_COLUMNS]
     emit(args, asdict(result), rows, heading, columns)
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from mtrec.cli._args import add_option, positive_int
 from mtrec.cli.recommend import WATCH_SCORE_HELP, add_model_option, load_recommender
@@ -44,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     add_option(parser, "--max-body-bytes", type=positive_int, default=None, metavar="BYTES",
                help="largest request body; a larger one is a 413, refused before parsing (default 8 MiB)")
+    add_option(parser, "--workers", type=positive_int, default=1,
+               help="worker processes on the one port (uvicorn's); each holds the model (default 1)")
     add_option(parser, "--access-log", action="store_true", help="log every request")
     parser.set_defaults(handler=run)
     return parser
@@ -53,9 +56,18 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from mtrec.serve import MAX_BODY_BYTES, create_app
+    from mtrec.serve import ENVIRONMENT, MAX_BODY_BYTES, create_app, settle_heap
 
     torch.set_num_threads(args.threads)
-    app = create_app(load_recommender(args), max_body_bytes=args.max_body_bytes or MAX_BODY_BYTES)
-    uvicorn.run(app, host=args.host, port=args.port, access_log=args.access_log, log_level="info")
+    recommender = load_recommender(args)  # a bad model is refused here, before any worker starts
+    max_body = args.max_body_bytes or MAX_BODY_BYTES
+    options = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_level": "info"}
+    if args.workers == 1:
+        app = create_app(recommender, max_body_bytes=max_body)
+        settle_heap()
+        uvicorn.run(app, **options)
+        return 0
+    values = {"model": str(args.model), "device": args.device, "max_body_bytes": str(max_body), "threads": str(args.threads)}
+    os.environ.update({ENVIRONMENT[name]: value for name, value in values.items()})
+    uvicorn.run("mtrec.serve:app_from_environment", factory=True, workers=args.workers, **options)
     return 0

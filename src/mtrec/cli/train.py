@@ -97,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
             torch.cuda.set_device(device)
         distributed = Distributed.start(args.dist_backend, device, args.dist_timeout)
         config = config.replace(device=str(device))
+    finished = False
     try:
-        return _train(args, config, distributed, tqdm)
+        code = _train(args, config, distributed, tqdm)
+        finished = True
+        return code
     finally:
         if distributed is not None:
-            distributed.close()
+            distributed.close(wait=finished)
 
 
 def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed | None, tqdm) -> int:
