@@ -14,7 +14,7 @@ rate at which the top-10 p99 stays under 25 ms. ``--closed-loop`` instead sends 
 ``--concurrency`` clients, each waiting for its answer before the next request: that measures
 throughput under a fixed concurrency, and hides the tail (it is labelled so).
 
-    python benchmarks/serve.py                        # rates 200 ... 2400 req/s, about 4 minutes
+    python benchmarks/serve.py                        # rates 200 ... 3200 req/s, about a minute and a half
     python benchmarks/serve.py --workers 2 --figure docs/serve_latency.png
 """
 
@@ -52,7 +52,7 @@ MIX = {
     "predict unknown (404)": 0.05,
 }
 #: The offered rates of the sweep, requests per second.
-RATES = (200, 400, 800, 1200, 1600, 2000, 2400)
+RATES = (200, 400, 800, 1200, 1600, 2000, 2400, 3200)
 #: The p99 of top-10 recommendations that the knee keeps under, in ms.
 KNEE_MS = 25.0
 

@@ -128,6 +128,23 @@ def test_every_method_and_architecture_trains_with_the_steps_that_support_it(sha
     assert last.train_mse < first.train_mse and np.isfinite(last.metrics["test_mrr"])
 
 
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "gradnorm"])
+def test_each_epoch_records_the_task_weights_its_method_chose(weighting):
+    from mtrec.fitted import EpochRecord
+
+    data = random_interactions(num_users=30, num_items=40, n=600, seed=3)
+    model = MultitaskModel(embedding_dim=8, weighting=weighting, batch_size=64, learning_rate=0.05, seed=1)
+    model.fit(data, 3)
+    weights = [record.task_weights for record in model.history_]
+    if weighting == "fixed":
+        assert weights == [None] * 3  # the λs are the configuration, not a record
+        return
+    assert all(w is not None and all(np.isfinite(w)) and min(w) > 0 for w in weights)
+    assert weights[0] != weights[-1]  # learned, so they move
+    back = EpochRecord.from_json(model.history_[-1].to_json())
+    assert back.task_weights == pytest.approx(weights[-1])
+
+
 @pytest.mark.parametrize("weighting", ["pcgrad", "mgda", "gradnorm"])
 def test_gradient_methods_leave_task_specific_parameters_their_own_gradient(weighting):
     """With separate embeddings no parameter is shared: each gets its own task's (weighted) gradient."""

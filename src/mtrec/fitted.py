@@ -42,6 +42,9 @@ class EpochRecord:
         Wall time of the epoch, evaluation included.
     learning_rate:
         The learning rate the epoch was trained with.
+    task_weights:
+        The weights of (L_F, L_R) at the epoch's end, for a weighting that sets its own
+        (uncertainty, GradNorm, MGDA; PCGrad's are the λs); None for fixed weights.
     """
 
     epoch: int
@@ -51,6 +54,7 @@ class EpochRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     learning_rate: float | None = None
+    task_weights: tuple[float, float] | None = None
 
     @property
     def test_mse(self) -> float | None:
@@ -78,21 +82,25 @@ class EpochRecord:
         record["seconds"] = self.seconds
         if self.learning_rate is not None:
             record["learning_rate"] = self.learning_rate
+        if self.task_weights is not None:
+            record["weight_f"], record["weight_r"] = self.task_weights
         return {key: finite_or_none(value) for key, value in record.items()}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> EpochRecord:
         """The record :meth:`to_json` wrote (None read back as NaN for the training losses)."""
-        known = {"epoch", "seconds", "learning_rate", *TRAIN_FIELDS}
+        known = {"epoch", "seconds", "learning_rate", "weight_f", "weight_r", *TRAIN_FIELDS}
         losses = {name: math.nan if record.get(name) is None else float(record[name]) for name in TRAIN_FIELDS}
         metrics = {k: float(v) for k, v in record.items() if k not in known and v is not None}
         rate = record.get("learning_rate")
+        weights = (record.get("weight_f"), record.get("weight_r"))
         return cls(
             epoch=int(record["epoch"]),
             **losses,
             metrics=metrics,
             seconds=float(record.get("seconds") or 0.0),
             learning_rate=None if rate is None else float(rate),
+            task_weights=None if None in weights else (float(weights[0]), float(weights[1])),
         )
 
 

@@ -400,28 +400,18 @@ class Recommender:
     def _block(self, users: torch.Tensor, k: int, exclude_seen: bool, allowed, seen_indptr) -> pa.Table:
         """The top ``k`` of a block of known users (indices), as an Arrow table."""
         scores = self.network.all_watch_scores(users)
-        ranked = scores.clone()
+        seen = None
         if exclude_seen:
             starts, stops = seen_indptr[users], seen_indptr[users + 1]
             counts = stops - starts
             rows = torch.repeat_interleave(torch.arange(len(users), device=self.device), counts)
             offsets = torch.arange(int(counts.sum()), device=self.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-            ranked[rows, self._seen_indices[torch.repeat_interleave(starts, counts) + offsets]] = float("-inf")
-        if allowed is not None:
-            ranked.masked_fill_(~allowed, float("-inf"))
-        top_p, top_items = torch.topk(ranked, k, dim=1)
-        del ranked
-        # How many of all items each pick outscores: bucket every score among the picks (ascending),
-        # count each bucket, and add the counts up from the top.
-        ascending = top_p.flip(1).contiguous()
-        buckets = torch.searchsorted(ascending, scores, right=True, out_int32=True)
-        keys = buckets.long() + (torch.arange(len(users), device=self.device) * (k + 1))[:, None]
-        del buckets
-        histogram = torch.bincount(keys.view(-1), minlength=len(users) * (k + 1)).view(len(users), k + 1)
-        del keys, scores
-        at_or_above = histogram[:, 1:].flip(1).cumsum(1).flip(1)  # per ascending pick: items scored at least as high
-        below = (self.num_items - at_or_above).flip(1)
-        watch = below.double() / max(self.num_items - 1, 1)
+            seen = (rows, self._seen_indices[torch.repeat_interleave(starts, counts) + offsets], offsets)
+        if allowed is None:
+            top_p, top_items, watch = self._top_and_watch(scores, k, seen)
+        else:
+            top_p, top_items, watch = self._top_and_watch_filtered(scores, k, seen, allowed)
+        del scores
         valid = torch.isfinite(top_p)  # fewer than k items left after the filters
         pair_users = users[:, None].expand_as(top_items)
         if self.has_ratings:
@@ -441,6 +431,66 @@ class Recommender:
             "cold_start": pa.array(np.zeros(int(flat.sum()), dtype=bool)),
         }
         return pa.table(columns)
+
+    def _top_and_watch(self, scores: torch.Tensor, k: int, seen) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Top ``k`` of each row of ``scores`` with the ``seen`` entries (rows, columns, offsets)
+        left out, and each pick's exact watch score, without a pass over all items per pick.
+
+        An item scores at least as high as pick j if it is a pick at or above j, a left-out item
+        scoring at least p_j, or an unpicked item tied with the last pick (no other unpicked item
+        can reach p_j). So only the picks and the left-out items are counted, plus one comparison
+        pass for the ties. ``scores`` is overwritten.
+        """
+        n = len(scores)
+        entries = None
+        if seen is not None and len(seen[0]):
+            rows, columns, offsets = seen
+            # The left-out items' scores, one row per user, padded with NaN (which reaches no pick).
+            entries = torch.full((n, int(offsets.max()) + 1), float("nan"), device=scores.device)
+            entries[rows, offsets] = scores[rows, columns]
+            scores[rows, columns] = float("-inf")
+        # One more than k: where the next item scores below the last pick, no unpicked item ties it.
+        extra = int(k < self.num_items)
+        top_p, top_items = torch.topk(scores, k + extra, dim=1)
+        tied_rows = torch.nonzero(top_p[:, -1] == top_p[:, -2]).view(-1) if extra and k > 0 else top_p.new_zeros(0, dtype=torch.long)
+        top_p, top_items = top_p[:, :k], top_items[:, :k]
+        ascending = top_p.flip(1).contiguous()
+        counted = ascending if entries is None else torch.cat([ascending, entries], dim=1)
+        # Each counted score v reaches the picks p_j <= v: the lowest searchsorted(...) of them. A
+        # histogram of those positions, summed from the top, gives per pick the entries at or above it.
+        positions = torch.searchsorted(ascending, counted, right=True)
+        positions.masked_fill_(counted.isnan(), 0)
+        positions += (torch.arange(n, device=scores.device) * (k + 1))[:, None]
+        histogram = torch.bincount(positions.view(-1), minlength=n * (k + 1)).view(n, k + 1)
+        at_or_above = histogram[:, 1:].flip(1).cumsum(1)  # per pick, best first
+        if len(tied_rows):
+            last = top_p[tied_rows, -1:]
+            ties = (scores[tied_rows] == last).sum(1, keepdim=True) - (top_p[tied_rows] == last).sum(1, keepdim=True)
+            at_or_above[tied_rows] += torch.where(top_p[tied_rows] == last, ties, 0)
+        watch = (self.num_items - at_or_above).double() / max(self.num_items - 1, 1)
+        return top_p, top_items, watch
+
+    def _top_and_watch_filtered(self, scores, k: int, seen, allowed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`_top_and_watch`, with a filter: every score is bucketed among the picks."""
+        ranked = scores.clone()
+        if seen is not None:
+            ranked[seen[0], seen[1]] = float("-inf")
+        ranked.masked_fill_(~allowed, float("-inf"))
+        top_p, top_items = torch.topk(ranked, k, dim=1)
+        del ranked
+        # How many of all items each pick outscores: bucket every score among the picks (ascending),
+        # count each bucket, and add the counts up from the top.
+        n = len(scores)
+        ascending = top_p.flip(1).contiguous()
+        buckets = torch.searchsorted(ascending, scores, right=True, out_int32=True)
+        keys = buckets.long() + (torch.arange(n, device=self.device) * (k + 1))[:, None]
+        del buckets
+        histogram = torch.bincount(keys.view(-1), minlength=n * (k + 1)).view(n, k + 1)
+        del keys
+        at_or_above = histogram[:, 1:].flip(1).cumsum(1).flip(1)  # per ascending pick: items scored at least as high
+        below = (self.num_items - at_or_above).flip(1)
+        watch = below.double() / max(self.num_items - 1, 1)
+        return top_p, top_items, watch
 
     def _cold_table(self, users: list[Any], k: int, allowed) -> pa.Table:
         indices = self._popular_indices(k, allowed)

@@ -53,6 +53,8 @@ TRAIN_TAGS = {
 def scalar_tags(record: EpochRecord) -> dict[str, float]:
     """The record's finite values by TensorBoard tag."""
     values = {tag: getattr(record, name) for name, tag in TRAIN_TAGS.items()}
+    if record.task_weights is not None:
+        values["train/weight_f"], values["train/weight_r"] = record.task_weights
     values.update({name.replace("_", "/", 1): value for name, value in record.metrics.items()})
     return {tag: value for tag, value in values.items() if value is not None and math.isfinite(value)}
 

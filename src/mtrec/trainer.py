@@ -24,6 +24,7 @@ from mtrec.fitted import EpochRecord
 from mtrec.losses import Batch
 from mtrec.sampling import EpochSampler
 from mtrec.training import Step
+from mtrec.weighting import Fixed
 
 #: The early-stopping criterion that weighs both tasks.
 JOINT = "joint"
@@ -241,6 +242,9 @@ class Trainer:
             train_loss=train_loss,
             learning_rate=learning_rate,
         )
+        weighting = getattr(step.objective, "weighting", None)
+        if weighting is not None and not isinstance(weighting, Fixed):
+            record.task_weights = tuple(float(w) for w in weighting.task_weights())
         if self.evaluators and (epoch % self.eval_every == 0 or epoch == self.epochs):
             with torch_threads(self.eval_threads):
                 for prefix, evaluator in self.evaluators.items():

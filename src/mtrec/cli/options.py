@@ -13,7 +13,7 @@ import argparse
 from typing import Any
 
 from mtrec.cli._args import add_option, non_negative_float, non_negative_int, positive_float, positive_int
-from mtrec.config import PRESETS, RunConfig, preset
+from mtrec.config import PRESETS, QUALITY_MODEL, QUALITY_TRAINING, RunConfig, preset
 from mtrec.data.datasets import RELEASES
 from mtrec.data.spec import DEFAULT_TEST_FRACTION, SPLITS
 from mtrec.evaluation import METRICS
@@ -34,6 +34,12 @@ def seed_number(text: str) -> int:
     return value
 
 
+def _presets(name: str, seed: str) -> str:
+    """The default of ``name`` in each preset: ``seed preset X, quality preset Y`` (or ``default X``)."""
+    value = {**QUALITY_MODEL, **QUALITY_TRAINING}.get(name)
+    return f"default {seed}" if value is None else f"seed preset {seed}, quality preset {value}"
+
+
 def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """The model and its training."""
     group = parser.add_argument_group("model and training")
@@ -41,9 +47,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) ->
                help=f"the settings the other options change: seed (the assignment's) or quality (the best measured, "
                f"with validation and early stopping) (default {default_preset})")
     add_option(group, "--factorization-weight", type=non_negative_float, default=SUPPRESS,
-               help="lambda_F, weight of the watch (BPR) loss, 0 to 1000 (default 0.5)")
+               help=f"lambda_F, weight of the watch (BPR) loss, 0 to 1000 ({_presets('factorization_weight', '0.5')})")
     add_option(group, "--regression-weight", type=non_negative_float, default=SUPPRESS,
-               help="lambda_R, weight of the rating (MSE) loss, 0 to 1000 (default 0.5)")
+               help=f"lambda_R, weight of the rating (MSE) loss, 0 to 1000 ({_presets('regression_weight', '0.5')})")
     sharing = group.add_mutually_exclusive_group()
     add_option(sharing, "--sharing", choices=SHARINGS, default=SUPPRESS,
                help="how the heads share U and Q: hard (the same, default), separate (each its own), residual "
@@ -61,36 +67,36 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) ->
     add_option(group, "--embedding-dim", type=positive_int, default=SUPPRESS, help="latent dimension d (default 32)")
     add_option(group, "--layer-sizes", type=positive_int, nargs="+", default=SUPPRESS, metavar="N",
                help="input size of each dense layer of the rating MLP; the first must be 3*d (default: 3d 64)")
-    add_option(group, "--batch-size", type=positive_int, default=SUPPRESS, help="positive triples per step (default 256)")
+    add_option(group, "--batch-size", type=positive_int, default=SUPPRESS, help=f"positive triples per step ({_presets('batch_size', '256')})")
     add_option(group, "--learning-rate", type=positive_float, default=SUPPRESS,
-               help="Adam learning rate (default 1e-3; with --batch-size B alone, 1e-3 x B/256, at most 0.064)")
+               help=f"Adam learning rate ({_presets('learning_rate', '1e-3')}; with --batch-size B alone, 1e-3 x B/256, at most 0.064)")
     add_option(group, "--l2", type=non_negative_float, default=SUPPRESS,
-               help="Adam weight decay of every parameter group without its own (default 0)")
+               help=f"Adam weight decay of every parameter group without its own ({_presets('l2', '0')})")
     for part, what in (("embeddings", "user and item embeddings"), ("residuals", "task-specific parts of residual sharing"),
                        ("biases", "biases"), ("mlp", "rating MLP and cross-stitch maps")):
         add_option(group, f"--l2-{part}", type=non_negative_float, default=SUPPRESS,
                    help=f"weight decay of the {what} (default: --l2)")
     add_option(group, "--lr-schedule", choices=SCHEDULES, default=SUPPRESS,
-               help="learning rate per epoch: constant (default), exponential (x lr-gamma each epoch), "
-               "step (x lr-gamma every lr-step epochs), cosine (to 0 over the epochs)")
+               help="learning rate per epoch: constant, exponential (x lr-gamma each epoch), "
+               f"step (x lr-gamma every lr-step epochs), cosine (to 0 over the epochs) ({_presets('lr_schedule', 'constant')})")
     add_option(group, "--lr-gamma", type=positive_float, default=SUPPRESS, help="decay factor of the schedule, in (0, 1] (default 0.95)")
     add_option(group, "--lr-step", type=positive_int, default=SUPPRESS, help="epochs per step of --lr-schedule step (default 10)")
     add_option(group, "--watch-loss", choices=WATCH_LOSSES, default=SUPPRESS,
                help="bpr: mean(1 - sigmoid(p+ - p-)) (the seed's, default); logsigmoid: mean(-log sigmoid(p+ - p-))")
     add_option(group, "--negatives", type=positive_int, default=SUPPRESS, metavar="K",
-               help=f"negatives sampled per positive pair, 1 to {MAX_NEGATIVES} (default 1)")
+               help=f"negatives sampled per positive pair, 1 to {MAX_NEGATIVES} ({_presets('negatives', '1')})")
     add_option(group, "--exclude-positives", action=argparse.BooleanOptionalAction, default=SUPPRESS,
                help="redraw a sampled negative that the user rated (default: no)")
     add_option(group, "--rating-bias", action=argparse.BooleanOptionalAction, default=SUPPRESS,
                help="a learned per-user and per-item bias in the rating head (default: no)")
     add_option(group, "--seed", type=seed_number, default=SUPPRESS, help="seeds split, initialisation and sampling (default 0)")
-    add_option(group, "--epochs", type=non_negative_int, default=SUPPRESS, help="training epochs (default 200)")
+    add_option(group, "--epochs", type=non_negative_int, default=SUPPRESS, help=f"training epochs ({_presets('epochs', '200')}; early stopping may end training sooner)")
     add_option(group, "--eval-every", type=positive_int, default=SUPPRESS, help="evaluate every N epochs (default 1)")
     add_option(group, "--early-stopping", default=SUPPRESS, metavar="CRITERION",
                help="stop when this validation criterion has not improved for --patience evaluations, and keep the "
                "best epoch's weights: joint (mean relative improvement of MSE and MRR over the mean rating and the "
                "most popular items), or a metric (mse, mrr, ndcg@10...) (default: none; quality preset: joint)")
-    add_option(group, "--patience", type=positive_int, default=SUPPRESS, help="evaluations without improvement (default 10)")
+    add_option(group, "--patience", type=positive_int, default=SUPPRESS, help=f"evaluations without improvement ({_presets('patience', '10')})")
     add_option(group, "--metrics", nargs="+", choices=METRICS, default=SUPPRESS, metavar="METRIC",
                help=f"metrics recorded: {', '.join(METRICS)} (default all)")
     add_option(group, "--k", type=positive_int, nargs="+", default=SUPPRESS, metavar="K",

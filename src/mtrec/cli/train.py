@@ -22,9 +22,12 @@ DESCRIPTION = """\
 Train the multi-task model: matrix factorisation (watch score p, pairwise BPR-style loss)
 and a rating MLP on [u, q, u*q] (MSE), joined as
 factorization_weight * L_F + regression_weight * L_R.
-Test metrics are measured every epoch. The run directory (--logdir) receives TensorBoard
-curves, config.json, metrics.json and the model (model.safetensors). --config RUN/config.json
-trains the run that config describes again; options given beside it change those settings.
+The default --preset quality carves a validation set from the training part, stops early on
+it and keeps the chosen epoch's model; --preset seed is the assignment's (200 epochs, the last
+epoch's model). The test set is measured every epoch for the record only: nothing is chosen on
+it. The run directory (--logdir) receives TensorBoard curves, config.json, metrics.json and the
+model (model.safetensors). --config RUN/config.json trains the run that config describes again;
+options given beside it change those settings. Under torchrun it trains on every process.
 """
 
 EXAMPLES = """\

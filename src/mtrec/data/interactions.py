@@ -85,12 +85,12 @@ class Interactions:
     _item_lookup: dict | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.users = np.ascontiguousarray(self.users, dtype=np.int32)
-        self.items = np.ascontiguousarray(self.items, dtype=np.int32)
+        self.users = _owned(self.users, np.int32)
+        self.items = _owned(self.items, np.int32)
         if self.ratings is not None:
-            self.ratings = np.ascontiguousarray(self.ratings, dtype=np.float32)
+            self.ratings = _owned(self.ratings, np.float32)
         if self.timestamps is not None:
-            self.timestamps = np.ascontiguousarray(self.timestamps, dtype=np.int64)
+            self.timestamps = _owned(self.timestamps, np.int64)
         n = len(self.users)
         for label, array in (("items", self.items), ("ratings", self.ratings), ("timestamps", self.timestamps)):
             if array is not None and len(array) != n:
@@ -141,6 +141,13 @@ class Interactions:
         indptr = np.zeros(self.num_users + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return indptr, self.items[order].astype(np.int64)
+
+
+def _owned(array: Any, dtype: type) -> np.ndarray:
+    """``array`` as a contiguous, writable array of ``dtype`` (Arrow's zero-copy views are read-only,
+    and PyTorch warns about tensors made from them)."""
+    array = np.ascontiguousarray(array, dtype=dtype)
+    return array if array.flags.writeable else array.copy()
 
 
 def same_id_maps(a: Any, b: Any) -> bool:
