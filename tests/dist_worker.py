@@ -27,19 +27,29 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
     return sha.hexdigest()
 
 
-def main(out: Path, batch_size: int, weighting: str) -> None:
+def main(out: Path, batch_size: int, weighting: str, exchange: str, sharing: str) -> None:
     torch.set_num_threads(1)
-    distributed = Distributed.start("gloo")
+    distributed = Distributed.start("gloo", exchange=exchange)
     data = random_interactions(num_users=50, num_items=60, n=1500, seed=3)
     test = random_interactions(num_users=50, num_items=60, n=300, seed=4)
-    model = MultitaskModel(embedding_dim=8, batch_size=batch_size, learning_rate=0.01, weighting=weighting, seed=5)
+    model = MultitaskModel(embedding_dim=8, batch_size=batch_size, learning_rate=0.01, weighting=weighting, seed=5,
+                           sharing=sharing, rating_bias=sharing == "separate", negatives=2, l2=1e-4)
     record = {"init": digest(model.build_network(50, 60).state_dict()), "epochs": []}
 
     def dump(trainer) -> None:
         tensors, _ = trainer.state()
         record["epochs"].append(digest({k: v for k, v in tensors.items() if not k.startswith("sampler")}))
 
+    exchanges = [0]
+    sum_rows = distributed.sum_rows
+
+    def counted(*args) -> None:
+        exchanges[0] += 1
+        sum_rows(*args)
+
+    distributed.sum_rows = counted
     model.fit(data, 3, test=test, distributed=distributed, on_checkpoint=dump, checkpoint_every=1)
+    record["row_exchanges"] = exchanges[0]
     record["history"] = [r.to_json() | {"seconds": 0} for r in model.history_]
     record["distributed_eval"] = Evaluator(test, data, distributed=distributed).evaluate(model.network_)
     record["single_eval"] = Evaluator(test, data).evaluate(model.network_)
@@ -48,4 +58,5 @@ def main(out: Path, batch_size: int, weighting: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] if len(sys.argv) > 3 else "fixed")
+    options = sys.argv[3:] + ["fixed", "dense", "hard"][len(sys.argv) - 3 :]
+    main(Path(sys.argv[1]), int(sys.argv[2]), *options)

@@ -65,6 +65,24 @@ def test_a_gradient_method_trains_alike_on_every_process(tmp_path):
     assert ranks[0]["epochs"] == ranks[1]["epochs"]
 
 
+@pytest.mark.parametrize("sharing", ["hard", "separate"])
+def test_the_row_exchange_keeps_every_process_alike_and_trains_what_the_dense_one_trains(tmp_path, sharing):
+    histories = {}
+    for exchange in ("dense", "rows"):
+        out = tmp_path / exchange
+        out.mkdir()
+        result = torchrun(str(TESTS / "dist_worker.py"), str(out), "101", "fixed", exchange, sharing)
+        assert result.returncode == 0, result.stderr[-3000:]
+        ranks = [json.loads((out / f"rank-{r}.json").read_text()) for r in range(2)]
+        assert ranks[0]["epochs"] == ranks[1]["epochs"]  # bit for bit across processes, every epoch
+        assert (ranks[0]["row_exchanges"] > 0) == (exchange == "rows")
+        histories[exchange] = ranks[0]["history"]
+    for dense, rows in zip(histories["dense"], histories["rows"], strict=True):
+        for key, value in dense.items():
+            if isinstance(value, float):
+                assert rows[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
 @pytest.mark.parametrize("batch_size", ["128", "101"])
 def test_two_processes_train_what_one_trains_at_the_same_global_batch(tmp_path, batch_size):
     ratings = ratings_file(tmp_path)

@@ -34,6 +34,10 @@ from mtrec.errors import ConfigError, MtrecError
 BACKENDS = ("auto", "gloo", "nccl")
 #: Seconds a collective may wait for the other processes, by default.
 DEFAULT_TIMEOUT = 300.0
+#: How gradients travel: ``dense`` (one ``all_reduce`` of every parameter's gradient) or ``rows``
+#: (the embedding-table rows each process's batch touched, gathered from every process, and an
+#: ``all_reduce`` of the rest).
+EXCHANGES = ("dense", "rows")
 
 
 class DistributedError(MtrecError):
@@ -62,6 +66,10 @@ class Distributed:
         Its number on its machine (which GPU it takes).
     backend:
         ``gloo`` or ``nccl``.
+    timeout:
+        Seconds a collective may wait for the others.
+    exchange:
+        ``dense`` or ``rows`` (:data:`EXCHANGES`): how the training step's gradients are summed.
     """
 
     rank: int
@@ -69,12 +77,18 @@ class Distributed:
     local_rank: int
     backend: str
     timeout: float = DEFAULT_TIMEOUT
+    exchange: str = "dense"
 
     @classmethod
-    def start(cls, backend: str = "auto", device: torch.device | None = None, timeout: float = DEFAULT_TIMEOUT) -> Distributed:
+    def start(
+        cls, backend: str = "auto", device: torch.device | None = None, timeout: float = DEFAULT_TIMEOUT,
+        exchange: str = "dense",
+    ) -> Distributed:  # fmt: skip
         """Join the process group torchrun set up (its environment variables name it)."""
         if backend not in BACKENDS:
             raise ConfigError(f"unknown distributed backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        if exchange not in EXCHANGES:
+            raise ConfigError(f"unknown gradient exchange {exchange!r}; use one of {', '.join(EXCHANGES)}")
         device = device or torch.device("cpu")
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -94,7 +108,7 @@ class Distributed:
             attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             prefixed = dist.PrefixStore(f"mtrec/attempt-{attempt}/", store)
             dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size, timeout=wait)
-        return cls(rank, world_size, local_rank, backend, timeout)
+        return cls(rank, world_size, local_rank, backend, timeout, exchange)
 
     @property
     def is_main(self) -> bool:
@@ -123,6 +137,46 @@ class Distributed:
         if len(tensors) > 1:
             for tensor, reduced in zip(tensors, torch._utils._unflatten_dense_tensors(flat, tensors)):
                 tensor.copy_(reduced)
+
+    def sum_rows(self, groups: list[tuple[torch.Tensor, list[torch.Tensor]]], dense: list[torch.Tensor]) -> None:
+        """Add row-sparse gradients up over the processes, in place, sending only the rows in use.
+
+        Each group is the row indices this process's batch touched (repeats allowed) and the
+        gradients of the tables those indices address, zero in every other row. Each process
+        sends those rows once (an ``all_gather``) and adds everyone's into its own tables, in
+        the order of the processes, so that every process ends with the same sums; ``dense``
+        (the gradients of everything else) is summed by :meth:`sum`.
+        """
+        self.sum(dense)
+        if not groups:
+            return
+        rows = [torch.unique(indices) for indices, _ in groups]
+        device = rows[0].device
+        counts = torch.tensor([len(r) for r in rows], dtype=torch.int64, device=device)
+        every = [torch.empty_like(counts) for _ in range(self.world_size)]
+        self._guard("gathering gradient row counts", lambda: dist.all_gather(every, counts))
+        every_count = torch.stack(every).tolist()  # [process][group]
+        for index, ((_, tables), mine) in enumerate(zip(groups, rows)):
+            most = max(process[index] for process in every_count)
+            if most == 0:
+                continue
+            width = sum(table.shape[1] for table in tables)
+            values = torch.zeros(most, width, dtype=tables[0].dtype, device=device)
+            values[: len(mine)] = torch.cat([table.index_select(0, mine) for table in tables], dim=1)
+            ids = torch.zeros(most, dtype=torch.int64, device=device)
+            ids[: len(mine)] = mine
+            all_values = [torch.empty_like(values) for _ in range(self.world_size)]
+            all_ids = [torch.empty_like(ids) for _ in range(self.world_size)]
+            self._guard("gathering gradient rows", lambda: dist.all_gather(all_ids, ids))
+            self._guard("gathering gradient rows", lambda: dist.all_gather(all_values, values))
+            used = [process[index] for process in every_count]
+            ids_used = torch.cat([i[:n] for i, n in zip(all_ids, used)])
+            values_used = torch.cat([v[:n] for v, n in zip(all_values, used)])
+            column = 0
+            for table in tables:
+                table.index_fill_(0, mine, 0.0)
+                table.index_add_(0, ids_used, values_used[:, column : column + table.shape[1]])
+                column += table.shape[1]
 
     def broadcast(self, value, src: int = 0):
         """``value`` of process ``src``, on every process (plain values: strings, numbers, None)."""

@@ -205,6 +205,8 @@ class Trainer:
         self.stopped = False
         if distributed is not None:
             step.reduce = distributed.sum
+            if distributed.exchange == "rows":
+                step.reduce_rows = distributed.sum_rows
 
     def _epoch(self, epoch: int) -> EpochRecord:
         step, network, n, size = self.step, self.step.network, len(self.sampler), self.batch_size

@@ -82,6 +82,9 @@ class Step:
         self.objective = objective
         self.optimizer: torch.optim.Optimizer
         self.reduce: Callable[[list[torch.Tensor]], None] | None = None
+        #: If set (and the step gives :meth:`row_gradients`), called instead of :attr:`reduce`
+        #: with the row-sparse table gradients and the dense rest.
+        self.reduce_rows: Callable[[list[tuple[torch.Tensor, list[torch.Tensor]]], list[torch.Tensor]], None] | None = None
 
     def gradients(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
@@ -90,13 +93,26 @@ class Step:
         """The tensors that hold the gradients, as the optimiser reads them."""
         return [p.grad for group in self.optimizer.param_groups for p in group["params"]]
 
+    def row_gradients(self) -> tuple[list[tuple[torch.Tensor, list[torch.Tensor]]], list[torch.Tensor]] | None:
+        """The last batch's gradients split into row-sparse tables and a dense rest, or None.
+
+        Each group is the row indices the batch touched and the gradients of the tables those
+        indices address (zero in every other row); the rest are the other gradient tensors.
+        None where the step does not know which rows it touched (the autograd step).
+        """
+        return None
+
     #: Whether :meth:`gradients` sums the gradients over processes itself (before combining them).
     reduces_itself = False
 
     def __call__(self, batch: Batch) -> torch.Tensor:
         losses = self.gradients(batch)
         if self.reduce is not None and not self.reduces_itself:
-            self.reduce(self.gradient_tensors())
+            rows = self.row_gradients() if self.reduce_rows is not None else None
+            if rows is not None:
+                self.reduce_rows(*rows)
+            else:
+                self.reduce(self.gradient_tensors())
         self.optimizer.step()
         return losses
 
@@ -248,9 +264,30 @@ class FusedStep(Step):
         self.flat = FlatParameters(params for params, _ in groups)
         self.optimizer = _adam([([flat], decay) for flat, (_, decay) in zip(self.flat.values, groups)], learning_rate)
         self.linears = [layer for layer in network.rating_mlp if isinstance(layer, nn.Linear)]
+        self._touched: tuple[torch.Tensor, torch.Tensor] | None = None  # the last batch's users and items
 
     def gradient_tensors(self) -> list[torch.Tensor]:
         return [flat.grad for flat in self.flat.values]
+
+    def row_gradients(self) -> tuple[list[tuple[torch.Tensor, list[torch.Tensor]]], list[torch.Tensor]] | None:
+        """The user tables' rows of the batch's users, the item tables' rows of its positives and
+        negatives (the rating tables' positives among them), and the MLP's gradients."""
+        if self._touched is None:
+            return None
+        net, grad_of = self.network, self.flat.grad_of
+        users, items = self._touched
+        user_tables = [net.user_embeddings.weight, net.user_biases.weight]
+        item_tables = [net.item_embeddings.weight, net.item_biases.weight]
+        if not net.embedding_sharing:
+            user_tables.append(net.rating_user_embeddings.weight)
+            item_tables.append(net.rating_item_embeddings.weight)
+        if net.rating_bias:
+            user_tables.append(net.rating_user_biases.weight)
+            item_tables.append(net.rating_item_biases.weight)
+        tables = {id(t) for t in user_tables + item_tables}
+        dense = [grad_of(p) for p in self.network.parameters() if id(p) not in tables]
+        groups = [(users, [grad_of(t) for t in user_tables]), (items, [grad_of(t) for t in item_tables])]
+        return groups, dense
 
     @torch.no_grad()
     def gradients(self, batch: Batch) -> torch.Tensor:
@@ -321,6 +358,7 @@ class FusedStep(Step):
         bias_grad.index_add_(0, positives, d_bias_pos)
         bias_grad.index_add_(0, negatives_flat, d_bias_neg.neg())
         loss = weight_f * loss_f + objective.regression_weight * loss_r
+        self._touched = (users, both)
         return torch.stack([loss_f, loss_r, loss])
 
     def _rating_gradients(

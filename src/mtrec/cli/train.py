@@ -14,7 +14,7 @@ import torch
 from mtrec.cli._args import add_option, non_negative_int, positive_float
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.config import RunConfig
-from mtrec.distributed import BACKENDS, DEFAULT_TIMEOUT, Distributed, launched_by_torchrun, restarted
+from mtrec.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, restarted
 from mtrec.model import resolve_device
 from mtrec.runs import train_run
 
@@ -61,6 +61,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                "torchrun restarts does so by itself)")
     add_option(runs, "--dist-backend", choices=BACKENDS, default="auto",
                help="under torchrun: auto (nccl on CUDA, gloo on CPU; default), gloo or nccl")
+    add_option(runs, "--dist-exchange", choices=EXCHANGES, default="dense",
+               help="under torchrun: how gradients travel: dense (one all_reduce of every gradient; default) or "
+               "rows (only the embedding rows each batch touched, gathered from every process: less traffic for "
+               "batches much smaller than the tables; the fused step only, the autograd step stays dense)")
     add_option(runs, "--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                help=f"under torchrun: how long a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})")
     add_run_arguments(parser, default_preset="quality")
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         if device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
-        distributed = Distributed.start(args.dist_backend, device, args.dist_timeout)
+        distributed = Distributed.start(args.dist_backend, device, args.dist_timeout, args.dist_exchange)
         config = config.replace(device=str(device))
     finished = False
     try:
@@ -138,6 +142,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
         speed = {"world_size": 1 if distributed is None else distributed.world_size}
         if distributed is not None:
             speed["dist_backend"] = distributed.backend
+            speed["dist_exchange"] = distributed.exchange
         resume = args.resume or restarted()
         metrics = train_run(
             config, train, validation, test, logdir, summary, on_epoch, force=args.force, distributed=distributed,
