@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from tables import table  # benchmarks/tables.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Process counts of the projection, and its links: (name, bytes per second, seconds per message).
@@ -117,13 +118,6 @@ def worker(path: Path, steps: int, batch_size: int, exchange: str, out: Path) ->
     (out / f"rank-{rank}.json").write_text(json.dumps(result))
     if distributed is not None:
         distributed.close()
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
-    lines = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -628,6 +628,21 @@ def _outscored_fraction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tenso
     return counts / max(rows.shape[1] - 1, 1)
 
 
+def _read_rows(path: Path, what: str, empty: str) -> tuple[list[tuple[int, list[str]]], str]:
+    """The non-blank lines of a small CSV or TSV file as (line number, stripped cells), and the
+    delimiter: a tab if the first line has one, else a comma. ``what`` and ``empty`` word the errors."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"cannot read {what} from {path}: {error}") from None
+    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+    if not numbered:
+        raise DataError(f"{path}: {empty}")
+    delimiter = "\t" if "\t" in numbered[0][1] else ","
+    cells = csv.reader([line for _, line in numbered], delimiter=delimiter)
+    return [(number, [cell.strip() for cell in row]) for (number, _), row in zip(numbered, cells)], delimiter
+
+
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(user, item) pairs from a CSV or TSV file.
 
@@ -635,16 +650,7 @@ def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     the header is optional. The delimiter is a tab if the first line has one, else a comma.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read pairs from {path}: {error}") from None
-    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-    if not numbered:
-        raise DataError(f"{path}: no (user, item) pairs")
-    delimiter = "\t" if "\t" in numbered[0][1] else ","
-    cells = csv.reader([line for _, line in numbered], delimiter=delimiter)
-    rows = [(number, [cell.strip() for cell in row]) for (number, _), row in zip(numbered, cells)]
+    rows, delimiter = _read_rows(path, "pairs", "no (user, item) pairs")
     header = [cell.lower() for cell in rows[0][1]]
     columns = (0, 1)
     if "user" in header and "item" in header:
@@ -669,16 +675,7 @@ def read_history(path: str | Path) -> list[tuple[str, float | None]]:
     is optional. At most :data:`MAX_HISTORY` items.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read a history from {path}: {error}") from None
-    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-    if not numbered:
-        raise DataError(f"{path}: an empty history")
-    delimiter = "\t" if "\t" in numbered[0][1] else ","
-    cells = csv.reader([line for _, line in numbered], delimiter=delimiter)
-    rows = [(number, [cell.strip() for cell in row]) for (number, _), row in zip(numbered, cells)]
+    rows, _ = _read_rows(path, "a history", "an empty history")
     header = [cell.lower() for cell in rows[0][1]]
     item_column, rating_column = 0, 1
     if "item" in header:
