@@ -88,6 +88,22 @@ def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, wat
         torch.testing.assert_close(fused_grads[name], auto_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("step_class", STEPS)
+@pytest.mark.parametrize("negatives_per_pair", [None, 3])
+def test_an_empty_share_of_a_global_batch_adds_nothing(step_class, negatives_per_pair):
+    # A process whose slice of a small last batch is empty still takes its part in the step.
+    empty = torch.zeros(0, dtype=torch.long)
+    negatives = empty if negatives_per_pair is None else torch.zeros(0, negatives_per_pair, dtype=torch.long)
+    batch = Batch(users=empty, positives=empty, negatives=negatives, ratings=torch.zeros(0), count=5)
+    net = random_net()
+    step = step_class(net, JointObjective(0.9, 0.1), learning_rate=1e-3)
+    losses = step.gradients(batch)
+    assert torch.equal(losses, torch.zeros(3))
+    for name, param in net.named_parameters():
+        grad = param.grad if step_class is AutogradStep else step.flat.grad_of(param)
+        assert grad is None or not grad.any(), name
+
+
 def test_without_ratings_only_the_watch_loss_has_gradients():
     net = random_net(seed=3)
     batch = random_batch(ratings=False, seed=3)

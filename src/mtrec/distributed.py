@@ -143,9 +143,11 @@ class Distributed:
 
         Each group is the row indices this process's batch touched (repeats allowed) and the
         gradients of the tables those indices address, zero in every other row. Each process
-        sends those rows once (an ``all_gather``) and adds everyone's into its own tables, in
-        the order of the processes, so that every process ends with the same sums; ``dense``
-        (the gradients of everything else) is summed by :meth:`sum`.
+        sends those rows once (an ``all_gather``) and adds everyone's into its own tables one
+        process at a time, in the order of the processes: the rows of one process are distinct,
+        so no two additions of one call meet in a row (no atomics, on a GPU either), and every
+        process ends with the same sums, bit for bit. ``dense`` (the gradients of everything
+        else) is summed by :meth:`sum`.
         """
         self.sum(dense)
         if not groups:
@@ -170,12 +172,11 @@ class Distributed:
             self._guard("gathering gradient rows", lambda: dist.all_gather(all_ids, ids))
             self._guard("gathering gradient rows", lambda: dist.all_gather(all_values, values))
             used = [process[index] for process in every_count]
-            ids_used = torch.cat([i[:n] for i, n in zip(all_ids, used)])
-            values_used = torch.cat([v[:n] for v, n in zip(all_values, used)])
             column = 0
             for table in tables:
                 table.index_fill_(0, mine, 0.0)
-                table.index_add_(0, ids_used, values_used[:, column : column + table.shape[1]])
+                for ids_p, values_p, n in zip(all_ids, all_values, used):
+                    table.index_add_(0, ids_p[:n], values_p[:n, column : column + table.shape[1]])
                 column += table.shape[1]
 
     def broadcast(self, value, src: int = 0):

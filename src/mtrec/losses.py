@@ -134,7 +134,8 @@ class JointObjective:
             p_neg = network.watch_score(users.repeat_interleave(k), negatives.reshape(-1)).view(-1, k)
             margin = p_pos.unsqueeze(1) - p_neg
         terms = _watch_terms(margin, self.watch_loss)
-        loss_f = terms.sum() / (batch.denominator * (terms.numel() // max(len(users), 1)))
+        per_pair = 1 if negatives.dim() == 1 else negatives.shape[1]  # from the shape: a share may be empty
+        loss_f = terms.sum() / (batch.denominator * per_pair)
         if batch.ratings is None:
             return loss_f, torch.zeros((), device=loss_f.device)
         error = network.rating(users, batch.positives) - batch.ratings

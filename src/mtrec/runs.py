@@ -281,7 +281,10 @@ def train_run(
             state = _resumable(logdir, config) if resume else None
             if state is None:
                 staging = prepare_run_dir(logdir, force)
-                document = config.to_json(resolved={"step": model.resolved_step(), **(speed or {})}, summary=summary)
+                resolved = {"step": model.resolved_step(), **(speed or {})}
+                if resolved.get("dist_exchange") == "rows" and resolved["step"] != "fused":
+                    resolved["dist_exchange"] = "dense"  # only the fused step knows the rows it touched
+                document = config.to_json(resolved=resolved, summary=summary)
                 atomic_write_text(staging / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
         except RunExistsError as error:
             refusal = str(error)

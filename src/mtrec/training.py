@@ -307,7 +307,7 @@ class FusedStep(Step):
         item_bias = net.item_biases.weight.view(-1).index_select(0, both)
         # p+ - p-: the user's bias cancels, so it never receives a gradient from L_F.
         if several:
-            q_diff = q_pos.unsqueeze(1) - q_neg.view(size, k, -1)
+            q_diff = q_pos.unsqueeze(1) - q_neg.view(size, k, q.shape[1])  # sizes spelled out: a share may be empty
             margin = (q_diff * u.unsqueeze(1)).sum(2) + item_bias[:size, None] - item_bias[size:].view(size, k)
         else:
             q_diff = q_pos - q_neg
@@ -325,8 +325,8 @@ class FusedStep(Step):
         flat.zero_grad()
         if several:
             d_u = (d_margin.unsqueeze(2) * q_diff).sum(1)
-            d_q_neg = (d_margin.unsqueeze(2) * u.unsqueeze(1)).reshape(size * k, -1)
-            d_q_pos = d_q_neg.view(size, k, -1).sum(1)
+            d_q_neg = (d_margin.unsqueeze(2) * u.unsqueeze(1)).reshape(size * k, q.shape[1])
+            d_q_pos = d_q_neg.view(size, k, q.shape[1]).sum(1)
             d_bias_pos, d_bias_neg = d_margin.sum(1), d_margin.reshape(-1)
         else:
             d_margin = d_margin.unsqueeze(1)
