@@ -9,8 +9,8 @@ gradients (``dense``: one ``all_reduce`` of every parameter's gradient; ``rows``
 rows each process's batch touched, gathered from every process, and an ``all_reduce`` of the
 MLP's), measured in the processes themselves, with the bytes each process sends.
 
-    python benchmarks/distributed.py                 # about 5 minutes
-    python benchmarks/distributed.py --steps 20 --batch-size 65536 4096 1024
+    python benchmarks/distributed.py                 # about 9 minutes
+    python benchmarks/distributed.py --rounds 1 --steps 20 --batch-size 65536 4096 1024
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -122,8 +123,9 @@ def worker(path: Path, steps: int, batch_size: int, exchange: str, out: Path) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40, help="global batches timed at batch 65,536 (default 40)")
+    parser.add_argument("--steps", type=int, default=30, help="global batches timed at batch 65,536 (default 30)")
     parser.add_argument("--batch-size", type=int, nargs="+", default=[65536, 4096])
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every configuration (medians taken)")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -135,6 +137,7 @@ def main() -> None:
     configurations = [(batch, 1, "dense") for batch in args.batch_size]
     configurations += [(batch, 2, exchange) for batch in args.batch_size for exchange in ("dense", "rows")]
     configurations.sort(key=lambda c: -c[0])
+    rounds: list[dict] = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         data = folder / "synth-25m.parquet"
@@ -142,34 +145,46 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "mtrec", "synth", "--out", str(data)], check=True, env=env,
                        stdout=subprocess.DEVNULL)
         print(f"ML-25M-shaped synthetic ratings written in {time.perf_counter() - started:.0f} s")
-        results = {}
-        for batch, processes, exchange in configurations:
-            out = folder / f"b{batch}-p{processes}-{exchange}"
-            out.mkdir()
-            steps = args.steps * max(1, 65536 // batch // 4)
-            command = [__file__, "--batch-size", str(batch), "--worker", str(data), str(steps), exchange, str(out)]
-            if processes == 1:
-                command = [sys.executable, *command]
-            else:
-                command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *command]
-            subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-            results[batch, processes, exchange] = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+        for round_ in range(args.rounds):  # every configuration once a round: the machine's drift hits all alike
+            results = {}
+            for batch, processes, exchange in configurations:
+                out = folder / f"r{round_}-b{batch}-p{processes}-{exchange}"
+                out.mkdir()
+                steps = args.steps * max(1, 65536 // batch // 4)
+                command = [__file__, "--batch-size", str(batch), "--worker", str(data), str(steps), exchange, str(out)]
+                if processes == 1:
+                    command = [sys.executable, *command]
+                else:
+                    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc-per-node={processes}", *command]
+                subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+                ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
+                # the slowest process sets the pace
+                for key in ("step_s", "communication_s", "sent_bytes"):
+                    ranks[0][key] = max(r[key] for r in ranks)
+                results[batch, processes, exchange] = ranks[0]
+            rounds.append(results)
+    median = statistics.median
+    results = {}
+    for config in configurations:
+        merged = dict(rounds[0][config])
+        for key in ("step_s", "communication_s", "sent_bytes", "adam_s"):
+            merged[key] = median(r[config][key] for r in rounds)
+        results[config] = [merged]
     rows = [["batch", "processes x threads", "exchange", "s / step", "s / epoch (projected)", "speed-up",
              "exchange s / step", "MB sent / step / process", "gradient MB", "touched rows / step"]]
-    for (batch, processes, exchange), ranks in results.items():
+    for (batch, processes, exchange), (r,) in results.items():
         one = results[batch, 1, "dense"][0]
-        step_s = max(r["step_s"] for r in ranks)
-        communication = max(r["communication_s"] for r in ranks)
-        sent = max(r["sent_bytes"] for r in ranks)
-        r = ranks[0]
+        speedup = median(rd[batch, 1, "dense"]["step_s"] / rd[batch, processes, exchange]["step_s"] for rd in rounds)
         rows.append([
-            f"{batch:,}", f"{processes} x 1", exchange if processes > 1 else "–", f"{step_s:.4f}",
-            f"{step_s * r['steps_per_epoch']:.0f}", f"{one['step_s'] / step_s:.2f}x",
-            f"{communication:.4f}" if processes > 1 else "–", f"{sent / 1e6:.1f}" if processes > 1 else "–",
+            f"{batch:,}", f"{processes} x 1", exchange if processes > 1 else "–", f"{r['step_s']:.4f}",
+            f"{r['step_s'] * r['steps_per_epoch']:.0f}", f"{speedup:.2f}x",
+            f"{r['communication_s']:.4f}" if processes > 1 else "–", f"{r['sent_bytes'] / 1e6:.1f}" if processes > 1 else "–",
             f"{r['gradient_bytes'] / 1e6:.1f}", f"{r['touched_rows']:,.0f}",
         ])  # fmt: skip
     print(f"{one['ratings']:,} training ratings; one thread per process, gloo on 127.0.0.1; "
-          f"{args.steps} steps timed at batch 65,536 (more at smaller batches) after one of warm-up:")
+          f"{args.steps} steps timed at batch 65,536 (more at smaller batches) after one of warm-up; "
+          f"medians of {args.rounds} interleaved rounds (a speed-up: the median of each round's ratio):")
     print(table(rows))
     print()
     print(projection(results, args.batch_size))
