@@ -71,6 +71,27 @@ def test_the_batch_watch_scores_are_exact_with_ties(run_dir, k):
     assert column(fast, "13", "watch_score")[: len(single.items)] == [i.watch_score for i in single.items]
 
 
+@pytest.mark.parametrize("filters", [{}, {"genres": ["Comedy"], "exclude": ["Toy Story (1995)"]}])
+def test_one_users_watch_scores_by_comparison_and_by_the_batch_count_agree_with_ties(run_dir, filters, monkeypatch):
+    """A small k x items comparison, or (for large catalogues) the batch path's count: the same list."""
+    import mtrec.recommend as recommend
+
+    tied = Recommender.load(run_dir)
+    original = tied.network.all_watch_scores
+    tied.network.all_watch_scores = lambda users: (original(users) * 2).round() / 2
+    history = [(50, 5.0), (181, None), ("Fargo (1996)", 4.0)]
+    compared = [tied.recommend(user, 40, **filters) for user in ("13", "196")] + [tied.recommend_history(history, 40, **filters)]
+    monkeypatch.setattr(recommend, "COMPARE_ELEMENTS", 0)
+    counted = [tied.recommend(user, 40, **filters) for user in ("13", "196")] + [tied.recommend_history(history, 40, **filters)]
+    for a, b in zip(compared, counted, strict=True):  # which of tied items is listed may differ; their scores not
+        assert len(a.items) == len(b.items) == 40
+        assert [i.p for i in a.items] == [i.p for i in b.items]
+        assert [i.watch_score for i in a.items] == [i.watch_score for i in b.items]
+    for a, b in zip(compared[:2], counted[:2]):
+        assert {i.item for i in a.items if i.p > a.items[-1].p} == {i.item for i in b.items if i.p > b.items[-1].p}
+    assert len({i.p for i in compared[0].items}) < 20  # ties are the rule here
+
+
 def test_listed_users_and_filters_in_the_batch(recommender):
     filters = {"genres": ["Comedy"], "exclude": ["Toy Story (1995)"]}
     table = pa.concat_tables(recommender.recommend_all(["196", "a-stranger"], k=5, **filters))

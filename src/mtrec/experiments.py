@@ -49,10 +49,6 @@ class Configuration:
     weighting: str = "fixed"
 
     @property
-    def embedding_sharing(self) -> bool:
-        return self.sharing == "hard"
-
-    @property
     def name(self) -> str:
         """``shared-0.99-0.01``: sharing, the weighting unless fixed, then λF and λR."""
         method = "" if self.weighting == "fixed" else f"-{self.weighting}"

@@ -93,3 +93,19 @@ def fold_in(
             loss.backward()
             optimizer.step()
     return one.eval()
+
+
+def fold_in_model(model, items: Sequence[int], ratings: Sequence[float] | None = None) -> MultitaskNet:
+    """:func:`fold_in` with a fitted :class:`~mtrec.model.MultitaskModel`'s own objective and settings.
+
+    Its loss weights (λR 0 without ``ratings``; a model trained on ratings alone still ranks by
+    its watch score, so a history fits that too), its watch loss, negatives, the weight decay
+    of its embeddings and its seed.
+    """
+    weight_r = model.regression_weight if ratings is not None else 0.0
+    weight_f = model.factorization_weight if model.factorization_weight > 0 or weight_r > 0 else 1.0
+    objective = JointObjective(weight_f, weight_r, model.watch_loss)
+    return fold_in(
+        model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"], seed=model.seed
+    )
+

@@ -39,7 +39,7 @@ from mtrec.fitted import EpochRecord, summarize
 
 METRICS_FILENAME = "metrics.json"
 #: Files a run directory may hold; a folder with anything else is not mtrec's to replace.
-RUN_FILES = (CONFIG_FILENAME, METRICS_FILENAME, MODEL_FILENAME, "checkpoint.safetensors")
+RUN_FILES = (CONFIG_FILENAME, METRICS_FILENAME, MODEL_FILENAME, CHECKPOINT_FILENAME)
 
 #: TensorBoard tags of the per-epoch training values; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
 TRAIN_TAGS = {

@@ -1,6 +1,6 @@
 """The training loop: epochs of shuffled batches, evaluation, early stopping, learning-rate schedules.
 
-:func:`train_epochs` drives a :class:`mtrec.training.Step` over the batches an
+:class:`Trainer` drives a :class:`mtrec.training.Step` over the batches an
 :class:`mtrec.sampling.EpochSampler` draws. After each evaluation an :class:`EarlyStopping`
 keeps the weights of the best validation epoch and stops once the criterion has not improved
 for ``patience`` evaluations. A loss or a parameter that becomes NaN or infinite stops training
@@ -340,18 +340,3 @@ def _plain(value):
         return [_plain(v) for v in value]
     return value
 
-
-def train_epochs(
-    step: Step,
-    sampler: EpochSampler,
-    batch_size: int,
-    epochs: int,
-    evaluators: Mapping[str, Evaluator],
-    eval_every: int = 1,
-    eval_threads: int | None = None,
-    callback: Callable[[EpochRecord], None] | None = None,
-    stopping: EarlyStopping | None = None,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-) -> list[EpochRecord]:
-    """Train for up to ``epochs`` epochs (see :class:`Trainer`); returns one record per epoch trained."""
-    return Trainer(step, sampler, batch_size, epochs, evaluators, eval_every, eval_threads, callback, stopping, scheduler).run()

@@ -18,6 +18,7 @@ only changes speed.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterable
 
 import torch
@@ -274,8 +275,14 @@ class FusedStep(Step):
         negatives (the rating tables' positives among them), and the MLP's gradients."""
         if self._touched is None:
             return None
-        net, grad_of = self.network, self.flat.grad_of
+        user_grads, item_grads, dense = self._row_tables
         users, items = self._touched
+        return [(users, user_grads), (items, item_grads)], dense
+
+    @functools.cached_property
+    def _row_tables(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """The gradients of the tables indexed by user, of those indexed by item, and the rest."""
+        net, grad_of = self.network, self.flat.grad_of
         user_tables = [net.user_embeddings.weight, net.user_biases.weight]
         item_tables = [net.item_embeddings.weight, net.item_biases.weight]
         if not net.embedding_sharing:
@@ -285,9 +292,8 @@ class FusedStep(Step):
             user_tables.append(net.rating_user_biases.weight)
             item_tables.append(net.rating_item_biases.weight)
         tables = {id(t) for t in user_tables + item_tables}
-        dense = [grad_of(p) for p in self.network.parameters() if id(p) not in tables]
-        groups = [(users, [grad_of(t) for t in user_tables]), (items, [grad_of(t) for t in item_tables])]
-        return groups, dense
+        dense = [grad_of(p) for p in net.parameters() if id(p) not in tables]
+        return [grad_of(t) for t in user_tables], [grad_of(t) for t in item_tables], dense
 
     @torch.no_grad()
     def gradients(self, batch: Batch) -> torch.Tensor:

@@ -30,8 +30,6 @@ from mtrec.errors import ConfigError
 
 #: The weighting methods.
 WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "pcgrad", "mgda")
-#: Those that combine per-task gradients (one backward pass per task).
-GRADIENT_METHODS = ("gradnorm", "pcgrad", "mgda")
 
 
 def pcgrad(g_f: torch.Tensor, g_r: torch.Tensor) -> torch.Tensor:

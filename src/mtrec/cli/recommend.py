@@ -14,7 +14,7 @@ from typing import Any
 from mtrec.cli._args import add_option, positive_int
 from mtrec.errors import ConfigError, DataError, RunExistsError
 from mtrec.fileio import atomic_output
-from mtrec.recommend import Recommender, read_history
+from mtrec.recommend import Recommender, read_history, read_users
 
 WATCH_SCORE_HELP = """\
 watch score: the rank percentile of the model's raw score p among all items for the user,
@@ -173,20 +173,6 @@ def write_all(args: argparse.Namespace, recommender: Recommender, out: Path) -> 
         bar.close()
     print(f"wrote {rows:,} recommendations for {total:,} users to {out}")
     return 0
-
-
-def read_users(path: str) -> list[str]:
-    """Raw user ids, one a line (a header line ``user`` is skipped)."""
-    try:
-        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read users from {path}: {error}") from None
-    users = [line.split(",")[0].split("\t")[0] for line in lines if line]
-    if users and users[0].lower() in ("user", "userid", "user_id"):
-        users = users[1:]
-    if not users:
-        raise DataError(f"{path}: no users")
-    return users
 
 
 def run(args: argparse.Namespace) -> int:

@@ -19,8 +19,17 @@ from typing import Sequence
 
 from mtrec.experiments import SHARING_NAMES
 from mtrec.fileio import atomic_output
+from mtrec.report.assignment import compare_test_metrics
 from mtrec.report.document import Block, Heading, Paragraph, Table
-from mtrec.report.stats import Comparison, GroupSummary, Stat, fmt, fmt_p, fmt_stat, join
+from mtrec.report.stats import (
+    Comparison,
+    GroupSummary,
+    Stat,
+    fmt,
+    fmt_p,
+    fmt_stat,
+    join,
+)
 
 STUDY_FIGURE = "multitask_plane.png"
 
@@ -67,13 +76,6 @@ class Choice:
         return self._both(self.against_separate) and (self.weighting == "fixed" or self._both(self.against_fixed))
 
 
-def _compare(a: GroupSummary, b: GroupSummary) -> dict[str, Comparison]:
-    return {
-        "test_mse": Comparison(a.selected("test_mse"), b.selected("test_mse"), True),
-        "test_mrr": Comparison(a.selected("test_mrr"), b.selected("test_mrr"), False),
-    }
-
-
 def choices(groups: Sequence[GroupSummary]) -> list[Choice]:
     """Per (architecture, weighting), the variant with the best mean validation criterion."""
     best: dict[tuple[str, str], tuple[GroupSummary, int]] = {}
@@ -88,9 +90,9 @@ def choices(groups: Sequence[GroupSummary]) -> list[Choice]:
     reference = best.get(("separate", "fixed"))
     found = []
     for (sharing, weighting), (group, count) in best.items():
-        against_separate = _compare(group, reference[0]) if reference else {}
+        against_separate = compare_test_metrics(group, reference[0]) if reference else {}
         fixed = best.get((sharing, "fixed"))
-        against_fixed = _compare(group, fixed[0]) if fixed and weighting != "fixed" else None
+        against_fixed = compare_test_metrics(group, fixed[0]) if fixed and weighting != "fixed" else None
         found.append(Choice(sharing, weighting, group, count, against_separate, against_fixed))
     order = list(SHARING_NAMES)
     return sorted(found, key=lambda c: (order.index(c.sharing), c.weighting != "fixed", c.weighting))
