@@ -33,15 +33,16 @@ import dataclasses, sys, time
 sys.path.insert(0, sys.argv[1])
 import numpy as np
 from load import synthetic_table, ROWS, USERS
-from mtrec.data.building import build_interactions
-from mtrec.data.interactions import ItemMetadata
+from mtrec.data.building import interaction_fields
+from mtrec.data.interactions import Interactions
+from mtrec.data.metadata import ItemMetadata
 from mtrec.model import MultitaskModel
 users, dim, out = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 table = synthetic_table(ROWS)
 if users < USERS:
     table = table.filter(table["userId"].to_numpy() <= users)
 columns = {"user": table["userId"], "item": table["movieId"], "rating": table["rating"]}
-data = build_interactions("synthetic", columns, rating_scale=(0.5, 5.0), name="ml-25m-shaped")
+data = Interactions(**interaction_fields("synthetic", columns, rating_scale=(0.5, 5.0), name="ml-25m-shaped"))
 years = [1900 + int(i) % 120 for i in data.item_ids]
 titles = [f"Movie {i} ({y})" for i, y in zip(data.item_ids, years)]
 data = dataclasses.replace(data, item_metadata=ItemMetadata(titles, years, [["Drama"]] * data.num_items))

@@ -14,8 +14,15 @@ rate at which the top-10 p99 stays under 25 ms. ``--closed-loop`` instead sends 
 ``--concurrency`` clients, each waiting for its answer before the next request: that measures
 throughput under a fixed concurrency, and hides the tail (it is labelled so).
 
+``--foldin`` instead fires bursts of concurrent fold-ins (``POST /recommendations`` with a history
+of ``--foldin-items`` rated items, each on a connection of its own, all sent at once) while top-10
+GETs go on at ``--get-rate`` per second (open loop, as above). Per burst size it counts the
+fold-ins answered 200 and 503 (the pool's queue full), their latency, the GETs' latency while the
+burst ran, and the server's RSS before the burst, at its peak and after it (once idle again).
+
     python benchmarks/serve.py                        # rates 200 ... 3200 req/s, about a minute and a half
     python benchmarks/serve.py --workers 2 --figure docs/serve_latency.png
+    python benchmarks/serve.py --foldin               # bursts of 50 and 200 fold-ins of 1,000 items
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
+from tables import table  # benchmarks/tables.py, beside this script
 
 from mtrec.data import load_movielens, random_split
 from mtrec.model import MultitaskModel
@@ -89,8 +97,8 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(model: Path, port: int, log: Path, workers: int = 1) -> subprocess.Popen:
-    command = [sys.executable, "-m", "mtrec", "serve", "--model", str(model), "--port", str(port), "--workers", str(workers)]
+def start_server(model: Path, port: int, log: Path, workers: int = 1, options: list[str] = ()) -> subprocess.Popen:
+    command = [sys.executable, "-m", "mtrec", "serve", "--model", str(model), "--port", str(port), "--workers", str(workers), *options]
     with log.open("w") as output:
         server = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
@@ -237,6 +245,132 @@ def sweep_table(rows: list[tuple[int, dict, dict]]) -> str:
     return "\n".join(lines)
 
 
+def rss_mb(pid: int) -> float:
+    """The resident memory of process ``pid`` (Linux), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise SystemExit(f"no VmRSS for process {pid}")
+
+
+def foldin_request(items: list, size: int, seed: int) -> Request:
+    """A fold-in of ``size`` distinct items, each rated 1 to 5."""
+    rng = random.Random(seed)
+    history = [{"item": item, "rating": rng.randint(1, 5)} for item in rng.sample(items, size)]
+    return Request.http("fold-in", "POST", "/recommendations", {"history": history, "k": 10}, 200)
+
+
+async def probe(port: int, users: list, rate: float, stop: asyncio.Event, seed: int) -> list[tuple[float, int, float]]:
+    """Top-10 GETs at ``rate`` per second (open loop, on 8 keep-alive connections) until ``stop``;
+    (scheduled time, status, seconds from the scheduled time) of each."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(seed)
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(8):
+        pool.put_nowait(await asyncio.open_connection("127.0.0.1", port))
+    results: list[tuple[float, int, float]] = []
+
+    async def one(request: Request, scheduled: float) -> None:
+        reader, writer = await pool.get()
+        try:
+            status = await exchange(reader, writer, request)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
+            status = 0
+            writer.close()
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        results.append((scheduled, status, loop.time() - scheduled))
+        pool.put_nowait((reader, writer))
+
+    start, tasks = loop.time(), []
+    while not stop.is_set():
+        scheduled = start + len(tasks) / rate
+        await asyncio.sleep(max(0.0, scheduled - loop.time()))
+        request = Request.http("get", "GET", f"/users/{rng.choice(users)}/recommendations?k=10", None, 200)
+        tasks.append(asyncio.create_task(one(request, scheduled)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait()[1].close()
+    return results
+
+
+async def foldin_burst(port: int, pid: int, request: Request, count: int, users: list, rate: float, seed: int) -> dict:
+    """``count`` concurrent fold-ins with top-10 GETs alongside: statuses, latencies and the server's RSS."""
+    loop = asyncio.get_running_loop()
+    connections = [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]  # all open before any is sent
+    before = rss_mb(pid)
+    stop, peak = asyncio.Event(), [before]
+
+    async def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_mb(pid))
+            await asyncio.sleep(0.05)
+
+    async def one(reader, writer) -> tuple[int, float]:
+        started = loop.time()
+        try:
+            status = await exchange(reader, writer, request)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
+            status = 0
+        writer.close()
+        return status, loop.time() - started
+
+    sampler = asyncio.create_task(sample())
+    getting = asyncio.create_task(probe(port, users, rate, stop, seed))
+    await asyncio.sleep(0.2)  # GETs before the burst too: the idle latency of the same run
+    burst_start = loop.time()
+    answers = await asyncio.gather(*(one(reader, writer) for reader, writer in connections))
+    burst_end = loop.time()
+    stop.set()
+    gets = await getting
+    await sampler
+    await asyncio.sleep(1.0)  # idle again: the pool has handed its memory back
+    during = np.array([seconds for scheduled, _, seconds in gets if burst_start <= scheduled <= burst_end]) * 1000
+    answered = np.array([seconds for status, seconds in answers if status == 200])
+    statuses = [status for status, _ in answers]
+    return {
+        "count": count, "ok": statuses.count(200), "busy": statuses.count(503), "other": count - statuses.count(200) - statuses.count(503),
+        "foldin_p50": float(np.median(answered)) if len(answered) else float("nan"),
+        "foldin_max": float(answered.max()) if len(answered) else float("nan"),
+        "get_p50": float(np.percentile(during, 50)) if len(during) else float("nan"),
+        "get_p99": float(np.percentile(during, 99)) if len(during) else float("nan"),
+        "get_max": float(during.max()) if len(during) else float("nan"),
+        "gets": len(during), "get_errors": sum(status != 200 for _, status, _ in gets),
+        "seconds": burst_end - burst_start, "rss_before": before, "rss_peak": peak[0], "rss_after": rss_mb(pid),
+    }  # fmt: skip
+
+
+def foldin_table(rows: list[dict]) -> str:
+    header = ["concurrent fold-ins", "200", "503", "other", "fold-in p50 s", "fold-in max s", "burst s", "GETs during",
+              "GET p50 ms", "GET p99 ms", "GET max ms", "GET errors", "RSS before MB", "RSS peak MB", "RSS after MB", "after - before MB"]
+    body = [[str(r["count"]), str(r["ok"]), str(r["busy"]), str(r["other"]), f"{r['foldin_p50']:.3f}", f"{r['foldin_max']:.3f}",
+             f"{r['seconds']:.2f}", str(r["gets"]), f"{r['get_p50']:.2f}", f"{r['get_p99']:.2f}", f"{r['get_max']:.1f}",
+             str(r["get_errors"]), f"{r['rss_before']:.0f}", f"{r['rss_peak']:.0f}", f"{r['rss_after']:.0f}",
+             f"{r['rss_after'] - r['rss_before']:+.0f}"] for r in rows]  # fmt: skip
+    return table([header, *body])
+
+
+def run_foldin(args: argparse.Namespace, port: int, pid: int, users: list, items: list) -> None:
+    """The fold-in bursts: one alone first (its latency unloaded), then each of ``--foldin-bursts``."""
+    request = foldin_request(items, args.foldin_items, args.seed)
+
+    async def alone() -> float:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        started = time.perf_counter()
+        status = await exchange(reader, writer, request)
+        writer.close()
+        if status != 200:
+            raise SystemExit(f"a fold-in alone got {status}")
+        return time.perf_counter() - started
+
+    single = min(asyncio.run(alone()) for _ in range(3))
+    rows = [asyncio.run(foldin_burst(port, pid, request, count, users, args.get_rate, args.seed + count)) for count in args.foldin_bursts]
+    options = " ".join(args.serve_option) or "the defaults"
+    print(f"FOLD-IN BURSTS: histories of {args.foldin_items:,} rated items, all sent at once; top-10 GETs at {args.get_rate:g}/s "
+          f"alongside (open loop; latency of those scheduled during the burst); mtrec serve with {options}; "
+          f"{os.cpu_count()} CPUs shared by client and server; one fold-in alone: {single:.3f} s")
+    print(foldin_table(rows))
+
+
 def draw(rows: list[tuple[int, dict, dict]], path: Path, workers: int) -> None:
     import matplotlib
 
@@ -272,17 +406,28 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="--closed-loop: concurrent clients")
     parser.add_argument("--warmup", type=int, default=500, help="requests sent first and not measured")
     parser.add_argument("--figure", type=Path, help="draw the p50 / p99 curve to this PNG")
+    parser.add_argument("--foldin", action="store_true", help="bursts of concurrent fold-ins instead, with GETs alongside")
+    parser.add_argument("--foldin-bursts", type=int, nargs="+", default=[50, 200], help="--foldin: concurrent fold-ins of each burst")
+    parser.add_argument("--foldin-items", type=int, default=1000, help="--foldin: items in each fold-in's history")
+    parser.add_argument("--get-rate", type=float, default=100.0, help="--foldin: top-10 GETs per second alongside")
+    parser.add_argument("--serve-option", action="append", default=[], metavar="OPTION",
+                        help="an option for mtrec serve, e.g. --serve-option=--pool-threads=4 (repeatable)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.foldin and args.workers != 1:
+        parser.error("--foldin measures one server process's memory: leave --workers at 1")
 
     with tempfile.TemporaryDirectory() as scratch:
         model = args.model or train_model(args.data_dir, args.epochs, Path(scratch) / "run")
         data = MultitaskModel.load(model).data_
         users, items = data.user_ids.tolist(), data.item_ids.tolist()
         port = free_port()
-        server = start_server(model, port, Path(scratch) / "server.log", args.workers)
+        server = start_server(model, port, Path(scratch) / "server.log", args.workers, args.serve_option)
         try:
             asyncio.run(send_all(port, plan_requests(args.warmup, users, items, args.seed + 1), 8))
+            if args.foldin:
+                run_foldin(args, port, server.pid, users, items)
+                return
             if args.closed_loop:
                 requests = plan_requests(args.requests, users, items, args.seed)
                 started = time.perf_counter()

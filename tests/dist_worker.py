@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def main(out: Path, batch_size: int, weighting: str, exchange: str, sharing: str
     record["single_eval"] = Evaluator(test, data).evaluate(model.network_)
     (out / f"rank-{distributed.rank}.json").write_text(json.dumps(record))
     distributed.close()
+    # The process group's threads, joined by close(): none may outlive it into the interpreter's finalization.
+    threads = sorted(Path(f"/proc/self/task/{task}/comm").read_text().strip() for task in os.listdir("/proc/self/task"))
+    (out / f"threads-{distributed.rank}.json").write_text(json.dumps(threads))
 
 
 if __name__ == "__main__":

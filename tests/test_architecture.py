@@ -95,7 +95,8 @@ def layer(name: str) -> int:
         return 4
     if name.startswith("mtrec.data") or name in ("mtrec.errors", "mtrec.fileio", "mtrec"):
         return 0
-    if name in ("mtrec.recommend", "mtrec.serve", "mtrec.experiments", "mtrec.tuning") or name.startswith("mtrec.report"):
+    uses_a_model = ("mtrec.recommend", "mtrec.explorer", "mtrec.serve", "mtrec.experiments", "mtrec.tuning", "mtrec.tracking", "mtrec.export")
+    if name in uses_a_model or name.startswith("mtrec.report"):
         return 3
     if name in ("mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.trainer"):
         return 2

@@ -1,15 +1,20 @@
 """Model files: identical predictions after a round trip, clear errors for damaged files,
 atomic saves, and no code execution on load."""
 
+import errno
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+import mtrec.checkpoint
 from conftest import random_interactions
-from mtrec.checkpoint import MODEL_FILENAME, read_model_file
+from mtrec.checkpoint import MODEL_FILENAME, available_memory, model_digest, read_model_file
+from mtrec.cli import main
 from mtrec.errors import ModelFileError
 from mtrec.model import MultitaskModel
 
@@ -131,3 +136,79 @@ def test_a_crash_mid_save_leaves_the_previous_model_intact(fitted, tmp_path, mon
         other.save(tmp_path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL_FILENAME]
+
+
+def declared_bytes(path) -> int:
+    """The bytes of tensors a safetensors file's header declares (all the file holds after the header)."""
+    return path.stat().st_size - 8 - int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def test_a_header_that_honestly_declares_more_than_the_memory_available_is_refused_unread(tmp_path, monkeypatch):
+    huge, size = tmp_path / "huge.safetensors", 100 * 2**30
+    header = json.dumps({"__metadata__": {}, "network.x": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
+    huge.write_bytes(len(header).to_bytes(8, "little") + header)
+    os.truncate(huge, 8 + len(header) + size)  # sparse: costs no disk, and the layout is exactly right
+    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: 2**30)
+    monkeypatch.setattr(mtrec.checkpoint, "safe_open", lambda *args, **kwargs: pytest.fail("the tensors were read"))
+    with pytest.raises(ModelFileError) as caught:
+        read_model_file(huge)
+    assert str(caught.value) == (
+        f"{huge}: its header declares 107,374,182,400 bytes of tensors, more than the 1,073,741,824 bytes "
+        "of memory available on this machine now"
+    )
+
+
+def test_a_model_loads_when_its_tensors_just_fit_the_memory_available_and_not_a_byte_beyond(fitted, tmp_path, monkeypatch, capsys):
+    path = fitted[1].save(tmp_path / "run")
+    declared = declared_bytes(path)
+    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: declared)
+    assert MultitaskModel.load(path).get_params() == fitted[1].get_params()
+    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: declared - 1)
+    assert main(["recommend", "--model", str(path.parent), "--user", "1"]) == 1
+    assert capsys.readouterr().err == (
+        f"mtrec recommend: error: {path}: its header declares {declared:,} bytes of tensors, more than the "
+        f"{declared - 1:,} bytes of memory available on this machine now\n"
+    )
+    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: None)  # a platform that cannot tell
+    assert MultitaskModel.load(path).get_params() == fitted[1].get_params()
+
+
+def test_the_memory_available_is_positive_and_at_most_the_machines():
+    assert 0 < available_memory() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_a_loaded_model_survives_its_file_being_overwritten_in_place(fitted, tmp_path):
+    path = fitted[1].save(tmp_path / "run")
+    model = fitted[1]
+    expected = [float(np.sum(model.predict(np.arange(40), np.arange(40) % 50)[0])), int(np.sum(model.data_.seen_indices))]
+    code = (
+        "import os, numpy as np; from mtrec.model import MultitaskModel; "
+        f"model = MultitaskModel.load({str(path)!r}); "
+        f"os.truncate({str(path)!r}, 0); "  # as `cp other.safetensors model.safetensors` begins
+        "print(float(np.sum(model.predict(np.arange(40), np.arange(40) % 50)[0])), int(np.sum(model.data_.seen_indices)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, (result.returncode, result.stderr)  # an array backed by the file: -7 (SIGBUS)
+    predicted, seen = result.stdout.split()
+    assert float(predicted) == pytest.approx(expected[0], rel=1e-6) and int(seen) == expected[1]
+
+
+@pytest.mark.parametrize("name", ["loop", "loop.safetensors"])
+def test_a_symlink_loop_as_the_model_is_named_as_such(tmp_path, capsys, name):
+    loop = tmp_path / name
+    os.symlink(loop.name, loop)
+    target = loop if name.endswith(".safetensors") else loop / MODEL_FILENAME
+    assert main(["recommend", "--model", str(loop), "--user", "1"]) == 1
+    assert capsys.readouterr().err == f"mtrec recommend: error: {target}: {os.strerror(errno.ELOOP)}\n"
+    with pytest.raises(ModelFileError, match=f"^{target}: {os.strerror(errno.ELOOP)}$"):
+        read_model_file(loop)
+
+
+def test_a_header_nested_too_deeply_is_refused_in_words(tmp_path):
+    path = tmp_path / MODEL_FILENAME
+    header = b"[" * 100_000 + b"]" * 100_000
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(ModelFileError, match=f"^{path} is not a readable mtrec model \\(truncated or corrupt\\): nested too deeply$"):
+        read_model_file(path)
+    assert model_digest(path) is None

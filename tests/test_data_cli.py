@@ -116,7 +116,7 @@ def test_implicit_file_has_no_ratings(tmp_path):
 def test_a_separator_of_two_characters_is_a_usage_error(tmp_path, capsys):
     path = tmp_path / "r.txt"
     path.write_text("user||item||rating\n1||2||3\n")
-    argv = ["train", "--ratings", str(path), "--sep", "||", "--epochs", "0", "--no-progress", "--logdir", str(tmp_path)]
+    argv = ["train", "--ratings", str(path), "--sep", "||", "--epochs", "1", "--no-progress", "--logdir", str(tmp_path)]
     assert main(argv) == 2
     assert capsys.readouterr().err.splitlines() == ["mtrec train: error: sep must be one character or '::', got '||'"]
 

@@ -306,7 +306,7 @@ def test_missing_user_column_lists_the_columns_found(tmp_path):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(DataError, match=r"nothere\.csv: no such file"):
+    with pytest.raises(DataError, match=r"nothere\.csv: No such file or directory"):
         load_ratings_file(tmp_path / "nothere.csv")
 
 
@@ -348,5 +348,5 @@ def test_a_reversed_rating_scale_and_a_missing_items_file_are_named_before_readi
     path.write_text("user,item,rating\n1,10,4\n2,11,3\n")
     with pytest.raises(DataError, match=r"rating scale must have lowest < highest, got 5\.\.1"):
         load_ratings_file(path, rating_scale=(5, 1))
-    with pytest.raises(DataError, match=r"items\.csv: no such file"):
+    with pytest.raises(DataError, match=r"items\.csv: No such file or directory"):
         load_ratings_file(path, items_path=tmp_path / "items.csv")

@@ -291,7 +291,7 @@ def test_a_ratings_path_that_cannot_be_read_is_named(tmp_path, capsys):
     folder = tmp_path / "folder.csv"
     folder.mkdir()
     assert train("--ratings", str(folder), "--logdir", str(tmp_path / "r")) == 1
-    assert f"{folder}: no such file" in capsys.readouterr().err
+    assert f"{folder}: Is a directory" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

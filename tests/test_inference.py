@@ -185,7 +185,7 @@ def test_recommend_history_on_the_command_line(run_dir, tmp_path, capsys):
     assert len(result["items"]) == 4 and not result["cold_start"]
     history.write_text("item\n" + "\n".join(str(i) for i in range(1, MAX_HISTORY + 2)) + "\n")
     assert main(["recommend", "--model", str(run_dir), "--history", str(history)]) == 1
-    assert f"a history of {MAX_HISTORY + 1:,} items; at most {MAX_HISTORY:,}" in capsys.readouterr().err
+    assert f"{history}, line {MAX_HISTORY + 2}: more than {MAX_HISTORY:,} items; a history holds at most {MAX_HISTORY:,}" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +249,8 @@ def test_the_service_folds_in_a_history_and_filters(client, recommender):
     expected = recommender.recommend_history([(50, 5.0), ("Raiders of the Lost Ark (1981)", 5.0)], 5, genres=["Action"])
     assert [i["item"] for i in response.json()["items"]] == [i.item for i in expected.items]
     filtered = client.get("/users/196/recommendations?k=5&exclude=151,216&genre=Comedy").json()
-    assert [i["item"] for i in filtered["items"]] == [i.item for i in recommender.recommend("196", 5, exclude=["151", "216"], genres=["Comedy"]).items]
+    expected = recommender.recommend("196", 5, exclude=["151", "216"], genres=["Comedy"])
+    assert [i["item"] for i in filtered["items"]] == [i.item for i in expected.items]
     assert client.get("/users/196/recommendations?include=").json()["items"] == []  # an empty candidate set
 
 

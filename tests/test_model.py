@@ -59,7 +59,9 @@ def test_rating_mlp_has_the_layers_listed():
         ({"factorization_weight": -0.1}, "factorization_weight must be a non-negative number"),
         ({"factorization_weight": 0, "regression_weight": 0}, "cannot both be 0"),
         ({"batch_size": 0}, "batch_size must be a positive integer"),
-        ({"learning_rate": 0}, "learning_rate must be positive"),
+        ({"learning_rate": 0}, "learning_rate must be a positive number"),
+        ({"learning_rate": True}, "learning_rate must be a positive number, got True"),  # never lr 1.0
+        ({"learning_rate": "0.01"}, "learning_rate must be a positive number, got '0.01'"),
     ],
 )
 def test_bad_hyper_parameters_are_clear_errors_at_construction(kwargs, message):

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from mtrec.cli import main
+from mtrec.data.requests import read_pairs
 from mtrec.errors import AmbiguousItemError, ConfigError, UnknownItemError, UnknownUserError
 from mtrec.model import MultitaskModel
-from mtrec.recommend import Recommender, read_pairs
+from mtrec.recommend import Recommender
 
 STAR_WARS = 50
 #: What each command needs besides --model.
@@ -278,7 +279,7 @@ def test_similar_by_title(run_dir, recommender, capsys):
         (["similar", "--item", "Chasing Amy (1997)"], 1, "names 2 items; use an item id: 246 'Chasing Amy (1997)'"),
         (["predict", "--user", 196], 2, "give --user and --item, or --pairs FILE"),
         (["predict", "--user", 196, "--item", 50, "--pairs", "x.csv"], 2, "not both"),
-        (["predict", "--pairs", "/no/such/pairs.csv"], 1, "cannot read pairs from /no/such/pairs.csv"),
+        (["predict", "--pairs", "/no/such/pairs.csv"], 1, "/no/such/pairs.csv: No such file or directory"),
     ],
 )
 def test_bad_input_is_one_clear_line(run_dir, capsys, argv, code, message):

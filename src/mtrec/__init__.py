@@ -32,7 +32,7 @@ _EXPORTS = {
     "RunConfig": "mtrec.config",
     "DataSpec": "mtrec.data.spec",
     "Interactions": "mtrec.data.interactions",
-    "ItemMetadata": "mtrec.data.interactions",
+    "ItemMetadata": "mtrec.data.metadata",
     "load_movielens": "mtrec.data.datasets",
     "download_release": "mtrec.data.datasets",
     "load_ratings_file": "mtrec.data.readers",

@@ -5,11 +5,16 @@ the number of epochs and the evaluation settings. It is checked as a whole, writ
 ``config.json`` and read back (also from the files of earlier mtrec versions), and turned into
 the ``mtrec train`` options that make the same run.
 
-Some settings change only how fast a run is, never its numbers: the device, the thread count
-and the training step. They are recorded under ``"speed"`` and left out of
-:meth:`RunConfig.essential`, the one definition of "these two runs are comparable" that reuse
-of finished runs and the report both use. The metrics recorded are not essential either: a
-run measured with fewer metrics is still the same run.
+Some settings choose how a run executes: the device, the thread count and the training step
+(recorded under ``"speed"``). Each computes the same mathematics, but the thread count and the
+step sum floats in another order, so the last digits of the numbers differ (the fused and the
+autograd step by up to 1e-4 in a metric after 3 epochs; two thread counts in the 9th digit on
+some CPUs): they are part of :meth:`RunConfig.essential`, the one definition of "these two runs
+give the same numbers" that reuse of finished runs and ``--resume`` use (the report, which reads
+four decimals, compares runs that differ in them). The device
+is recorded but not compared: ``auto`` means another device on another machine, and a config
+read back must mean the same run wherever it is read. The metrics recorded are not essential
+either: a run measured with fewer metrics is still the same run.
 """
 
 from __future__ import annotations
@@ -19,19 +24,26 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Literal, Mapping, get_type_hints
+
+from pydantic import create_model
 
 from mtrec import __version__
-from mtrec.data.spec import DataSpec
+from mtrec.data.spec import READING_OPTIONS, DataSpec
 from mtrec.errors import ConfigError, DataError
 from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
+from mtrec.fileio import read_json
 from mtrec.model import MultitaskModel
+from mtrec.schemas import Schema, validate
 from mtrec.trainer import check_early_stopping
 
 CONFIG_FILENAME = "config.json"
 FORMAT = "mtrec-run"
-FORMAT_VERSION = 2
-#: Model parameters that change a run's speed, never its results.
+#: config.json's format: 1 is mtrec 0.1's; 2 is 0.2.0's, whose runs may or may not record their
+#: digests; from 3 on, every run records them (:data:`mtrec.runs.DIGESTS_SINCE_FORMAT`).
+FORMAT_VERSION = 3
+#: Model parameters that choose how a run executes, recorded under "speed": the same mathematics,
+#: other last digits (see the module's docstring), so each is part of what makes a run.
 SPEED_ONLY = ("device", "num_threads", "step")
 #: Run settings that are recorded but do not change the trained model.
 RECORDING_ONLY = ("metrics", "k")
@@ -133,11 +145,10 @@ class RunConfig:
         """Raise :class:`ConfigError` for anything out of range or conflicting; return self."""
         self.build_model()
         self.data.check()
-        for name in ("epochs", "eval_every"):
+        for name in ("epochs", "eval_every"):  # a run of no epochs would publish an untrained model
             value = getattr(self, name)
-            low = 0 if name == "epochs" else 1
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{name} must be a whole number of at least {low}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1, got {value!r}")
         metric_names(self.metrics, self.k)
         if self.early_stopping is not None:
             check_early_stopping(self.early_stopping, self.patience, self.k)
@@ -169,16 +180,28 @@ class RunConfig:
     # ------------------------------------------------------------------ JSON
 
     def essential(self) -> dict[str, Any]:
-        """What must be equal for two runs to give the same results: not the speed-only settings,
-        not the metrics recorded."""
+        """What must be equal for two runs to give the same results: all but the metrics recorded."""
         training: dict[str, Any] = {"epochs": self.epochs, "eval_every": self.eval_every}
         if self.early_stopping is not None:
             training.update({"early_stopping": self.early_stopping, "patience": self.patience})
         return {
             "model": {k: v for k, v in self.model.items() if k not in SPEED_ONLY},
+            "speed": self.execution(),
             "data": self.data.to_json(),
             "training": training,
         }
+
+    def execution(self) -> dict[str, Any]:
+        """What of how the run executes changes its numbers: the thread count as given (None:
+        PyTorch's) and the step, ``auto`` resolved to the step the model takes (the same on every
+        machine)."""
+        step = self.model["step"]
+        if step == "auto":
+            try:
+                step = self.build_model().resolved_step()
+            except ConfigError:
+                pass  # a config that cannot build says so when it is checked
+        return {"num_threads": self.model["num_threads"], "step": step}
 
     def same_run(self, other: RunConfig) -> bool:
         return self.essential() == other.essential()
@@ -202,7 +225,7 @@ class RunConfig:
             "mtrec_version": __version__,
             **essential,
             "evaluation": {"metrics": list(self.metrics), "k": list(self.k)},
-            "speed": {k: self.model[k] for k in SPEED_ONLY},
+            "speed": {k: self.model[k] for k in SPEED_ONLY},  # as given; essential() compares them resolved
         }
         if resolved:
             document["resolved"] = resolved
@@ -212,12 +235,17 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> RunConfig:
-        """The config :meth:`to_json` wrote, or an earlier mtrec's config.json (format 1)."""
+        """The config :meth:`to_json` wrote, or an earlier mtrec's config.json (format 1 or 2), checked
+        against its schema: :class:`ConfigError` naming the field that is wrong."""
         if not isinstance(document, dict) or "model" not in document or "data" not in document:
             raise ConfigError("not an mtrec run config (no model and data sections)")
         version = document.get("format_version", 1)
-        if version > FORMAT_VERSION:
+        known = type(version) is int and version in CONFIG_SCHEMAS
+        if type(version) is int and version > FORMAT_VERSION:
             raise ConfigError(f"a run config of format {version}; this mtrec ({__version__}) reads up to {FORMAT_VERSION}")
+        if not known:
+            raise ConfigError(f"format_version: expected one of {', '.join(map(str, CONFIG_SCHEMAS))}, got {json.dumps(version)}")
+        validate(CONFIG_SCHEMAS[version], document, ConfigError)
         model = dict(document["model"])
         if version >= 2:
             model.update(document.get("speed", {}))
@@ -234,12 +262,7 @@ class RunConfig:
         path = Path(path)
         if path.is_dir():
             path = path / CONFIG_FILENAME
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DataError(f"{path}: no such file") from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise DataError(f"{path}: not a readable run config ({error})") from None
+        document = read_json(path, "run config")
         try:
             return cls.from_json(document)
         except (ConfigError, TypeError, KeyError, ValueError) as error:
@@ -248,9 +271,9 @@ class RunConfig:
     # ------------------------------------------------------------------ the command line
 
     def cli_options(self, exclude: tuple[str, ...] = ()) -> list[str]:
-        """The ``mtrec train`` options that make this run (``--data-dir`` and the speed-only settings
-        aside), but for the model parameters named in ``exclude``. They start from ``--preset seed``,
-        whose settings are :class:`RunConfig`'s defaults, and name what differs from it."""
+        """The ``mtrec train`` options that make this run (``--data-dir`` aside), but for the model
+        parameters named in ``exclude``. They start from ``--preset seed``, whose settings are
+        :class:`RunConfig`'s defaults, and name what differs from it."""
         seed = RunConfig()
         options = ["--preset", "seed", "--epochs", str(self.epochs)]
         if self.eval_every != seed.eval_every:
@@ -258,7 +281,7 @@ class RunConfig:
         if self.early_stopping is not None:
             options += ["--early-stopping", self.early_stopping, "--patience", str(self.patience)]
         for name, value in self.model.items():
-            if name in SPEED_ONLY or name in exclude or value is None:
+            if name in exclude or value is None:
                 continue
             if name == "layer_sizes" and value == [3 * self.model["embedding_dim"], 64]:
                 continue  # what the dimension implies
@@ -270,6 +293,115 @@ class RunConfig:
         if tuple(self.k) != tuple(DEFAULT_K):
             options += _option("k", self.k)
         return options
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json's schema: each setting typed as the class that takes it says (the sections are
+# classes made by _section, which a static type checker cannot follow)
+
+
+def _section(name: str, owner: Callable[..., Any], names: Iterable[str], **more: tuple[Any, Any]) -> type[Schema]:
+    """A schema of ``owner``'s settings ``names``, each of the type ``owner`` declares and optional (a
+    setting left out takes its default), and the fields ``more`` (``name=(type, default)``)."""
+    hints = get_type_hints(owner)
+    return create_model(name, __base__=Schema, **{n: (hints[n], None) for n in names}, **more)
+
+
+#: Where each setting of a data spec lives in config.json: the source, and the split (``split`` is its ``method``).
+_SOURCE = ("dataset", "ratings", *READING_OPTIONS)
+_SPLIT = tuple(f.name for f in dataclasses.fields(DataSpec) if f.name not in (*_SOURCE, "split"))
+
+#: Model settings of earlier formats that :class:`RunConfig` still reads: ``embedding_sharing``, the
+#: sharing as mtrec 0.1 and 0.2.0 (before ``sharing``) named it.
+_LEGACY_MODEL = {"embedding_sharing": (bool, None)}
+ModelSchema = _section(
+    "ModelSchema", MultitaskModel.__init__, [n for n in model_defaults() if n not in SPEED_ONLY], **_LEGACY_MODEL
+)
+SpeedSchema = _section("SpeedSchema", MultitaskModel.__init__, SPEED_ONLY)
+SourceSchema = _section("SourceSchema", DataSpec, _SOURCE)
+SplitSchema = _section("SplitSchema", DataSpec, _SPLIT, method=(str, None))
+TrainingSchema = _section("TrainingSchema", RunConfig, ("epochs", "eval_every", "early_stopping", "patience"))
+EvaluationSchema = _section("EvaluationSchema", RunConfig, RECORDING_ONLY)
+
+
+class DataSchema(Schema):
+    source: SourceSchema
+    split: SplitSchema
+
+
+class ColdStartSchema(Schema):
+    test_users: int | None = None
+    test_items: int | None = None
+    test_ratings: int | None = None
+    cold_users: int | None = None
+    cold_items: int | None = None
+    cold_ratings: int | None = None
+
+
+class DataSummarySchema(Schema):
+    """What the split gave (:meth:`DataSpec.describe`)."""
+
+    name: str | None = None
+    num_users: int | None = None
+    num_items: int | None = None
+    train_size: int | None = None
+    valid_size: int | None = None
+    test_size: int | None = None
+    has_ratings: bool | None = None
+    rating_scale: tuple[float, float] | None = None
+    cold_start: ColdStartSchema | None = None
+
+
+class ResolvedSchema(Schema):
+    """What a run really used where a setting left the choice open."""
+
+    step: str | None = None
+    world_size: int | None = None
+    dist_backend: str | None = None
+    dist_exchange: str | None = None
+
+
+class ConfigSchema(Schema):
+    """config.json as :meth:`RunConfig.to_json` writes it (format 3), and as mtrec 0.2.0 wrote it (format 2:
+    the same fields, ``model.embedding_sharing`` before ``model.sharing``)."""
+
+    format: Literal["mtrec-run"] | None = None
+    format_version: int
+    mtrec_version: str | None = None
+    model: ModelSchema
+    data: DataSchema
+    training: TrainingSchema | None = None
+    evaluation: EvaluationSchema | None = None
+    speed: SpeedSchema | None = None
+    resolved: ResolvedSchema | None = None
+    data_summary: DataSummarySchema | None = None
+
+
+class DataSchemaV1(DataSummarySchema):
+    """mtrec 0.1's data section: the source, the split and what it gave, side by side."""
+
+    dataset: str | None = None
+    ratings_file: str | None = None
+    items_file: str | None = None
+    split: SplitSchema | None = None
+
+
+ModelSchemaV1 = _section("ModelSchemaV1", MultitaskModel.__init__, model_defaults(), **_LEGACY_MODEL)
+
+
+class ConfigSchemaV1(Schema):
+    """config.json as mtrec 0.1 wrote it (format 1): epochs and eval_every at the top."""
+
+    format_version: int | None = None
+    mtrec_version: str | None = None
+    model: ModelSchemaV1
+    data: DataSchemaV1
+    epochs: int | None = None
+    eval_every: int | None = None
+
+
+#: The schema of each config.json format.
+CONFIG_SCHEMAS: dict[int, type[Schema]] = {1: ConfigSchemaV1, 2: ConfigSchema, FORMAT_VERSION: ConfigSchema}
 
 
 #: The presets: named starting points for a run's settings.

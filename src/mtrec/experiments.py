@@ -21,8 +21,10 @@ from typing import Any, Callable, Iterable, Sequence
 from mtrec.config import RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, RunExistsError
+from mtrec.fileio import directory_lock
 from mtrec.fitted import EpochRecord
 from mtrec.runs import inspect_run, train_run
+from mtrec.tracking import Tracker, tracked, tracked_training
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
 SWEEP_DIRNAME = "sweep"
@@ -202,8 +204,13 @@ def run_experiment(
     force: bool = False,
     on_run: Callable[[PlannedRun, RunAction], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> list[PlannedRun]:
     """Train every planned run that is not already finished with the same settings.
+
+    One experiment at a time works in a root (``runs``' root, from :func:`plan_runs`): it holds the
+    root's lock (:func:`mtrec.fileio.directory_lock`) from before the runs are inspected until the
+    last is trained.
 
     Parameters
     ----------
@@ -219,6 +226,10 @@ def run_experiment(
         Called before each run with the run and what is done with it (progress display).
     on_epoch:
         Called after each trained epoch.
+    tracker:
+        Where to record the runs trained besides their directories (:mod:`mtrec.tracking`): each
+        as a run named ``<configuration>/seed-<k>``, nested under one run for the experiment,
+        ``experiments <root>`` (none when every run is reused).
 
     Returns
     -------
@@ -228,18 +239,26 @@ def run_experiment(
     ------
     RunExistsError
         See :func:`plan_actions`: checked for every run before the first is trained.
+    LockHeldError
+        When another process holds the root's lock: nothing is inspected or trained.
     """
-    actions = plan_actions(runs, config_of, force)
+    root = runs[0].path.parents[1]  # plan_runs' root/<configuration>/seed-<k>
     splits: dict[int, tuple[Interactions, Interactions | None, Interactions, dict[str, Any]]] = {}
     trained = []
-    for run, action in zip(runs, actions):
-        if on_run is not None:
-            on_run(run, action)
-        if action.reuse:
-            continue
-        if run.seed not in splits:
-            splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
-        train, validation, test, summary = splits[run.seed]
-        train_run(config_of(run), train, validation, test, run.path, summary, on_epoch, force=True)
-        trained.append(run)
+    with directory_lock(root):
+        actions = plan_actions(runs, config_of, force)
+        training = any(not action.reuse for action in actions)
+        with tracked(tracker if training else None, f"experiments {root}") as experiment:
+            for run, action in zip(runs, actions):
+                if on_run is not None:
+                    on_run(run, action)
+                if action.reuse:
+                    continue
+                if run.seed not in splits:
+                    splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
+                train, validation, test, summary = splits[run.seed]
+                config, name = config_of(run), run.path.relative_to(root).as_posix()
+                with tracked_training(tracker, config, run.path, on_epoch, name=name, parent=experiment) as callback:
+                    train_run(config, train, validation, test, run.path, summary, callback, force=True)
+                trained.append(run)
     return trained

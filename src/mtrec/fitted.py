@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
 
-from mtrec.data.interactions import Interactions, ItemMetadata
+from mtrec.data.interactions import Interactions
+from mtrec.data.metadata import ItemMetadata
 
 #: The per-epoch training losses every record has.
 TRAIN_FIELDS = ("train_bpr", "train_mse", "train_loss")
@@ -104,6 +106,22 @@ class EpochRecord:
         )
 
 
+def history_table(history: list[EpochRecord]) -> pa.Table:
+    """The per-epoch records as a table: one row per epoch, the columns of :meth:`EpochRecord.to_json`.
+
+    That is ``epoch``, the training losses, ``test_mse`` and ``test_mrr``, every metric measured in
+    any epoch (null in the epochs it was not), ``seconds`` and, where recorded, ``learning_rate``
+    and the task weights ``weight_f`` and ``weight_r``. A number that does not apply (the rating
+    loss of data without ratings) is null.
+    """
+    records = [record.to_json() for record in history]
+    # An empty history still has the columns every record has.
+    names = dict.fromkeys(name for record in records or [EpochRecord(0, 0.0, 0.0, 0.0).to_json()] for name in record)
+    return pa.table(
+        {name: pa.array([row.get(name) for row in records], pa.int64() if name == "epoch" else pa.float64()) for name in names}
+    )
+
+
 @dataclass
 class FittedData:
     """What a fitted model keeps of its training data: sizes, id maps, seen items, metadata."""
@@ -118,10 +136,15 @@ class FittedData:
     rating_scale: tuple[float, float] | None
     has_ratings: bool
     name: str
+    #: Each seen item's training rating, aligned with ``seen_indices``; None for data without
+    #: ratings, and for a model file saved before they were kept.
+    seen_ratings: np.ndarray | None = None
 
     @classmethod
     def from_interactions(cls, data: Interactions) -> FittedData:
         indptr, indices = data.seen_items_csr()
+        # seen_items_csr's order: by user, then item (a user's items are distinct)
+        ratings = data.ratings[np.lexsort((data.items, data.users))].astype(np.float32) if data.has_ratings else None
         return cls(
             num_users=data.num_users,
             num_items=data.num_items,
@@ -133,6 +156,7 @@ class FittedData:
             rating_scale=data.rating_scale,
             has_ratings=data.has_ratings,
             name=data.name,
+            seen_ratings=ratings,
         )
 
 

@@ -6,21 +6,63 @@ the watch loss against sampled negatives that avoid the history, and, where the 
 ratings, the rating loss. The items, the rating head and every other user stay as trained. The
 steps are deterministic (a fixed number of full-batch Adam steps, negatives from a seeded
 generator), so the same history always gives the same recommendations.
+
+A history's ratings are checked here, once for every caller (the library, ``mtrec recommend
+--history``, ``POST /recommendations``): each must be a finite number on the model's rating
+scale. One outside it is refused, not clipped: it means the history was written or read wrong,
+and a clipped number is one the user never gave.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import numbers
+from typing import Any, Sequence
 
 import torch
 
-from mtrec.errors import ConfigError
+from mtrec.errors import ConfigError, DataError
 from mtrec.losses import Batch, JointObjective
 from mtrec.network import MultitaskNet
 
 #: Fitting steps and their learning rate (full-batch Adam on the user's parameters alone).
 STEPS = 100
 LEARNING_RATE = 0.05
+
+
+class RatingError(DataError):
+    """A history's rating that is not a finite number on the rating scale: ``problem`` says what is
+    wrong with it, ``position`` is its entry's index in the history (from 0) of ``count`` entries."""
+
+    def __init__(self, problem: str, position: int, count: int) -> None:
+        super().__init__(f"history entry {position + 1} of {count}: {problem}")
+        self.problem, self.position = problem, position
+
+
+def check_ratings(ratings: Sequence[Any], rating_scale: tuple[float, float] | None = None) -> list[float | None]:
+    """``ratings`` as floats (None where a rating is missing), each a finite number within
+    ``rating_scale`` (lowest, highest) where one is given; else a :class:`RatingError` naming the
+    first entry that is not."""
+    checked: list[float | None] = []
+    for position, rating in enumerate(ratings):
+        problem = _rating_problem(rating, rating_scale)
+        if problem is not None:
+            raise RatingError(problem, position, len(ratings))
+        checked.append(None if rating is None else float(rating))
+    return checked
+
+
+def _rating_problem(rating: Any, rating_scale: tuple[float, float] | None) -> str | None:
+    """What is wrong with one rating (None: missing, which is allowed), or None if nothing is."""
+    if rating is None:
+        return None
+    if isinstance(rating, bool) or not isinstance(rating, numbers.Real):
+        return f"rating {rating!r} is not a number"
+    if not math.isfinite(rating):
+        return f"rating {rating} is not a finite number"
+    if rating_scale is not None and not rating_scale[0] <= rating <= rating_scale[1]:
+        return f"rating {rating:g} is outside the model's rating scale {rating_scale[0]:g}..{rating_scale[1]:g}"
+    return None
 
 
 def user_parameter_names(network: MultitaskNet) -> list[str]:
@@ -32,12 +74,13 @@ def fold_in(
     network: MultitaskNet,
     objective: JointObjective,
     items: Sequence[int],
-    ratings: Sequence[float] | None = None,
+    ratings: Sequence[float | None] | None = None,
     negatives: int = 1,
     weight_decay: float = 0.0,
     steps: int = STEPS,
     learning_rate: float = LEARNING_RATE,
     seed: int = 0,
+    rating_scale: tuple[float, float] | None = None,
 ) -> MultitaskNet:
     """A one-user network: ``network``'s items and heads, and a user fitted to ``items`` (and ``ratings``).
 
@@ -50,20 +93,25 @@ def fold_in(
     items:
         Item indices of the user's history (at least one).
     ratings:
-        Their ratings, or None for a history of items alone (then only the watch loss fits).
+        Their ratings (None where one is unknown: the history's mean stands in for it), or None
+        for a history of items alone. Checked by :func:`check_ratings`. Without any rating, or
+        with an objective whose λR is 0, only the watch loss fits.
     negatives:
         Negatives sampled per history item at each step.
     weight_decay:
         Weight decay of the user's parameters.
     steps, learning_rate, seed:
         The fitting steps, their Adam learning rate, and the seed of the negatives.
+    rating_scale:
+        (lowest, highest) rating the ratings must lie in, where known.
     """
     if not len(items):
         raise ConfigError("a history needs at least one item to fold in")
     device = next(network.parameters()).device
+    observed = _observed(items, ratings, rating_scale, objective.regression_weight > 0, device)
     num_items = network.item_biases.num_embeddings
     one = MultitaskNet(
-        1, num_items, network.user_embeddings.embedding_dim, [l.in_features for l in network.rating_mlp if hasattr(l, "in_features")],
+        1, num_items, network.user_embeddings.embedding_dim, [layer.in_features for layer in network.rating_mlp if hasattr(layer, "in_features")],
         network.sharing, network.rating_bias,
     ).to(device)  # fmt: skip
     own = set(user_parameter_names(network))
@@ -76,7 +124,6 @@ def fold_in(
     users_params = [param for name, param in one.named_parameters() if name in own]
     optimizer = torch.optim.Adam(users_params, lr=learning_rate, weight_decay=weight_decay)
     positives = torch.as_tensor(list(items), dtype=torch.long, device=device)
-    observed = None if ratings is None else torch.as_tensor(list(ratings), dtype=torch.float32, device=device)
     users = torch.zeros_like(positives)
     generator = torch.Generator().manual_seed(seed)
     history = torch.zeros(num_items, dtype=torch.bool)
@@ -95,17 +142,38 @@ def fold_in(
     return one.eval()
 
 
-def fold_in_model(model, items: Sequence[int], ratings: Sequence[float] | None = None) -> MultitaskNet:
+def _observed(
+    items: Sequence[int], ratings: Sequence[Any] | None, rating_scale: tuple[float, float] | None, fitted: bool, device
+) -> torch.Tensor | None:
+    """The ratings the rating loss fits: ``ratings`` checked, the mean of the given ones where one is
+    missing; None without any rating, or when ``fitted`` is false (the objective fits no ratings)."""
+    if ratings is None:
+        return None
+    if len(ratings) != len(items):
+        raise ConfigError(f"{len(ratings)} ratings for {len(items)} items: give one per item (None where unknown)")
+    checked = check_ratings(ratings, rating_scale)
+    given = [rating for rating in checked if rating is not None]
+    if not given or not fitted:
+        return None
+    mean = sum(given) / len(given)
+    return torch.tensor([mean if rating is None else rating for rating in checked], dtype=torch.float32, device=device)
+
+
+def fold_in_model(model, items: Sequence[int], ratings: Sequence[float | None] | None = None) -> MultitaskNet:
     """:func:`fold_in` with a fitted :class:`~mtrec.model.MultitaskModel`'s own objective and settings.
 
-    Its loss weights (λR 0 without ``ratings``; a model trained on ratings alone still ranks by
-    its watch score, so a history fits that too), its watch loss, negatives, the weight decay
-    of its embeddings and its seed.
+    Its loss weights (λR 0 without any rating, or when the model did not learn ratings; a model
+    trained on ratings alone still ranks by its watch score, so a history fits that too), its
+    watch loss, negatives, the weight decay of its embeddings, its seed and its data's rating
+    scale, which every rating must lie in (:func:`check_ratings`).
     """
-    weight_r = model.regression_weight if ratings is not None else 0.0
+    learned = model.data_.has_ratings and model.regression_weight > 0
+    rated = ratings is not None and any(rating is not None for rating in ratings)
+    weight_r = model.regression_weight if learned and rated else 0.0
     weight_f = model.factorization_weight if model.factorization_weight > 0 or weight_r > 0 else 1.0
     objective = JointObjective(weight_f, weight_r, model.watch_loss)
     return fold_in(
-        model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"], seed=model.seed
-    )
+        model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"],
+        seed=model.seed, rating_scale=model.data_.rating_scale,
+    )  # fmt: skip
 

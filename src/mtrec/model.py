@@ -5,17 +5,19 @@ from __future__ import annotations
 import inspect
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from mtrec.checkpoint import ModelRecord, load_record, model_path, save_record
-from mtrec.data.interactions import Interactions, check_same_ids
+from mtrec.data.formats import Column
+from mtrec.data.frames import to_frame
+from mtrec.data.interactions import Interactions, as_interactions, check_same_ids
 from mtrec.errors import ConfigError, DataError, ModelFileError
 from mtrec.baselines import PopularityNet
 from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
-from mtrec.fitted import EpochRecord, FittedData
+from mtrec.fitted import EpochRecord, FittedData, history_table
 from mtrec.losses import WATCH_LOSSES, JointObjective, check_weights
 from mtrec.network import SHARINGS, MultitaskNet, check_architecture
 from mtrec.sampling import EpochSampler
@@ -224,8 +226,8 @@ class MultitaskModel:
         check_weights(self.factorization_weight, self.regression_weight)
         if not _is_whole(self.batch_size) or self.batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not _is_number(self.learning_rate) or not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
         for name in ("l2", "l2_embeddings", "l2_residuals", "l2_biases", "l2_mlp"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not np.isfinite(value) or value < 0):
@@ -352,9 +354,10 @@ class MultitaskModel:
 
     def fit(
         self,
-        train: Interactions,
+        train: Interactions | Any,
         epochs: int = 1,
         *,
+        columns: Mapping[str, Column] | None = None,
         validation: Interactions | None = None,
         test: Interactions | None = None,
         eval_every: int = 1,
@@ -373,9 +376,15 @@ class MultitaskModel:
         Parameters
         ----------
         train:
-            Training interactions. Without ratings, regression_weight must be 0.
+            Training interactions, or a pandas or polars DataFrame or pyarrow Table of them, read
+            by :meth:`Interactions.from_frame <mtrec.data.interactions.Interactions.from_frame>`.
+            Without ratings, regression_weight must be 0.
         epochs:
             Passes over the training data (fewer if early stopping ends training).
+        columns:
+            For a frame ``train``, the columns that are not recognised by their names:
+            ``{"user": "customer", "rating": "stars"}`` (keys ``user``, ``item``, ``rating``,
+            ``timestamp``).
         validation:
             If given, measured every ``eval_every`` epochs and on the last (``valid_<metric>``),
             with ``train``'s items removed from the rankings; early stopping reads it.
@@ -410,7 +419,10 @@ class MultitaskModel:
         ------
         TrainingDiverged
             When a loss or a parameter becomes NaN or infinite.
+        DataError
+            For a frame that cannot be read (see :meth:`~mtrec.data.interactions.Interactions.from_frame`).
         """
+        train = as_interactions(train, columns)
         device = self.check_fit(train, epochs, test, validation, early_stopping, patience, metrics, k)
         evaluators = {}
         stopping = None
@@ -485,6 +497,27 @@ class MultitaskModel:
     ) -> dict[str, float]:
         """The metrics of the fitted model on ``test``, with ``train``'s items removed from the rankings."""
         return Evaluator(test, train, self.device_, metrics, k).evaluate(self._fitted_network())
+
+    def history_frame(self, backend: str = "pandas") -> Any:
+        """The per-epoch losses and metrics, one row per epoch (see :func:`~mtrec.fitted.history_table`).
+
+        Parameters
+        ----------
+        backend:
+            ``"pandas"`` (a DataFrame), ``"polars"`` or ``"arrow"`` (a pyarrow Table).
+
+        Raises
+        ------
+        ConfigError
+            When the model is not fitted, or for a backend whose library is not installed.
+
+        Examples
+        --------
+        >>> history = model.history_frame()
+        >>> history.plot(x="epoch", y=["valid_mse", "test_mse"])
+        """
+        self._fitted_network()
+        return to_frame(history_table(self.history_), backend)
 
     def to_record(self) -> ModelRecord:
         """What a model file holds of this fitted model."""

@@ -35,7 +35,6 @@ shared by several items raises :class:`AmbiguousItemError` listing them.
 
 from __future__ import annotations
 
-import csv
 import functools
 import re
 from dataclasses import dataclass
@@ -44,11 +43,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
 from mtrec.config import CONFIG_FILENAME
+from mtrec.data.formats import Column
+from mtrec.data.frames import backend_library, column_labels, frame_columns, frame_table, to_frame, with_columns
+from mtrec.data.ids import as_integers
 from mtrec.data.interactions import build_lookup, lookup_id
+from mtrec.data.requests import MAX_HISTORY  # noqa: F401  (re-exported: serve.py reads it here)
 from mtrec.errors import (
     AmbiguousItemError,
     ConfigError,
@@ -57,7 +61,9 @@ from mtrec.errors import (
     UnknownUserError,
 )
 from mtrec.foldin import fold_in_model
+from mtrec.checkpoint import model_path
 from mtrec.model import MultitaskModel
+from mtrec.retrieval import IndexConfig, Retrieval, bytes_per_query, ranked_candidates, watch_queries, watch_scores, watch_space
 from mtrec.runs import METRICS_FILENAME, check_complete
 
 #: Elements of a (pairs x catalogue) block scored at once: bounds memory for big batches.
@@ -162,9 +168,14 @@ class Recommender:
     model:
         A fitted (or loaded) :class:`~mtrec.model.MultitaskModel`; its network is put in
         evaluation mode and used on the device it is on.
+    index:
+        Which index ranks the items (:class:`~mtrec.retrieval.IndexConfig`; by default ``auto``:
+        every item scored, as always, below :data:`~mtrec.retrieval.AUTO_ITEMS` items).
+    model_file:
+        The file the model was read from: an HNSW index is saved beside it (None: never saved).
     """
 
-    def __init__(self, model: MultitaskModel) -> None:
+    def __init__(self, model: MultitaskModel, index: IndexConfig | None = None, model_file: Path | None = None) -> None:
         if model.network_ is None or model.data_ is None:
             raise ConfigError("the model is not fitted yet: call fit() or load()")
         self.model = model
@@ -190,19 +201,22 @@ class Recommender:
         self._popular = np.argsort(-counts, kind="stable")
         with torch.inference_mode():
             self._unit_items = F.normalize(self.network.item_vectors().detach(), dim=1)
+        spaces = {"watch": lambda: watch_space(self.network), "similar": lambda: self._unit_items}
+        self.retrieval = Retrieval(index or IndexConfig(), self.num_items, spaces, model_file)
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> Recommender:
+    def load(cls, path: str | Path, device: str = "cpu", index: IndexConfig | None = None) -> Recommender:
         """A recommender for the model saved at ``path`` (a model file or a run directory).
 
         A run directory (one with a config.json or metrics.json) must hold a complete, consistent
         run (:func:`mtrec.runs.check_complete`): an unfinished or damaged one is refused, saying
-        why. A folder that :meth:`MultitaskModel.save` wrote holds just the model file.
+        why. A folder that :meth:`MultitaskModel.save` wrote holds just the model file. An HNSW
+        ``index`` is read from beside the model file, or built and saved there.
         """
         folder = Path(path)
         if folder.is_dir() and ((folder / CONFIG_FILENAME).exists() or (folder / METRICS_FILENAME).exists()):
             check_complete(path)
-        return cls(MultitaskModel.load(path, device))
+        return cls(MultitaskModel.load(path, device), index, model_path(path))
 
     def user_index(self, user: Any) -> int | None:
         """The index of the user the data calls ``user``; ``None`` if the model never saw them."""
@@ -267,6 +281,24 @@ class Recommender:
         k: int,
     ) -> list[ScoredItem]:
         """The top ``k`` items for one user of ``network``, leaving out ``hidden`` indices and what ``allowed`` refuses."""
+        if self.retrieval.exhaustive:
+            top_p, top_items, watch = self._scored_top(network, users, hidden, allowed, k)
+        else:
+            seen = None if hidden is None else (torch.zeros_like(hidden), hidden)
+            top_p, top_items, watch = (found[0] for found in self._retrieved(network, users, seen, allowed, k))
+            listed = torch.isfinite(top_p)
+            top_p, top_items, watch = top_p[listed], top_items[listed], watch[listed]
+        ratings, ratings_raw = self._ratings(network, users.expand(len(top_items)), top_items)
+        columns = zip(top_items.tolist(), watch.tolist(), top_p.tolist(), ratings, ratings_raw)
+        return [
+            ScoredItem(rank=rank, **self._describe(i), watch_score=w, p=p, rating=r, rating_raw=raw)
+            for rank, (i, w, p, r, raw) in enumerate(columns, start=1)
+        ]
+
+    def _scored_top(
+        self, network, users: torch.Tensor, hidden: torch.Tensor | None, allowed: torch.Tensor | None, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top ``k`` items of one user (picks' p, items, watch scores) with every item scored."""
         scores = network.all_watch_scores(users)
         ranked = scores
         if hidden is not None and len(hidden):
@@ -293,12 +325,22 @@ class Recommender:
             else:
                 top_p, top_items, watch = self._top_and_watch_filtered(scores, k, seen, allowed)
             top_p, top_items, watch = top_p[0], top_items[0], watch[0]
-        ratings, ratings_raw = self._ratings(network, users.expand(k), top_items)
-        columns = zip(top_items.tolist(), watch.tolist(), top_p.tolist(), ratings, ratings_raw)
-        return [
-            ScoredItem(rank=rank, **self._describe(i), watch_score=w, p=p, rating=r, rating_raw=raw)
-            for rank, (i, w, p, r, raw) in enumerate(columns, start=1)
-        ]
+        return top_p, top_items, watch
+
+    def _retrieved(
+        self, network, users: torch.Tensor, seen, allowed: torch.Tensor | None, k: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The top ``k`` of each of ``users`` of ``network`` among the watch index's candidates, re-scored
+        by the network (:func:`mtrec.retrieval.ranked_candidates`): picks' p (-inf past a short list),
+        items and watch scores. ``seen`` (rows, items) are left out."""
+
+        def score(rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            return watch_scores(network, users[rows], items)
+
+        queries = watch_queries(network, users)
+        index = self.retrieval.index("watch")
+        top_p, top_items, above = ranked_candidates(index, queries, score, k, self.num_items, seen, allowed)
+        return top_p, top_items, (self.num_items - above).double() / max(self.num_items - 1, 1)
 
     def recommend(
         self,
@@ -342,19 +384,16 @@ class Recommender:
         where unknown (then, for a history without any rating, only the watch loss fits). The
         user's vectors are fitted with everything else frozen (:func:`mtrec.foldin.fold_in_model`), and
         the history's items are left out of the list. An empty history gets the most-rated items,
-        flagged ``cold_start``. An unknown item is an :class:`UnknownItemError` naming it.
+        flagged ``cold_start``. An unknown item is an :class:`UnknownItemError` naming it; a rating
+        that is not a finite number on the model's rating scale a :class:`~mtrec.foldin.RatingError`
+        (a :class:`~mtrec.errors.DataError`) naming its entry.
         """
         k = min(_check_k(k), self.num_items)
         allowed = self.allowed(exclude, include, genres)
         if not history:
             return Recommendations(user=None, cold_start=True, exclude_seen=True, items=self._cold_start(k, allowed))
         items = [self._item_index(item, f" (history entry {n} of {len(history)})") for n, (item, _) in enumerate(history, 1)]
-        given = [float(rating) for _, rating in history if rating is not None]
-        ratings = None
-        if self.has_ratings and given:
-            mean = float(np.mean(given))  # the history's own mean stands in for its missing ratings
-            ratings = [mean if rating is None else float(rating) for _, rating in history]
-        one = fold_in_model(self.model, items, ratings)
+        one = fold_in_model(self.model, items, [rating for _, rating in history])
         with torch.inference_mode():
             users = torch.zeros(1, dtype=torch.long, device=self.device)
             hidden = torch.tensor(sorted(set(items)), dtype=torch.long, device=self.device)
@@ -379,7 +418,8 @@ class Recommender:
         model never saw gets the most-rated items (``cold_start`` true, scores null). Users are
         scored in blocks whose scores fit ``budget_bytes``; ``progress`` is called with the number
         of users of each block done. The watch score is exact, as in :meth:`recommend`: the
-        fraction of all items each pick outscores, counted in one pass over the block's scores.
+        fraction of all items each pick outscores, counted in one pass over the block's scores
+        (with an HNSW index, over the scored candidates: :mod:`mtrec.retrieval`).
         """
         k = min(_check_k(k), self.num_items)
         allowed = self.allowed(exclude, include, genres)
@@ -389,7 +429,10 @@ class Recommender:
             indices = [self.user_index(user) for user in users]
             known = np.array([i for i in indices if i is not None], dtype=np.int64)
             cold = [user for user, i in zip(users, indices) if i is None]
-        block = max(1, budget_bytes // (BYTES_PER_SCORE * self.num_items))
+        per_user = BYTES_PER_SCORE * self.num_items
+        if not self.retrieval.exhaustive:  # an average user's candidates and seen items
+            per_user = bytes_per_query(k, self.num_items, allowed, len(self._seen_indices) / max(len(self._user_ids), 1))
+        block = max(1, budget_bytes // per_user)
         seen_indptr = torch.as_tensor(np.asarray(self._seen_indptr), device=self.device)
         for start in range(0, len(known), block):
             chosen = torch.as_tensor(known[start : start + block], device=self.device)
@@ -404,7 +447,6 @@ class Recommender:
 
     def _block(self, users: torch.Tensor, k: int, exclude_seen: bool, allowed, seen_indptr) -> pa.Table:
         """The top ``k`` of a block of known users (indices), as an Arrow table."""
-        scores = self.network.all_watch_scores(users)
         seen = None
         if exclude_seen:
             starts, stops = seen_indptr[users], seen_indptr[users + 1]
@@ -412,11 +454,12 @@ class Recommender:
             rows = torch.repeat_interleave(torch.arange(len(users), device=self.device), counts)
             offsets = torch.arange(int(counts.sum()), device=self.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
             seen = (rows, self._seen_indices[torch.repeat_interleave(starts, counts) + offsets], offsets)
-        if allowed is None:
-            top_p, top_items, watch = self._top_and_watch(scores, k, seen)
+        if not self.retrieval.exhaustive:
+            top_p, top_items, watch = self._retrieved(self.network, users, None if seen is None else seen[:2], allowed, k)
+        elif allowed is None:
+            top_p, top_items, watch = self._top_and_watch(self.network.all_watch_scores(users), k, seen)
         else:
-            top_p, top_items, watch = self._top_and_watch_filtered(scores, k, seen, allowed)
-        del scores
+            top_p, top_items, watch = self._top_and_watch_filtered(self.network.all_watch_scores(users), k, seen, allowed)
         valid = torch.isfinite(top_p)  # fewer than k items left after the filters
         pair_users = users[:, None].expand_as(top_items)
         if self.has_ratings:
@@ -532,18 +575,8 @@ class Recommender:
         users, items = self._pair_indices(list(pairs))
         if not users:
             return []
-        users_t = torch.tensor(users, device=self.device)
-        items_t = torch.tensor(items, device=self.device)
-        chunk = max(1, CHUNK_ELEMENTS // self.num_items)
-        p_parts, watch_parts = [], []
-        with torch.inference_mode():
-            for start in range(0, len(users), chunk):
-                rows = self.network.all_watch_scores(users_t[start : start + chunk])
-                p = rows.gather(1, items_t[start : start + chunk, None]).squeeze(1)
-                p_parts.append(p)
-                watch_parts.append(_outscored_fraction(rows, p))
-            ratings, ratings_raw = self._ratings(self.network, users_t, items_t)
-        columns = zip(users, items, torch.cat(watch_parts).tolist(), torch.cat(p_parts).tolist(), ratings, ratings_raw)
+        watch, p, ratings, ratings_raw = self._pair_scores(np.array(users), np.array(items))
+        columns = zip(users, items, watch.tolist(), p.tolist(), ratings, ratings_raw)
         return [
             Prediction(self._user_ids[u], self._item_ids[i], self._titles[i], w, p, r, raw)
             for u, i, w, p, r, raw in columns
@@ -554,14 +587,32 @@ class Recommender:
         k = min(_check_k(k), self.num_items - 1)
         index = self.item_index(item)
         with torch.inference_mode():
-            similarity = self._unit_items @ self._unit_items[index]
-            similarity[index] = float("-inf")
-            top, top_items = torch.topk(similarity, k)
+            if self.retrieval.exhaustive:
+                similarity = self._unit_items @ self._unit_items[index]
+                similarity[index] = float("-inf")
+                top, top_items = torch.topk(similarity, k)
+            else:
+                top, top_items = self._nearest(index, k)
         items = [
             SimilarItem(rank=rank, **self._describe(i), similarity=s)
             for rank, (i, s) in enumerate(zip(top_items.tolist(), top.tolist()), start=1)
         ]
         return SimilarItems(item=self._item_ids[index], title=self._titles[index], items=items)
+
+    def _nearest(self, index: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` items of highest cosine similarity to item ``index`` (itself left out) among the
+        similarity index's candidates, re-scored exactly: their similarities and indices."""
+        unit = self._unit_items
+        query = unit[index][None]
+        itself = torch.tensor([index], device=self.device)
+
+        def score(rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+            return (unit[items] @ query[rows][:, :, None]).squeeze(-1)
+
+        top, top_items, _ = ranked_candidates(
+            self.retrieval.index("similar"), query, score, k, self.num_items, seen=(torch.zeros_like(itself), itself)
+        )
+        return top[0], top_items[0]
 
     def _item_index(self, item: Any, where: str) -> int:
         try:
@@ -587,10 +638,7 @@ class Recommender:
             where = f" (pair {position} of {len(pairs)})" if len(pairs) > 1 else ""
             index = self.user_index(user)
             if index is None:
-                raise UnknownUserError(
-                    f"unknown user {user!r}{where}: the model has no vector for a user it was not trained on, "
-                    "so it cannot score them (recommendations fall back to popular items)"
-                )
+                raise _unknown_user(user, where)
             users.append(index)
             items.append(self._item_index(item, where))
         return users, items
@@ -624,6 +672,148 @@ class Recommender:
             "num_ratings": self._num_ratings[index],
         }
 
+    def _pair_scores(self, users: np.ndarray, items: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, list, list]:
+        """Watch scores, p, clipped and raw ratings of (user index, item index) pairs, in blocks of
+        :data:`CHUNK_ELEMENTS` scores."""
+        users_t = torch.as_tensor(users, dtype=torch.long, device=self.device)
+        items_t = torch.as_tensor(items, dtype=torch.long, device=self.device)
+        chunk = max(1, CHUNK_ELEMENTS // self.num_items)
+        p_parts, watch_parts = [], []
+        with torch.inference_mode():
+            for start in range(0, len(users_t), chunk):
+                rows = self.network.all_watch_scores(users_t[start : start + chunk])
+                p = rows.gather(1, items_t[start : start + chunk, None]).squeeze(1)
+                p_parts.append(p)
+                watch_parts.append(_outscored_fraction(rows, p))
+            ratings, ratings_raw = self._ratings(self.network, users_t, items_t)
+        return torch.cat(watch_parts), torch.cat(p_parts), ratings, ratings_raw
+
+    def recommend_frame(
+        self,
+        users: Sequence[Any] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude: Iterable[Any] = (),
+        include: Iterable[Any] | None = None,
+        genres: Iterable[str] = (),
+        backend: str = "pandas",
+    ) -> Any:
+        """The top ``k`` of every user (or of ``users``, raw ids) as one table: a row per (user, rank).
+
+        :meth:`recommend_all`'s tables in one, with the same filters: the columns ``user``,
+        ``rank``, ``item``, ``title``, ``watch_score``, ``p``, ``rating``, ``rating_raw`` and
+        ``cold_start``. Users and items keep the type of the model's ids (integers stay integers,
+        so the table joins with the frame the model was trained on); a user the model never saw
+        gets the most-rated items, flagged ``cold_start``, with null scores.
+
+        Parameters
+        ----------
+        users:
+            Raw user ids (a list, an array, a pandas or polars Series); default every user the
+            model knows, in index order.
+        k, exclude_seen, exclude, include, genres:
+            As for :meth:`recommend`.
+        backend:
+            ``"pandas"`` (a DataFrame), ``"polars"`` or ``"arrow"`` (a pyarrow Table).
+
+        Raises
+        ------
+        ConfigError
+            For a ``k`` that is not a positive whole number, an unknown genre, or a backend whose
+            library is not installed (naming the extra ``mtrec[frames]``).
+        UnknownItemError
+            For an item of ``exclude`` or ``include`` the model does not know.
+
+        Examples
+        --------
+        >>> top = recommender.recommend_frame([196, 186], k=5)
+        >>> top[["user", "rank", "title", "watch_score", "rating"]]
+        """
+        backend_library(backend)  # an unknown backend, or one not installed, is named before the work
+        tables = list(self.recommend_all(users, k=k, exclude_seen=exclude_seen, exclude=exclude, include=include, genres=genres))
+        table = pa.concat_tables(tables) if tables else self._cold_table([], k, None)
+        for role, ids in (("user", self.model.data_.user_ids), ("item", self.model.data_.item_ids)):
+            if ids.dtype != object:
+                table = table.set_column(table.schema.get_field_index(role), role, as_integers(table.column(role)))
+        return to_frame(table, backend)
+
+    def predict_frame(
+        self, pairs: Any, user: Column | None = None, item: Column | None = None, prefix: str = ""
+    ) -> Any:
+        """``pairs`` with the model's predictions for each (user, item) row added as columns.
+
+        The columns added are ``watch_score``, ``p``, ``rating`` and ``rating_raw``, as
+        :meth:`predict` gives them (``rating`` null when the model did not learn ratings), each
+        after ``prefix``. Ids are looked up all at once; an item that is not an id may be a title,
+        as in :meth:`predict`.
+
+        Parameters
+        ----------
+        pairs:
+            A pandas or polars DataFrame or a pyarrow Table, returned as the same kind with its
+            rows (and pandas index) as they are.
+        user, item:
+            The columns' labels; by default recognised by name as in
+            :meth:`~mtrec.data.interactions.Interactions.from_frame` (``user``/``userId``...,
+            ``item``/``movieId``...).
+        prefix:
+            Put before the names of the columns added: ``"predicted_"`` keeps a frame's own
+            ``rating`` beside ``predicted_rating``.
+
+        Raises
+        ------
+        DataError
+            For a missing column, an empty frame or a missing id, naming its row and column; or
+            for a column that would be added and is already there (a frame's own ratings).
+        UnknownUserError, UnknownItemError
+            Naming the row and column of the first id the model was not trained on.
+
+        Examples
+        --------
+        >>> scored = recommender.predict_frame(test_ratings, prefix="predicted_")
+        >>> ((scored["predicted_rating"] - scored["rating"]) ** 2).mean()
+        """
+        source, table, roles = frame_table(pairs, {"user": user, "item": item}, required=("user", "item"))
+        names = [prefix + name for name in ("watch_score", "p", "rating", "rating_raw")]
+        taken = [name for name in names if name in column_labels(pairs)]
+        if taken:
+            raise DataError(
+                f"{source} already has a column {taken[0]!r}: pass prefix= (\"predicted_\") to name the predictions apart"
+            )
+        columns = frame_columns(source, table, roles)
+        users, items = (self._frame_indices(source, columns[role], role, roles[role]) for role in ("user", "item"))
+        watch, p, ratings, ratings_raw = self._pair_scores(users, items)
+        arrays = [
+            pa.array(watch.cpu().numpy()),
+            pa.array(p.cpu().numpy()),
+            pa.array(ratings, pa.float32()),
+            pa.array(ratings_raw, pa.float32()),
+        ]
+        return with_columns(pairs, pa.table(dict(zip(names, arrays))))
+
+    def _known_user(self, user: Any, where: str) -> int:
+        index = self.user_index(user)
+        if index is None:
+            raise _unknown_user(user, where)
+        return index
+
+    def _frame_indices(self, source: str, column: pa.ChunkedArray, role: str, name: str) -> np.ndarray:
+        """The indices of a frame's checked ``user`` or ``item`` id column, found all at once by their
+        text; the few ids not found are looked up one by one (an item may be a title), or raise."""
+        known, resolve = (self._user_array, self._known_user) if role == "user" else (self._item_array, self._item_index)
+        found = pc.index_in(column.cast(pa.string()), value_set=known)
+        indices = found.to_numpy(zero_copy_only=False)
+        for row in np.flatnonzero(found.is_null().to_numpy(zero_copy_only=False)).tolist():
+            indices[row] = resolve(column[row].as_py(), f" ({source}, row {row + 1}, column {name!r})")
+        return indices.astype(np.int64)
+
+
+def _unknown_user(user: Any, where: str) -> UnknownUserError:
+    return UnknownUserError(
+        f"unknown user {user!r}{where}: the model has no vector for a user it was not trained on, "
+        "so it cannot score them (recommendations fall back to popular items)"
+    )
+
 
 def _outscored_fraction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """For each ``values[i]``, the fraction of the other entries of ``rows[i]`` strictly below it."""
@@ -632,82 +822,3 @@ def _outscored_fraction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tenso
     counts = torch.cat(below) if below else values.new_zeros(0)
     return counts / max(rows.shape[1] - 1, 1)
 
-
-def _read_rows(path: Path, what: str, empty: str) -> tuple[list[tuple[int, list[str]]], str]:
-    """The non-blank lines of a small CSV or TSV file as (line number, stripped cells), and the
-    delimiter: a tab if the first line has one, else a comma. ``what`` and ``empty`` word the errors."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {what} from {path}: {error}") from None
-    numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
-    if not numbered:
-        raise DataError(f"{path}: {empty}")
-    delimiter = "\t" if "\t" in numbered[0][1] else ","
-    cells = csv.reader([line for _, line in numbered], delimiter=delimiter)
-    return [(number, [cell.strip() for cell in row]) for (number, _), row in zip(numbered, cells)], delimiter
-
-
-def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """(user, item) pairs from a CSV or TSV file.
-
-    The columns named ``user`` and ``item`` in a header line, or else the first two columns;
-    the header is optional. The delimiter is a tab if the first line has one, else a comma.
-    """
-    path = Path(path)
-    rows, delimiter = _read_rows(path, "pairs", "no (user, item) pairs")
-    header = [cell.lower() for cell in rows[0][1]]
-    columns = (0, 1)
-    if "user" in header and "item" in header:
-        columns = (header.index("user"), header.index("item"))
-        rows = rows[1:]
-    pairs = []
-    for number, row in rows:
-        if len(row) <= max(columns):
-            raise DataError(f"{path}, line {number}: expected a user and an item, got {delimiter.join(row)!r}")
-        pairs.append((row[columns[0]], row[columns[1]]))
-    return pairs
-
-
-def read_users(path: str | Path) -> list[str]:
-    """Raw user ids from a CSV or TSV file: the first column, one a line; a header ``user``
-    (or ``userId``, ``user_id``) is skipped."""
-    rows, _ = _read_rows(Path(path), "users", "no users")
-    users = [row[0] for _, row in rows if row and row[0]]
-    if users and users[0].lower() in ("user", "userid", "user_id"):
-        users = users[1:]
-    if not users:
-        raise DataError(f"{path}: no users")
-    return users
-
-
-#: Most items a history may hold (for fold-in).
-MAX_HISTORY = 1000
-
-
-def read_history(path: str | Path) -> list[tuple[str, float | None]]:
-    """A new user's history from a CSV or TSV file: an item (id or title) per line, optionally a rating.
-
-    The columns named ``item`` and ``rating`` in a header line, or else the first two; the header
-    is optional. At most :data:`MAX_HISTORY` items.
-    """
-    path = Path(path)
-    rows, _ = _read_rows(path, "a history", "an empty history")
-    header = [cell.lower() for cell in rows[0][1]]
-    item_column, rating_column = 0, 1
-    if "item" in header:
-        item_column = header.index("item")
-        rating_column = header.index("rating") if "rating" in header else None
-        rows = rows[1:]
-    history = []
-    for number, row in rows:
-        rating = None
-        if rating_column is not None and len(row) > rating_column and row[rating_column]:
-            try:
-                rating = float(row[rating_column])
-            except ValueError:
-                raise DataError(f"{path}, line {number}: rating {row[rating_column]!r} is not a number") from None
-        history.append((row[item_column], rating))
-    if len(history) > MAX_HISTORY:
-        raise DataError(f"{path}: a history of {len(history):,} items; at most {MAX_HISTORY:,}")
-    return history

@@ -8,11 +8,21 @@ A run directory is either a complete, consistent run or visibly unfinished, neve
 * a run is *finished* when ``metrics.json`` says ``"completed": true``, its model file passes its
   integrity check, and the model's and config.json's digests are the ones ``metrics.json`` recorded;
 * a finished run is never replaced unless asked (``force``), and then only once the new one is
-  complete; a folder holding anything but run files is never replaced at all.
+  complete; a folder holding anything but run files is never replaced at all (resuming a
+  checkpoint included);
+* one process at a time trains a run directory: it holds the directory's lock
+  (:func:`mtrec.fileio.directory_lock`, ``.<name>.lock`` beside it) from before its staging folder
+  is prepared until the run is published, so a published run is always one process's whole work;
+* a checkpoint of an unfinished run is resumed, or discarded when asked (``force``), never thrown
+  away in silence, and kept until the finished run is published;
+* a ``logdir`` that is a symbolic link is followed: the run is staged beside the link's target and
+  published in its place, so the link keeps pointing at the newest run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -20,7 +30,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from mtrec.checkpoint import (
     CHECKPOINT_FILENAME,
@@ -33,13 +43,21 @@ from mtrec.checkpoint import (
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.distributed import Distributed
-from mtrec.errors import DataError, ModelFileError, RunExistsError
-from mtrec.fileio import atomic_write_text, fsync_directory
+from mtrec.errors import DataError, ModelFileError, MtrecError, RunExistsError
+from mtrec.fileio import LockHeldError, atomic_write_text, directory_lock, publish_directory, read_json
+from mtrec.fileio import link_target as run_directory
+from mtrec.retrieval import INDEX_FILENAMES
+from mtrec.schemas import parse_metrics
 from mtrec.fitted import EpochRecord, summarize
 
 METRICS_FILENAME = "metrics.json"
 #: Files a run directory may hold; a folder with anything else is not mtrec's to replace.
 RUN_FILES = (CONFIG_FILENAME, METRICS_FILENAME, MODEL_FILENAME, CHECKPOINT_FILENAME)
+#: The digests metrics.json records of a run's model and config.json.
+DIGESTS = {"model_sha256": MODEL_FILENAME, "config_sha256": CONFIG_FILENAME}
+#: The first config.json format whose runs always record their digests: runs of mtrec 0.1 (format 1)
+#: and of 0.2.0 before its digests (format 2) may have none; those that do are verified.
+DIGESTS_SINCE_FORMAT = 3
 
 #: TensorBoard tags of the per-epoch training values; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
 TRAIN_TAGS = {
@@ -60,28 +78,18 @@ def scalar_tags(record: EpochRecord) -> dict[str, float]:
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """The metrics of a finished run; :class:`DataError` naming the file if missing or corrupt."""
+    """The metrics of a finished run; :class:`DataError` naming the file if missing, corrupt or not
+    shaped as a completed run's metrics."""
     path = Path(run_dir) / METRICS_FILENAME
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (the run did not finish)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: corrupt metrics file ({error})") from None
-    if not isinstance(metrics, dict) or metrics.get("completed") is not True or not metrics.get("epochs"):
+    metrics = read_json(path, "metrics file")
+    if not isinstance(metrics, dict) or metrics.get("completed") is not True:
         raise DataError(f"{path}: not a completed run's metrics")
-    return metrics
+    return parse_metrics(metrics, path)
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
     """The raw config.json of a run (see :meth:`RunConfig.load` for the parsed config)."""
-    path = Path(run_dir) / CONFIG_FILENAME
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DataError(f"{path}: corrupt config file ({error})") from None
+    return read_json(Path(run_dir) / CONFIG_FILENAME, "run config")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,8 +120,9 @@ def _old_dir(run_dir: Path) -> Path:
 
 
 def _is_run_file(name: str) -> bool:
-    """A file mtrec writes into a run directory: its files, TensorBoard's, and temporaries of a save."""
-    return name in RUN_FILES or name.startswith("events.out.tfevents.") or (name.startswith(".") and name.endswith(".tmp"))
+    """A file mtrec writes into a run directory: its files, the HNSW indexes saved beside its model,
+    TensorBoard's, and temporaries of a save."""
+    return name in RUN_FILES or name in INDEX_FILENAMES or name.startswith("events.out.tfevents.") or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _foreign_entries(folder: Path) -> list[str]:
@@ -121,18 +130,33 @@ def _foreign_entries(folder: Path) -> list[str]:
 
 
 def recover(run_dir: str | Path) -> None:
-    """Finish a publication that a crash interrupted (between the renames), and remove its leftovers."""
-    run_dir = Path(run_dir)
+    """Finish a publication that a crash interrupted (between the renames), and remove its leftovers.
+
+    Only with the directory's lock: while another process holds it, that process is publishing
+    and finishes the work itself.
+    """
+    run_dir = run_directory(run_dir)
     staging, old = staging_dir(run_dir), _old_dir(run_dir)
-    if not run_dir.exists() and staging.is_dir() and inspect_run(staging, recovering=False).kind == "finished":
-        os.rename(staging, run_dir)
-    if old.exists() and run_dir.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    if not (old.exists() or (staging.is_dir() and not run_dir.exists())):
+        return
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(directory_lock(run_dir))
+        except (LockHeldError, OSError):  # being published now, or a folder this process cannot change
+            return
+        if not run_dir.exists() and staging.is_dir() and inspect_run(staging, recovering=False).kind == "finished":
+            os.rename(staging, run_dir)
+        if old.exists() and run_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def inspect_run(run_dir: str | Path, recovering: bool = True) -> RunState:
-    """The :class:`RunState` of ``run_dir``; checks the model file in full for a finished run."""
-    run_dir = Path(run_dir)
+    """The :class:`RunState` of ``run_dir``; checks the model file in full for a finished run.
+
+    A run is finished only when its digests match (a run of config format 1 or 2, which may have
+    recorded none, is taken as its model file's integrity check finds it; see :data:`DIGESTS_SINCE_FORMAT`).
+    """
+    run_dir = run_directory(run_dir)
     if recovering:
         recover(run_dir)
     if not run_dir.exists():
@@ -151,20 +175,31 @@ def inspect_run(run_dir: str | Path, recovering: bool = True) -> RunState:
         read_model_file(run_dir)  # the integrity check
     except (DataError, ModelFileError) as error:
         return RunState("damaged", str(error))
-    recorded = metrics.get("model_sha256")
-    if recorded is not None and recorded != model_digest(run_dir):
-        return RunState("damaged", f"{run_dir / MODEL_FILENAME} is not the model {run_dir / METRICS_FILENAME} recorded")
-    recorded = metrics.get("config_sha256")
-    if recorded is not None and recorded != _file_digest(run_dir / CONFIG_FILENAME):
-        return RunState("damaged", f"{run_dir / CONFIG_FILENAME} is not the config {run_dir / METRICS_FILENAME} recorded")
+    flaw = _digest_flaw(run_dir, metrics)
+    if flaw:
+        return RunState("damaged", flaw)
     return RunState("finished", config=config)
 
 
-def _file_digest(path: Path) -> str | None:
+def _digest_flaw(run_dir: Path, metrics: dict[str, Any]) -> str | None:
+    """Which of the run's files is not the one its metrics.json recorded, or which digest is missing."""
+    expected = read_config(run_dir).get("format_version", 1) >= DIGESTS_SINCE_FORMAT
+    for name, digest in _digests(run_dir).items():
+        recorded, path = metrics.get(name), run_dir / DIGESTS[name]
+        if recorded is None and expected:
+            return f"{run_dir / METRICS_FILENAME} records no {name}, so {path} cannot be verified"
+        if recorded is not None and recorded != digest:
+            return f"{path} is not the one {run_dir / METRICS_FILENAME} recorded"
+    return None
+
+
+def _digests(run_dir: Path) -> dict[str, str | None]:
+    """The digests of the run's files as they are now: the model's (as its header records it) and config.json's."""
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        config = hashlib.sha256((run_dir / CONFIG_FILENAME).read_bytes()).hexdigest()
     except OSError:
-        return None
+        config = None
+    return {"model_sha256": model_digest(run_dir), "config_sha256": config}
 
 
 def check_complete(run_dir: str | Path) -> None:
@@ -181,20 +216,8 @@ def is_finished(run_dir: str | Path, config: RunConfig) -> bool:
     return state.kind == "finished" and state.config is not None and state.config.same_run(config)
 
 
-def _publish(staging: Path, run_dir: Path) -> None:
-    """Rename the finished staging folder into place, the previous run (if any) out of the way."""
-    old = _old_dir(run_dir)
-    if old.exists():
-        shutil.rmtree(old)
-    if run_dir.exists():
-        os.rename(run_dir, old)
-    os.rename(staging, run_dir)
-    fsync_directory(run_dir.parent)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def prepare_run_dir(run_dir: str | Path, force: bool = False) -> Path:
-    """Check that a run may be trained for ``run_dir``, and give a fresh staging folder for it.
+def _check_run_dir(run_dir: Path, force: bool) -> None:
+    """Check that a run, new or resumed, may be published as ``run_dir`` (the caller holds the directory's lock).
 
     Raises
     ------
@@ -202,7 +225,6 @@ def prepare_run_dir(run_dir: str | Path, force: bool = False) -> Path:
         When ``run_dir`` holds a finished run and ``force`` is false, or holds files that are
         not a run's (never replaced).
     """
-    run_dir = Path(run_dir)
     state = inspect_run(run_dir)
     if state.kind == "foreign":
         raise RunExistsError(f"{state.reason}: choose another --logdir")
@@ -211,6 +233,10 @@ def prepare_run_dir(run_dir: str | Path, force: bool = False) -> Path:
             f"{run_dir} holds a finished run: give --force to train it again (the finished run stays until "
             "the new one is complete), or another --logdir"
         )
+
+
+def _fresh_staging(run_dir: Path) -> Path:
+    """An empty staging folder for ``run_dir``."""
     staging = staging_dir(run_dir)
     if staging.exists():
         shutil.rmtree(staging)
@@ -218,15 +244,54 @@ def prepare_run_dir(run_dir: str | Path, force: bool = False) -> Path:
     return staging
 
 
-def _resumable(run_dir: Path, config: RunConfig) -> tuple[dict, dict] | None:
-    """The checkpoint of an unfinished run of ``config`` for ``run_dir`` (in its staging folder), if there is one."""
+def _checkpoint_to_resume(run_dir: Path, config: RunConfig, resume: bool, force: bool) -> tuple[dict, dict] | None:
+    """The training state to continue from: the checkpoint an unfinished run for ``run_dir`` left
+    in its staging folder, when ``resume`` and it is a run of ``config``.
+
+    A checkpoint is never thrown away in silence: one that is not resumed (not asked to, made with
+    other settings, or unreadable) is discarded with ``force``, and is an error without it.
+    """
     staging = staging_dir(run_dir)
-    try:
-        if not RunConfig.load(staging).same_run(config):
-            return None
-        return load_training_state(staging / CHECKPOINT_FILENAME)
-    except (DataError, ModelFileError):
+    if not (staging / CHECKPOINT_FILENAME).exists():
         return None
+    discard = "--force to discard it and train from scratch"
+    try:
+        saved = RunConfig.load(staging)
+        differences = config.differences(saved)
+        state = load_training_state(staging / CHECKPOINT_FILENAME) if resume and not differences else None
+    except (DataError, ModelFileError) as error:
+        if force:
+            return None
+        raise RunExistsError(f"{staging} holds a checkpoint that cannot be resumed ({error}): give {discard}") from None
+    if state is not None or force:
+        return state
+    if differences:
+        raise RunExistsError(
+            f"{staging} holds the checkpoint of an unfinished run with other settings, shown as here / there: "
+            f"{'; '.join(differences)}. Give its settings to --resume it, or {discard}"
+        )
+    raise RunExistsError(
+        f"{staging} holds the checkpoint of an unfinished run of these settings: give --resume to continue it, or {discard}"
+    )
+
+
+def _start(
+    run_dir: Path, config: RunConfig, model, force: bool, resume: bool, summary: dict[str, Any] | None,
+    speed: dict[str, Any] | None,
+) -> tuple[Path, tuple[dict, dict] | None]:
+    """The staging folder to train in (with its config.json), and the checkpoint to continue from;
+    :class:`RunExistsError` where ``run_dir`` may not be replaced, resumed or not."""
+    _check_run_dir(run_dir, force)
+    state = _checkpoint_to_resume(run_dir, config, resume, force)
+    if state is not None:
+        return staging_dir(run_dir), state
+    staging = _fresh_staging(run_dir)
+    resolved = {"step": model.resolved_step(), **(speed or {})}
+    if resolved.get("dist_exchange") == "rows" and resolved["step"] != "fused":
+        resolved["dist_exchange"] = "dense"  # only the fused step knows the rows it touched
+    document = config.to_json(resolved=resolved, summary=summary)
+    atomic_write_text(staging / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    return staging, None
 
 
 def train_run(
@@ -249,52 +314,113 @@ def train_run(
     ----------
     config, train, validation, test:
         The run and its data: ``validation`` (or None) chooses the epoch when the config asks for
-        early stopping; the test set is evaluated for the record only.
+        early stopping; the test set is evaluated for the record only. A run trains at least one epoch.
     logdir:
-        The run directory. A finished run there is replaced only with ``force``.
+        The run directory (or a symbolic link to it: see :func:`run_directory`). A finished run
+        there is replaced only with ``force``. Its lock is held until the run is published: while
+        another process trains it, :class:`~mtrec.fileio.LockHeldError` names that process.
     summary:
         What the split gave (sizes, cold start), for config.json.
     callback:
         Called after each epoch.
     distributed:
         This process's place in a distributed run: every process trains; process 0 alone
-        writes, and tells the others when it refuses to start.
+        holds the lock and writes, and tells the others when it refuses to start.
     checkpoint_every, resume:
         Save a checkpoint (model, optimiser, generator, schedule, history) every K epochs; and
-        continue from the last one of an unfinished run of the same config, if there is one.
+        continue from the last one of an unfinished run of the same config. A checkpoint that is
+        not resumed is discarded with ``force`` and is an error without it (naming the settings
+        that differ, when they do).
     speed:
         Speed-only facts to record beside the config (the world size...).
     """
-    from torch.utils.tensorboard import SummaryWriter
-
     config.check()
     model = config.build_model()
     # A run that cannot start leaves whatever was there intact.
     model.check_fit(
         train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k
     )
-    logdir = Path(logdir)
+    run_dir = run_directory(logdir)
     main = distributed is None or distributed.is_main
-    state, refusal, staging = None, None, staging_dir(logdir)
-    if main:
+    begin = functools.partial(_start, run_dir, config, model, force, resume, summary, speed)
+    with contextlib.ExitStack() as held:
+        staging, state = _claim(held, run_dir, begin, distributed)
+
+        def save_checkpoint(trainer) -> None:
+            if main:
+                save_training_state(staging / CHECKPOINT_FILENAME, *trainer.state())
+
+        with _tensorboard(staging if main else None, callback) as log_epoch:
+            model.fit(
+                train,
+                config.epochs,
+                validation=validation,
+                test=test,
+                eval_every=config.eval_every,
+                early_stopping=config.early_stopping,
+                patience=config.patience,
+                metrics=config.metrics,
+                k=config.k,
+                callback=log_epoch,
+                distributed=distributed,
+                on_checkpoint=save_checkpoint,
+                checkpoint_every=checkpoint_every,
+                resume=state,
+            )
+        metrics = {
+            "completed": True,
+            "epochs": [record.to_json() for record in model.history_],
+            **summarize(model.history_, model.selected_epoch_, model.selection_),
+        }
+        if main:
+            metrics = _save_and_publish(model, metrics, staging, run_dir)
+    if distributed is not None:
+        distributed.barrier()  # the run is published before any process reports it
+    return metrics
+
+
+def _save_and_publish(model, metrics: dict[str, Any], staging: Path, run_dir: Path) -> dict[str, Any]:
+    """Write the model and the metrics (with the digests) into ``staging``, publish it as ``run_dir``;
+    the metrics written."""
+    model.save(staging / MODEL_FILENAME)
+    metrics = {"completed": True, **_digests(staging), **metrics}
+    atomic_write_text(staging / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+    publish_directory(staging, run_dir, _old_dir(run_dir))
+    # Only now: until the run is published, its checkpoint is what --resume continues from (one
+    # left by a crash here is a run file, harmless to a finished run).
+    (run_dir / CHECKPOINT_FILENAME).unlink(missing_ok=True)
+    return metrics
+
+
+def _claim(
+    held: contextlib.ExitStack, run_dir: Path, begin: Callable[[], tuple[Path, tuple[dict, dict] | None]],
+    distributed: Distributed | None,
+) -> tuple[Path, tuple[dict, dict] | None]:
+    """Take ``run_dir``'s lock (into ``held``) and ``begin`` the run there, on process 0; every process
+    gets the staging folder and the checkpoint to continue from, or raises process 0's refusal."""
+    staging, state, refusal = staging_dir(run_dir), None, None
+    if distributed is None or distributed.is_main:
         try:
-            state = _resumable(logdir, config) if resume else None
-            if state is None:
-                staging = prepare_run_dir(logdir, force)
-                resolved = {"step": model.resolved_step(), **(speed or {})}
-                if resolved.get("dist_exchange") == "rows" and resolved["step"] != "fused":
-                    resolved["dist_exchange"] = "dense"  # only the fused step knows the rows it touched
-                document = config.to_json(resolved=resolved, summary=summary)
-                atomic_write_text(staging / CONFIG_FILENAME, json.dumps(document, indent=2, allow_nan=False) + "\n")
-        except RunExistsError as error:
-            refusal = str(error)
+            held.enter_context(directory_lock(run_dir))
+            staging, state = begin()
+        except (MtrecError, OSError) as error:
+            refusal = error
     if distributed is not None:
         refusal = distributed.broadcast(refusal)
         state = distributed.broadcast(state)  # every process continues from the same checkpoint
     if refusal is not None:
-        raise RunExistsError(refusal)
+        raise refusal
+    return staging, state
 
-    writer = SummaryWriter(log_dir=str(staging)) if main else None
+
+@contextlib.contextmanager
+def _tensorboard(
+    folder: Path | None, callback: Callable[[EpochRecord], None] | None
+) -> Iterator[Callable[[EpochRecord], None]]:
+    """An epoch callback that also writes each record's scalars to TensorBoard in ``folder`` (None: nowhere)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(log_dir=str(folder)) if folder is not None else None
 
     def log_epoch(record: EpochRecord) -> None:
         if writer is not None:
@@ -304,42 +430,8 @@ def train_run(
         if callback is not None:
             callback(record)
 
-    def save_checkpoint(trainer) -> None:
-        if main:
-            save_training_state(staging / CHECKPOINT_FILENAME, *trainer.state())
-
     try:
-        model.fit(
-            train,
-            config.epochs,
-            validation=validation,
-            test=test,
-            eval_every=config.eval_every,
-            early_stopping=config.early_stopping,
-            patience=config.patience,
-            metrics=config.metrics,
-            k=config.k,
-            callback=log_epoch,
-            distributed=distributed,
-            on_checkpoint=save_checkpoint,
-            checkpoint_every=checkpoint_every,
-            resume=state,
-        )
+        yield log_epoch
     finally:
         if writer is not None:
             writer.close()
-    metrics = {
-        "completed": True,
-        "epochs": [record.to_json() for record in model.history_],
-        **summarize(model.history_, model.selected_epoch_, model.selection_),
-    }
-    if main:
-        model.save(staging / MODEL_FILENAME)
-        (staging / CHECKPOINT_FILENAME).unlink(missing_ok=True)  # a finished run needs none
-        metrics = {"completed": True, "model_sha256": model_digest(staging),
-                   "config_sha256": _file_digest(staging / CONFIG_FILENAME), **metrics}
-        atomic_write_text(staging / METRICS_FILENAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-        _publish(staging, logdir)
-    if distributed is not None:
-        distributed.barrier()  # the run is published before any process reports it
-    return metrics

@@ -9,24 +9,34 @@ trials are trained without it. The best settings are written as ``<root>/best/co
 which ``mtrec train --config`` trains (and then tests).
 
 The study lives in ``<root>/study.db`` (SQLite): running the same search again adds trials to
-it, so an interrupted search resumes.
+it, so an interrupted search resumes. The sampler is seeded by the seed and the number of trials
+the study already holds, so the trials a rerun adds continue the search instead of repeating its
+first draws. One search at a time works in a root: it holds the root's lock
+(:func:`mtrec.fileio.directory_lock`). A trial that fails (or that Ctrl-C ends) ends the search
+with its error; the trials finished before it stay in the study.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import numpy as np
 
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, MtrecError
 from mtrec.evaluation import Evaluator
-from mtrec.fileio import atomic_write_text
+from mtrec.fileio import atomic_write_text, directory_lock
 from mtrec.fitted import EpochRecord
 from mtrec.model import reference_metrics
 from mtrec.runs import train_run
+from mtrec.tracking import Tracker, TrackedRun, tracked, tracked_training
 from mtrec.trainer import EarlyStopping
 
 #: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
@@ -47,6 +57,7 @@ SEARCH_SPACE: dict[str, Dimension] = {
     "rating_bias": ("categorical", [False, True]),
 }
 BEST_DIRNAME = "best"
+STUDY_FILENAME = "study.db"
 
 
 def _optuna():
@@ -103,6 +114,34 @@ class _Pruned(MtrecError):
     """Raised inside a trial's training to end it (Optuna prunes it)."""
 
 
+def sampler_seed(seed: int, done: int) -> int:
+    """The sampler's seed for a study that holds ``done`` trials: each continuation draws anew."""
+    return int(np.random.SeedSequence([seed, done]).generate_state(1)[0])
+
+
+class _WithoutFailedTrials(logging.Filter):
+    """Leaves out the warnings of Optuna's optimisation loop: its reports of a failed trial (the
+    first with the whole traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "optuna.study._optimize" and record.levelno >= logging.WARNING)
+
+
+@contextlib.contextmanager
+def _failures_unlogged() -> Iterator[None]:
+    """Optuna logs a failed trial before its error (or Ctrl-C) reaches the caller of :func:`tune`,
+    which reports it (no failure is caught); for the block, that log is left out."""
+    handlers = logging.getLogger("optuna").handlers
+    quiet = _WithoutFailedTrials()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def tune(
     base: RunConfig,
     train: Interactions,
@@ -114,6 +153,7 @@ def tune(
     space: dict[str, Dimension] | None = None,
     on_trial: Callable[[int, float | None, bool], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    tracker: Tracker | None = None,
 ) -> TuningResult:
     """Search ``space`` around ``base`` for the best validation criterion.
 
@@ -129,7 +169,7 @@ def tune(
     trials:
         How many trials to run (in this call; earlier ones in the study count for the best).
     seed:
-        Seeds the sampler.
+        Seeds the sampler, with the number of trials already in the study (:func:`sampler_seed`).
     timeout:
         Stop starting trials after this many seconds.
     space:
@@ -138,6 +178,11 @@ def tune(
         Called after each trial with its number, value (None if pruned) and whether it was pruned.
     on_epoch:
         Called after each trained epoch.
+    tracker:
+        Where to record the search besides ``root`` (:mod:`mtrec.tracking`): one run for the study
+        (the base settings and the search's as parameters, each finished trial's value as
+        ``trial_value`` at step = trial number, ``best_value`` and ``best_trial``, and the best
+        config.json as an artifact), each trial a training run nested under it.
     """
     optuna = _optuna()
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -149,11 +194,10 @@ def tune(
     criterion = base.early_stopping or "joint"
     base = base.replace(early_stopping=criterion).check()
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     evaluator = Evaluator(validation, train, metrics=("mse", "mrr") if train.has_ratings else ("mrr",))
     scorer = EarlyStopping(criterion, base.patience, reference_metrics(train, evaluator))
 
-    def objective(trial) -> float:
+    def objective(trial, parent: TrackedRun) -> float:
         config = base.replace(**suggest(trial, space)).check()
         best = float("-inf")
 
@@ -169,30 +213,48 @@ def tune(
             if on_epoch is not None:
                 on_epoch(record)
 
+        name = f"trial-{trial.number:04d}"
         try:
-            train_run(config, train, validation, None, root / f"trial-{trial.number:04d}", callback=report)
+            with tracked_training(tracker, config, root / name, report, name=name, parent=parent,
+                                  stopped=(_Pruned,)) as callback:
+                train_run(config, train, validation, None, root / name, callback=callback)
         except _Pruned:
             raise optuna.TrialPruned() from None
         return best
 
-    study = optuna.create_study(
-        study_name="mtrec",
-        storage=f"sqlite:///{root / 'study.db'}",
-        load_if_exists=True,
-        direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
-    )
-
-    def after(study, trial) -> None:
+    def after(study, trial, parent: TrackedRun) -> None:
+        pruned = trial.state == optuna.trial.TrialState.PRUNED
+        if not pruned:
+            parent.log_metrics({"trial_value": trial.value}, trial.number)
         if on_trial is not None:
-            pruned = trial.state == optuna.trial.TrialState.PRUNED
             on_trial(trial.number, None if pruned else trial.value, pruned)
 
-    if not study.trials:
-        # The first trial is the base config itself, so the search can only find something better.
-        study.enqueue_trial(_point_of(base, space))
-    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=[after], catch=())
+    with directory_lock(root), tracked(tracker, f"tune {root}") as study_run:
+        study_run.log_config(base.to_json())
+        study_run.log_params({"tune.trials": trials, "tune.seed": seed, "tune.criterion": criterion})
+        root.mkdir(parents=True, exist_ok=True)
+        study = optuna.create_study(
+            study_name="mtrec",
+            storage=f"sqlite:///{root / STUDY_FILENAME}",
+            load_if_exists=True,
+            direction="maximize",
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
+        )
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)))
+        if not study.trials:
+            # The first trial of a new study is the base config itself, so the search can only find something better.
+            study.enqueue_trial(_point_of(base, space))
+        with _failures_unlogged():
+            study.optimize(functools.partial(objective, parent=study_run), n_trials=trials, timeout=timeout,
+                           callbacks=[functools.partial(after, parent=study_run)], catch=())
+        result = _conclude(optuna, study, base, root)
+        study_run.log_metrics({"best_value": result.best_value, "best_trial": result.best_trial}, result.best_trial)
+        study_run.log_artifacts(result.config_path.parent)
+        return result
+
+
+def _conclude(optuna, study, base: RunConfig, root: Path) -> TuningResult:
+    """The best trial of ``study``, its config written to ``<root>/best/config.json``."""
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         raise MtrecError(f"no trial of the search in {root} finished (all were pruned or failed)")

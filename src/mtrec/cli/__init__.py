@@ -18,7 +18,9 @@ import warnings
 from mtrec import __version__
 from mtrec.errors import ConfigError, MtrecError
 
-SUBCOMMANDS = ("train", "experiments", "tune", "report", "recommend", "predict", "similar", "serve", "synth", "datasets")
+SUBCOMMANDS = (
+    "train", "experiments", "tune", "report", "recommend", "predict", "similar", "export", "serve", "explore", "synth", "datasets",
+)
 
 
 class Parser(argparse.ArgumentParser):

@@ -13,6 +13,7 @@ from mtrec.cli.report import describe
 from mtrec.cli.train import epoch_summary
 from mtrec.experiments import (
     CONFIGURATIONS,
+    PlannedRun,
     STUDY_DIRNAME,
     SWEEP_DIRNAME,
     configurations_named,
@@ -24,6 +25,7 @@ from mtrec.experiments import (
 from mtrec.config import RunConfig
 from mtrec.data.splits import CANONICAL_SPLITS
 from mtrec.report import build_report
+from mtrec.tracking import Tracker, connect
 
 DESCRIPTION = f"""\
 Train the assignment's configurations, each over several seeds, and write the report.
@@ -31,10 +33,11 @@ Configurations: {', '.join(CONFIGURATIONS)} (sharing-λF-λR).
 Run k of a configuration lives in ROOT/<name>/seed-<k> and is exactly what
 'mtrec train --seed k' with the same options makes; a run already finished with the same
 settings is reused (--force trains it again), a damaged one is trained again (saying why),
-and an interrupted experiment resumes where it stopped. Finished runs made with other settings
-are an error that names the settings (--force replaces them; or choose another --root). --sweep runs λF = 0, step, ..., 1 (λR = 1 − λF), shared and separate, in
-ROOT/{SWEEP_DIRNAME}/. The report (--out) is then rebuilt from every finished run under ROOT,
-as 'mtrec report ROOT' does.
+and an interrupted experiment resumes where it stopped. One experiment at a time runs in a
+ROOT: a second is an error naming the process that holds it. Finished runs made with other settings
+are an error that names the settings (--force replaces them; or choose another --root).
+--sweep runs λF = 0, step, ..., 1 (λR = 1 − λF), shared and separate, in ROOT/{SWEEP_DIRNAME}/.
+The report (--out) is then rebuilt from every finished run under ROOT, as 'mtrec report ROOT' does.
 """
 
 EXAMPLES = """\
@@ -96,8 +99,6 @@ def split_loader(config: RunConfig, data_dir: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     base = None
     if args.sweep:
         configurations, root = sweep_configurations(args.sweep_step), Path(args.root) / SWEEP_DIRNAME
@@ -107,9 +108,23 @@ def run(args: argparse.Namespace) -> int:
             base = preset("quality", given_settings(args))
     else:
         configurations, root = configurations_named(args.configs), Path(args.root)
-    base = run_config(args, base)
+    base = run_config(args, base).check()
     runs = plan_runs(configurations, args.seeds, root, first_seed=base.seed)
-    bar = tqdm(total=len(runs) * base.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr)
+    tracker = connect(args.tracker, args.tracking_uri, args.root)  # before any work
+    trained = _train_runs(args, base, runs, tracker)
+    print(f"{len(trained)} runs trained, {len(runs) - len(trained)} reused, in {root}")
+    print(describe(build_report([args.root], args.out)))
+    return 0
+
+
+def _train_runs(
+    args: argparse.Namespace, base: RunConfig, runs: list[PlannedRun], tracker: Tracker | None
+) -> list[PlannedRun]:
+    """Train the planned runs that are not finished already, showing the progress; the runs trained."""
+    from tqdm import tqdm
+
+    # delay: an experiment refused before its first run (its root in use, say) shows no empty bar.
+    bar = tqdm(total=len(runs) * base.epochs, unit="epoch", disable=args.no_progress, file=sys.stderr, delay=0.5)
 
     def on_run(planned, action) -> None:
         position = f"[{runs.index(planned) + 1}/{len(runs)}]"
@@ -129,11 +144,9 @@ def run(args: argparse.Namespace) -> int:
         return base.replace(seed=planned.seed, **planned.configuration.model_params()).check()
 
     try:
-        trained = run_experiment(
-            runs, config_of, split_loader(base, args.data_dir), force=args.force, on_run=on_run, on_epoch=on_epoch
+        return run_experiment(
+            runs, config_of, split_loader(base, args.data_dir), force=args.force, on_run=on_run, on_epoch=on_epoch,
+            tracker=tracker,
         )
     finally:
         bar.close()
-    print(f"{len(trained)} runs trained, {len(runs) - len(trained)} reused, in {root}")
-    print(describe(build_report([args.root], args.out)))
-    return 0

@@ -10,6 +10,7 @@ settings were chosen on the command line.
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import Any
 
 from mtrec.cli._args import add_option, non_negative_float, non_negative_int, positive_float, positive_int
@@ -21,6 +22,7 @@ from mtrec.losses import WATCH_LOSSES
 from mtrec.network import SHARINGS
 from mtrec.model import MAX_NEGATIVES, MAX_SEED, scaled_learning_rate
 from mtrec.trainer import SCHEDULES
+from mtrec.tracking import TRACKERS
 from mtrec.training import STEPS
 from mtrec.weighting import WEIGHTINGS
 
@@ -34,22 +36,28 @@ def seed_number(text: str) -> int:
     return value
 
 
-def _presets(name: str, seed: str) -> str:
-    """The default of ``name`` in each preset: ``seed preset X, quality preset Y`` (or ``default X``)."""
-    value = {**QUALITY_MODEL, **QUALITY_TRAINING}.get(name)
-    return f"default {seed}" if value is None else f"seed preset {seed}, quality preset {value}"
+def _presets(name: str, seed: str, default_preset: str) -> str:
+    """The default of ``name``: ``default X`` where the presets agree, else the default preset's value
+    first and the other's after it (``default 200, quality preset 150``)."""
+    quality = {**QUALITY_MODEL, **QUALITY_TRAINING}.get(name)
+    if quality is None:
+        return f"default {seed}"
+    values = {"seed": seed, "quality": quality}
+    other = next(preset for preset in values if preset != default_preset)
+    return f"default {values[default_preset]}, {other} preset {values[other]}"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """The model and its training."""
+    presets = functools.partial(_presets, default_preset=default_preset)
     group = parser.add_argument_group("model and training")
     add_option(group, "--preset", choices=PRESETS, default=SUPPRESS,
                help=f"the settings the other options change: seed (the assignment's) or quality (the best measured, "
                f"with validation and early stopping) (default {default_preset})")
     add_option(group, "--factorization-weight", type=non_negative_float, default=SUPPRESS,
-               help=f"lambda_F, weight of the watch (BPR) loss, 0 to 1000 ({_presets('factorization_weight', '0.5')})")
+               help=f"lambda_F, weight of the watch (BPR) loss, 0 to 1000 ({presets('factorization_weight', '0.5')})")
     add_option(group, "--regression-weight", type=non_negative_float, default=SUPPRESS,
-               help=f"lambda_R, weight of the rating (MSE) loss, 0 to 1000 ({_presets('regression_weight', '0.5')})")
+               help=f"lambda_R, weight of the rating (MSE) loss, 0 to 1000 ({presets('regression_weight', '0.5')})")
     sharing = group.add_mutually_exclusive_group()
     add_option(sharing, "--sharing", choices=SHARINGS, default=SUPPRESS,
                help="how the heads share U and Q: hard (the same, default), separate (each its own), residual "
@@ -67,36 +75,37 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) ->
     add_option(group, "--embedding-dim", type=positive_int, default=SUPPRESS, help="latent dimension d (default 32)")
     add_option(group, "--layer-sizes", type=positive_int, nargs="+", default=SUPPRESS, metavar="N",
                help="input size of each dense layer of the rating MLP; the first must be 3*d (default: 3d 64)")
-    add_option(group, "--batch-size", type=positive_int, default=SUPPRESS, help=f"positive triples per step ({_presets('batch_size', '256')})")
+    add_option(group, "--batch-size", type=positive_int, default=SUPPRESS, help=f"positive triples per step ({presets('batch_size', '256')})")
     add_option(group, "--learning-rate", type=positive_float, default=SUPPRESS,
-               help=f"Adam learning rate ({_presets('learning_rate', '1e-3')}; with --batch-size B alone, 1e-3 x B/256, at most 0.064)")
+               help=f"Adam learning rate ({presets('learning_rate', '1e-3')}; with --batch-size B alone, 1e-3 x B/256, at most 0.064)")
     add_option(group, "--l2", type=non_negative_float, default=SUPPRESS,
-               help=f"Adam weight decay of every parameter group without its own ({_presets('l2', '0')})")
+               help=f"Adam weight decay of every parameter group without its own ({presets('l2', '0')})")
     for part, what in (("embeddings", "user and item embeddings"), ("residuals", "task-specific parts of residual sharing"),
                        ("biases", "biases"), ("mlp", "rating MLP and cross-stitch maps")):
         add_option(group, f"--l2-{part}", type=non_negative_float, default=SUPPRESS,
                    help=f"weight decay of the {what} (default: --l2)")
     add_option(group, "--lr-schedule", choices=SCHEDULES, default=SUPPRESS,
                help="learning rate per epoch: constant, exponential (x lr-gamma each epoch), "
-               f"step (x lr-gamma every lr-step epochs), cosine (to 0 over the epochs) ({_presets('lr_schedule', 'constant')})")
+               f"step (x lr-gamma every lr-step epochs), cosine (to 0 over the epochs) ({presets('lr_schedule', 'constant')})")
     add_option(group, "--lr-gamma", type=positive_float, default=SUPPRESS, help="decay factor of the schedule, in (0, 1] (default 0.95)")
     add_option(group, "--lr-step", type=positive_int, default=SUPPRESS, help="epochs per step of --lr-schedule step (default 10)")
     add_option(group, "--watch-loss", choices=WATCH_LOSSES, default=SUPPRESS,
                help="bpr: mean(1 - sigmoid(p+ - p-)) (the seed's, default); logsigmoid: mean(-log sigmoid(p+ - p-))")
     add_option(group, "--negatives", type=positive_int, default=SUPPRESS, metavar="K",
-               help=f"negatives sampled per positive pair, 1 to {MAX_NEGATIVES} ({_presets('negatives', '1')})")
+               help=f"negatives sampled per positive pair, 1 to {MAX_NEGATIVES} ({presets('negatives', '1')})")
     add_option(group, "--exclude-positives", action=argparse.BooleanOptionalAction, default=SUPPRESS,
                help="redraw a sampled negative that the user rated (default: no)")
     add_option(group, "--rating-bias", action=argparse.BooleanOptionalAction, default=SUPPRESS,
                help="a learned per-user and per-item bias in the rating head (default: no)")
     add_option(group, "--seed", type=seed_number, default=SUPPRESS, help="seeds split, initialisation and sampling (default 0)")
-    add_option(group, "--epochs", type=non_negative_int, default=SUPPRESS, help=f"training epochs ({_presets('epochs', '200')}; early stopping may end training sooner)")
+    add_option(group, "--epochs", type=positive_int, default=SUPPRESS,
+               help=f"training epochs, at least 1 ({presets('epochs', '200')}; early stopping may end training sooner)")
     add_option(group, "--eval-every", type=positive_int, default=SUPPRESS, help="evaluate every N epochs (default 1)")
     add_option(group, "--early-stopping", default=SUPPRESS, metavar="CRITERION",
                help="stop when this validation criterion has not improved for --patience evaluations, and keep the "
                "best epoch's weights: joint (mean relative improvement of MSE and MRR over the mean rating and the "
                "most popular items), or a metric (mse, mrr, ndcg@10...) (default: none; quality preset: joint)")
-    add_option(group, "--patience", type=positive_int, default=SUPPRESS, help=f"evaluations without improvement ({_presets('patience', '10')})")
+    add_option(group, "--patience", type=positive_int, default=SUPPRESS, help=f"evaluations without improvement ({presets('patience', '10')})")
     add_option(group, "--metrics", nargs="+", choices=METRICS, default=SUPPRESS, metavar="METRIC",
                help=f"metrics recorded: {', '.join(METRICS)} (default all)")
     add_option(group, "--k", type=positive_int, nargs="+", default=SUPPRESS, metavar="K",
@@ -152,9 +161,20 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGro
     return group
 
 
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tracker`` and ``--tracking-uri``: where runs are recorded besides their directories (:mod:`mtrec.tracking`)."""
+    group = parser.add_argument_group("experiment tracking")
+    add_option(group, "--tracker", choices=TRACKERS, default=None,
+               help='also record the runs in MLflow: parameters, every epoch, the selected epoch, the run files '
+               '(needs pip install "mtrec[mlflow]")')
+    add_option(group, "--tracking-uri", default=None, metavar="URI",
+               help="the tracking store (default $MLFLOW_TRACKING_URI, else sqlite under the run root: ROOT/.mlflow/mlflow.db)")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, default_preset: str = "seed") -> None:
     add_model_arguments(parser, default_preset)
     add_data_arguments(parser)
+    add_tracking_arguments(parser)
     parser.set_defaults(default_preset=default_preset)
 
 

@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from mtrec.cli._args import add_option, positive_int
+from mtrec.data.requests import read_history, read_users
 from mtrec.errors import ConfigError, DataError, RunExistsError
 from mtrec.fileio import atomic_output
-from mtrec.recommend import Recommender, read_history, read_users
+from mtrec.foldin import RatingError
+from mtrec.recommend import Recommender
+from mtrec.retrieval import AUTO_ITEMS, EF_PER_DIMENSION, IndexConfig
 
 WATCH_SCORE_HELP = """\
 watch score: the rank percentile of the model's raw score p among all items for the user,
@@ -49,8 +52,30 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--format", choices=("table", "json", "csv"), default="table", help="output (default table)")
 
 
-def load_recommender(args: argparse.Namespace) -> Recommender:
-    return Recommender.load(args.model, args.device)
+def add_index_options(parser: argparse.ArgumentParser) -> None:
+    """``--index`` and the HNSW graph's parameters (:mod:`mtrec.retrieval`)."""
+    defaults = IndexConfig()
+    add_option(parser, "--index", choices=("auto", "exact", "hnsw"), default="auto",
+               help=f"which items a list scores: exact, every one; hnsw, an HNSW graph's candidates, re-scored "
+                    f"exactly (needs the ann extra; the graph is saved beside the model); auto (default), exact "
+                    f"below {AUTO_ITEMS:,} items, else hnsw")  # fmt: skip
+    add_option(parser, "--hnsw-m", type=positive_int, default=None, metavar="M",
+               help=f"--index hnsw: links per item and layer of the graph; more, better recall, more memory (default {defaults.m})")
+    add_option(parser, "--hnsw-ef-construction", type=positive_int, default=None, metavar="N",
+               help=f"--index hnsw: candidates kept while the graph is built; more, a better graph (default {defaults.ef_construction})")
+    add_option(parser, "--hnsw-ef-search", type=positive_int, default=None, metavar="N",
+               help="--index hnsw: candidates kept while a list is searched; more, better recall, slower "
+                    f"(default {EF_PER_DIMENSION} x the graph's dimension: 272 at d = 32)")
+
+
+def index_config(args: argparse.Namespace) -> IndexConfig:
+    """The index the options of :func:`add_index_options` ask for."""
+    given = {"kind": args.index, "m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction, "ef_search": args.hnsw_ef_search}
+    return IndexConfig.of(**{name: value for name, value in given.items() if value is not None})
+
+
+def load_recommender(args: argparse.Namespace, index: IndexConfig | None = None) -> Recommender:
+    return Recommender.load(args.model, args.device, index)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[Column]) -> str:
@@ -120,6 +145,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(parser, "--memory-budget", type=positive_int, default=512, metavar="MB",
                help="--all-users / --users: memory for one block of users' scores (default 512 MB)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    add_index_options(parser)
     add_format_option(parser)
     parser.set_defaults(handler=run)
     return parser
@@ -164,7 +190,8 @@ def write_all(args: argparse.Namespace, recommender: Recommender, out: Path) -> 
                 budget_bytes=args.memory_budget * 2**20, progress=bar.update,
             ):  # fmt: skip
                 if writer is None:
-                    writer = pq.ParquetWriter(temporary, table.schema) if out.suffix.lower() == ".parquet" else pacsv.CSVWriter(temporary, table.schema)
+                    parquet = out.suffix.lower() == ".parquet"
+                    writer = pq.ParquetWriter(temporary, table.schema) if parquet else pacsv.CSVWriter(temporary, table.schema)
                 writer.write_table(table)
                 rows += table.num_rows
             if writer is not None:
@@ -177,13 +204,16 @@ def write_all(args: argparse.Namespace, recommender: Recommender, out: Path) -> 
 
 def run(args: argparse.Namespace) -> int:
     out = check_out(args.out, args.all_users or args.users is not None, args.force)  # before any scoring
-    history = read_history(args.history) if args.history else None
-    recommender = load_recommender(args)
+    history = read_history(args.history) if args.history else None  # before the model is loaded
+    recommender = load_recommender(args, index_config(args))
     if out is not None:
         return write_all(args, recommender, out)
     filters = {"exclude": args.exclude, "include": args.include, "genres": args.genres}
     if history is not None:
-        result = recommender.recommend_history(history, args.k, **filters)
+        try:
+            result = recommender.recommend_history(history.entries, args.k, **filters)
+        except RatingError as error:  # the library counts entries; the user knows the file's lines
+            raise DataError(f"{args.history}, line {history.lines[error.position]}: {error.problem}") from None
     else:
         result = recommender.recommend(args.user, args.k, exclude_seen=not args.include_seen, **filters)
     rows = [{"user": result.user, "cold_start": result.cold_start, **asdict(item)} for item in result.items]

@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from mtrec.cli._args import add_option, positive_int
-from mtrec.cli.recommend import ITEM_COLUMNS, add_format_option, add_model_option, emit, load_recommender
+from mtrec.cli.recommend import ITEM_COLUMNS, add_format_option, add_index_options, add_model_option, emit, index_config, load_recommender
 
 
 DESCRIPTION = """\
@@ -27,13 +27,14 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_option(parser)
     add_option(parser, "--item", required=True, help="raw item id or title")
     parser.add_argument("-k", type=positive_int, default=10, help="how many items (default 10)")
+    add_index_options(parser)
     add_format_option(parser)
     parser.set_defaults(handler=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    result = load_recommender(args).similar(args.item, args.k)
+    result = load_recommender(args, index_config(args)).similar(args.item, args.k)
     rows = [asdict(item) for item in result.items]
     heading = f"the {len(rows)} items most similar to {result.item} {result.title or ''}".rstrip()
     columns = [("rank", "rank", "{}"), *ITEM_COLUMNS, ("similarity", "similarity", "{:.3f}")]

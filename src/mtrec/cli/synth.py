@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 from pathlib import Path
 
 from mtrec.cli._args import add_option, non_negative_int, positive_int
+from mtrec.data.files import make_directory
 from mtrec.data.synth import ML25M_SHAPE, synthetic_interactions
-from mtrec.errors import ConfigError
+from mtrec.errors import ConfigError, DataError
 from mtrec.fileio import atomic_output
 
 
@@ -38,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     suffix = args.out.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise ConfigError(f"--out must end in .parquet or .csv, got {args.out.name}")
+    # Where the file goes is checked before minutes of drawing, not after.
+    make_directory(args.out.parent)
+    if args.out.is_dir():
+        raise DataError(f"{args.out}: {os.strerror(errno.EISDIR)}")
     data = synthetic_interactions(args.num_ratings, args.num_users, args.num_items, seed=args.seed)
     table = pa.table(
         {

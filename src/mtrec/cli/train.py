@@ -17,6 +17,7 @@ from mtrec.config import RunConfig
 from mtrec.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, restarted
 from mtrec.model import resolve_device
 from mtrec.runs import train_run
+from mtrec.tracking import connect, tracked_training
 
 DESCRIPTION = """\
 Train the multi-task model: matrix factorisation (watch score p, pairwise BPR-style loss)
@@ -32,7 +33,7 @@ options given beside it change those settings. Under torchrun it trains on every
 
 EXAMPLES = """\
 examples:
-  mtrec train --factorization_weight 0.99 --regression_weight 0.01 --logdir run/shared=True_LF=0.99_LR=0.01
+  mtrec train --factorization_weight 0.5 --regression_weight 0.5 --logdir run/quality_shared=True_LF=0.5_LR=0.5
   mtrec train --no_shared_embeddings --epochs 50 --device auto
   mtrec train --ratings my_ratings.csv --split user --leave-k 1
   mtrec train --config run/shared=True_LF=0.99_LR=0.01/config.json --logdir run/again
@@ -47,18 +48,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_arguments(parser, default_preset="quality")
+    return parser
+
+
+def add_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
+    """The options of ``mtrec train`` (and of ``main.py``, whose preset is seed), and its handler."""
     add_option(parser, "--config", default=None, metavar="CONFIG",
                help="a run's config.json (or its run directory): train that run again")
-    add_option(parser, "--logdir", default=None, help="run directory (default run/shared=<..>_LF=<..>_LR=<..>)")
+    add_option(parser, "--logdir", default=None,
+               help=f"run directory (default run/{_named_after(default_preset)}shared=<..>_LF=<..>_LR=<..>; a symbolic link is followed, "
+               "and the run replaces its target)")
     add_option(parser, "--force", action="store_true",
-               help="train into a --logdir that holds a finished run (it stays until the new run is complete)")
+               help="train into a --logdir that holds a finished run (it stays until the new run is complete), "
+               "discarding the checkpoint of an unfinished run there")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     runs = parser.add_argument_group("checkpoints and distributed training (torchrun)")
     add_option(runs, "--checkpoint-every", type=non_negative_int, default=0, metavar="K",
                help="save a checkpoint (model, optimiser, random state, epoch) every K epochs (default: none)")
     add_option(runs, "--resume", action="store_true",
-               help="continue an unfinished run of the same settings from its last checkpoint (a worker that "
-               "torchrun restarts does so by itself)")
+               help="continue an unfinished run from its last checkpoint (a worker that torchrun restarts does so by "
+               "itself); other settings than the checkpoint's are an error naming them")
     add_option(runs, "--dist-backend", choices=BACKENDS, default="auto",
                help="under torchrun: auto (nccl on CUDA, gloo on CPU; default), gloo or nccl")
     add_option(runs, "--dist-exchange", choices=EXCHANGES, default="dense",
@@ -67,15 +77,21 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                "batches much smaller than the tables; the fused step only, the autograd step stays dense)")
     add_option(runs, "--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                help=f"under torchrun: how long a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})")
-    add_run_arguments(parser, default_preset="quality")
+    add_run_arguments(parser, default_preset=default_preset)
     parser.set_defaults(handler=run)
-    return parser
 
 
-def default_logdir(sharing: str, factorization_weight: float, regression_weight: float) -> Path:
-    """The assignment's naming: run/shared=True_LF=0.99_LR=0.01 (other sharings by name: run/sharing=residual_...)."""
+def default_logdir(preset: str | None, sharing: str, factorization_weight: float, regression_weight: float) -> Path:
+    """The assignment's naming, run/shared=True_LF=0.99_LR=0.01 (other sharings by name:
+    run/sharing=residual_...), after the preset's name unless the run starts from the seed preset
+    (run/quality_shared=True_...), so that the presets' runs never take each other's directory."""
     where = {"hard": "shared=True", "separate": "shared=False"}.get(sharing, f"sharing={sharing}")
-    return Path("run") / f"{where}_LF={factorization_weight:g}_LR={regression_weight:g}"
+    return Path("run") / f"{_named_after(preset)}{where}_LF={factorization_weight:g}_LR={regression_weight:g}"
+
+
+def _named_after(preset: str | None) -> str:
+    """The start of a default run directory's name: nothing for the seed preset (or none), else ``<preset>_``."""
+    return "" if preset in (None, "seed") else f"{preset}_"
 
 
 def epoch_summary(record) -> str:
@@ -95,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     base = RunConfig.load(args.config) if args.config else None
-    config = run_config(args, base)
+    config = run_config(args, base).check()
     distributed = None
     if launched_by_torchrun():
         device = resolve_device(config.model["device"])
@@ -117,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed | None, tqdm) -> int:
     main = distributed is None or distributed.is_main
     quiet = args.no_progress or not main
+    tracker = connect(args.tracker, args.tracking_uri, _logdir(args, config).parent, distributed)  # before any work
     train, validation, test = config.data.load_split(args.data_dir, progress=not quiet)
     if not train.has_ratings and config.model["regression_weight"] > 0 and main:
         print(
@@ -126,10 +143,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
         )
     if not train.has_ratings and config.model["regression_weight"] > 0:
         config = config.replace(regression_weight=0.0, factorization_weight=config.model["factorization_weight"] or 1.0)
-    model = config.model
-    logdir = Path(args.logdir) if args.logdir else default_logdir(
-        model["sharing"], model["factorization_weight"], model["regression_weight"]
-    )
+    logdir = _logdir(args, config)
     # delay: a run refused before its first epoch (a bad --device, say) shows no empty bar.
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=quiet, file=sys.stderr, delay=0.5)
 
@@ -144,20 +158,29 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
             speed["dist_backend"] = distributed.backend
             speed["dist_exchange"] = distributed.exchange
         resume = args.resume or restarted()
-        metrics = train_run(
-            config, train, validation, test, logdir, summary, on_epoch, force=args.force, distributed=distributed,
-            checkpoint_every=args.checkpoint_every, resume=resume, speed=speed,
-        )  # fmt: skip
+        with tracked_training(tracker, config, logdir, on_epoch) as callback:
+            metrics = train_run(
+                config, train, validation, test, logdir, summary, callback, force=args.force, distributed=distributed,
+                checkpoint_every=args.checkpoint_every, resume=resume, speed=speed,
+            )  # fmt: skip
     finally:
         bar.close()
     if not main:
         return 0
-    selected = metrics.get("selected")
-    if selected is None:
-        print(f"no epochs trained; model saved in {logdir}")
-        return 0
+    selected = metrics["selected"]
     mse = "n/a" if selected.get("test_mse") is None else f"{selected['test_mse']:.4f}"
     mrr = "n/a" if selected.get("test_mrr") is None else f"{selected['test_mrr']:.4f}"
     how = "chosen on validation" if config.early_stopping else "the last"
     print(f"epoch {selected['epoch']} ({how}): test MSE {mse}  MRR {mrr}  (run saved in {logdir})")
+    if tracker is not None:
+        print(f"tracked in MLflow: {tracker.uri}")
     return 0
+
+
+def _logdir(args: argparse.Namespace, config: RunConfig) -> Path:
+    """``--logdir``, else the default run directory of ``config`` (see :func:`default_logdir`)."""
+    if args.logdir:
+        return Path(args.logdir)
+    preset = None if args.config else getattr(args, "preset", args.default_preset)
+    model = config.model
+    return default_logdir(preset, model["sharing"], model["factorization_weight"], model["regression_weight"])

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from mtrec.cli._args import add_option, positive_float, positive_int
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.cli.train import epoch_summary
 from mtrec.errors import ConfigError
+from mtrec.tracking import connect
 
 DESCRIPTION = """\
 Search the model's hyper-parameters (embedding size, learning rate and its decay, weight decay,
@@ -17,7 +19,8 @@ loss weights, negatives, watch loss, sharing, rating bias) for the best validati
 the quality preset). Trials are trained without the test set, and poor ones are pruned; each is
 a run directory ROOT/trial-NNNN. The best settings are written to ROOT/best/config.json:
 'mtrec train --config ROOT/best/config.json' trains and tests them. The study is kept in
-ROOT/study.db, so running the same command again adds trials to it. Needs Optuna
+ROOT/study.db, so running the same command again adds trials to it and continues the search
+(Ctrl-C keeps the trials that finished). One search at a time works in a ROOT. Needs Optuna
 (pip install -e ".[tune]").
 """
 
@@ -51,17 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mtrec.tuning import _optuna, tune
+    from mtrec.tuning import STUDY_FILENAME, _optuna, tune
 
     _optuna()  # a missing extra is named before any data is read
     config = run_config(args)
     if not config.data.has_validation:
         raise ConfigError("mtrec tune chooses on a validation set: give --valid-fraction (or --valid-k)")
+    tracker = connect(args.tracker, args.tracking_uri, args.root)  # before any work
     train, validation, _ = config.data.load_split(args.data_dir, progress=not args.no_progress)
     bar = tqdm(total=args.trials, desc="tune", unit="trial", disable=args.no_progress, file=sys.stderr)
     best: list[float] = []
+    finished: list[int] = []
 
     def on_trial(number: int, value: float | None, pruned: bool) -> None:
+        finished.append(number)
         if value is not None:
             best.append(value)
         bar.set_postfix_str(f"trial {number}: {'pruned' if pruned else f'{value:.4f}'}  best {max(best, default=float('nan')):.4f}")
@@ -70,15 +76,22 @@ def run(args: argparse.Namespace) -> int:
     def on_epoch(record) -> None:
         bar.set_description_str(f"tune (epoch {record.epoch}: {epoch_summary(record)})", refresh=False)
 
-    try:
-        result = tune(config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
-                      on_trial=on_trial, on_epoch=on_epoch)
-    finally:
-        bar.close()
+    with bar:  # closed before anything more is printed
+        try:
+            result = tune(config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
+                          on_trial=on_trial, on_epoch=on_epoch, tracker=tracker)
+        except KeyboardInterrupt:
+            result = None
+    if result is None:
+        print(f"mtrec tune: interrupted; the trials that finished ({len(finished)} in this run) stay in "
+              f"{os.path.join(args.root, STUDY_FILENAME)}: run the same command to continue", file=sys.stderr)
+        return 130
     settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
     print(
         f"{result.trials} trials in the study ({result.pruned} pruned); best trial {result.best_trial}, validation "
         f"{config.early_stopping or 'joint'} {result.best_value:.4f}: {settings}\n"
         f"best config: {result.config_path}  (train it: mtrec train --config {result.config_path})"
     )
+    if tracker is not None:
+        print(f"tracked in MLflow: {tracker.uri}")
     return 0

@@ -1,16 +1,21 @@
-"""From parsed columns to :class:`~mtrec.data.interactions.Interactions`: contiguous indices for
-the raw ids (in natural order), the rating scale, and one rating per (user, item) pair."""
+"""From parsed columns to the fields of :class:`~mtrec.data.interactions.Interactions`: contiguous
+indices for the raw ids (in natural order), the rating scale, and one rating per (user, item) pair.
+
+Every reader (files, MovieLens releases, frames) passes its columns through
+:func:`interaction_fields` and builds ``Interactions(**fields)``, so the same data gives the same
+container wherever it comes from. This module does not import the container: it sits below it.
+"""
 
 from __future__ import annotations
 
 import re
 import warnings
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pyarrow as pa
 
-from mtrec.data.interactions import Interactions
 from mtrec.data.parsing import timestamps as parse_timestamps
 from mtrec.errors import DataError
 
@@ -60,16 +65,32 @@ def _index_dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return index.astype(np.int32), ids.astype(object)
 
 
+class InteractionFields(TypedDict):
+    """The keyword arguments of :class:`~mtrec.data.interactions.Interactions` that
+    :func:`interaction_fields` computes (all but ``item_metadata``)."""
 
-def build_interactions(
+    users: np.ndarray
+    items: np.ndarray
+    ratings: np.ndarray | None
+    timestamps: np.ndarray | None
+    num_users: int
+    num_items: int
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    rating_scale: tuple[float, float] | None
+    name: str
+
+
+def interaction_fields(
     path: Path | str,
     columns: dict[str, pa.ChunkedArray],
     rating_scale: tuple[float, float] | None = None,
     name: str = "",
-) -> Interactions:
-    """Index the raw ids, check the ratings and drop duplicate pairs.
+) -> InteractionFields:
+    """Index the raw ids, check the ratings and drop duplicate pairs: ``Interactions(**fields)``.
 
-    ``columns`` maps ``user``, ``item`` and optionally ``rating``, ``time`` to columns.
+    ``columns`` maps ``user``, ``item`` and optionally ``rating``, ``time`` to columns (it is
+    emptied, so that each column is freed once read). ``path`` names the source in messages.
     """
     users, user_ids = index_ids(columns.pop("user"))
     items, item_ids = index_ids(columns.pop("item"))
@@ -86,7 +107,7 @@ def build_interactions(
         users, items = users[keep], items[keep]
         ratings = None if ratings is None else ratings[keep]
         timestamps = None if timestamps is None else timestamps[keep]
-    return Interactions(
+    return InteractionFields(
         users=users,
         items=items,
         ratings=ratings,
@@ -98,6 +119,20 @@ def build_interactions(
         rating_scale=rating_scale,
         name=name,
     )
+
+
+def check_rating_scale(rating_scale: tuple[float, float]) -> tuple[float, float]:
+    """``(lowest, highest)`` as floats; readers check a given scale before a long read.
+
+    Raises
+    ------
+    DataError
+        Unless lowest < highest.
+    """
+    low, high = float(rating_scale[0]), float(rating_scale[1])
+    if not low < high:
+        raise DataError(f"rating scale must have lowest < highest, got {low:g}..{high:g}")
+    return low, high
 
 
 def _check_scale(
@@ -112,9 +147,7 @@ def _check_scale(
         raise DataError(f"{path}, row {row + 1}: rating {ratings[row]} is not a finite number")
     if rating_scale is None:
         return float(ratings.min()), float(ratings.max())
-    low, high = float(rating_scale[0]), float(rating_scale[1])
-    if not low < high:
-        raise DataError(f"rating scale must have lowest < highest, got {low:g}..{high:g}")
+    low, high = check_rating_scale(rating_scale)
     outside = (ratings < low) | (ratings > high)
     if outside.any():
         row = int(np.flatnonzero(outside)[0])

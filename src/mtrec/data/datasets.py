@@ -8,7 +8,6 @@ official zip (``ml-100k``, ``ml-10M100K``...).
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from mtrec.data.download import download_release_archive, extract_archive
-from mtrec.data.building import build_interactions
+from mtrec.data.building import interaction_fields
+from mtrec.data.files import check_directory, digest_of, is_file
 from mtrec.data.formats import TextFormat
 from mtrec.data.interactions import Interactions
 from mtrec.data.metadata import align_metadata, read_movies
@@ -172,18 +172,24 @@ def get_release(name: str) -> Release:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """``data_dir``, else ``$MTREC_DATA_DIR``, else the per-user cache ``$XDG_CACHE_HOME/mtrec``."""
+    """``data_dir``, else ``$MTREC_DATA_DIR``, else the per-user cache ``$XDG_CACHE_HOME/mtrec``.
+
+    Raises
+    ------
+    DataError
+        When something other than a directory is there, in the OS's words (``Not a directory``).
+    """
     if data_dir is not None:
-        return Path(data_dir).expanduser()
+        return check_directory(Path(data_dir).expanduser())
     if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV]).expanduser()
+        return check_directory(Path(os.environ[DATA_DIR_ENV]).expanduser())
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "mtrec"
+    return check_directory(Path(cache) / "mtrec")
 
 
 def is_present(release: Release, data_dir: str | os.PathLike | None = None) -> bool:
     """Whether the release's ratings file is in the data directory."""
-    return (resolve_data_dir(data_dir) / release.folder / release.ratings_file).is_file()
+    return is_file(resolve_data_dir(data_dir) / release.folder / release.ratings_file)
 
 
 def download_release(
@@ -211,7 +217,7 @@ def download_release(
     release = get_release(name)
     root = resolve_data_dir(data_dir)
     folder = root / release.folder
-    if not (folder / release.ratings_file).is_file():
+    if not is_file(folder / release.ratings_file):
         archive = download_release_archive(
             release.url(base_url), root / release.archive, md5 or release.md5, progress=progress
         )
@@ -252,7 +258,7 @@ def load_movielens(
     folder = download_release(name, data_dir, progress=progress)
     path = folder / release.ratings_file
     columns = _read_ratings(release, path)
-    data = build_interactions(path, columns, rating_scale=release.rating_scale, name=release.folder)
+    data = Interactions(**interaction_fields(path, columns, rating_scale=release.rating_scale, name=release.folder))
     _attach_movies(data, release, folder)
     return data
 
@@ -270,9 +276,10 @@ def load_canonical_split(
     base, test = (_read_ratings(release, folder / f"{name}.{part}") for part in ("base", "test"))
     combined = {role: pa.chunked_array(base[role].chunks + test[role].chunks) for role in base}
     n_base, n_test = len(base["user"]), len(test["user"])
-    data = build_interactions(
+    fields = interaction_fields(
         folder / f"{name}.base", combined, rating_scale=release.rating_scale, name=f"{release.folder}/{name}"
     )
+    data = Interactions(**fields)
     if len(data) != n_base + n_test:
         raise DataError(f"{folder / name}.base and .test share (user, item) pairs")
     _attach_movies(data, release, folder)
@@ -282,7 +289,7 @@ def load_canonical_split(
 
 def _read_ratings(release: Release, path: Path) -> dict[str, pa.ChunkedArray]:
     """A ratings file of the release, parsed, then checked against its pinned SHA-256."""
-    if not path.is_file():
+    if not is_file(path):
         raise DataError(f"{path}: no such file; delete {path.parent} to download {release.archive} again")
     names = release.ratings_format.columns
     columns = read_text_columns(path, release.ratings_format, dict(zip(_ROLES, names)), release.rating_scale)
@@ -293,7 +300,7 @@ def _read_ratings(release: Release, path: Path) -> dict[str, pa.ChunkedArray]:
 
 def _attach_movies(data: Interactions, release: Release, folder: Path) -> None:
     movies = folder / release.movies_file
-    if movies.is_file():
+    if is_file(movies):
         data.item_metadata = align_metadata(data.item_ids, read_movies(movies))
         # u.item takes its genre names from u.genre.
         release.verify(folder, release.movies_file, "u.genre")
@@ -301,7 +308,7 @@ def _attach_movies(data: Interactions, release: Release, folder: Path) -> None:
 
 def check_sha256(path: Path, expected: str) -> None:
     """A :class:`DataError` unless the file's SHA-256 is ``expected``."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest = digest_of(path, "sha256")
     if digest != expected:
         raise DataError(
             f"{path} has SHA-256 {digest}, expected {expected}: the file is modified or corrupt; "

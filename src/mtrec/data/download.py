@@ -31,6 +31,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from mtrec.data.files import is_file, make_directory, open_raw, os_error
 from mtrec.errors import DownloadError
 
 #: Seconds to wait for the server before giving up.
@@ -61,21 +62,27 @@ def published_md5(url: str, destination: Path) -> str:
     A copy placed beside the archive as ``<destination>.md5`` is used first (for offline use).
     """
     local = destination.with_name(destination.name + ".md5")
+    if is_file(local):
+        with open_raw(local) as handle:
+            text = handle.read(4096).decode("ascii", errors="replace")
+    else:
+        text = _fetch_md5(url, local, destination)
+    match = re.search(r"\b[0-9a-fA-F]{32}\b", text)
+    if not match:
+        raise DownloadError(f"{url}.md5 holds no MD5 checksum")
+    return match.group(0).lower()
+
+
+def _fetch_md5(url: str, local: Path, destination: Path) -> str:
+    """The text GroupLens serves at ``<url>.md5``."""
     try:
-        if local.is_file():
-            text = local.read_text(encoding="ascii", errors="replace")
-        else:
-            with urllib.request.urlopen(f"{url}.md5", timeout=TIMEOUT) as response:
-                text = response.read(4096).decode("ascii", errors="replace")
+        with urllib.request.urlopen(f"{url}.md5", timeout=TIMEOUT) as response:
+            return response.read(4096).decode("ascii", errors="replace")
     except urllib.error.HTTPError as error:
         raise DownloadError(f"cannot fetch the checksum {url}.md5: HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", error)
         raise _offline_error(reason, (f"{url}.md5", local), (url, destination)) from None
-    match = re.search(r"\b[0-9a-fA-F]{32}\b", text)
-    if not match:
-        raise DownloadError(f"{url}.md5 holds no MD5 checksum")
-    return match.group(0).lower()
 
 
 def download_release_archive(url: str, destination: Path, md5: str | None, progress: bool = False) -> Path:
@@ -99,10 +106,10 @@ def download_release_archive(url: str, destination: Path, md5: str | None, progr
         transfer (the ``.part`` is kept for resuming), or a checksum mismatch (the
         ``.part``, or an archive placed by hand, is deleted).
     """
-    destination.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(destination.parent)
     if md5 is None:
         md5 = published_md5(url, destination)
-    if destination.is_file():
+    if is_file(destination):
         _verify_md5(url, destination, md5)
         return destination
     part = destination.with_name(destination.name + ".part")
@@ -127,7 +134,7 @@ def _fetch(url: str, part: Path, destination: Path, progress: bool) -> None:
     """Download ``url`` into ``part``, resuming a previous ``.part`` where the server allows."""
     from tqdm import tqdm
 
-    offset = part.stat().st_size if part.is_file() else 0
+    offset = part.stat().st_size if is_file(part) else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT)
@@ -145,8 +152,12 @@ def _fetch(url: str, part: Path, destination: Path, progress: bool) -> None:
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
         received = offset
+        try:
+            handle = open(part, "ab" if resumed else "wb")
+        except OSError as error:
+            raise os_error(error, part) from None
         with (
-            open(part, "ab" if resumed else "wb") as handle,
+            handle,
             tqdm(
                 total=total,
                 initial=offset,
@@ -183,7 +194,10 @@ def extract_archive(archive: Path, root: Path, folder: str, required: str) -> Pa
     target = root / folder
     if target.exists() and any(target.iterdir()):
         raise DownloadError(f"{target} exists but has no {required}: remove that folder to extract {archive} again")
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".tmp", dir=root))
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder}.", suffix=".tmp", dir=root))
+    except OSError as error:
+        raise os_error(error, root) from None
     try:
         try:
             with zipfile.ZipFile(archive) as bundle:
@@ -199,6 +213,8 @@ def extract_archive(archive: Path, root: Path, folder: str, required: str) -> Pa
         if target.exists():
             target.rmdir()
         os.replace(staging / folder, target)
+    except OSError as error:  # a full disk, no permission...
+        raise os_error(error, target) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
+from mtrec.data.files import format_suffix, open_text
 from mtrec.errors import ConfigError, DataError
 
 #: Column names recognised for each role, compared lower-case with ``_``, ``-`` and spaces removed.
@@ -77,9 +78,9 @@ class TextFormat:
 def _first_lines(path: Path, count: int) -> list[str]:
     """The first ``count`` non-empty lines, decoded leniently (enough to sniff a format)."""
     lines = []
-    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+    with open_text(path, errors="replace") as handle:
         for line in handle:
-            line = line.rstrip("\r\n").lstrip("\ufeff")
+            line = line.rstrip("\r\n")
             if line.strip():
                 lines.append(line)
                 if len(lines) == count:
@@ -117,9 +118,8 @@ def sniff_format(path: Path, sep: str | None = None, column_names: list[str] = (
     lines = _first_lines(path, 2)
     if not lines:
         raise DataError(f"{path}: the file is empty")
-    suffix = path.suffix.lower()
     if sep is None:
-        sep = {".csv": ",", ".tsv": "\t", ".tab": "\t"}.get(suffix)
+        sep = {".csv": ",", ".tsv": "\t", ".tab": "\t"}.get(format_suffix(path))
         if sep is not None and sep not in lines[0]:
             # A ".csv" separated by ";" or "|" (spreadsheets write them): sniff rather than misread.
             sep = None

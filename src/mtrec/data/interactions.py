@@ -1,42 +1,22 @@
-"""The data container: who rated what, and how the raw ids map to contiguous indices."""
+"""The data container: who rated what, and how the raw ids map to contiguous indices.
+
+:class:`Interactions` comes from a file (:func:`~mtrec.data.readers.load_ratings_file`), a
+MovieLens release (:func:`~mtrec.data.datasets.load_movielens`) or a DataFrame
+(:meth:`Interactions.from_frame`).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mtrec.errors import DataError
-
-
-@dataclass
-class ItemMetadata:
-    """Descriptions of the items, aligned with the item index.
-
-    Parameters
-    ----------
-    titles:
-        Display title of each item ("Toy Story (1995)").
-    years:
-        Release year of each item, ``None`` where unknown.
-    genres:
-        Genre names of each item.
-    """
-
-    titles: list[str]
-    years: list[int | None]
-    genres: list[list[str]]
-
-    def __len__(self) -> int:
-        return len(self.titles)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"titles": self.titles, "years": self.years, "genres": self.genres}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ItemMetadata:
-        return cls(titles=list(data["titles"]), years=list(data["years"]), genres=[list(g) for g in data["genres"]])
+from mtrec.data.building import check_rating_scale, interaction_fields
+from mtrec.data.formats import Column
+from mtrec.data.frames import frame_columns, frame_table, read_items_frame
+from mtrec.data.metadata import ItemMetadata, align_metadata
+from mtrec.errors import ConfigError, DataError
 
 
 def ids_from_json(values: Sequence) -> np.ndarray:
@@ -105,6 +85,84 @@ class Interactions:
         if n and (self.items.min() < 0 or self.items.max() >= self.num_items):
             raise DataError(f"item index out of range 0..{self.num_items - 1}")
 
+    @classmethod
+    def from_frame(
+        cls,
+        frame: Any,
+        user: Column | None = None,
+        item: Column | None = None,
+        rating: Column | None = None,
+        timestamp: Column | None = None,
+        items: Any = None,
+        rating_scale: tuple[float, float] | None = None,
+        name: str | None = None,
+    ) -> Interactions:
+        """Interactions from a pandas or polars DataFrame or a pyarrow Table of ratings.
+
+        The frame's counterpart of :func:`~mtrec.data.readers.load_ratings_file`: the same columns
+        are recognised, the same checks made, and the same data gives the same
+        :class:`Interactions`. The columns go through Arrow without a copy where their dtypes allow
+        (integers and floats of pandas and polars), and without a Python loop
+        (:mod:`mtrec.data.frames`).
+
+        Parameters
+        ----------
+        frame:
+            One row per rating (or interaction). Its index is not read: ``reset_index()`` a frame
+            whose users or items are in its index.
+        user, item, rating, timestamp:
+            The columns' labels (or 0-based positions). By default they are recognised by name
+            (``user``/``userId``/``user_id``/``uid``; ``item``/``itemId``/``item_id``/``movieId``/
+            ``movie_id``/``iid``; ``rating``/``score``/``stars``; ``timestamp``/``time``/``ts``/
+            ``date``), or by position (user, item[, rating[, timestamp]]) in a frame whose labels
+            are all numbers. Without a rating column the data is implicit (``ratings`` is ``None``).
+        items:
+            An optional frame of item descriptions (see :func:`~mtrec.data.frames.read_items_frame`).
+        rating_scale:
+            ``(lowest, highest)`` rating allowed; a rating outside it is an error. By default the
+            lowest and highest rating in the frame.
+        name:
+            What the data and the messages are called; by default the frame's kind
+            (``pandas DataFrame``).
+
+        Returns
+        -------
+        Interactions
+            Ids are indexed in natural order, as for files.
+
+        Raises
+        ------
+        DataError
+            Naming the frame, the row (from 1) and the column: a missing or unknown column, a
+            column of the wrong type (ids that are neither integers nor text, ratings that are not
+            numbers, times that are not times), a missing id, rating or time, an id holding a
+            control character, a rating outside ``rating_scale``, an empty frame; or the kind of a
+            ``frame`` that is not a table.
+
+        Notes
+        -----
+        Duplicate (user, item) pairs keep the last by time (by row order without time), with a
+        :class:`UserWarning` giving their count, as for files.
+
+        Examples
+        --------
+        >>> import pandas as pd
+        >>> ratings = pd.DataFrame({"userId": [1, 1, 2], "movieId": [10, 20, 10], "rating": [4.0, 3.5, 5.0]})
+        >>> data = Interactions.from_frame(ratings)
+        >>> data.num_users, data.num_items, data.rating_scale
+        (2, 2, (3.5, 5.0))
+        """
+        if rating_scale is not None:
+            check_rating_scale(rating_scale)
+        wanted = {"user": user, "item": item, "rating": rating, "time": timestamp}
+        source, table, roles = frame_table(frame, wanted, required=("user", "item"), name=name)
+        # Read before the ratings, so that a mistake in the items frame is named before a long read.
+        item_descriptions = None if items is None else read_items_frame(items)
+        data = cls(**interaction_fields(source, frame_columns(source, table, roles), rating_scale=rating_scale, name=source))
+        if item_descriptions is not None:
+            data.item_metadata = align_metadata(data.item_ids, item_descriptions)
+        return data
+
     def __len__(self) -> int:
         return len(self.users)
 
@@ -141,6 +199,33 @@ class Interactions:
         indptr = np.zeros(self.num_users + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
         return indptr, self.items[order].astype(np.int64)
+
+
+#: The keywords of :meth:`Interactions.from_frame` that name a column.
+COLUMN_KEYWORDS = ("user", "item", "rating", "timestamp")
+
+
+def as_interactions(data: Interactions | Any, columns: Mapping[str, Column] | None = None) -> Interactions:
+    """``data`` if it is :class:`Interactions`, else the frame read by :meth:`Interactions.from_frame`
+    with ``columns`` (``{"user": "customer", "rating": "stars"}``) naming its columns.
+
+    Raises
+    ------
+    ConfigError
+        For ``columns`` with a key that is not one of :data:`COLUMN_KEYWORDS`, or given with data
+        that is not a frame.
+    DataError
+        For a frame that cannot be read, as :meth:`Interactions.from_frame`.
+    """
+    columns = dict(columns or {})
+    unknown = sorted(set(columns) - set(COLUMN_KEYWORDS))
+    if unknown:
+        raise ConfigError(f"unknown column role {', '.join(map(repr, unknown))}; the roles are {', '.join(COLUMN_KEYWORDS)}")
+    if isinstance(data, Interactions):
+        if columns:
+            raise ConfigError("columns= names the columns of a frame, but the data is already Interactions")
+        return data
+    return Interactions.from_frame(data, **columns)
 
 
 def _owned(array: Any, dtype: type) -> np.ndarray:

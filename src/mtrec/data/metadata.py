@@ -7,15 +7,48 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mtrec.data.files import check_readable, format_suffix, open_binary, seekable
 from mtrec.data.formats import PARQUET_SUFFIXES, TextFormat, resolve_columns, sniff_format
-from mtrec.data.interactions import ItemMetadata
+from mtrec.data.ids import as_integers, has_bad_ids, trimmed
+from mtrec.data.parsing import bad_line_error, parquet_ids
 from mtrec.errors import DataError
+
+
+@dataclass
+class ItemMetadata:
+    """Descriptions of the items, aligned with the item index.
+
+    Parameters
+    ----------
+    titles:
+        Display title of each item ("Toy Story (1995)").
+    years:
+        Release year of each item, ``None`` where unknown.
+    genres:
+        Genre names of each item.
+    """
+
+    titles: list[str]
+    years: list[int | None]
+    genres: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.titles)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"titles": self.titles, "years": self.years, "genres": self.genres}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ItemMetadata:
+        return cls(titles=list(data["titles"]), years=list(data["years"]), genres=[list(g) for g in data["genres"]])
 
 
 @dataclass
@@ -50,60 +83,82 @@ def read_items_file(path: str | os.PathLike, sep: str | None = None) -> ItemTabl
     """Read an items file: an id and a title column, optionally genres (``|``-separated).
 
     Columns are recognised by name (``movieId``/``item_id``..., ``title``/``name``,
-    ``genres``); without a header they are id, title[, genres].
+    ``genres``); without a header they are id, title[, genres]. The file is read like a
+    ratings file: compressed or not, ids trimmed, and a quote that is not closed, an empty id
+    or one holding a control character named by its line (its row in Parquet).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    check_readable(path)
     wanted = {"item": None, "title": None, "genres": None}
-    if path.suffix.lower() in PARQUET_SUFFIXES:
-        table = pq.read_table(path)
+    if format_suffix(path) in PARQUET_SUFFIXES:
+        table = pq.read_table(seekable(path))
         roles = resolve_columns(path, table.schema.names, wanted, required=("item", "title"))
+        ids = parquet_ids(path, table.column(roles["item"]), "item", roles["item"])
     else:
         text_format = sniff_format(path, sep)
+        if text_format.delimiter == "::":
+            # MovieLens's movies.dat: its titles hold colons, which pyarrow (splitting on one character) cannot read around.
+            return _read_movies_dat(path)
         positions = {"item": 0, "title": 1, "genres": 2}
         if text_format.header:
             roles = resolve_columns(path, text_format.columns, wanted, required=("item", "title"))
         else:
             roles = {role: text_format.columns[i] for role, i in positions.items() if i < len(text_format.columns)}
         table = _read_items_text(path, text_format, roles)
+        ids = trimmed(table.column(roles["item"]))
     if table.num_rows == 0:
         raise DataError(f"{path}: the items file has no rows")
-    ids = _raw_ids(table.column(roles["item"]))
+    return item_table(table, roles, ids)
+
+
+def item_table(table: pa.Table, roles: dict[str, str], ids: pa.ChunkedArray) -> ItemTable:
+    """The descriptions in the ``title`` and optional ``genres`` columns of ``table`` (``roles`` names
+    them), for the checked item ``ids``. Genres are text separated by ``|``, or lists (of a frame)."""
     titles = [str(t).strip() if t is not None else "" for t in table.column(roles["title"]).to_pylist()]
     if "genres" in roles:
-        genres = [split_genres(g) for g in table.column(roles["genres"]).to_pylist()]
+        genres = [_genre_list(g) for g in table.column(roles["genres"]).to_pylist()]
     else:
         genres = [[] for _ in titles]
     years = [year_from_title(title) for title in titles]
-    return ItemTable(ids=ids, metadata=ItemMetadata(titles=titles, years=years, genres=genres))
+    return ItemTable(ids=_raw_ids(ids), metadata=ItemMetadata(titles=titles, years=years, genres=genres))
+
+
+def _genre_list(value: str | list | None) -> list[str]:
+    """One item's genres from ``|``-separated text or a list."""
+    if isinstance(value, list):
+        return [str(genre) for genre in value if genre]
+    return split_genres(value)
 
 
 def _read_items_text(path: Path, text_format: TextFormat, roles: dict[str, str]) -> pa.Table:
+    """The columns of ``roles`` as text. A bad line (a quote not closed, which pyarrow would let
+    swallow the lines after it; an empty id or one holding a control character) is named."""
     try:
-        return pacsv.read_csv(
-            path,
-            read_options=pacsv.ReadOptions(
-                column_names=list(text_format.columns), skip_rows=1 if text_format.header else 0
-            ),
-            parse_options=pacsv.ParseOptions(delimiter=text_format.delimiter, quote_char='"'),
-            convert_options=pacsv.ConvertOptions(
-                include_columns=list(roles.values()), column_types={name: pa.string() for name in roles.values()}
-            ),
-        )
+        with open_binary(path) as stream:
+            table = pacsv.read_csv(
+                stream,
+                read_options=pacsv.ReadOptions(
+                    column_names=list(text_format.columns), skip_rows=1 if text_format.header else 0
+                ),
+                parse_options=pacsv.ParseOptions(delimiter=text_format.delimiter, quote_char='"'),
+                convert_options=pacsv.ConvertOptions(
+                    include_columns=list(roles.values()), column_types={name: pa.string() for name in roles.values()}
+                ),
+            )
     except pa.ArrowInvalid as error:
-        raise DataError(f"{path}: cannot read the items file: {error}") from None
+        raise bad_line_error(path, text_format, roles, None, str(error)) from None
+    over_lines = any(pc.any(pc.match_substring_regex(table.column(name), "[\r\n]")).as_py() for name in roles.values())
+    if over_lines or has_bad_ids(trimmed(table.column(roles["item"]))):
+        raise bad_line_error(path, text_format, roles, None, "a field that runs over lines, or a bad item id")
+    return table
 
 
 def _raw_ids(column: pa.ChunkedArray) -> np.ndarray:
-    """Raw ids as int64 where they are all integers, else as ``str``."""
+    """Raw ids (text ones trimmed) as int64 where they are all integers, else as ``str``."""
+    column = as_integers(column)
     if pa.types.is_integer(column.type):
         return column.to_numpy().astype(np.int64)
-    text = column.cast(pa.string())
-    try:
-        return text.cast(pa.int64()).to_numpy()
-    except pa.ArrowInvalid:
-        return np.asarray(text.to_pylist(), dtype=object)
+    return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
 
 
 def split_genres(value: str | None) -> list[str]:
@@ -139,17 +194,21 @@ def read_movies(path: Path) -> ItemTable:
 
 
 def _decode(raw: bytes) -> str:
-    """UTF-8 where valid (ML-10M), else Latin-1 (ML-100K, ML-1M)."""
+    """UTF-8 (without a byte-order mark) where valid (ML-10M), else Latin-1 (ML-100K, ML-1M)."""
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         return raw.decode("latin-1")
 
 
 def _split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> list[list[str]]:
     """The non-empty lines of a small metadata file, split into ``width`` fields with a numeric id."""
+    with open_binary(path) as stream:
+        text = _decode(stream.read())
     rows = []
-    for number, line in enumerate(_decode(path.read_bytes()).splitlines(), 1):
+    # Split on line feeds only: Latin-1 text may hold bytes that str.splitlines takes for line breaks.
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.rstrip("\r")
         if line.strip():
             fields = line.split(separator)
             if len(fields) != width or not fields[id_field].strip().isdigit():

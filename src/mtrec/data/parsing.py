@@ -2,15 +2,18 @@
 and, when the fast parse fails, a line-by-line scan that names the first bad line.
 
 Raw ids may be integers or any strings, each column typed on its own: integer ids stay int64
-whatever the other columns hold. Times become int64 seconds since 1970.
+whatever the other columns hold; text ids follow :mod:`mtrec.data.ids` (trimmed; never empty or
+holding a control character). Times become int64 seconds since 1970. Files are opened by
+:mod:`mtrec.data.files`: compressed or not, with or without a byte-order mark.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
-import re
 from pathlib import Path
+from typing import Iterator, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mtrec.data.files import compression_of, open_binary, open_text, seekable, undecodable
 from mtrec.data.formats import Column, TextFormat, resolve_columns
+from mtrec.data.ids import as_integers, bad_ids, has_bad_ids, id_problem, trimmed
 from mtrec.errors import DataError
 
 # Bytes read per block by pyarrow: larger blocks parse faster on big files.
@@ -26,9 +31,6 @@ _BLOCK_SIZE = 16 * 2**20
 
 # What pyarrow raises for a value it cannot parse or convert.
 _ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
-
-# Bytes that are not valid UTF-8, as decoded with errors="surrogateescape".
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 _TIME_KINDS = {"seconds": "seconds since 1970", "date": "an ISO date/time"}
 
@@ -42,10 +44,10 @@ def read_text_columns(
     """Read the columns named in ``roles`` with pyarrow, typed; the time as int64 seconds.
 
     Ids and times are read as int64 first. If that fails, the file is read again with ids
-    as strings and the time's type inferred, and each id column holding only integers is
-    turned back into int64, so that no column's type depends on another's. If that fails
-    too, or a value is empty, out of scale or not a time, the file is scanned for the first
-    bad line.
+    as strings (trimmed) and the time's type inferred, and each id column holding only
+    integers is turned back into int64, so that no column's type depends on another's. If
+    that fails too, or a value is empty, out of scale or not a time, or an id holds a control
+    character, the file is scanned for the first bad line.
     """
     try:
         table = _arrow_read(path, text_format, roles, typed=True)
@@ -53,39 +55,28 @@ def read_text_columns(
         try:
             table = _arrow_read(path, text_format, roles, typed=False)
         except _ARROW_ERRORS as error:
-            raise _bad_line_error(path, text_format, roles, rating_scale, str(error)) from None
+            raise bad_line_error(path, text_format, roles, rating_scale, str(error)) from None
     if table.num_rows == 0:
         raise DataError(
             f"{path}: no data rows after the header" if text_format.header else f"{path}: the file is empty"
         )
     columns = {role: table.column(name) for role, name in roles.items()}
-    if any(column.null_count for column in columns.values()) or _has_empty_ids(columns):
-        raise _bad_line_error(path, text_format, roles, rating_scale, "an empty field")
-    if "rating" in columns and not _ratings_valid(columns["rating"], rating_scale):
-        raise _bad_line_error(path, text_format, roles, rating_scale, "a rating that is not finite or out of scale")
     for role in ("user", "item"):
-        columns[role] = _integer_ids(columns[role])
+        columns[role] = trimmed(columns[role])
+    if any(column.null_count for column in columns.values()) or any(map(has_bad_ids, (columns["user"], columns["item"]))):
+        raise bad_line_error(path, text_format, roles, rating_scale, "an empty field or an id with a control character")
+    if "rating" in columns and not _ratings_valid(columns["rating"], rating_scale):
+        raise bad_line_error(path, text_format, roles, rating_scale, "a rating that is not finite or out of scale")
+    for role in ("user", "item"):
+        columns[role] = as_integers(columns[role])
     if "time" in columns:
         try:
             columns["time"] = seconds(columns["time"])
         except _ARROW_ERRORS:
-            raise _bad_line_error(
+            raise bad_line_error(
                 path, text_format, roles, rating_scale, "a time that is neither seconds since 1970 nor an ISO date/time"
             ) from None
     return columns
-
-
-def _integer_ids(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """String ids as int64 where every one is an integer, as the typed read gives them."""
-    if not pa.types.is_dictionary(column.type):
-        return column
-    try:
-        chunks = [
-            pc.utf8_trim_whitespace(chunk.dictionary).cast(pa.int64()).take(chunk.indices) for chunk in column.chunks
-        ]
-    except pa.ArrowInvalid:
-        return column
-    return pa.chunked_array(chunks, pa.int64())
 
 
 def _ratings_valid(ratings: pa.ChunkedArray, rating_scale: tuple[float, float] | None) -> bool:
@@ -110,42 +101,37 @@ def _arrow_read(path: Path, text_format: TextFormat, roles: dict[str, str], type
     # The empty columns between the colons of "::" are typed null: anything in them fails.
     column_types.update({name: pa.null() for name in text_format.separator_columns})
     delimiter = ":" if text_format.delimiter == "::" else text_format.delimiter
-    return pacsv.read_csv(
-        path,
-        read_options=pacsv.ReadOptions(
-            column_names=text_format.arrow_columns,
-            skip_rows=1 if text_format.header else 0,
-            block_size=_BLOCK_SIZE,
-        ),
-        parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if text_format.quoted else False),
-        convert_options=pacsv.ConvertOptions(
-            column_types=column_types,
-            include_columns=list(roles.values()) + text_format.separator_columns,
-            null_values=[""],
-            strings_can_be_null=False,
-            quoted_strings_can_be_null=False,
-        ),
-    )
+    with contextlib.ExitStack() as opened:
+        # A plain file by its path: pyarrow reads it natively, with no Python object in its threads
+        # (whose teardown at exit is then pyarrow's alone); a compressed one through its decompressor.
+        source = str(path) if compression_of(path) is None else opened.enter_context(open_binary(path))
+        return pacsv.read_csv(
+            source,
+            read_options=pacsv.ReadOptions(
+                column_names=text_format.arrow_columns,
+                skip_rows=1 if text_format.header else 0,
+                block_size=_BLOCK_SIZE,
+            ),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if text_format.quoted else False),
+            convert_options=pacsv.ConvertOptions(
+                column_types=column_types,
+                include_columns=list(roles.values()) + text_format.separator_columns,
+                null_values=[""],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+            ),
+        )
 
 
-def _has_empty_ids(columns: dict[str, pa.ChunkedArray]) -> bool:
-    for role in ("user", "item"):
-        column = columns[role]
-        if pa.types.is_dictionary(column.type):
-            for chunk in column.chunks:
-                if len(chunk.dictionary) and pc.any(pc.equal(pc.utf8_trim_whitespace(chunk.dictionary), "")).as_py():
-                    return True
-    return False
-
-
-def _bad_line_error(
+def bad_line_error(
     path: Path,
     text_format: TextFormat,
     roles: dict[str, str],
     rating_scale: tuple[float, float] | None,
     fallback: str,
 ) -> DataError:
-    """Scan the file line by line (slow: only when the fast parse failed) for the first bad line."""
+    """Scan the file line by line (slow: only when the fast parse failed) for the first bad line;
+    ``fallback`` says what was wrong if no line is."""
     found = first_bad_line(path, text_format, roles, rating_scale)
     if found is None:
         return DataError(f"{path}: cannot read the file: {fallback}")
@@ -162,18 +148,19 @@ def first_bad_line(
     """The number and problem of the first malformed line, or ``None`` if every line is fine.
 
     Lines are numbered from 1, the header included. The time column must hold one kind of
-    time throughout: the kind of the first data line.
+    time throughout: the kind of the first data line. ``roles`` may be those of a ratings
+    file or of an items file (item, title, genres).
     """
     positions = {role: text_format.columns.index(name) for role, name in roles.items()}
     expected = len(text_format.columns)
     shown = "'::'" if text_format.delimiter == "::" else repr(text_format.delimiter)
     time_kind = None
     # Bytes that are not UTF-8 survive decoding as lone surrogates, for _field_problem to name.
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+    with open_text(path) as handle:
         if text_format.delimiter == "::" or not text_format.quoted:
             rows = ((number, line.rstrip("\r\n").split(text_format.delimiter)) for number, line in enumerate(handle, 1))
         else:
-            rows = _quoted_records(handle, text_format.delimiter)
+            rows = quoted_records(handle, text_format.delimiter)
         for number, fields in rows:
             if isinstance(fields, str):
                 return number, fields
@@ -197,8 +184,9 @@ def first_bad_line(
     return None
 
 
-def _quoted_records(handle, delimiter: str):
-    """``(line the record starts on, fields)`` of a quoted CSV; ``(line, problem)`` for a quote that is not closed."""
+def quoted_records(handle: TextIO, delimiter: str) -> Iterator[tuple[int, list[str] | str]]:
+    """``(line the record starts on, fields)`` of a quoted CSV; ``(line, problem)`` for a quote that is
+    not closed, after which nothing more is read. A field that runs over lines is a quote not closed."""
     reader = csv.reader(handle, delimiter=delimiter, strict=True)
     while True:
         start = reader.line_num + 1
@@ -232,13 +220,12 @@ def _field_problem(
     fields: list[str], positions: dict[str, int], rating_scale: tuple[float, float] | None
 ) -> str | None:
     for role, position in positions.items():
-        if _NOT_UTF8.search(fields[position]):
-            name = f"{role} id" if role in ("user", "item") else role
-            raw = fields[position].encode("utf-8", "surrogateescape")
-            return f"{name} {raw!r} is not valid UTF-8 text; save the file as UTF-8"
-    for role in ("user", "item"):
-        if not fields[positions[role]].strip():
-            return f"empty {role} id"
+        if role in ("user", "item"):
+            problem = id_problem(fields[position].strip(), f"{role} id")
+        else:
+            problem = undecodable(fields[position], role)
+        if problem:
+            return problem
     if "rating" in positions:
         text = fields[positions["rating"]]
         try:
@@ -255,29 +242,22 @@ def _field_problem(
 
 
 def read_parquet_columns(path: Path, wanted: dict[str, Column | None]) -> dict[str, pa.ChunkedArray]:
+    """The columns named in ``wanted`` of a Parquet file (compressed or not); text ids trimmed and checked."""
     try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: not a readable Parquet file: {error}") from None
-    roles = resolve_columns(path, schema.names, wanted, required=("user", "item"))
-    try:
-        table = pq.read_table(path, columns=list(roles.values()))
+        parquet = pq.ParquetFile(seekable(path))
+        roles = resolve_columns(path, parquet.schema_arrow.names, wanted, required=("user", "item"))
+        table = parquet.read(columns=list(roles.values()))
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: not a readable Parquet file: {error}") from None
     if table.num_rows == 0:
         raise DataError(f"{path}: the file has no rows")
     columns = {role: table.column(name) for role, name in roles.items()}
     for role, column in columns.items():
-        if column.null_count:
+        if role in ("user", "item"):
+            columns[role] = parquet_ids(path, column, role, roles[role])
+        elif column.null_count:
             row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
             raise DataError(f"{path}, row {row + 1}: empty {role} (column {roles[role]!r})")
-        if role in ("user", "item") and not pa.types.is_integer(column.type):
-            text = column.cast(pa.string())
-            empty = pc.equal(pc.utf8_trim_whitespace(text), "")
-            if pc.any(empty).as_py():
-                row = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
-                raise DataError(f"{path}, row {row + 1}: empty {role} id (column {roles[role]!r})")
-            columns[role] = pc.dictionary_encode(text)
     if "rating" in columns:
         try:
             columns["rating"] = columns["rating"].cast(pa.float32())
@@ -285,6 +265,19 @@ def read_parquet_columns(path: Path, wanted: dict[str, Column | None]) -> dict[s
             raise DataError(f"{path}: rating column {roles['rating']!r} is not numeric: {error}") from None
     return columns
 
+
+def parquet_ids(path: Path, column: pa.ChunkedArray, role: str, name: str) -> pa.ChunkedArray:
+    """An id column of a Parquet file: integers as they are, text trimmed and dictionary-encoded.
+
+    A missing or empty id, or one holding a control character, is a :class:`DataError` naming its row.
+    """
+    text = None if pa.types.is_integer(column.type) else trimmed(column.cast(pa.string()))
+    bad = column.is_null() if text is None else pc.fill_null(bad_ids(text), True)
+    if not pc.any(bad).as_py():
+        return column if text is None else pc.dictionary_encode(text)
+    row = int(np.flatnonzero(bad.to_numpy(zero_copy_only=False))[0])
+    value = "" if text is None else text[row].as_py() or ""
+    raise DataError(f"{path}, row {row + 1}: {id_problem(value, f'{role} id')} (column {name!r})")
 
 
 def seconds(column: pa.ChunkedArray) -> pa.ChunkedArray:

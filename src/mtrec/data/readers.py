@@ -2,7 +2,7 @@
 
 The work is split by concern: :mod:`~mtrec.data.formats` sniffs the layout and resolves the
 columns, :mod:`~mtrec.data.parsing` parses them (naming the first bad line when parsing fails),
-:mod:`~mtrec.data.building` turns them into :class:`~mtrec.data.interactions.Interactions`, and
+:mod:`~mtrec.data.building` turns them into the fields of :class:`~mtrec.data.interactions.Interactions`, and
 :mod:`~mtrec.data.metadata` reads item descriptions.
 """
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from mtrec.data.building import build_interactions
+from mtrec.data.building import check_rating_scale, interaction_fields
+from mtrec.data.files import check_readable, format_suffix, os_error
 from mtrec.data.formats import PARQUET_SUFFIXES, Column, resolve_columns, sniff_format
 from mtrec.data.interactions import Interactions
 from mtrec.data.metadata import align_metadata, read_items_file
@@ -37,13 +38,17 @@ def load_ratings_file(
     ----------
     path:
         The ratings file. ``.parquet``/``.pq`` is read as Parquet; ``.csv`` as comma- and
-        ``.tsv``/``.tab`` as tab-separated; anything else by sniffing its first line.
+        ``.tsv``/``.tab`` as tab-separated; anything else by sniffing its first line. It may be
+        compressed with gzip, bz2, xz or zstd (recognised by its first bytes; the name's
+        ``.gz``... ending is skipped to find the format), and text may start with a UTF-8
+        byte-order mark.
     user_col, item_col, rating_col, time_col:
         Column names (or 0-based positions). By default they are recognised from the
         header (``user``/``userId``/``user_id``/``uid``; ``item``/``itemId``/``item_id``/
         ``movieId``/``movie_id``/``iid``; ``rating``/``score``/``stars``;
         ``timestamp``/``time``/``ts``/``date``); a file without a header is read as
-        user, item[, rating[, timestamp]].
+        user, item[, rating[, timestamp]]. Whitespace around an id is dropped, in this file as
+        in the items file (see :mod:`mtrec.data.ids`).
     items_path:
         An optional file of item descriptions: item id, title and optionally genres
         (``|``-separated), with the same column recognition.
@@ -64,10 +69,12 @@ def load_ratings_file(
     ConfigError
         For a ``sep`` that is neither one character nor ``"::"``.
     DataError
-        Naming the file, the line (or Parquet row) and the problem: a malformed line, a
-        non-numeric rating, an empty id, a rating outside ``rating_scale``, a time that is
-        neither seconds nor an ISO date/time, text that is not UTF-8, an empty or
-        header-only file, an unknown column.
+        Naming the file, the line (or Parquet row) and the problem: a malformed line, a quote
+        that is not closed, a non-numeric rating, an empty id or one holding a control
+        character, a rating outside ``rating_scale``, a time that is neither seconds nor an ISO
+        date/time, text that is not UTF-8, damaged compressed data, an empty or header-only
+        file, an unknown column; or naming the path and the operating system's error (no
+        such file, a symbolic link loop, no permission...).
 
     Notes
     -----
@@ -77,25 +84,27 @@ def load_ratings_file(
     path = Path(path)
     # Mistakes in the other arguments are named before a long read, not after it.
     for given in (path, items_path):
-        if given is not None and not Path(given).is_file():
-            raise DataError(f"{given}: no such file")
-    if rating_scale is not None and not float(rating_scale[0]) < float(rating_scale[1]):
-        raise DataError(f"rating scale must have lowest < highest, got {rating_scale[0]:g}..{rating_scale[1]:g}")
+        if given is not None:
+            check_readable(given)
+    if rating_scale is not None:
+        check_rating_scale(rating_scale)
     wanted = {"user": user_col, "item": item_col, "rating": rating_col, "time": time_col}
     try:
         return _load(path, wanted, items_path, rating_scale, sep)
-    except (OSError, pa.ArrowException) as error:  # whatever library raised it, the error names the file
-        raise DataError(f"{getattr(error, 'filename', None) or path}: {getattr(error, 'strerror', None) or error}") from None
+    except OSError as error:  # whatever library raised it, the error names the file
+        raise os_error(error, path) from None
+    except pa.ArrowException as error:
+        raise DataError(f"{path}: {error}") from None
 
 
 def _load(path: Path, wanted: dict, items_path, rating_scale, sep) -> Interactions:
-    if path.suffix.lower() in PARQUET_SUFFIXES:
+    if format_suffix(path) in PARQUET_SUFFIXES:
         columns = read_parquet_columns(path, wanted)
     else:
         text_format = sniff_format(path, sep, [c for c in wanted.values() if isinstance(c, str)])
         roles = resolve_columns(path, text_format.columns, wanted, required=("user", "item"), header=text_format.header)
         columns = read_text_columns(path, text_format, roles, rating_scale)
-    data = build_interactions(path, columns, rating_scale=rating_scale, name=path.name)
+    data = Interactions(**interaction_fields(path, columns, rating_scale=rating_scale, name=path.name))
     if items_path is not None:
         data.item_metadata = align_metadata(data.item_ids, read_items_file(items_path))
     return data

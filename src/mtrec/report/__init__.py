@@ -7,8 +7,11 @@ Seed k gives every configuration the same split, so two configurations are compa
 seed (:class:`~mtrec.report.stats.Comparison`). Every number in the text and the table is read
 from the runs' metrics.json, and ``report.json`` holds them unrounded.
 
-Written to the output folder, each file atomically: ``report.md``, ``report.html``
-(self-contained, the figures embedded), ``report.json`` and one PNG per figure.
+Written to the output folder all at once: ``report.md``, ``report.html`` (self-contained, the
+figures embedded), ``report.json`` and one PNG per figure are built in a staging folder beside
+it, which is then renamed into place. On any error the staging folder is removed and the output
+folder keeps the report it held; a folder holding other files than a report's is never replaced.
+An output folder that is a symbolic link keeps its link; one process at a time writes a folder.
 
 The package: :mod:`~mtrec.report.collect` reads and groups runs, :mod:`~mtrec.report.stats`
 aggregates over seeds and compares, :mod:`~mtrec.report.assignment` writes the assignment's
@@ -18,11 +21,14 @@ answers, :mod:`~mtrec.report.figures` draws, :mod:`~mtrec.report.document` rende
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mtrec.fileio import atomic_write_text
+from mtrec.errors import DataError
+from mtrec.fileio import atomic_write_text, directory_lock, link_target, publish_directory
 from mtrec.report.assignment import TABLE_HEADER, answer_sharing, answer_weights, answers, results_table, setup, sweep_reading
 from mtrec.report.collect import Collection, RunResult, collect
 from mtrec.report.document import Block, BulletList, Figure, Heading, Paragraph, to_html, to_markdown
@@ -50,6 +56,7 @@ __all__ = [
     "answer_sharing",
     "answer_weights",
     "build_report",
+    "check_out",
     "summary_figure",
     "write_report",
 ]
@@ -119,24 +126,44 @@ class ReportFiles:
     left_out: list[str]
 
 
-def write_report(collection: Collection, out: str | Path) -> ReportFiles:
-    """Write report.md, report.html, report.json and the figures to ``out``."""
+#: The files of a report folder: a folder holding anything else is not a report to replace.
+REPORT_FILES = ("report.md", "report.html", "report.json", *FIGURES, STUDY_FIGURE)
+
+
+def check_out(out: str | Path) -> None:
+    """:class:`DataError` unless ``out`` is a folder a report may be written to: absent, or holding a report only."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in (*FIGURES, STUDY_FIGURE):
-        (out / stale).unlink(missing_ok=True)
-    figures = write_figures(collection, out)
-    blocks = document(collection, figures)
-    title = "Multi-task recommender: experiments"
-    atomic_write_text(out / "report.md", to_markdown(blocks))
-    atomic_write_text(out / "report.html", to_html(blocks, out, title))
-    data = {
-        "groups": [group.to_json() for group in collection.groups],
-        "sweep": [group.to_json() for group in collection.sweep],
-        "study": [group.to_json() for group in collection.study],
-        "left_out": collection.left_out,
-    }
-    atomic_write_text(out / "report.json", json.dumps(data, indent=2) + "\n")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"{out} is not a folder: choose another --out")
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in REPORT_FILES)
+    if foreign:
+        raise DataError(f"{out} holds files that are not a report's ({', '.join(foreign[:5])}): choose another --out")
+
+
+def write_report(collection: Collection, out: str | Path) -> ReportFiles:
+    """Write report.md, report.html, report.json and the figures to folder ``out``, all or nothing:
+    they are built beside it and replace it by a rename, so ``out`` never holds half a report.
+
+    ``out`` may be a symbolic link: the folder it points at is replaced, the link stays. One
+    process at a time writes a report folder: it holds the folder's lock
+    (:func:`~mtrec.fileio.directory_lock`), and another writer is refused with
+    :class:`~mtrec.fileio.LockHeldError` naming it.
+    """
+    out = Path(out)
+    target = _target(out)
+    with directory_lock(target):
+        check_out(out)
+        staging = target.parent / f".{target.name}.{os.getpid()}.staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            figures = write_figures(collection, staging)
+            _write_documents(collection, figures, staging)
+            publish_directory(staging, target, target.parent / f".{target.name}.{os.getpid()}.old")
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return ReportFiles(
         out / "report.md",
         out / "report.html",
@@ -147,6 +174,27 @@ def write_report(collection: Collection, out: str | Path) -> ReportFiles:
     )
 
 
+def _write_documents(collection: Collection, figures: dict[str, str], folder: Path) -> None:
+    """report.md, report.html (the figures in ``folder`` embedded) and report.json, into ``folder``."""
+    blocks = document(collection, figures)
+    atomic_write_text(folder / "report.md", to_markdown(blocks))
+    atomic_write_text(folder / "report.html", to_html(blocks, folder, "Multi-task recommender: experiments"))
+    data = {
+        "groups": [group.to_json() for group in collection.groups],
+        "sweep": [group.to_json() for group in collection.sweep],
+        "study": [group.to_json() for group in collection.study],
+        "left_out": collection.left_out,
+    }
+    atomic_write_text(folder / "report.json", json.dumps(data, indent=2) + "\n")
+
+
 def build_report(paths: Sequence[str | Path], out: str | Path) -> ReportFiles:
-    """Rebuild the report from the finished runs in or below ``paths``, into folder ``out``."""
-    return write_report(collect(paths), out)
+    """Rebuild the report from the finished runs in or below ``paths``, into folder ``out`` (see :func:`write_report`)."""
+    with directory_lock(_target(out)):  # before the runs are read, and held until the report is written
+        check_out(out)
+        return write_report(collect(paths), out)
+
+
+def _target(out: str | Path) -> Path:
+    """The folder a report for ``out`` replaces: ``out``, or the folder the link ``out`` points at (absolute)."""
+    return Path(os.path.abspath(link_target(out)))

@@ -72,8 +72,10 @@ VARYING = ("seed", "sharing", "factorization_weight", "regression_weight", "weig
 
 def settings(config: RunConfig) -> dict[str, Any]:
     """What must be equal for two runs to be compared: what makes them the same run
-    (:meth:`RunConfig.essential`), but for the configuration and the seed."""
-    essential = config.essential()
+    (:meth:`RunConfig.essential`), but for the configuration, the seed and how it executed (the
+    thread count and the step move only the last digits, and a gradient method takes the
+    autograd step where a fixed weighting takes the fused one)."""
+    essential = {k: v for k, v in config.essential().items() if k != "speed"}
     model = {k: v for k, v in essential["model"].items() if k not in VARYING}
     split = {k: v for k, v in essential["data"]["split"].items() if k != "seed"}
     return {**essential, "model": model, "data": {**essential["data"], "split": split}}

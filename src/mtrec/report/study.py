@@ -169,7 +169,11 @@ def study_answer(found: Sequence[Choice]) -> list[str]:
         verdict = (
             f"Yes: {join([c.name for c in winners])} "
             f"{'beats' if len(winners) == 1 else 'beat'} separate embeddings on both tasks (p < 0.05 on each)"
-            + (", and each learned weighting among them also beats its architecture's tuned fixed λ." if any(c.weighting != "fixed" for c in winners) else ".")
+            + (
+                ", and each learned weighting among them also beats its architecture's tuned fixed λ."
+                if any(c.weighting != "fixed" for c in winners)
+                else "."
+            )
         )
     else:
         verdict = "No method or architecture makes sharing beat separate models on both tasks here."
@@ -177,8 +181,9 @@ def study_answer(found: Sequence[Choice]) -> list[str]:
     methods = [c for c in found if c.weighting != "fixed" and c.against_fixed]
     against_sweep = []
     for c in methods:
-        wins = [task for field, task in (("test_mse", "rating"), ("test_mrr", "ranking")) if c.against_fixed[field].clear and c.against_fixed[field].a_better]
-        losses = [task for field, task in (("test_mse", "rating"), ("test_mrr", "ranking")) if c.against_fixed[field].clear and not c.against_fixed[field].a_better]
+        tasks = (("test_mse", "rating"), ("test_mrr", "ranking"))
+        wins = [task for field, task in tasks if c.against_fixed[field].clear and c.against_fixed[field].a_better]
+        losses = [task for field, task in tasks if c.against_fixed[field].clear and not c.against_fixed[field].a_better]
         text = f"{c.name} against its tuned fixed λ: "
         text += (f"better on {join(wins)}" if wins else "") + ("; " if wins and losses else "") + (f"worse on {join(losses)}" if losses else "")
         text += "" if wins or losses else "within noise on both tasks"
