@@ -371,7 +371,8 @@ def test_hnsw_without_faiss_is_one_line_naming_the_extra(run_dir, capsys, monkey
 def test_auto_above_the_threshold_without_faiss_ranks_exactly_naming_the_extra(run_dir, exact, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     monkeypatch.setattr(mtrec.retrieval, "AUTO_ITEMS", 1000)
-    with pytest.warns(UserWarning, match=r'1,682 items would be ranked faster by an HNSW index, but faiss is not installed: pip install "mtrec\[ann\]"'):
+    expected = r'1,682 items would be ranked faster by an HNSW index, but faiss is not installed: pip install "mtrec\[ann\]"'
+    with pytest.warns(UserWarning, match=expected):
         recommender = Recommender.load(run_dir)
     assert recommender.retrieval.kind == "exact"
     assert items_of(recommender.recommend(196, k=10)) == items_of(exact.recommend(196, k=10))
