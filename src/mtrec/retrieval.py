@@ -74,7 +74,8 @@ SPACES = ("watch", "similar")
 #: here; below it exact is as fast, needs no build and is exact.
 AUTO_ITEMS = 100_000
 #: The default ``ef_search`` per dimension of the graph (d + 2 for the watch space): 272 at d = 32 and
-#: 1,040 at d = 128, where recall@10 was 0.99 and 0.98 on 1,000,000 items (``benchmarks/retrieval.py``).
+#: 1,040 at d = 128, where recall@10 was 0.991 and 0.989 on 1,000,000 items (``benchmarks/retrieval.py``;
+#: 512 for both gave 0.995 and 0.969).
 EF_PER_DIMENSION = 8
 #: Candidates asked for beyond ``k`` (before the filters' share and the seen items are added).
 MARGIN = 16

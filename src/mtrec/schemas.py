@@ -59,8 +59,10 @@ def validate(schema: type[S], document: Any, error: type[MtrecError], where: str
 
 
 def describe(error: ValidationError) -> str:
-    """The problems of ``error`` in one line, the first few named, the rest counted."""
-    problems = [_problem(detail) for detail in error.errors(include_url=False)]
+    """The problems of ``error`` in one line, the first few named (by their fields' paths, an order
+    that does not depend on pydantic's version), the rest counted."""
+    details = sorted(error.errors(include_url=False), key=lambda detail: tuple(str(part) for part in detail["loc"]))
+    problems = [_problem(detail) for detail in details]
     more = len(problems) - _SHOWN
     return "; ".join(problems[:_SHOWN]) + (f" (and {more} more)" if more > 0 else "")
 
