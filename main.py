@@ -30,8 +30,7 @@ examples:
 
 def parser() -> argparse.ArgumentParser:
     """``mtrec train``'s options, described for main.py, with the seed preset's defaults."""
-    described = Parser(prog="main.py", description=DESCRIPTION, epilog=EXAMPLES,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    described = Parser(prog="main.py", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(described, default_preset="seed")
     return described
 

@@ -92,8 +92,10 @@ def worker(path: Path, steps: int, batch_size: int, exchange: str, out: Path) ->
                 for world in SHARES:
                     for rank in range(world):
                         lo_r, hi_r = start + rank * count // world, start + (rank + 1) * count // world
-                        shares[world] += torch.unique(users[lo_r:hi_r]).numel() + torch.unique(
-                            torch.cat([items[lo_r:hi_r], negatives[lo_r:hi_r].reshape(-1)])).numel()
+                        shares[world] += (
+                            torch.unique(users[lo_r:hi_r]).numel()
+                            + torch.unique(torch.cat([items[lo_r:hi_r], negatives[lo_r:hi_r].reshape(-1)])).numel()
+                        )
     if distributed is not None:
         distributed.barrier()
     adam = []
@@ -142,8 +144,7 @@ def main() -> None:
         folder = Path(folder)
         data = folder / "synth-25m.parquet"
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mtrec", "synth", "--out", str(data)], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "mtrec", "synth", "--out", str(data)], check=True, env=env, stdout=subprocess.DEVNULL)
         print(f"ML-25M-shaped synthetic ratings written in {time.perf_counter() - started:.0f} s")
         for round_ in range(args.rounds):  # every configuration once a round: the machine's drift hits all alike
             results = {}
@@ -155,8 +156,7 @@ def main() -> None:
                 if processes == 1:
                     command = [sys.executable, *command]
                 else:
-                    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                               f"--nproc-per-node={processes}", *command]
+                    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *command]
                 subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
                 ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json"))]
                 # the slowest process sets the pace
@@ -171,8 +171,20 @@ def main() -> None:
         for key in ("step_s", "communication_s", "sent_bytes", "adam_s"):
             merged[key] = median(r[config][key] for r in rounds)
         results[config] = [merged]
-    rows = [["batch", "processes x threads", "exchange", "s / step", "s / epoch (projected)", "speed-up",
-             "exchange s / step", "MB sent / step / process", "gradient MB", "touched rows / step"]]
+    rows = [
+        [
+            "batch",
+            "processes x threads",
+            "exchange",
+            "s / step",
+            "s / epoch (projected)",
+            "speed-up",
+            "exchange s / step",
+            "MB sent / step / process",
+            "gradient MB",
+            "touched rows / step",
+        ]
+    ]
     for (batch, processes, exchange), (r,) in results.items():
         one = results[batch, 1, "dense"][0]
         speedup = median(rd[batch, 1, "dense"]["step_s"] / rd[batch, processes, exchange]["step_s"] for rd in rounds)
@@ -182,9 +194,11 @@ def main() -> None:
             f"{r['communication_s']:.4f}" if processes > 1 else "–", f"{r['sent_bytes'] / 1e6:.1f}" if processes > 1 else "–",
             f"{r['gradient_bytes'] / 1e6:.1f}", f"{r['touched_rows']:,.0f}",
         ])  # fmt: skip
-    print(f"{one['ratings']:,} training ratings; one thread per process, gloo on 127.0.0.1; "
-          f"{args.steps} steps timed at batch 65,536 (more at smaller batches) after one of warm-up; "
-          f"medians of {args.rounds} interleaved rounds (a speed-up: the median of each round's ratio):")
+    print(
+        f"{one['ratings']:,} training ratings; one thread per process, gloo on 127.0.0.1; "
+        f"{args.steps} steps timed at batch 65,536 (more at smaller batches) after one of warm-up; "
+        f"medians of {args.rounds} interleaved rounds (a speed-up: the median of each round's ratio):"
+    )
     print(table(rows))
     print()
     print(projection(results, args.batch_size))
@@ -213,11 +227,23 @@ def projection(results: dict, batch_sizes: list[int]) -> str:
                         messages = 7 * (world - 1)
                     exchange_s = volume / bandwidth + messages * latency
                     step_s = per_batch / world + fixed + exchange_s
-                    rows.append([f"{batch:,}", str(world), link, exchange, f"{volume / 1e6:.1f}",
-                                 f"{exchange_s * 1e3:.1f}", f"{step_s * 1e3:.1f}", f"{one['step_s'] / step_s:.1f}x"])
+                    rows.append(
+                        [
+                            f"{batch:,}",
+                            str(world),
+                            link,
+                            exchange,
+                            f"{volume / 1e6:.1f}",
+                            f"{exchange_s * 1e3:.1f}",
+                            f"{step_s * 1e3:.1f}",
+                            f"{one['step_s'] / step_s:.1f}x",
+                        ]
+                    )
     adam = ", ".join(f"{results[b, 1, 'dense'][0]['adam_s'] * 1e3:.1f} ms at batch {b:,}" for b in batch_sizes)
-    head = (f"Projected (from the single process's step, its Adam part ({adam}), and the volumes above; "
-            "10 GbE: 1.1 GB/s and 50 us a message, NVLink: 300 GB/s and 10 us):")
+    head = (
+        f"Projected (from the single process's step, its Adam part ({adam}), and the volumes above; "
+        "10 GbE: 1.1 GB/s and 50 us a message, NVLink: 300 GB/s and 10 us):"
+    )
     return head + "\n" + table(rows)
 
 

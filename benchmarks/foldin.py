@@ -77,8 +77,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = [measure(seed, args.share) for seed in range(args.seeds)]
-    print(f"MovieLens 100K, quality preset, {args.share:.0%} of the users held out of training, seeds 0-{args.seeds - 1} "
-          "(mean ± sd); their test ratings:")
+    print(
+        f"MovieLens 100K, quality preset, {args.share:.0%} of the users held out of training, seeds 0-{args.seeds - 1} "
+        "(mean ± sd); their test ratings:"
+    )
     rows = [["model of the held-out users", "test MSE", "test MRR", "MRR / trained on them"]]
     for name in ("trained on them", "folded in", "popularity"):
         mse = [r[name]["mse"] for r in runs]

@@ -137,10 +137,7 @@ def main() -> None:
         start = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--write", tmp], check=True)
         print(f"wrote {args.rows:,} ratings in 4 formats in {time.perf_counter() - start:.0f} s", file=sys.stderr)
-        print(
-            f"{'format':<18} {'file MB':>8} {'rows':>12} {'users':>8} {'items':>7} {'seconds':>8} "
-            f"{'RSS before':>11} {'peak RSS MB':>12}"
-        )
+        print(f"{'format':<18} {'file MB':>8} {'rows':>12} {'users':>8} {'items':>7} {'seconds':>8} {'RSS before':>11} {'peak RSS MB':>12}")
         results = {}
         for label, name in FORMATS.items():
             path = Path(tmp) / name

@@ -61,8 +61,10 @@ def main() -> None:
             if round_:
                 times[key].append((time.perf_counter() - began) / args.steps)
     base = {sharing: np.median(times[sharing, "fixed"]) for sharing in SHARINGS}
-    print(f"ms per training step, ML-100K, batch {batch:,}, {QUALITY_MODEL['negatives']} negatives, 1 thread "
-          f"(median of {args.rounds} interleaved rounds of {args.steps} steps)")
+    print(
+        f"ms per training step, ML-100K, batch {batch:,}, {QUALITY_MODEL['negatives']} negatives, 1 thread "
+        f"(median of {args.rounds} interleaved rounds of {args.steps} steps)"
+    )
     print("| sharing | weighting | step | ms / step | × fixed |")
     print("|---|---|---|---|---|")
     for (sharing, weighting), values in times.items():

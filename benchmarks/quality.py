@@ -105,8 +105,7 @@ def als_scores(train, factors: int, regularization: float, seed: int) -> np.ndar
 def bpr_scores(train, factors: int, learning_rate: float, seed: int) -> np.ndarray:
     from implicit.bpr import BayesianPersonalizedRanking
 
-    model = BayesianPersonalizedRanking(factors=factors, learning_rate=learning_rate, regularization=0.01,
-                                        iterations=100, random_state=seed)
+    model = BayesianPersonalizedRanking(factors=factors, learning_rate=learning_rate, regularization=0.01, iterations=100, random_state=seed)
     model.fit(interaction_matrix(train), show_progress=False)
     return np.asarray(model.user_factors) @ np.asarray(model.item_factors).T
 
@@ -119,17 +118,18 @@ def surprise_ratings(name: str, train, test, seed: int) -> dict:
     frame = pd.DataFrame({"user": train.users, "item": train.items, "rating": train.ratings})
     reader = surprise.Reader(rating_scale=train.rating_scale)
     trainset = surprise.Dataset.load_from_df(frame, reader).build_full_trainset()
-    algorithm = {"BaselineOnly": lambda: surprise.BaselineOnly(verbose=False),
-                 "SVD": lambda: surprise.SVD(random_state=seed),
-                 "SVD++": lambda: surprise.SVDpp(random_state=seed)}[name]()
+    algorithm = {
+        "BaselineOnly": lambda: surprise.BaselineOnly(verbose=False),
+        "SVD": lambda: surprise.SVD(random_state=seed),
+        "SVD++": lambda: surprise.SVDpp(random_state=seed),
+    }[name]()
     algorithm.fit(trainset)
     return {(u, i): algorithm.predict(u, i).est for u, i in zip(test.users.tolist(), test.items.tolist())}
 
 
 def chosen_on_validation(candidates, score_of, fit_part, valid):
     """The candidate with the best validation MRR, each trained on the training part without the validation set."""
-    results = {candidate: evaluate(ScoreTable(score_of(fit_part, candidate)), valid, fit_part, ("mrr",))["mrr"]
-               for candidate in candidates}
+    results = {candidate: evaluate(ScoreTable(score_of(fit_part, candidate)), valid, fit_part, ("mrr",))["mrr"] for candidate in candidates}
     return max(results, key=results.get)
 
 
@@ -141,16 +141,23 @@ PRESET_WEIGHTS = {"seed": {"factorization_weight": 0.99, "regression_weight": 0.
 def mtrec_run(preset: str, spec, data, data_dir):
     from mtrec.config import preset as preset_config
 
-    config = preset_config(preset).replace(
-        seed=spec.seed, metrics=("mse", "rmse", "mae", "mrr", "ndcg", "recall"), **PRESET_WEIGHTS[preset]
-    )
+    config = preset_config(preset).replace(seed=spec.seed, metrics=("mse", "rmse", "mae", "mrr", "ndcg", "recall"), **PRESET_WEIGHTS[preset])
     if spec.split != "random":
         config = config.replace(split=spec.split, test_fraction=None, valid_fraction=config.data.valid_fraction)
     train, validation, test = config.data.load_split(data_dir, data=data)
     model = config.build_model()
     started = time.perf_counter()
-    model.fit(train, config.epochs, validation=validation, test=test, eval_every=config.eval_every,
-              early_stopping=config.early_stopping, patience=config.patience, metrics=config.metrics, k=(10,))
+    model.fit(
+        train,
+        config.epochs,
+        validation=validation,
+        test=test,
+        eval_every=config.eval_every,
+        early_stopping=config.early_stopping,
+        patience=config.patience,
+        metrics=config.metrics,
+        k=(10,),
+    )
     seconds = time.perf_counter() - started
     record = next(r for r in model.history_ if r.epoch == model.selected_epoch_)
     return {name: record.metrics[f"test_{name}"] for name in METRICS}, seconds

@@ -236,12 +236,12 @@ def report(requests: list[Request], results: list[tuple[str, int, float]], secon
 
 
 def sweep_table(rows: list[tuple[int, dict, dict]]) -> str:
-    header = (f"{'offered req/s':>13}{'achieved':>10}{'top-10 p50 ms':>15}{'top-10 p99 ms':>15}{'top-10 max ms':>15}"
-              f"{'all p99 ms':>12}{'errors':>8}")
+    header = f"{'offered req/s':>13}{'achieved':>10}{'top-10 p50 ms':>15}{'top-10 p99 ms':>15}{'top-10 max ms':>15}{'all p99 ms':>12}{'errors':>8}"
     lines = [header, "-" * len(header)]
     for rate, top, every in rows:
-        lines.append(f"{rate:>13}{every['rate']:>10.0f}{top['p50']:>15.2f}{top['p99']:>15.2f}{top['max']:>15.1f}"
-                     f"{every['p99']:>12.2f}{every['errors']:>8}")
+        lines.append(
+            f"{rate:>13}{every['rate']:>10.0f}{top['p50']:>15.2f}{top['p99']:>15.2f}{top['max']:>15.1f}{every['p99']:>12.2f}{every['errors']:>8}"
+        )
     return "\n".join(lines)
 
 
@@ -340,8 +340,24 @@ async def foldin_burst(port: int, pid: int, request: Request, count: int, users:
 
 
 def foldin_table(rows: list[dict]) -> str:
-    header = ["concurrent fold-ins", "200", "503", "other", "fold-in p50 s", "fold-in max s", "burst s", "GETs during",
-              "GET p50 ms", "GET p99 ms", "GET max ms", "GET errors", "RSS before MB", "RSS peak MB", "RSS after MB", "after - before MB"]
+    header = [
+        "concurrent fold-ins",
+        "200",
+        "503",
+        "other",
+        "fold-in p50 s",
+        "fold-in max s",
+        "burst s",
+        "GETs during",
+        "GET p50 ms",
+        "GET p99 ms",
+        "GET max ms",
+        "GET errors",
+        "RSS before MB",
+        "RSS peak MB",
+        "RSS after MB",
+        "after - before MB",
+    ]
     body = [[str(r["count"]), str(r["ok"]), str(r["busy"]), str(r["other"]), f"{r['foldin_p50']:.3f}", f"{r['foldin_max']:.3f}",
              f"{r['seconds']:.2f}", str(r["gets"]), f"{r['get_p50']:.2f}", f"{r['get_p99']:.2f}", f"{r['get_max']:.1f}",
              str(r["get_errors"]), f"{r['rss_before']:.0f}", f"{r['rss_peak']:.0f}", f"{r['rss_after']:.0f}",
@@ -365,9 +381,11 @@ def run_foldin(args: argparse.Namespace, port: int, pid: int, users: list, items
     single = min(asyncio.run(alone()) for _ in range(3))
     rows = [asyncio.run(foldin_burst(port, pid, request, count, users, args.get_rate, args.seed + count)) for count in args.foldin_bursts]
     options = " ".join(args.serve_option) or "the defaults"
-    print(f"FOLD-IN BURSTS: histories of {args.foldin_items:,} rated items, all sent at once; top-10 GETs at {args.get_rate:g}/s "
-          f"alongside (open loop; latency of those scheduled during the burst); mtrec serve with {options}; "
-          f"{os.cpu_count()} CPUs shared by client and server; one fold-in alone: {single:.3f} s")
+    print(
+        f"FOLD-IN BURSTS: histories of {args.foldin_items:,} rated items, all sent at once; top-10 GETs at {args.get_rate:g}/s "
+        f"alongside (open loop; latency of those scheduled during the burst); mtrec serve with {options}; "
+        f"{os.cpu_count()} CPUs shared by client and server; one fold-in alone: {single:.3f} s"
+    )
     print(foldin_table(rows))
 
 
@@ -410,8 +428,13 @@ def main() -> None:
     parser.add_argument("--foldin-bursts", type=int, nargs="+", default=[50, 200], help="--foldin: concurrent fold-ins of each burst")
     parser.add_argument("--foldin-items", type=int, default=1000, help="--foldin: items in each fold-in's history")
     parser.add_argument("--get-rate", type=float, default=100.0, help="--foldin: top-10 GETs per second alongside")
-    parser.add_argument("--serve-option", action="append", default=[], metavar="OPTION",
-                        help="an option for mtrec serve, e.g. --serve-option=--pool-threads=4 (repeatable)")
+    parser.add_argument(
+        "--serve-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an option for mtrec serve, e.g. --serve-option=--pool-threads=4 (repeatable)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.foldin and args.workers != 1:
@@ -433,8 +456,10 @@ def main() -> None:
                 started = time.perf_counter()
                 results = asyncio.run(send_all(port, requests, args.concurrency))
                 seconds = time.perf_counter() - started
-                print(f"CLOSED LOOP (a fixed concurrency; latency hides the queue): {args.requests} requests, "
-                      f"{args.concurrency} concurrent clients, {seconds:.1f} s, {os.cpu_count()} CPUs")
+                print(
+                    f"CLOSED LOOP (a fixed concurrency; latency hides the queue): {args.requests} requests, "
+                    f"{args.concurrency} concurrent clients, {seconds:.1f} s, {os.cpu_count()} CPUs"
+                )
                 print(report(requests, results, seconds))
                 return
             rows, details = [], {}
@@ -457,11 +482,12 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
     knee = max((rate for rate, top, every in rows if top["p99"] < KNEE_MS and every["errors"] == 0), default=None)
-    print(f"OPEN LOOP: {args.seconds:g} s at each offered rate, {args.connections} keep-alive connections, "
-          f"{args.workers} server worker(s), {os.cpu_count()} CPUs shared by client and server")
+    print(
+        f"OPEN LOOP: {args.seconds:g} s at each offered rate, {args.connections} keep-alive connections, "
+        f"{args.workers} server worker(s), {os.cpu_count()} CPUs shared by client and server"
+    )
     print(sweep_table(rows))
-    print(f"knee (highest offered rate with top-10 p99 < {KNEE_MS:g} ms and no errors): "
-          f"{'none' if knee is None else f'{knee} req/s'}")
+    print(f"knee (highest offered rate with top-10 p99 < {KNEE_MS:g} ms and no errors): {'none' if knee is None else f'{knee} req/s'}")
     target = 800 if 800 in details else args.rates[len(args.rates) // 2]
     print(f"\nper kind at {target} req/s offered:")
     print(details[target])

@@ -393,8 +393,14 @@ def main() -> None:
             (f"mtrec, batch {ttq_batch}, lr x{ttq_batch // 256}, l2 {LARGE_BATCH_L2:g}", quick),
         ):
             rows.append(
-                [label, str(result["epochs"]), f"{result['seconds']:.1f}", f"{result['eval_seconds']:.1f}",
-                 f"{result['test_mse']:.4f}", f"{result['test_mrr']:.4f}"]
+                [
+                    label,
+                    str(result["epochs"]),
+                    f"{result['seconds']:.1f}",
+                    f"{result['eval_seconds']:.1f}",
+                    f"{result['test_mse']:.4f}",
+                    f"{result['test_mrr']:.4f}",
+                ]
             )
         print()
         print(table(rows))

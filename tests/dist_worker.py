@@ -33,8 +33,17 @@ def main(out: Path, batch_size: int, weighting: str, exchange: str, sharing: str
     distributed = Distributed.start("gloo", exchange=exchange)
     data = random_interactions(num_users=50, num_items=60, n=1500, seed=3)
     test = random_interactions(num_users=50, num_items=60, n=300, seed=4)
-    model = MultitaskModel(embedding_dim=8, batch_size=batch_size, learning_rate=0.01, weighting=weighting, seed=5,
-                           sharing=sharing, rating_bias=sharing == "separate", negatives=2, l2=1e-4)
+    model = MultitaskModel(
+        embedding_dim=8,
+        batch_size=batch_size,
+        learning_rate=0.01,
+        weighting=weighting,
+        seed=5,
+        sharing=sharing,
+        rating_bias=sharing == "separate",
+        negatives=2,
+        l2=1e-4,
+    )
     record = {"init": digest(model.build_network(50, 60).state_dict()), "epochs": []}
 
     def dump(trainer) -> None:

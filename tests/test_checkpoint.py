@@ -153,8 +153,7 @@ def test_a_header_that_honestly_declares_more_than_the_memory_available_is_refus
     with pytest.raises(ModelFileError) as caught:
         read_model_file(huge)
     assert str(caught.value) == (
-        f"{huge}: its header declares 107,374,182,400 bytes of tensors, more than the 1,073,741,824 bytes "
-        "of memory available on this machine now"
+        f"{huge}: its header declares 107,374,182,400 bytes of tensors, more than the 1,073,741,824 bytes of memory available on this machine now"
     )
 
 
@@ -187,8 +186,7 @@ def test_a_loaded_model_survives_its_file_being_overwritten_in_place(fitted, tmp
         f"os.truncate({str(path)!r}, 0); "  # as `cp other.safetensors model.safetensors` begins
         "print(float(np.sum(model.predict(np.arange(40), np.arange(40) % 50)[0])), int(np.sum(model.data_.seen_indices)))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, (result.returncode, result.stderr)  # an array backed by the file: -7 (SIGBUS)
     predicted, seen = result.stdout.split()
     assert float(predicted) == pytest.approx(expected[0], rel=1e-6) and int(seen) == expected[1]

@@ -21,9 +21,24 @@ def test_main_py_runs_the_assignments_command_and_writes_the_run(tmp_path, data_
     logdir = tmp_path / "run" / "shared=True_LF=0.99_LR=0.01"
     env = {**os.environ, "MTREC_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "--factorization_weight", "0.99", "--regression_weight", "0.01",
-         "--logdir", str(logdir), "--epochs", "2", "--no-progress"],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "--factorization_weight",
+            "0.99",
+            "--regression_weight",
+            "0.01",
+            "--logdir",
+            str(logdir),
+            "--epochs",
+            "2",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     assert "test MSE" in result.stdout and "MRR" in result.stdout
@@ -46,16 +61,20 @@ def test_tensorboard_receives_every_scalar_each_epoch(tmp_path, data_dir):
     events.Reload()
     tags = set(events.Tags()["scalars"])
     metrics = ("mse", "rmse", "mae", "mrr", "ndcg@10", "recall@10", "hr@10", "map@10")
-    assert tags == {"train/bpr_loss", "train/mse", "train/joint_loss", "train/learning_rate",
-                    *(f"{part}/{m}" for part in ("valid", "test") for m in metrics)}
+    assert tags == {
+        "train/bpr_loss",
+        "train/mse",
+        "train/joint_loss",
+        "train/learning_rate",
+        *(f"{part}/{m}" for part in ("valid", "test") for m in metrics),
+    }
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     mrr = [event.value for event in events.Scalars("test/mrr")]
     assert mrr == pytest.approx([epoch["test_mrr"] for epoch in metrics["epochs"]], rel=1e-6)
 
 
 def test_hyphen_and_underscore_spellings_are_the_same_option(tmp_path, data_dir):
-    assert train("--epochs", "1", "--test-fraction", "0.1", "--embedding_dim", "8", "--data_dir", str(data_dir),
-                 "--logdir", str(tmp_path)) == 0
+    assert train("--epochs", "1", "--test-fraction", "0.1", "--embedding_dim", "8", "--data_dir", str(data_dir), "--logdir", str(tmp_path)) == 0
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["embedding_dim"] == 8 and config["model"]["layer_sizes"] == [24, 64]
     assert config["data_summary"]["test_size"] == 10_000
@@ -112,8 +131,7 @@ def test_a_malformed_line_in_u_data_names_the_file_and_line(tmp_path, capsys):
 def test_a_run_that_cannot_start_leaves_the_finished_run_in_its_logdir(tmp_path, data_dir, capsys):
     assert train("--epochs", "1", "--data-dir", str(data_dir), "--logdir", str(tmp_path)) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    code = train("--epochs", "1", "--data-dir", str(data_dir), "--logdir", str(tmp_path), "--regression_weight", "0",
-                 "--factorization_weight", "0")
+    code = train("--epochs", "1", "--data-dir", str(data_dir), "--logdir", str(tmp_path), "--regression_weight", "0", "--factorization_weight", "0")
     assert code == 2 and "cannot both be 0" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 

@@ -47,8 +47,29 @@ def test_the_command_line_and_the_library_describe_the_same_run():
         (),
         ("--no-shared-embeddings", "--factorization-weight", "0.99", "--regression-weight", "0.01", "--l2", "1e-05"),
         ("--split", "temporal", "--last-k", "2", "--valid-k", "1", "--layer-sizes", "96", "32", "8", "--epochs", "7"),
-        ("--ratings", "r.csv", "--items", "i.csv", "--user-col", "who", "--sep", ";", "--rating-scale", "0.5", "5",
-         "--split", "temporal", "--cutoff", "1998-03-01", "--metrics", "mse", "mrr", "--k", "5", "20"),
+        (
+            "--ratings",
+            "r.csv",
+            "--items",
+            "i.csv",
+            "--user-col",
+            "who",
+            "--sep",
+            ";",
+            "--rating-scale",
+            "0.5",
+            "5",
+            "--split",
+            "temporal",
+            "--cutoff",
+            "1998-03-01",
+            "--metrics",
+            "mse",
+            "mrr",
+            "--k",
+            "5",
+            "20",
+        ),
         ("--split", "u3", "--valid-fraction", "0.1", "--seed", "3", "--eval-every", "5"),
     ],
 )
@@ -108,8 +129,27 @@ def train(*argv: str) -> int:
 @pytest.mark.slow
 def test_train_config_reruns_a_finished_run_bit_for_bit(tmp_path, data_dir):
     first = tmp_path / "first"
-    options = ["--epochs", "2", "--split", "user", "--leave-k", "1", "--embedding-dim", "8", "--batch-size", "2048",
-               "--l2", "1e-5", "--seed", "5", "--no-shared-embeddings", "--metrics", "mse", "mrr", "ndcg"]
+    options = [
+        "--epochs",
+        "2",
+        "--split",
+        "user",
+        "--leave-k",
+        "1",
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "2048",
+        "--l2",
+        "1e-5",
+        "--seed",
+        "5",
+        "--no-shared-embeddings",
+        "--metrics",
+        "mse",
+        "mrr",
+        "ndcg",
+    ]
     assert train(*options, "--data-dir", str(data_dir), "--logdir", str(first)) == 0
     again = tmp_path / "again"
     assert train("--config", str(first / "config.json"), "--data-dir", str(data_dir), "--logdir", str(again)) == 0
@@ -166,8 +206,10 @@ def test_experiments_and_report_take_finished_runs_of_mtrec_0_1_as_they_are(tmp_
     metrics = json.loads((run_dir / METRICS_FILENAME).read_text())
     old_metrics = {
         "completed": True,
-        "epochs": [{k: v for k, v in e.items() if k in ("epoch", "train_bpr", "train_mse", "train_loss", "test_mse", "test_mrr", "seconds")}
-                   for e in metrics["epochs"]],
+        "epochs": [
+            {k: v for k, v in e.items() if k in ("epoch", "train_bpr", "train_mse", "train_loss", "test_mse", "test_mrr", "seconds")}
+            for e in metrics["epochs"]
+        ],
         "final": metrics["final"],
         "best_test_mse": metrics["oracle_best_test_mse"],
         "best_test_mrr": metrics["oracle_best_test_mrr"],
@@ -177,8 +219,18 @@ def test_experiments_and_report_take_finished_runs_of_mtrec_0_1_as_they_are(tmp_
     before = (run_dir / METRICS_FILENAME).read_bytes()
     assert is_finished(run_dir, parse("--epochs", "2", "--seed", "1", "--threads", "1"))
     assert not is_finished(run_dir, parse("--epochs", "2", "--seed", "1", "--threads", "2"))  # another thread count
-    argv = ["experiments", "--configs", "shared-0.5-0.5", "--seeds", "1", "--root", str(tmp_path / "run"),
-            "--out", str(tmp_path / "report"), *options]
+    argv = [
+        "experiments",
+        "--configs",
+        "shared-0.5-0.5",
+        "--seeds",
+        "1",
+        "--root",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "report"),
+        *options,
+    ]
     assert main(argv) == 0
     assert "0 runs trained, 1 reused" in capsys.readouterr().out
     assert (run_dir / METRICS_FILENAME).read_bytes() == before

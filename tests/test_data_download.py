@@ -244,9 +244,7 @@ def synthetic_release(folder: str, ratings_name: str) -> tuple[dict[str, bytes],
     ratings = rng.integers(1, 6, size=300) if folder == "ml-1m" else rng.integers(1, 11, size=300) / 2
     titles = [f"Movie {i}, The ({1990 + i})" for i in range(1, 31)]
     if ratings_name.endswith(".csv"):
-        rows = ["userId,movieId,rating,timestamp"] + [
-            f"{u},{i},{r:g},{t}" for u, i, r, t in zip(users, items, ratings, range(300))
-        ]
+        rows = ["userId,movieId,rating,timestamp"] + [f"{u},{i},{r:g},{t}" for u, i, r, t in zip(users, items, ratings, range(300))]
         movies = "movieId,title,genres\n" + "".join(f'{i},"{t}",Drama|Comedy\n' for i, t in enumerate(titles, 1))
         names = ("ratings.csv", "movies.csv")
     else:

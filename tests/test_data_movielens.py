@@ -51,9 +51,7 @@ def test_ml100k_item_metadata(ml100k):
 
 
 def test_unknown_dataset_lists_the_known_ones():
-    with pytest.raises(
-        ConfigError, match="unknown dataset '5m'; known datasets: 100k, 1m, 10m, 20m, 25m, 32m, latest-small"
-    ):
+    with pytest.raises(ConfigError, match="unknown dataset '5m'; known datasets: 100k, 1m, 10m, 20m, 25m, 32m, latest-small"):
         load_movielens("5m")
 
 

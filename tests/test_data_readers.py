@@ -291,17 +291,13 @@ def test_header_only_file(tmp_path):
 
 def test_unknown_column_name_lists_the_columns_found(tmp_path):
     path = write(tmp_path / "r.csv", GOOD)
-    with pytest.raises(
-        DataError, match=r"r\.csv: no column 'customer' for the user; the columns found are 'user', 'item'"
-    ):
+    with pytest.raises(DataError, match=r"r\.csv: no column 'customer' for the user; the columns found are 'user', 'item'"):
         load_ratings_file(path, user_col="customer")
 
 
 def test_missing_user_column_lists_the_columns_found(tmp_path):
     path = write(tmp_path / "r.csv", "person,movieId,rating\n1,2,3\n")
-    with pytest.raises(
-        DataError, match=r"r\.csv: no user column: none of the columns found \('person', 'movieId', 'rating'\)"
-    ):
+    with pytest.raises(DataError, match=r"r\.csv: no user column: none of the columns found \('person', 'movieId', 'rating'\)"):
         load_ratings_file(path)
 
 

@@ -28,10 +28,8 @@ def environment() -> dict[str, str]:
 
 
 def torchrun(*argv: str, processes: int = 2, restarts: int = 0, timeout: float = 300, extra_env=None):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-               f"--max-restarts={restarts}", *argv]
-    return subprocess.run(command, capture_output=True, text=True, env={**environment(), **(extra_env or {})},
-                          timeout=timeout)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", f"--max-restarts={restarts}", *argv]
+    return subprocess.run(command, capture_output=True, text=True, env={**environment(), **(extra_env or {})}, timeout=timeout)
 
 
 def ratings_file(folder: Path) -> Path:
@@ -98,10 +96,14 @@ def test_the_row_exchange_keeps_every_process_alike_and_trains_what_the_dense_on
 @pytest.mark.parametrize("batch_size", ["128", "101"])
 def test_two_processes_train_what_one_trains_at_the_same_global_batch(tmp_path, batch_size):
     ratings = ratings_file(tmp_path)
-    argv = ["--ratings", str(ratings), "--epochs", "4", "--batch-size", batch_size, "--embedding-dim", "8",
-            "--no-progress", "--threads", "1"]
-    one = subprocess.run([sys.executable, "-m", "mtrec", "train", *argv, "--logdir", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=environment(), timeout=300)
+    argv = ["--ratings", str(ratings), "--epochs", "4", "--batch-size", batch_size, "--embedding-dim", "8", "--no-progress", "--threads", "1"]
+    one = subprocess.run(
+        [sys.executable, "-m", "mtrec", "train", *argv, "--logdir", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr
     two = torchrun("-m", "mtrec", "train", *argv, "--logdir", str(tmp_path / "two"))
     assert two.returncode == 0, two.stderr[-3000:]
@@ -118,17 +120,42 @@ def test_two_processes_train_what_one_trains_at_the_same_global_batch(tmp_path, 
 
 def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     ratings = ratings_file(tmp_path)
-    argv = ["train", "--ratings", str(ratings), "--epochs", "6", "--batch-size", "128", "--embedding-dim", "8",
-            "--no-progress", "--threads", "1", "--checkpoint-every", "2"]
-    whole = subprocess.run([sys.executable, "-m", "mtrec", *argv, "--logdir", str(tmp_path / "whole")],
-                           capture_output=True, text=True, env=environment(), timeout=300)
+    argv = [
+        "train",
+        "--ratings",
+        str(ratings),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "128",
+        "--embedding-dim",
+        "8",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "2",
+    ]
+    whole = subprocess.run(
+        [sys.executable, "-m", "mtrec", *argv, "--logdir", str(tmp_path / "whole")], capture_output=True, text=True, env=environment(), timeout=300
+    )
     assert whole.returncode == 0, whole.stderr
-    killed = subprocess.run([sys.executable, str(TESTS / "faults.py"), "step", "55", "KILL", *argv, "--logdir", str(tmp_path / "cut")],
-                            capture_output=True, text=True, env=environment(), timeout=300)
+    killed = subprocess.run(
+        [sys.executable, str(TESTS / "faults.py"), "step", "55", "KILL", *argv, "--logdir", str(tmp_path / "cut")],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=300,
+    )
     assert killed.returncode == -9
     assert (tmp_path / ".cut.staging" / "checkpoint.safetensors").is_file() and not (tmp_path / "cut").exists()
-    resumed = subprocess.run([sys.executable, "-m", "mtrec", *argv, "--logdir", str(tmp_path / "cut"), "--resume"],
-                             capture_output=True, text=True, env=environment(), timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mtrec", *argv, "--logdir", str(tmp_path / "cut"), "--resume"],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
     a, b = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "cut"))
     assert without_timing(a) == without_timing(b)
@@ -143,12 +170,27 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_result(tmp
 
 def test_workers_torchrun_restarts_resume_instead_of_starting_over(tmp_path):
     ratings = ratings_file(tmp_path)
-    argv = ["train", "--ratings", str(ratings), "--epochs", "6", "--batch-size", "128", "--embedding-dim", "8",
-            "--no-progress", "--threads", "1", "--checkpoint-every", "2"]
+    argv = [
+        "train",
+        "--ratings",
+        str(ratings),
+        "--epochs",
+        "6",
+        "--batch-size",
+        "128",
+        "--embedding-dim",
+        "8",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "2",
+    ]
     whole = torchrun("-m", "mtrec", *argv, "--logdir", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
-    restarted = torchrun(str(TESTS / "faults.py"), "step", "40", "KILL", *argv, "--logdir", str(tmp_path / "again"),
-                         restarts=1, extra_env={"MTREC_FAULT_RANK": "1"})
+    restarted = torchrun(
+        str(TESTS / "faults.py"), "step", "40", "KILL", *argv, "--logdir", str(tmp_path / "again"), restarts=1, extra_env={"MTREC_FAULT_RANK": "1"}
+    )
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     a, b = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "again"))
     assert without_timing(a) == without_timing(b)
@@ -157,8 +199,24 @@ def test_workers_torchrun_restarts_resume_instead_of_starting_over(tmp_path):
 @pytest.mark.parametrize("fault", ["KILL", "HANG"])
 def test_a_process_that_dies_or_hangs_ends_the_job_within_the_timeout(tmp_path, fault):
     ratings = ratings_file(tmp_path)
-    argv = ["train", "--ratings", str(ratings), "--epochs", "50", "--batch-size", "64", "--embedding-dim", "8",
-            "--no-progress", "--threads", "1", "--dist-timeout", "15", "--logdir", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--ratings",
+        str(ratings),
+        "--epochs",
+        "50",
+        "--batch-size",
+        "64",
+        "--embedding-dim",
+        "8",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--dist-timeout",
+        "15",
+        "--logdir",
+        str(tmp_path / "run"),
+    ]
     started = time.perf_counter()
     result = torchrun(str(TESTS / "faults.py"), "step", "20", fault, *argv, extra_env={"MTREC_FAULT_RANK": "1"}, timeout=240)
     elapsed = time.perf_counter() - started

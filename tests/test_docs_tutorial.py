@@ -73,7 +73,7 @@ def test_the_page_shows_each_cells_code_then_its_output_table_and_figure(tmp_pat
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "site" / "tutorial" / "index.html").read_text()
     assert "<h1 id=" in page and "A tiny tutorial" in page and "<em>text</em>" in page
-    code, printed = page.index("print(&quot;two rows&quot;)"), page.index("<code class=\"language-text\">two rows")
+    code, printed = page.index("print(&quot;two rows&quot;)"), page.index('<code class="language-text">two rows')
     table = page.index('<table class="dataframe">')
     assert code < printed < table < page.index('<img alt="Scores" src="figure-1.png"')
     assert "<td>Fargo (1996)</td>" in page and "<td>0.2500</td>" in page

@@ -50,9 +50,14 @@ def written_config(tmp_path_factory) -> dict:
     """config.json as a training run of this mtrec writes it (resolved step, data summary and all)."""
     run_dir = tmp_path_factory.mktemp("written") / "run"
     data, test = random_interactions(seed=1), random_interactions(seed=2)
-    train_run(RunConfig(model={"embedding_dim": 4}, epochs=1), data, None, test, run_dir,
-              summary={"name": "random", "num_users": 30, "train_size": 400, "rating_scale": [1.0, 5.0],
-                       "cold_start": {"cold_users": 0}})
+    train_run(
+        RunConfig(model={"embedding_dim": 4}, epochs=1),
+        data,
+        None,
+        test,
+        run_dir,
+        summary={"name": "random", "num_users": 30, "train_size": 400, "rating_scale": [1.0, 5.0], "cold_start": {"cold_users": 0}},
+    )
     return json.loads((run_dir / "config.json").read_text())
 
 
@@ -76,14 +81,12 @@ def edited(document: dict, path: str, value) -> dict:
         ("model.layer_sizes", [96, "64"], 'model.layer_sizes[1]: expected a whole number, got "64"'),
         ("colour", "red", "colour: unknown field"),
         ("speed.threads", 2, "speed.threads: unknown field"),
-        ("data_summary.cold_start.cold_users", "0", "data_summary.cold_start.cold_users: expected a whole number, got \"0\""),
+        ("data_summary.cold_start.cold_users", "0", 'data_summary.cold_start.cold_users: expected a whole number, got "0"'),
         ("evaluation.metrics", "mse", 'evaluation.metrics: expected a list, got "mse"'),
         ("format", "mtrec-model", "format: input should be 'mtrec-run'"),
     ],
 )
-def test_train_config_with_a_wrongly_typed_or_unknown_field_is_one_line_naming_it(
-    written_config, path, value, message, tmp_path, capsys
-):
+def test_train_config_with_a_wrongly_typed_or_unknown_field_is_one_line_naming_it(written_config, path, value, message, tmp_path, capsys):
     config = tmp_path / "config.json"
     config.write_text(json.dumps(edited(written_config, path, value)))
     code = main(["train", "--no-progress", "--config", str(config), "--logdir", str(tmp_path / "run")])
@@ -117,8 +120,11 @@ def test_configs_this_mtrec_wrote_and_those_of_mtrec_0_1_still_load(written_conf
 
 @pytest.mark.parametrize(
     "version, message",
-    [(4, "a run config of format 4; this mtrec"), ("3", 'format_version: expected one of 1, 2, 3, got "3"'),
-     (True, "format_version: expected one of 1, 2, 3, got true")],
+    [
+        (4, "a run config of format 4; this mtrec"),
+        ("3", 'format_version: expected one of 1, 2, 3, got "3"'),
+        (True, "format_version: expected one of 1, 2, 3, got true"),
+    ],
 )
 def test_a_config_of_an_unknown_format_version_is_refused(written_config, version, message):
     with pytest.raises(ConfigError, match=message):
@@ -185,9 +191,7 @@ def test_a_deeply_nested_run_is_unfinished_and_every_command_says_so_in_one_line
     reason = f"{nested_run / METRICS_FILENAME}: not a readable metrics file (nested too deeply)"
     assert inspect_run(nested_run) == RunState("unfinished", reason)
     assert main(["train", "--no-progress", "--config", str(nested_run / "config.json"), "--logdir", str(tmp_path / "r")]) == 1
-    assert one_line(capsys.readouterr().err) == (
-        f"mtrec train: error: {nested_run / 'config.json'}: not a readable run config (nested too deeply)"
-    )
+    assert one_line(capsys.readouterr().err) == (f"mtrec train: error: {nested_run / 'config.json'}: not a readable run config (nested too deeply)")
     assert main(["recommend", "--model", str(nested_run), "--user", "1"]) == 1
     assert one_line(capsys.readouterr().err) == f"mtrec recommend: error: {nested_run} is not a complete run (unfinished): {reason}"
     assert not (tmp_path / "r").exists()
@@ -238,13 +242,14 @@ def two_runs(tmp_path) -> Path:
 
 #: Valid JSON of the wrong shape: how each is made from a run's metrics, and what the error says.
 WRONG_SHAPES = {
-    "a string for a number": (lambda m: m["epochs"][1].update(test_mse="0.9"),
-                              'epochs[1].test_mse: expected a number, got "0.9"'),
+    "a string for a number": (lambda m: m["epochs"][1].update(test_mse="0.9"), 'epochs[1].test_mse: expected a number, got "0.9"'),
     "an unknown field": (lambda m: m["epochs"][0].update(colour=1), "epochs[0]: unknown field 'colour'"),
     "a selected epoch not trained": (lambda m: m.update(selected={"epoch": 9}), "selected.epoch: 9 is not one of the 3 epochs"),
     "epochs out of order": (lambda m: m["epochs"].reverse(), "epochs: numbered 3, 2, 1, not 1 to 3"),
-    "an oracle epoch not trained": (lambda m: m.update(oracle_best_test_mse={"value": 1.0, "epoch": 4}),
-                                    "oracle_best_test_mse.epoch: 4 is not one of the 3 epochs"),
+    "an oracle epoch not trained": (
+        lambda m: m.update(oracle_best_test_mse={"value": 1.0, "epoch": 4}),
+        "oracle_best_test_mse.epoch: 4 is not one of the 3 epochs",
+    ),
     "a number for a record": (lambda m: m.update(final=3), "final: expected an object, got 3"),
     "no final record": (lambda m: m.pop("final"), "final: missing"),
     "true for an epoch number": (lambda m: m["epochs"][2].update(epoch=True), "epochs[2].epoch: expected a whole number, got true"),
@@ -297,9 +302,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
-def test_a_report_that_fails_midway_leaves_the_previous_report_whole_and_nothing_half_written(
-    two_runs, failure, tmp_path, monkeypatch, capsys
-):
+def test_a_report_that_fails_midway_leaves_the_previous_report_whole_and_nothing_half_written(two_runs, failure, tmp_path, monkeypatch, capsys):
     import mtrec.report
 
     out = tmp_path / "report"
@@ -317,9 +320,7 @@ def test_a_report_that_fails_midway_leaves_the_previous_report_whole_and_nothing
     monkeypatch.setattr(mtrec.report, "to_html", failing_html)
     code = main(["report", str(two_runs), "--out", str(out)])
     assert code == (1 if isinstance(failure, OSError) else 130)
-    assert one_line(capsys.readouterr().err) in (
-        "mtrec report: error: No space left on device", "mtrec report: interrupted"
-    )
+    assert one_line(capsys.readouterr().err) in ("mtrec report: error: No space left on device", "mtrec report: interrupted")
     assert written and folder_bytes(out) == before
     assert sorted(entry.name for entry in tmp_path.iterdir()) == ["report", "run"]
 
@@ -339,9 +340,7 @@ def test_a_report_folder_holding_other_files_is_never_replaced(two_runs, tmp_pat
     out.mkdir()
     (out / "mine.txt").write_text("mine")
     assert main(["report", str(two_runs), "--out", str(out)]) == 1
-    assert one_line(capsys.readouterr().err) == (
-        f"mtrec report: error: {out} holds files that are not a report's (mine.txt): choose another --out"
-    )
+    assert one_line(capsys.readouterr().err) == (f"mtrec report: error: {out} holds files that are not a report's (mine.txt): choose another --out")
     assert folder_bytes(out) == {"mine.txt": b"mine"}
 
 
@@ -383,14 +382,18 @@ sys.exit(main(sys.argv[2:]))
 def test_two_reports_into_one_folder_never_mix_the_second_is_refused_in_one_line(two_runs, tmp_path, capsys):
     out, go = tmp_path / "report", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{SRC}", "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen([sys.executable, "-c", WRITER, str(go), "report", str(two_runs), "--out", str(out)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(go), "report", str(two_runs), "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     with reaped([first]):
         assert first.stdout.readline() == "writing\n"
         assert main(["report", str(two_runs), "--out", str(out)]) == 1
         assert one_line(capsys.readouterr().err) == (
-            f"mtrec report: error: {out} is in use by process {first.pid} on {socket.gethostname()}: wait until it "
-            "ends, or choose another folder"
+            f"mtrec report: error: {out} is in use by process {first.pid} on {socket.gethostname()}: wait until it ends, or choose another folder"
         )
         assert not out.exists()
         go.touch()
@@ -445,12 +448,15 @@ def test_a_header_whose_sizes_disagree_with_its_tensors_is_refused_naming_the_te
     name = next(key for key in header if key.startswith("network.") and len(header[key]["shape"]) == 2)
     rows, columns = header[name]["shape"]
     cases = {
-        "shape": ({**header, name: {**header[name], "shape": [rows * 2, columns]}},
-                  f"tensor {name}: F32 of shape ({rows * 2}, {columns}) is {rows * columns * 8:,} bytes, "
-                  f"but its span is {rows * columns * 4:,}"),
+        "shape": (
+            {**header, name: {**header[name], "shape": [rows * 2, columns]}},
+            f"tensor {name}: F32 of shape ({rows * 2}, {columns}) is {rows * columns * 8:,} bytes, but its span is {rows * columns * 4:,}",
+        ),
         "dtype": ({**header, name: {**header[name], "dtype": "Q9"}}, f"tensor {name}: unknown dtype 'Q9'"),
-        "offsets": ({**header, name: {**header[name], "data_offsets": [-4, rows * columns * 4 - 4]}},
-                    f"tensor {name}: its shape and offsets are not whole numbers"),
+        "offsets": (
+            {**header, name: {**header[name], "data_offsets": [-4, rows * columns * 4 - 4]}},
+            f"tensor {name}: its shape and offsets are not whole numbers",
+        ),
     }
     for case, (changed, message) in cases.items():
         path = tmp_path / f"{case}.safetensors"
@@ -467,8 +473,10 @@ def test_a_header_that_claims_more_than_the_file_or_overlaps_its_tensors_is_refu
     with pytest.raises(ModelFileError, match=r"its header claims 4,611,686,018,427,387,904 bytes, more than the file"):
         read_model_file(claims)
     first, second = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])[:2]
-    overlapping = {**header, second: {**header[second], "data_offsets": [
-        header[second]["data_offsets"][0] - 4, header[second]["data_offsets"][1] - 4]}}
+    overlapping = {
+        **header,
+        second: {**header[second], "data_offsets": [header[second]["data_offsets"][0] - 4, header[second]["data_offsets"][1] - 4]},
+    }
     path = tmp_path / "overlap.safetensors"
     with_header(path, overlapping, data)
     with pytest.raises(ModelFileError, match=rf"tensor {second} starts at byte [\d,]+ of the data, not at [\d,]+ where"):
@@ -476,10 +484,16 @@ def test_a_header_that_claims_more_than_the_file_or_overlaps_its_tensors_is_refu
 
 
 def saved_checkpoint(path: Path, **info_changes) -> Path:
-    record = {"epoch": 1, "train_bpr": 0.3, "train_mse": 1.1, "train_loss": 0.7, "test_mse": None, "test_mrr": None,
-              "seconds": 0.1}
-    info = {"epoch": 1, "history": [record], "optimizer_groups": [{"lr": 0.001, "betas": [0.9, 0.999], "params": [0]}],
-            "scheduler": None, "weighting": {}, "stopped": False, **info_changes}
+    record = {"epoch": 1, "train_bpr": 0.3, "train_mse": 1.1, "train_loss": 0.7, "test_mse": None, "test_mrr": None, "seconds": 0.1}
+    info = {
+        "epoch": 1,
+        "history": [record],
+        "optimizer_groups": [{"lr": 0.001, "betas": [0.9, 0.999], "params": [0]}],
+        "scheduler": None,
+        "weighting": {},
+        "stopped": False,
+        **info_changes,
+    }
     return save_training_state(path, {"network.x": torch.ones(3, 2), "sampler.generator": torch.zeros(5, dtype=torch.uint8)}, info)
 
 
@@ -519,8 +533,7 @@ def ratings(tmp_path_factory) -> Path:
 
 def tune_argv(root: Path, ratings: Path, trials: int) -> list[str]:
     """A search from the quality preset, whose settings all lie in the search space: trial 0 draws nothing."""
-    return ["tune", "--trials", str(trials), "--root", str(root), "--ratings", str(ratings), "--epochs", "4",
-            "--no-progress", "--threads", "1"]
+    return ["tune", "--trials", str(trials), "--root", str(root), "--ratings", str(ratings), "--epochs", "4", "--no-progress", "--threads", "1"]
 
 
 def study_trials(root: Path) -> list:
@@ -535,8 +548,7 @@ def test_a_rerun_of_tune_continues_the_study_and_repeats_no_trial(ratings, tmp_p
     assert main(tune_argv(root, ratings, 3)) == 0
     assert "6 trials in the study" in capsys.readouterr().out
     trials = study_trials(root)
-    assert [t.number for t in trials] == list(range(6)) and sorted(p.name for p in root.glob("trial-*")) == [
-        f"trial-{n:04d}" for n in range(6)]
+    assert [t.number for t in trials] == list(range(6)) and sorted(p.name for p in root.glob("trial-*")) == [f"trial-{n:04d}" for n in range(6)]
     params = [t.params for t in trials]
     assert all(params[n] not in params[:n] for n in range(1, 6)), params
     base = trials[0].params  # the base config (the quality preset's settings), enqueued once
@@ -574,8 +586,7 @@ def test_ctrl_c_in_tune_is_one_line_and_the_study_keeps_its_finished_trials(rati
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 130, result.stderr
     assert one_line(result.stderr) == (
-        f"mtrec tune: interrupted; the trials that finished (2 in this run) stay in {root / 'study.db'}: "
-        "run the same command to continue"
+        f"mtrec tune: interrupted; the trials that finished (2 in this run) stay in {root / 'study.db'}: run the same command to continue"
     )
     states = [t.state.name for t in study_trials(root)]
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]

@@ -187,3 +187,35 @@ def test_unknown_metrics_and_bad_cut_offs_are_named(metrics, k, message):
     data = random_interactions()
     with pytest.raises(ConfigError, match=message):
         Evaluator(data, data, metrics=metrics, k=k)
+
+
+def precision(pairs, k):
+    """Precision@k, a metric the library does not have, as a contributor would add it."""
+    return pairs.per_user_mean(pairs.hits(k), torch.full_like(pairs.counts, k, dtype=torch.float64))
+
+
+def test_a_registered_ranking_metric_is_computed_named_and_offered_without_library_edits(monkeypatch):
+    monkeypatch.setitem(evaluation.RANKING_METRICS._members, "precision", evaluation.RankingMetric(precision))
+    rng = np.random.default_rng(4)
+    scores = rng.integers(0, 4, size=(25, 30)).astype(np.float32)
+    data = random_interactions(25, 30, n=400, seed=4)
+    order = rng.permutation(len(data))
+    train, test = data.subset(order[:250]), data.subset(order[250:])
+    measured = Evaluator(test, train, metrics=["recall", "precision"], k=[5, 10]).evaluate(net_with_scores(scores))
+    assert list(measured) == ["recall@5", "recall@10", "precision@5", "precision@10"]
+    counts = np.bincount(test.users, minlength=25)[np.bincount(test.users, minlength=25) > 0]
+    for k in (5, 10):  # precision@k = recall@k · n / k per user; from the slow reference's per-user recall
+        per_user = []
+        for user in range(25):
+            held = test.items[test.users == user].tolist()
+            if held:
+                seen = set(train.items[train.users == user].tolist())
+                candidates = [j for j in range(30) if j not in seen or j in held]
+                row = scores[user, candidates]
+                ranks = [(row > scores[user, i]).sum() + ((row == scores[user, i]).sum() + 1) / 2 for i in held]
+                per_user.append(sum(r <= k for r in ranks) / k)
+        assert len(per_user) == len(counts)
+        assert measured[f"precision@{k}"] == pytest.approx(np.mean(per_user), rel=1e-9)
+    assert "precision" in evaluation.all_metrics()
+    with pytest.raises(evaluation.ConfigError, match="unknown metric 'ndgc'; use some of mse, rmse, mae, mrr, ndcg, recall, hr, map, precision$"):
+        Evaluator(test, train, metrics=["ndgc"])

@@ -128,9 +128,7 @@ def test_report_numbers_are_the_runs_own(experiment):
 
 
 def test_a_run_is_reproduced_by_the_train_command_the_report_gives(experiment, data_dir, tmp_path):
-    command = next(
-        line for line in (experiment / "report" / "report.md").read_text().splitlines() if line.startswith("mtrec train")
-    )
+    command = next(line for line in (experiment / "report" / "report.md").read_text().splitlines() if line.startswith("mtrec train"))
     run_dir = Path(command.split("--logdir ")[1].split()[0])
     args = command.split()[1:]
     args[args.index("--logdir") + 1] = str(tmp_path / "again")

@@ -55,8 +55,28 @@ def train_explorer_run(folder: Path) -> Path:
     """A finished run of :func:`explorer_ratings`, split in time so that :data:`LATE_USER` has no training ratings."""
     ratings, items = explorer_ratings(folder)
     run = folder / "run"
-    argv = ["train", "--no-progress", "--device", "cpu", "--preset", "seed", "--ratings", str(ratings), "--items", str(items),
-            "--split", "temporal", "--cutoff", "1500000000", "--epochs", "2", "--embedding-dim", "8", "--logdir", str(run)]
+    argv = [
+        "train",
+        "--no-progress",
+        "--device",
+        "cpu",
+        "--preset",
+        "seed",
+        "--ratings",
+        str(ratings),
+        "--items",
+        str(items),
+        "--split",
+        "temporal",
+        "--cutoff",
+        "1500000000",
+        "--epochs",
+        "2",
+        "--embedding-dim",
+        "8",
+        "--logdir",
+        str(run),
+    ]
     assert main(argv) == 0
     return run
 
@@ -284,8 +304,9 @@ def free_port() -> int:
 def test_explore_serves_the_page_on_127_0_0_1_and_prints_its_address(run_dir):
     import httpx
 
-    process = subprocess.Popen([sys.executable, "-m", "mtrec", "explore", "--model", str(run_dir)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtrec", "explore", "--model", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         line = process.stdout.readline()  # printed once the port is bound, before the model is served
         assert line.startswith(f"mtrec explore: the explorer of {run_dir} is at http://127.0.0.1:")

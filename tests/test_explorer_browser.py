@@ -23,8 +23,16 @@ from test_explorer import EVIL_TITLE, LATE_USER, free_port, given_ratings, train
 
 CHROMIUM = Path("/usr/bin/chromium")
 #: Chromium as CI runs it: headless, no sandbox (a container), nothing fetched from the network.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 #: Milliseconds any one thing on the page may take to appear.
 WAIT_MS = 10_000
 #: A generous bound on the first page's load: the issue's target is 1 s; the time is printed.
@@ -33,10 +41,12 @@ FIRST_PAGE_SECONDS = 5.0
 #: Set to "required" (as .ci/run does), a missing browser or Playwright fails these tests instead of skipping them.
 REQUIRED = "MTREC_BROWSER_TESTS"
 MISSING = [
-    what for what, there in (
+    what
+    for what, there in (
         ("Chromium at /usr/bin/chromium (apt-get install chromium)", CHROMIUM.exists()),
         ("Playwright (pip install playwright; never 'playwright install')", importlib.util.find_spec("playwright") is not None),
-    ) if not there
+    )
+    if not there
 ]
 if MISSING and os.environ.get(REQUIRED) == "required":
     pytest.fail(f"the browser tests are required here ({REQUIRED}=required) but need {' and '.join(MISSING)}", pytrace=False)
@@ -48,7 +58,9 @@ def start_service(run_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mtrec", "serve", "--model", str(run_dir), "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     address = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
@@ -149,8 +161,12 @@ def test_a_known_users_rated_items_sit_beside_their_recommendations(browser, ser
     assert [row["Their rating"] for row in shown] == [f"{r:.1f}" for r in sorted(given_ratings("u3").values(), reverse=True)[:10]]
     first = history["items"][0]
     assert shown[0] == {
-        "#": "1", "Title and genres": f"{first['title']}\n{', '.join(first['genres'])}", "Their rating": f"{first['given']:.1f}",
-        "Watch score": f"{first['watch_score']:.3f}", "Predicted rating": f"{first['rating']:.2f}", "Popularity": str(first["num_ratings"]),
+        "#": "1",
+        "Title and genres": f"{first['title']}\n{', '.join(first['genres'])}",
+        "Their rating": f"{first['given']:.1f}",
+        "Watch score": f"{first['watch_score']:.3f}",
+        "Predicted rating": f"{first['rating']:.2f}",
+        "Popularity": str(first["num_ratings"]),
     }
     assert titles(page, "recommendations-table") == [row["title"] for row in recommended["items"]]
     assert message(page, "recommendations-message") == "The top 10 for user u3, seen items left out."
@@ -263,7 +279,11 @@ def test_clicking_an_item_shows_its_similar_items_and_its_predicted_ratings(page
 def test_the_model_facts_show_its_data_selected_epoch_and_configuration(page, service):
     facts = dict(page.eval_on_selector_all("#model-facts dt", "terms => terms.map(t => [t.textContent, t.nextElementSibling.textContent])"))
     assert {name: facts[name] for name in ("Data set", "Users", "Items", "Training ratings", "Rating scale", "Epoch")} == {
-        "Data set": "ratings.csv", "Users": "26", "Items": "30", "Training ratings": "300", "Rating scale": "1 to 5",
+        "Data set": "ratings.csv",
+        "Users": "26",
+        "Items": "30",
+        "Training ratings": "300",
+        "Rating scale": "1 to 5",
         "Epoch": "2 of 2 trained",
     }
     info = httpx.get(f"{service}model").json()

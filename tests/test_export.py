@@ -25,7 +25,6 @@ from mtrec.network import SHARINGS
 from mtrec.runs import train_run
 
 
-
 def run_cli(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -220,8 +219,7 @@ def test_force_never_replaces_a_folder_that_is_not_an_export(run_dir, tmp_path, 
     (target / "thesis.tex").write_text("years of work")
     code, _, err = run_cli(capsys, "export", "--model", run_dir, "--to", target, "--format", "parquet", "--force")
     assert code == 2
-    assert err == (f"mtrec export: error: {target} holds files that are not an mtrec export, which --force never "
-                   "replaces: choose another --to\n")
+    assert err == (f"mtrec export: error: {target} holds files that are not an mtrec export, which --force never replaces: choose another --to\n")
     assert [path.name for path in target.iterdir()] == ["thesis.tex"]
 
 

@@ -91,9 +91,30 @@ def test_a_folder_of_other_files_is_never_replaced(tmp_path, capsys):
 
 
 def experiments(root: Path, data_dir: Path, *more: str) -> int:
-    return main(["experiments", "--configs", "shared-0.5-0.5", "separate-0.5-0.5", "--seeds", "1", "--root", str(root),
-                 "--out", str(root.parent / "report"), "--data-dir", str(data_dir), "--no-progress", "--threads", "1",
-                 "--embedding-dim", "8", "--batch-size", "4096", *more])
+    return main(
+        [
+            "experiments",
+            "--configs",
+            "shared-0.5-0.5",
+            "separate-0.5-0.5",
+            "--seeds",
+            "1",
+            "--root",
+            str(root),
+            "--out",
+            str(root.parent / "report"),
+            "--data-dir",
+            str(data_dir),
+            "--no-progress",
+            "--threads",
+            "1",
+            "--embedding-dim",
+            "8",
+            "--batch-size",
+            "4096",
+            *more,
+        ]
+    )
 
 
 def test_experiments_with_other_settings_name_them_and_replace_nothing(tmp_path, data_dir, capsys):
@@ -176,7 +197,9 @@ def server(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [sys.executable, "-m", "mtrec", "serve", "--model", str(folder / "run"), "--port", str(port), "--max-body-bytes", "1000000"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     import httpx
 
@@ -277,8 +300,7 @@ def test_a_corrupt_parquet_file_is_named(tmp_path):
     from mtrec.errors import DataError
 
     path = tmp_path / "ratings.parquet"
-    pq.write_table(pa.table({"user": list(range(1000)), "item": list(range(1000)), "rating": [3.0] * 1000}), path,
-                   compression="snappy")
+    pq.write_table(pa.table({"user": list(range(1000)), "item": list(range(1000)), "rating": [3.0] * 1000}), path, compression="snappy")
     payload = bytearray(path.read_bytes())
     for offset in range(200, 600):
         payload[offset] ^= 0x5A
@@ -309,8 +331,23 @@ def faulty(point: str, count: int, sig: str, argv: list[str], cwd: Path) -> subp
 @pytest.mark.parametrize("point, count", [("step", 5), ("save", 1), ("save", 2), ("save", 3)])
 def test_a_killed_train_leaves_the_finished_run_whole_and_a_rerun_completes(point, count, sig, finished, tmp_path):
     ratings, run_dir, before = finished
-    argv = ["train", "--no-progress", "--preset", "seed", "--ratings", str(ratings), "--epochs", "2", "--embedding-dim", "8",
-            "--batch-size", "64", "--logdir", str(run_dir), "--force"]
+    argv = [
+        "train",
+        "--no-progress",
+        "--preset",
+        "seed",
+        "--ratings",
+        str(ratings),
+        "--epochs",
+        "2",
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "64",
+        "--logdir",
+        str(run_dir),
+        "--force",
+    ]
     result = faulty(point, count, sig, argv, tmp_path)
     assert result.returncode == (-9 if sig == "KILL" else 130), result.stderr
     assert snapshot(run_dir) == before  # byte for byte
@@ -326,9 +363,29 @@ def test_a_killed_train_leaves_the_finished_run_whole_and_a_rerun_completes(poin
 @pytest.mark.parametrize("point, count", [("step", 30), ("save", 4), ("save", 6)])
 def test_a_killed_experiment_keeps_its_finished_runs_and_a_rerun_resumes(point, count, sig, tmp_path, data_dir):
     root = tmp_path / "run"
-    argv = ["experiments", "--configs", "shared-0.5-0.5", "separate-0.5-0.5", "--seeds", "2", "--root", str(root),
-            "--out", str(tmp_path / "report"), "--data-dir", str(data_dir), "--no-progress", "--threads", "1",
-            "--epochs", "2", "--embedding-dim", "8", "--batch-size", "8192"]
+    argv = [
+        "experiments",
+        "--configs",
+        "shared-0.5-0.5",
+        "separate-0.5-0.5",
+        "--seeds",
+        "2",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "report"),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--epochs",
+        "2",
+        "--embedding-dim",
+        "8",
+        "--batch-size",
+        "8192",
+    ]
     result = faulty(point, count, sig, argv, tmp_path)
     assert result.returncode in ((-9,) if sig == "KILL" else (130,)), result.stderr
     states = {run: inspect_run(run).kind for run in sorted(root.glob("*/seed-*"))}

@@ -242,8 +242,7 @@ def client(run_dir):
 
 
 def test_the_service_folds_in_a_history_and_filters(client, recommender):
-    body = {"history": [{"item": 50, "rating": 5}, {"item": "Raiders of the Lost Ark (1981)", "rating": 5}], "k": 5,
-            "genres": ["Action"]}
+    body = {"history": [{"item": 50, "rating": 5}, {"item": "Raiders of the Lost Ark (1981)", "rating": 5}], "k": 5, "genres": ["Action"]}
     response = client.post("/recommendations", json=body)
     assert response.status_code == 200
     expected = recommender.recommend_history([(50, 5.0), ("Raiders of the Lost Ark (1981)", 5.0)], 5, genres=["Action"])
@@ -275,8 +274,13 @@ def test_serving_with_several_workers(run_dir, tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "mtrec", "serve", "--model", str(run_dir), "--port", str(port), "--workers", "2"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mtrec", "serve", "--model", str(run_dir), "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline, answers = time.time() + 90, []
         while time.time() < deadline and len(answers) < 20:

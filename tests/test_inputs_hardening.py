@@ -43,11 +43,7 @@ ENDINGS = {"plain": "", "bom": "", "gzip": ".gz", "bz2": ".bz2", "xz": ".xz", "z
 
 def ratings_text(users: int = 30, per_user: int = 12) -> str:
     """String ids written with spaces around them, as spreadsheets export them."""
-    rows = [
-        f" u{u} , m{(u * 7 + k) % 40} ,{1 + (u + k) % 5},{1_000_000 + 97 * (u * per_user + k)}"
-        for u in range(users)
-        for k in range(per_user)
-    ]
+    rows = [f" u{u} , m{(u * 7 + k) % 40} ,{1 + (u + k) % 5},{1_000_000 + 97 * (u * per_user + k)}" for u in range(users) for k in range(per_user)]
     return "user,item,rating,timestamp\n" + "\n".join(rows) + "\n"
 
 
@@ -315,8 +311,9 @@ def test_a_history_from_a_pipe_recommends_like_the_same_file(model_dir, tmp_path
     file = tmp_path / "history.csv"
     file.write_bytes(raw)
     expected = cli(capsys, "recommend", "--model", model_dir, "--history", file, "-k", 5, "--format", "json")
-    piped = read_through_a_fifo(tmp_path / "pipe", raw, lambda path: cli(
-        capsys, "recommend", "--model", model_dir, "--history", path, "-k", 5, "--format", "json"))
+    piped = read_through_a_fifo(
+        tmp_path / "pipe", raw, lambda path: cli(capsys, "recommend", "--model", model_dir, "--history", path, "-k", 5, "--format", "json")
+    )
     assert piped == expected and expected[0] == 0 and len(json.loads(expected[1])["items"]) == 5
 
 
@@ -325,16 +322,13 @@ def test_a_history_is_read_no_further_than_one_item_beyond_the_limit(tmp_path):
     history = write(tmp_path / "history.csv", f'item\n{items}"an unclosed quote, never read\n'.encode())
     with pytest.raises(DataError) as caught:
         read_history(history)
-    assert str(caught.value) == (
-        f"{history}, line {MAX_HISTORY + 2}: more than {MAX_HISTORY:,} items; a history holds at most {MAX_HISTORY:,}"
-    )
+    assert str(caught.value) == (f"{history}, line {MAX_HISTORY + 2}: more than {MAX_HISTORY:,} items; a history holds at most {MAX_HISTORY:,}")
     exactly = write(tmp_path / "full.csv", f"item\n{items}".encode()[: -len(f"m{MAX_HISTORY % 40}\n")])
     entries, lines = read_history(exactly)
     assert len(entries) == MAX_HISTORY and lines[-1] == MAX_HISTORY + 1
 
 
-@pytest.mark.parametrize("reader, empty", [(read_history, "an empty history"), (read_users, "no users"),
-                                           (read_pairs, "no (user, item) pairs")])
+@pytest.mark.parametrize("reader, empty", [(read_history, "an empty history"), (read_users, "no users"), (read_pairs, "no (user, item) pairs")])
 @pytest.mark.parametrize("text", [b"", b"\n \n", b" ,, \n,\n"])
 def test_a_request_file_of_blank_lines_or_empty_fields_is_named_empty(tmp_path, reader, empty, text):
     path = write(tmp_path / "request.csv", text)

@@ -181,8 +181,7 @@ def study_group(configuration, test_mse, test_mrr, valid_scores):
     runs = []
     for seed, (mse, mrr, score) in enumerate(zip(test_mse, test_mrr, valid_scores)):
         history = [EpochRecord(1, 0.2, 0.8, 0.5, metrics={"test_mse": mse, "test_mrr": mrr}, seconds=1.0)]
-        metrics = {"completed": True, "epochs": [r.to_json() for r in history],
-                   **summarize(history, 1, {"criterion": "joint", "score": score})}
+        metrics = {"completed": True, "epochs": [r.to_json() for r in history], **summarize(history, 1, {"criterion": "joint", "score": score})}
         config = RunConfig(model={"seed": seed, **configuration.model_params()})
         runs.append(RunResult(Path(f"run/multitask/{configuration.name}/seed-{seed}"), configuration, seed, config, {}, metrics))
     return GroupSummary.of(configuration, runs)
@@ -219,9 +218,26 @@ def test_the_study_runs_every_architecture_and_method_and_reports_them(tmp_path)
     rng = np.random.default_rng(0)
     rows = [f"u{u},i{i},{rng.integers(1, 6)}" for u in range(40) for i in rng.choice(50, 20, replace=False)]
     ratings.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
-    argv = ["experiments", "--study", "multitask", "--seeds", "2", "--epochs", "2", "--ratings", str(ratings),
-            "--root", str(tmp_path / "run"), "--out", str(tmp_path / "report"), "--no-progress", "--threads", "1",
-            "--batch-size", "256"]
+    argv = [
+        "experiments",
+        "--study",
+        "multitask",
+        "--seeds",
+        "2",
+        "--epochs",
+        "2",
+        "--ratings",
+        str(ratings),
+        "--root",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "report"),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--batch-size",
+        "256",
+    ]
     assert main(argv) == 0
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "## Multi-task methods and sharing architectures" in markdown

@@ -36,9 +36,7 @@ SHARED, SEPARATE = CONFIGURATIONS["shared-0.5-0.5"], CONFIGURATIONS["separate-0.
 HIGH = CONFIGURATIONS["shared-0.99-0.01"]
 
 
-def synthetic_group(
-    configuration: Configuration, test_mse, test_mrr, train_mse=None, train_bpr=None, selected=None
-) -> GroupSummary:
+def synthetic_group(configuration: Configuration, test_mse, test_mrr, train_mse=None, train_bpr=None, selected=None) -> GroupSummary:
     """A configuration's runs from per-seed curves (lists of per-epoch values, one list per seed);
     ``selected`` gives each seed's selected epoch (default: the last)."""
     runs = []
@@ -121,9 +119,7 @@ def test_one_seed_or_identical_runs_are_never_clear():
     ],
     ids=["shared-better", "separate-better", "trade-off", "one-task-within-noise", "within-the-seed-spread"],
 )
-def test_question_1s_verdict_follows_the_per_seed_differences(
-    shared_mse, shared_mrr, separate_mse, separate_mrr, outcome, opening
-):
+def test_question_1s_verdict_follows_the_per_seed_differences(shared_mse, shared_mrr, separate_mse, separate_mrr, outcome, opening):
     shared = synthetic_group(SHARED, flat(shared_mse), flat(shared_mrr))
     separate = synthetic_group(SEPARATE, flat(separate_mse), flat(separate_mrr))
     found = sharing_verdict(shared, separate)
@@ -238,20 +234,41 @@ def golden_runs(root: Path) -> None:
         values = np.interp(np.arange(1, epochs + 1), [1, best_at, epochs], [start, best, end])
         return [list(values + rng.normal(0, noise, epochs)) for _ in range(3)]
 
-    shared = synthetic_group(SHARED, curves(1.2, 3, 0.84, 2.5, 0.005), curves(0.03, 8, 0.058, 0.058, 0.001),
-                             train_mse=[list(np.linspace(1.0, 0.1, epochs))] * 3, selected=[3, 3, 4])
-    separate = synthetic_group(SEPARATE, curves(1.2, 3, 0.84, 2.3, 0.005), curves(0.03, 8, 0.13, 0.13, 0.001),
-                               train_mse=[list(np.linspace(1.0, 0.1, epochs))] * 3, selected=[3, 4, 3])
-    high = synthetic_group(HIGH, curves(1.3, 6, 0.84, 0.97, 0.004), curves(0.03, 8, 0.13, 0.13, 0.001),
-                           train_mse=[list(np.linspace(1.0, 0.55, epochs))] * 3)
-    unshared = synthetic_group(CONFIGURATIONS["separate-0.99-0.01"], curves(1.2, 3, 0.84, 2.28, 0.005),
-                               curves(0.03, 8, 0.131, 0.131, 0.001), train_mse=[list(np.linspace(1.0, 0.1, epochs))] * 3)
+    shared = synthetic_group(
+        SHARED,
+        curves(1.2, 3, 0.84, 2.5, 0.005),
+        curves(0.03, 8, 0.058, 0.058, 0.001),
+        train_mse=[list(np.linspace(1.0, 0.1, epochs))] * 3,
+        selected=[3, 3, 4],
+    )
+    separate = synthetic_group(
+        SEPARATE,
+        curves(1.2, 3, 0.84, 2.3, 0.005),
+        curves(0.03, 8, 0.13, 0.13, 0.001),
+        train_mse=[list(np.linspace(1.0, 0.1, epochs))] * 3,
+        selected=[3, 4, 3],
+    )
+    high = synthetic_group(
+        HIGH, curves(1.3, 6, 0.84, 0.97, 0.004), curves(0.03, 8, 0.13, 0.13, 0.001), train_mse=[list(np.linspace(1.0, 0.55, epochs))] * 3
+    )
+    unshared = synthetic_group(
+        CONFIGURATIONS["separate-0.99-0.01"],
+        curves(1.2, 3, 0.84, 2.28, 0.005),
+        curves(0.03, 8, 0.131, 0.131, 0.001),
+        train_mse=[list(np.linspace(1.0, 0.1, epochs))] * 3,
+    )
     for group in (shared, separate, high, unshared):
         write_runs(group, root)
     for configuration in sweep_configurations(0.5):
         weight = configuration.factorization_weight
-        write_runs(synthetic_group(configuration, curves(1 + weight, 4, 0.9 + weight / 10, 1 + weight, 0.003),
-                                   curves(0.02, 8, 0.02 + weight / 10, 0.02 + weight / 10, 0.001)), root / "sweep")
+        write_runs(
+            synthetic_group(
+                configuration,
+                curves(1 + weight, 4, 0.9 + weight / 10, 1 + weight, 0.003),
+                curves(0.02, 8, 0.02 + weight / 10, 0.02 + weight / 10, 0.001),
+            ),
+            root / "sweep",
+        )
 
 
 def test_the_report_of_known_runs_is_the_golden_one(tmp_path, monkeypatch):

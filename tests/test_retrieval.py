@@ -136,6 +136,24 @@ def test_candidates_of_an_exhaustive_index_give_the_exact_top_k_and_counts(share
         assert bool(((above >= positions) & (above <= want_above))[listed].all())
 
 
+@pytest.mark.parametrize("share", [None, 0.3, 0.02])
+def test_one_query_alone_gets_the_picks_and_counts_it_gets_in_a_batch(share):
+    # A single query takes the NumPy path, a batch the tensor path: the same candidates, picks and counts
+    vectors, queries, seen_rows, seen_items = candidate_problem(seed=3, items=2000)
+    allowed = None if share is None else torch.rand(len(vectors), generator=torch.Generator().manual_seed(2)) < share
+    score = score_with(vectors, queries)
+    batch = ranked_candidates(ExactIndex(vectors), queries, score, 10, len(vectors), (seen_rows, seen_items), allowed)
+    for row in range(len(queries)):
+        mine = seen_rows == row
+        alone = ranked_candidates(
+            ExactIndex(vectors), queries[row : row + 1], lambda rows, items, row=row: score(rows + row, items), 10, len(vectors),
+            (torch.zeros(int(mine.sum()), dtype=torch.long), seen_items[mine]), allowed,
+        )  # fmt: skip
+        assert all(part.shape == (1, 10) for part in alone)
+        assert torch.equal(alone[1][0], batch[1][row]) and torch.equal(alone[2][0], batch[2][row])
+        assert torch.allclose(alone[0][0], batch[0][row], atol=1e-6)
+
+
 def test_a_filter_that_rejects_most_candidates_asks_again_until_k_are_found():
     vectors, queries, _, _ = candidate_problem(rows=5, items=4000)
     allowed = torch.zeros(len(vectors), dtype=torch.bool)
@@ -143,9 +161,9 @@ def test_a_filter_that_rejects_most_candidates_asks_again_until_k_are_found():
     asked = []
 
     class Recording(ExactIndex):
-        def search(self, q, n):
+        def search(self, q, n, exclude=None):
             asked.append(n)
-            return super().search(q, n)
+            return super().search(q, n, exclude)
 
     top_p, top_items, _ = ranked_candidates(Recording(vectors), queries, score_with(vectors, queries), 10, len(vectors), None, allowed)
     none = torch.zeros(0, dtype=torch.long)
@@ -154,6 +172,45 @@ def test_a_filter_that_rejects_most_candidates_asks_again_until_k_are_found():
     # (10 + 16) * 4000 / 2000 = 52 items first (searched as 64); the first user, finding none of its
     # allowed items there, is asked for 4 x 52 (256), then 4 x 208 (1,024), then gets all 2,000 scored
     assert asked == [64, 256, 1024]
+
+
+@pytest.mark.parametrize("make", [ExactIndex, lambda vectors: HnswIndex.build(vectors, HNSW)], ids=["exact", "hnsw"])
+def test_an_index_never_returns_the_items_it_is_told_to_leave_out(make):
+    vectors, queries, _, _ = candidate_problem(rows=4, items=3000, dim=8)
+    truth = ExactIndex(vectors).search(queries, 40)
+    exclude = [truth[row, :15].numpy().astype(np.int64) for row in range(4)]  # each query's best 15
+    exclude[2] = np.zeros(0, dtype=np.int64)  # and one query without any
+    found = make(vectors).search(queries, 20, exclude)
+    for row in range(4):
+        assert not set(found[row].tolist()) & set(exclude[row].tolist()) and len(set(found[row].tolist())) == 20
+        wanted = [i for i in truth[row].tolist() if i not in exclude[row]][:20]
+        assert len(set(found[row].tolist()) & set(wanted)) >= 18  # the exact index finds all 20, the graph nearly
+    tiny = make(vectors).search(queries[:1], 3000, [np.arange(2990, dtype=np.int64)])  # 10 items left: -1 past them
+    assert sorted(tiny[0, :10].tolist()) == list(range(2990, 3000)) and set(tiny[0, 10:].tolist()) == {-1}
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one query", "a batch"])
+def test_a_long_history_does_not_widen_the_search(batch):
+    # The seen items are left out inside the search: k + MARGIN are asked for however many there are
+    vectors, queries, _, _ = candidate_problem(rows=3, items=4000)
+    asked = []
+
+    class Recording(ExactIndex):
+        def search(self, q, n, exclude=None):
+            asked.append((n, [len(items) for items in exclude]))
+            return super().search(q, n, exclude)
+
+    best = torch.argsort(queries @ vectors.T, dim=1, descending=True)
+    histories = [best[0, :1500], best[1, :40], best[2, :0]]  # the first user has seen their best 1,500
+    rows = [0, 1, 2] if batch else [0]
+    seen_rows = torch.cat([torch.full((len(histories[row]),), n) for n, row in enumerate(rows)])
+    seen_items = torch.cat([histories[row] for row in rows])
+    top_p, top_items, above = ranked_candidates(
+        Recording(vectors), queries[rows], score_with(vectors, queries[rows]), 10, 4000, (seen_rows, seen_items)
+    )
+    assert [n for n, _ in asked] == [32] and asked[0][1] == [len(histories[row]) for row in rows]
+    want_p, want_items, want_above = brute_force(queries[rows] @ vectors.T, seen_rows, seen_items, None, 10)
+    assert torch.equal(top_items, want_items) and torch.equal(above, want_above)
 
 
 def test_ties_count_every_item_scoring_as_high_as_a_pick():

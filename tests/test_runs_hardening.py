@@ -103,8 +103,9 @@ def test_concurrent_trainings_into_one_logdir_publish_one_whole_run_and_refuse_t
     for i, (racer, (out, err)) in enumerate(zip(racers, outputs)):
         if i != winner:
             assert racer.returncode == 1 and out == ""
-            assert err.splitlines() == [f"mtrec train: error: {run_dir} is in use by process {racers[winner].pid} on "
-                                        f"{HOST}: wait until it ends, or choose another folder"]
+            assert err.splitlines() == [
+                f"mtrec train: error: {run_dir} is in use by process {racers[winner].pid} on {HOST}: wait until it ends, or choose another folder"
+            ]
     # The published run is the winner's whole work: its seed, its numbers, its model.
     assert inspect_run(run_dir).kind == "finished"
     config = json.loads((run_dir / "config.json").read_text())
@@ -118,8 +119,7 @@ def test_a_killed_holders_lock_is_taken_over_by_the_next_run(tmp_path):
     ratings = small_ratings(tmp_path / "small.csv")
     run_dir = tmp_path / "r"
     argv = ["train", *SMALL, "--ratings", str(ratings), "--batch-size", "64", "--logdir", str(run_dir)]
-    killed = subprocess.Popen([sys.executable, "-c", f"import faults; faults.run('step', 3, 'KILL', {argv!r})"],
-                              env=ENV, cwd=tmp_path)
+    killed = subprocess.Popen([sys.executable, "-c", f"import faults; faults.run('step', 3, 'KILL', {argv!r})"], env=ENV, cwd=tmp_path)
     with reaped([killed]):
         assert killed.wait(timeout=300) == -signal.SIGKILL
     assert lock_file(run_dir).read_text() == f"{killed.pid} {HOST}\n"  # the lock file its holder never removed
@@ -151,8 +151,7 @@ def held():
     with reaped([]) as holders:
 
         def hold(folder: Path) -> subprocess.Popen:
-            holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], env=ENV, stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, text=True)
+            holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             holders.append(holder)
             assert holder.stdout.readline() == "held\n"
             return holder
@@ -167,8 +166,20 @@ def test_an_experiment_root_in_use_is_refused_naming_its_holder_and_nothing_is_w
     ratings = small_ratings(tmp_path / "small.csv")
     root = tmp_path / "exp"
     pid = held(root).pid
-    argv = ["experiments", "--configs", "shared-0.5-0.5", "--seeds", "1", "--root", str(root), "--out",
-            str(tmp_path / "report"), "--ratings", str(ratings), *SMALL]
+    argv = [
+        "experiments",
+        "--configs",
+        "shared-0.5-0.5",
+        "--seeds",
+        "1",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "report"),
+        "--ratings",
+        str(ratings),
+        *SMALL,
+    ]
     assert main(argv) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"mtrec experiments: error: {root} is in use by process {pid} on {HOST}: wait until it ends, or choose another folder"
@@ -299,8 +310,7 @@ def test_an_unreadable_checkpoint_is_refused_until_forced_away(interrupted, tmp_
     checkpoint.write_bytes(b"garbage" * 10)
     assert train(*argv, "--resume") == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"mtrec train: error: {checkpoint.parent} holds a checkpoint that cannot "
-                                               f"be resumed ({checkpoint}")
+    assert len(err) == 1 and err[0].startswith(f"mtrec train: error: {checkpoint.parent} holds a checkpoint that cannot be resumed ({checkpoint}")
     assert err[0].endswith("): give --force to discard it and train from scratch")
     assert checkpoint.read_bytes() == b"garbage" * 10
     assert train(*argv, "--resume", "--force") == 0
@@ -380,7 +390,9 @@ def test_a_save_that_fails_at_the_last_moment_keeps_the_checkpoint_for_resume(tm
     assert train(*argv, "--resume") == 0
     assert inspect_run(run_dir).kind == "finished" and not staging_dir(run_dir).exists()
     assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith("events.")) == [
-        "config.json", "metrics.json", "model.safetensors"
+        "config.json",
+        "metrics.json",
+        "model.safetensors",
     ]  # no checkpoint left in a finished run
     assert train(*argv[:-1], str(tmp_path / "whole")) == 0
     assert without_timing(read_metrics(run_dir)) == without_timing(read_metrics(tmp_path / "whole"))
@@ -454,8 +466,20 @@ def test_the_library_refuses_to_record_a_run_of_no_epochs(tmp_path):
 def test_a_run_without_a_digest_is_damaged_and_retrained_by_experiments(digest, tmp_path, capsys):
     ratings = small_ratings(tmp_path / "small.csv")
     root = tmp_path / "exp"
-    argv = ["experiments", "--configs", "shared-0.5-0.5", "--seeds", "1", "--root", str(root), "--out",
-            str(tmp_path / "report"), "--ratings", str(ratings), *SMALL]
+    argv = [
+        "experiments",
+        "--configs",
+        "shared-0.5-0.5",
+        "--seeds",
+        "1",
+        "--root",
+        str(root),
+        "--out",
+        str(tmp_path / "report"),
+        "--ratings",
+        str(ratings),
+        *SMALL,
+    ]
     assert main(argv) == 0
     run_dir = root / "shared-0.5-0.5" / "seed-0"
     metrics = json.loads((run_dir / METRICS_FILENAME).read_text())
@@ -513,8 +537,26 @@ def test_experiments_reuse_a_finished_run_of_mtrec_0_2_0(tmp_path, monkeypatch, 
     small_ratings(tmp_path / "small.csv")
     run_dir = golden_run("f70a1e9", tmp_path / "exp" / "shared-0.5-0.5" / "seed-0")
     before = snapshot(run_dir)
-    argv = ["experiments", "--configs", "shared-0.5-0.5", "--seeds", "1", "--root", "exp", "--out", "report",
-            "--ratings", "small.csv", *SMALL, "--epochs", "1", "--embedding-dim", "4", "--device", "cpu"]
+    argv = [
+        "experiments",
+        "--configs",
+        "shared-0.5-0.5",
+        "--seeds",
+        "1",
+        "--root",
+        "exp",
+        "--out",
+        "report",
+        "--ratings",
+        "small.csv",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--embedding-dim",
+        "4",
+        "--device",
+        "cpu",
+    ]
     assert main(argv) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "0 runs trained, 1 reused, in exp" in captured.out
@@ -576,8 +618,9 @@ def test_the_readme_names_mtrec_trains_directory_and_main_py_never_trains_into_i
 
 
 def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
-    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True,
-                            env={**ENV, "COLUMNS": "200"}, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, env={**ENV, "COLUMNS": "200"}, timeout=120
+    )
     assert result.returncode == 0 and result.stderr == ""
     text = result.stdout
     assert text.startswith("usage: main.py [-h]") and "mtrec train [" not in text
@@ -586,8 +629,7 @@ def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
     assert "training epochs, at least 1 (default 200, quality preset 150;" in text
     assert "Adam learning rate (default 1e-3, quality preset 0.032;" in text
     assert "run directory (default run/shared=<..>_LF=<..>_LR=<..>;" in text
-    usage = subprocess.run([sys.executable, str(ROOT / "main.py"), "--epochs", "x"], capture_output=True, text=True,
-                           env=ENV, timeout=120)
+    usage = subprocess.run([sys.executable, str(ROOT / "main.py"), "--epochs", "x"], capture_output=True, text=True, env=ENV, timeout=120)
     assert usage.returncode == 2
     assert usage.stderr == "main.py: error: argument --epochs: expected a whole number, got 'x' (see 'main.py --help')\n"
 

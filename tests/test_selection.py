@@ -34,10 +34,8 @@ def three_way(seed=0, n=1500):
 def test_each_split_carves_its_validation_set_by_its_own_rule(ml100k):
     for spec, check in (
         (DataSpec(valid_fraction=0.05), lambda train, valid, test: len(valid) == round(0.05 * 95_000)),
-        (DataSpec(split="user", leave_k=1, valid_k=1),
-         lambda train, valid, test: np.all(np.bincount(valid.users, minlength=943) <= 1)),
-        (DataSpec(split="temporal", last_k=1, valid_k=1),
-         lambda train, valid, test: _latest_per_user(train, valid)),
+        (DataSpec(split="user", leave_k=1, valid_k=1), lambda train, valid, test: np.all(np.bincount(valid.users, minlength=943) <= 1)),
+        (DataSpec(split="temporal", last_k=1, valid_k=1), lambda train, valid, test: _latest_per_user(train, valid)),
     ):
         train, valid, test = spec.split_data(ml100k)
         assert len(train) + len(valid) + len(test) == len(ml100k)
@@ -110,7 +108,10 @@ def test_the_saved_model_and_metrics_json_hold_the_chosen_epoch(tmp_path):
     train, valid, test = three_way()
     config = RunConfig(
         model={"embedding_dim": 8, "batch_size": 64, "learning_rate": 0.05, "seed": 1},
-        data=DataSpec(valid_fraction=0.1), epochs=40, early_stopping="mse", patience=3,
+        data=DataSpec(valid_fraction=0.1),
+        epochs=40,
+        early_stopping="mse",
+        patience=3,
     )
     metrics = train_run(config, train, valid, test, tmp_path)
     selected = metrics["selected"]
@@ -157,8 +158,16 @@ def test_negatives_can_exclude_the_users_positives_and_come_several_per_pair():
 def test_every_training_option_trains_with_both_steps(step):
     train, valid, test = three_way()
     model = MultitaskModel(
-        embedding_dim=8, watch_loss="logsigmoid", negatives=3, exclude_positives=True, rating_bias=True,
-        l2_embeddings=1e-5, l2_mlp=1e-4, lr_schedule="exponential", step=step, seed=2,
+        embedding_dim=8,
+        watch_loss="logsigmoid",
+        negatives=3,
+        exclude_positives=True,
+        rating_bias=True,
+        l2_embeddings=1e-5,
+        l2_mlp=1e-4,
+        lr_schedule="exponential",
+        step=step,
+        seed=2,
     )
     model.fit(train, 3, validation=valid, test=test)
     assert model.step_ == step and np.isfinite(model.history_[-1].metrics["test_mse"])
@@ -220,9 +229,26 @@ def test_bad_values_of_the_new_options_are_one_line_errors(argv, message, tmp_pa
 
 
 def test_an_early_stopped_run_is_a_complete_run_that_experiments_reuse(tmp_path, data_dir, capsys):
-    argv = ["experiments", "--configs", "shared-0.99-0.01", "--seeds", "1", "--preset", "quality", "--epochs", "40",
-            "--patience", "1", "--root", str(tmp_path / "run"), "--out", str(tmp_path / "report"),
-            "--data-dir", str(data_dir), "--no-progress"]
+    argv = [
+        "experiments",
+        "--configs",
+        "shared-0.99-0.01",
+        "--seeds",
+        "1",
+        "--preset",
+        "quality",
+        "--epochs",
+        "40",
+        "--patience",
+        "1",
+        "--root",
+        str(tmp_path / "run"),
+        "--out",
+        str(tmp_path / "report"),
+        "--data-dir",
+        str(data_dir),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "run" / "shared-0.99-0.01" / "seed-0" / METRICS_FILENAME).read_text())
     assert metrics["completed"] and metrics["final"]["epoch"] < 40
@@ -240,8 +266,7 @@ def test_tune_searches_on_validation_and_writes_a_config_that_train_runs(tmp_pat
     rows = [f"u{u},i{i},{rng.integers(1, 6)}" for u in range(50) for i in rng.choice(60, 25, replace=False)]
     ratings.write_text("user,item,rating\n" + "\n".join(rows) + "\n")
     root = tmp_path / "tune"
-    argv = ["tune", "--trials", "3", "--root", str(root), "--ratings", str(ratings), "--epochs", "4",
-            "--batch-size", "256", "--no-progress"]
+    argv = ["tune", "--trials", "3", "--root", str(root), "--ratings", str(ratings), "--epochs", "4", "--batch-size", "256", "--no-progress"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "3 trials in the study" in out and str(root / "best" / "config.json") in out

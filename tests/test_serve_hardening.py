@@ -151,14 +151,19 @@ def test_fold_in_checks_ratings_even_when_the_model_fits_none():
         fold_in_model(model, [0, 1], [4.0])
 
 
-@pytest.mark.parametrize("text, problem", [("nan", "rating nan is not a finite number"),
-                                           ("inf", "rating inf is not a finite number"),
-                                           ("1e400", "rating inf is not a finite number"),
-                                           ("five", "rating 'five' is not a number"),
-                                           ("1e308", "rating 1e+308 is outside the model's rating scale 1..5"),
-                                           ("0", "rating 0 is outside the model's rating scale 1..5"),
-                                           ("6", "rating 6 is outside the model's rating scale 1..5"),
-                                           ("-1", "rating -1 is outside the model's rating scale 1..5")])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("nan", "rating nan is not a finite number"),
+        ("inf", "rating inf is not a finite number"),
+        ("1e400", "rating inf is not a finite number"),
+        ("five", "rating 'five' is not a number"),
+        ("1e308", "rating 1e+308 is outside the model's rating scale 1..5"),
+        ("0", "rating 0 is outside the model's rating scale 1..5"),
+        ("6", "rating 6 is outside the model's rating scale 1..5"),
+        ("-1", "rating -1 is outside the model's rating scale 1..5"),
+    ],
+)
 def test_a_history_file_with_a_bad_rating_is_a_one_line_error(run_dir, tmp_path, capsys, text, problem):
     history = tmp_path / "history.csv"
     contents = f"item,rating\n\n50,5\n181,{text}\nFargo (1996),4\n"  # a blank line: lines are counted, not entries
@@ -171,17 +176,24 @@ def test_a_history_file_with_a_bad_rating_is_a_one_line_error(run_dir, tmp_path,
 
 @pytest.mark.parametrize(
     "literal, problem",
-    [("NaN", "rating nan is not a finite number"), ("Infinity", "rating inf is not a finite number"),
-     ("-Infinity", "rating -inf is not a finite number"), ("1e400", "rating inf is not a finite number"),
-     ("1e308", "rating 1e+308 is outside the model's rating scale 1..5"), ("0", "rating 0 is outside the model's rating scale 1..5"),
-     ("6", "rating 6 is outside the model's rating scale 1..5"), ("-1", "rating -1 is outside the model's rating scale 1..5")],
+    [
+        ("NaN", "rating nan is not a finite number"),
+        ("Infinity", "rating inf is not a finite number"),
+        ("-Infinity", "rating -inf is not a finite number"),
+        ("1e400", "rating inf is not a finite number"),
+        ("1e308", "rating 1e+308 is outside the model's rating scale 1..5"),
+        ("0", "rating 0 is outside the model's rating scale 1..5"),
+        ("6", "rating 6 is outside the model's rating scale 1..5"),
+        ("-1", "rating -1 is outside the model's rating scale 1..5"),
+    ],
 )
 def test_the_service_refuses_a_bad_rating_with_the_entrys_position(client, recommender, literal, problem):
     body = '{"history": [{"item": 50, "rating": 5}, {"item": 181}, {"item": 172, "rating": 4}, {"item": 1, "rating": %s}], "k": 5}'
     response = client.post("/recommendations", content=body % literal, headers={"content-type": "application/json"})
     assert response.status_code == 422
-    assert response.json() == {"detail": [{"type": "value_error", "loc": ["body", "history", 3, "rating"],
-                                           "msg": f"history entry 4 of 4: {problem}"}]}
+    assert response.json() == {
+        "detail": [{"type": "value_error", "loc": ["body", "history", 3, "rating"], "msg": f"history entry 4 of 4: {problem}"}]
+    }
     good = client.post("/recommendations", json=history_body())
     assert good.status_code == 200 and good.json() == asdict(recommender.recommend_history(HISTORY, 5))
 
@@ -361,9 +373,14 @@ def test_a_request_the_pool_cannot_start_gives_its_place_back(monkeypatch):
     assert settled(trims, 1) == ["mtrec-pool_0"]  # a request that never started is no reason to trim
 
 
-@pytest.mark.parametrize("threads, queue, problem", [(0, 1, "pool threads must be a whole number of at least 1, got 0"),
-                                                     (1, -1, "pool queue must be a whole number of at least 0, got -1"),
-                                                     (True, 1, "pool threads must be a whole number of at least 1, got True")])
+@pytest.mark.parametrize(
+    "threads, queue, problem",
+    [
+        (0, 1, "pool threads must be a whole number of at least 1, got 0"),
+        (1, -1, "pool queue must be a whole number of at least 0, got -1"),
+        (True, 1, "pool threads must be a whole number of at least 1, got True"),
+    ],
+)
 def test_a_pool_of_no_threads_or_a_negative_queue_is_refused(tmp_path, threads, queue, problem):
     with pytest.raises(ConfigError, match=problem):
         create_app(tmp_path / "no model needed", pool_threads=threads, pool_queue=queue)

@@ -39,14 +39,26 @@ def ratings(tmp_path_factory) -> Path:
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["user", "item", "rating", "timestamp"])
-        writer.writerows(zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist(),
-                             data.ratings.astype(int).tolist(), data.timestamps.tolist()))
+        writer.writerows(
+            zip(data.user_ids[data.users].tolist(), data.item_ids[data.items].tolist(), data.ratings.astype(int).tolist(), data.timestamps.tolist())
+        )
     return path
 
 
 def training_options(ratings: Path, epochs: int = 3) -> list[str]:
-    return ["--no-progress", "--preset", "seed", "--ratings", str(ratings), "--epochs", str(epochs),
-            "--embedding-dim", "8", "--valid-fraction", "0.2"]
+    return [
+        "--no-progress",
+        "--preset",
+        "seed",
+        "--ratings",
+        str(ratings),
+        "--epochs",
+        str(epochs),
+        "--embedding-dim",
+        "8",
+        "--valid-fraction",
+        "0.2",
+    ]
 
 
 def runs_of(uri: str) -> tuple[MlflowClient, list]:
@@ -99,8 +111,7 @@ def parent_of_nested_runs(client: MlflowClient, runs: list, parent: str, childre
 def tracked_train(tmp_path_factory, ratings):
     root = tmp_path_factory.mktemp("train") / "run"
     logdir = root / "tracked"
-    code = main(["train", *training_options(ratings), "--early-stopping", "mse", "--patience", "1",
-                 "--logdir", str(logdir), "--tracker", "mlflow"])
+    code = main(["train", *training_options(ratings), "--early-stopping", "mse", "--patience", "1", "--logdir", str(logdir), "--tracker", "mlflow"])
     assert code == 0
     return root, logdir
 
@@ -119,8 +130,9 @@ def test_train_records_the_config_every_epoch_the_selected_epoch_and_the_run_fil
 
 def test_a_training_refused_before_its_first_epoch_leaves_no_run_in_the_tracker(tracked_train, ratings, capsys):
     root, logdir = tracked_train
-    code, _, err = run_cli(capsys, "train", *training_options(ratings), "--early-stopping", "mse", "--patience", "1",
-                           "--logdir", logdir, "--tracker", "mlflow")
+    code, _, err = run_cli(
+        capsys, "train", *training_options(ratings), "--early-stopping", "mse", "--patience", "1", "--logdir", logdir, "--tracker", "mlflow"
+    )
     assert code == 1 and "holds a finished run: give --force" in err
     _, runs = runs_of(default_uri(root))
     assert [run.info.status for run in runs] == ["FINISHED"]
@@ -142,8 +154,7 @@ def test_tune_records_each_trial_as_a_run_nested_under_the_study(tmp_path, ratin
     store = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     root = tmp_path / "tune"
-    code, out, _ = run_cli(capsys, "tune", *training_options(ratings, epochs=2), "--trials", "2", "--root", root,
-                           "--tracker", "mlflow")
+    code, out, _ = run_cli(capsys, "tune", *training_options(ratings, epochs=2), "--trials", "2", "--root", root, "--tracker", "mlflow")
     assert code == 0
     client, runs = runs_of(f"sqlite:///{store}")
     study = parent_of_nested_runs(client, runs, f"tune {root}", ["trial-0000", "trial-0001"], root)
@@ -159,9 +170,22 @@ def test_tune_records_each_trial_as_a_run_nested_under_the_study(tmp_path, ratin
 
 def test_experiments_record_each_trained_run_under_one_experiment_run(tmp_path, ratings, capsys):
     root = tmp_path / "run"
-    code, _, _ = run_cli(capsys, "experiments", *training_options(ratings, epochs=1), "--configs", "shared-0.5-0.5",
-                         "separate-0.5-0.5", "--seeds", "1", "--root", root, "--out", tmp_path / "report",
-                         "--tracker", "mlflow")
+    code, _, _ = run_cli(
+        capsys,
+        "experiments",
+        *training_options(ratings, epochs=1),
+        "--configs",
+        "shared-0.5-0.5",
+        "separate-0.5-0.5",
+        "--seeds",
+        "1",
+        "--root",
+        root,
+        "--out",
+        tmp_path / "report",
+        "--tracker",
+        "mlflow",
+    )
     assert code == 0
     client, runs = runs_of(default_uri(root))
     parent_of_nested_runs(client, runs, f"experiments {root}", ["shared-0.5-0.5/seed-0", "separate-0.5-0.5/seed-0"], root)
@@ -183,21 +207,25 @@ def test_an_unreachable_tracking_server_fails_before_training_in_one_line(tmp_pa
     root = tmp_path / "run"
     where = ["--logdir", root / "a"] if command == "train" else ["--root", root]
     started = time.monotonic()
-    code, out, err = run_cli(capsys, command, *training_options(ratings), *where, "--tracker", "mlflow",
-                             "--tracking-uri", uri)
+    code, out, err = run_cli(capsys, command, *training_options(ratings), *where, "--tracker", "mlflow", "--tracking-uri", uri)
     assert time.monotonic() - started < CHECK_TIMEOUT + 20
     assert code == 2 and out == ""
-    assert err == (f"mtrec {command}: error: the MLflow tracking store {uri} cannot be reached (Connection refused): "
-                   "start it, or give another --tracking-uri (or MLFLOW_TRACKING_URI)\n")
+    assert err == (
+        f"mtrec {command}: error: the MLflow tracking store {uri} cannot be reached (Connection refused): "
+        "start it, or give another --tracking-uri (or MLFLOW_TRACKING_URI)\n"
+    )
     assert not root.exists()
 
 
 def test_a_tracking_uri_mlflow_cannot_use_is_refused_in_one_line(tmp_path, ratings, capsys):
-    code, _, err = run_cli(capsys, "train", *training_options(ratings), "--logdir", tmp_path / "a",
-                           "--tracker", "mlflow", "--tracking-uri", "foo://bar")
+    code, _, err = run_cli(
+        capsys, "train", *training_options(ratings), "--logdir", tmp_path / "a", "--tracker", "mlflow", "--tracking-uri", "foo://bar"
+    )
     assert code == 2
-    assert err == ("mtrec train: error: MLflow cannot use the tracking URI 'foo://bar' (scheme 'foo'): give "
-                   "http(s)://HOST:PORT of a tracking server, sqlite:///PATH, or another store MLflow supports\n")
+    assert err == (
+        "mtrec train: error: MLflow cannot use the tracking URI 'foo://bar' (scheme 'foo'): give "
+        "http(s)://HOST:PORT of a tracking server, sqlite:///PATH, or another store MLflow supports\n"
+    )
     assert not (tmp_path / "a").exists()
 
 
@@ -233,8 +261,7 @@ def test_a_store_that_fails_mid_training_stops_tracking_with_one_warning_and_tra
     with pytest.warns(UserWarning) as caught, tracked_training(FailingStore(), config, tmp_path / "run") as callback:
         metrics = train_run(config, data, None, data, tmp_path / "run", callback=callback)
     assert [str(w.message) for w in caught] == [
-        (f"tracking run {tmp_path / 'run'} in sqlite:///gone.db stopped (disk I/O error); the run directory still "
-         "records everything")
+        (f"tracking run {tmp_path / 'run'} in sqlite:///gone.db stopped (disk I/O error); the run directory still records everything")
     ]
     assert [epoch["epoch"] for epoch in metrics["epochs"]] == [1, 2, 3]
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["completed"] is True
@@ -246,8 +273,22 @@ def test_a_store_that_fails_mid_training_stops_tracking_with_one_warning_and_tra
 
 def torchrun_train(tmp_path: Path, ratings: Path, *argv: str) -> subprocess.CompletedProcess:
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{ROOT / 'src'}"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "mtrec",
-               "train", *training_options(ratings, epochs=2), "--threads", "1", "--tracker", "mlflow", *argv]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "mtrec",
+        "train",
+        *training_options(ratings, epochs=2),
+        "--threads",
+        "1",
+        "--tracker",
+        "mlflow",
+        *argv,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300, cwd=tmp_path)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from conftest import random_interactions
 from mtrec.errors import ConfigError
 from mtrec.evaluation import Evaluator
-from mtrec.losses import Batch, JointObjective, bpr_loss, regression_loss
+from mtrec.losses import WATCH_LOSSES, Batch, JointObjective, PairwiseLoss, bpr_loss, regression_loss
 from mtrec.model import MultitaskModel
 from mtrec.network import MultitaskNet, RecommenderNetwork
 from mtrec.training import AutogradStep, FusedStep, make_step
@@ -66,20 +66,24 @@ def test_logsigmoid_is_bprs_own_loss_and_several_negatives_average_over_all_pair
     assert loss_f.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("sharing", [True, False])
+CLAIMED = FusedStep.claims()
+
+
+@pytest.mark.parametrize("sharing", CLAIMED["sharing"])
 @pytest.mark.parametrize("layer_sizes", [(24, 16), (24, 12, 6)])
-@pytest.mark.parametrize("watch_loss", ["bpr", "logsigmoid"])
+@pytest.mark.parametrize("watch_loss", CLAIMED["watch_loss"])
+@pytest.mark.parametrize("weighting", CLAIMED["weighting"])
 @pytest.mark.parametrize("negatives_per_pair", [None, 4])
-def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, negatives_per_pair):
-    objective = JointObjective(0.9, 0.1, watch_loss=watch_loss)
+def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, weighting, negatives_per_pair):
+    # Every combination the fused step claims, read from its claims: a component it adds is tested here
+    objective = JointObjective(0.9, 0.1, watch_loss=watch_loss, weighting=weighting)
     batch = random_batch(negatives_per_pair=negatives_per_pair)
     results = []
     for step_class in STEPS:
-        net = random_net(sharing, layer_sizes)
+        net = random_net(sharing == "hard", layer_sizes)
         step = step_class(net, objective, learning_rate=1e-3)
         losses = step.gradients(batch)
-        grads = {name: param.grad if step_class is AutogradStep else step.flat.grad_of(param)
-                 for name, param in net.named_parameters()}
+        grads = {name: param.grad if step_class is AutogradStep else step.flat.grad_of(param) for name, param in net.named_parameters()}
         results.append((losses, {name: grad.clone() for name, grad in grads.items()}))
     (fused_losses, fused_grads), (auto_losses, auto_grads) = results
     torch.testing.assert_close(fused_losses, auto_losses, rtol=1e-6, atol=1e-6)
@@ -183,9 +187,7 @@ def test_same_seed_gives_identical_results_bit_for_bit(step):
     data = random_interactions(num_users=50, num_items=60, n=1500, seed=5)
     test = random_interactions(num_users=50, num_items=60, n=200, seed=6)
     runs = [MultitaskModel(embedding_dim=8, batch_size=64, seed=7, step=step).fit(data, 3, test=test) for _ in range(2)]
-    assert [r.to_json() | {"seconds": 0} for r in runs[0].history_] == [
-        r.to_json() | {"seconds": 0} for r in runs[1].history_
-    ]
+    assert [r.to_json() | {"seconds": 0} for r in runs[0].history_] == [r.to_json() | {"seconds": 0} for r in runs[1].history_]
     for p0, p1 in zip(runs[0].network_.parameters(), runs[1].network_.parameters()):
         assert torch.equal(p0, p1)
     other = MultitaskModel(embedding_dim=8, batch_size=64, seed=8, step=step).fit(data, 3, test=test)
@@ -230,13 +232,56 @@ def test_auto_takes_the_fused_step_exactly_where_it_is_supported():
     assert MultitaskModel().resolved_step() == "fused" and MultitaskModel(step="autograd").resolved_step() == "autograd"
 
 
+class Hinge(PairwiseLoss):
+    """A watch loss the library does not have, defined here as a contributor would define one."""
+
+    summary = "mean(max(0, 1 - (p+ - p-)))"
+
+    def terms(self, margin):
+        return (1.0 - margin).clamp_min(0.0)
+
+
+@pytest.fixture
+def hinge(monkeypatch):
+    """``hinge`` registered for one test (the registry is restored after it)."""
+    monkeypatch.setitem(WATCH_LOSSES._members, "hinge", Hinge)
+    return Hinge
+
+
+@pytest.mark.parametrize("name", WATCH_LOSSES.names())
+def test_every_registered_watch_loss_trains_both_heads_with_the_autograd_step(name):
+    net, batch = random_net(), random_batch(negatives_per_pair=3)
+    step = AutogradStep(net, JointObjective(0.9, 0.1, watch_loss=name), learning_rate=0.05)
+    first = step(batch)
+    for _ in range(50):
+        last = step(batch)
+    assert bool(torch.isfinite(last).all()) and last[0] < first[0] and last[1] < first[1]
+
+
+def test_a_watch_loss_outside_the_fused_steps_claims_trains_with_autograd_under_auto(hinge, tmp_path):
+    objective = JointObjective(0.5, 0.5, watch_loss="hinge")
+    assert "hinge" not in FusedStep.claims()["watch_loss"] and not FusedStep.supports(random_net(), objective)
+    assert make_step("auto", random_net(), objective, 1e-3).kind == "autograd"
+    with pytest.raises(ConfigError, match="cover the watch loss bpr, logsigmoid, not hinge"):
+        make_step("fused", random_net(), objective, 1e-3)
+    data = random_interactions(num_users=30, num_items=40, n=600, seed=9)
+    model = MultitaskModel(watch_loss="hinge", learning_rate=0.05, seed=0).fit(data, 2)
+    assert model.resolved_step() == "autograd" and len(model.history_) == 2 and model.history_[-1].train_bpr < model.history_[0].train_bpr
+
+
+def test_an_unknown_watch_loss_is_refused_naming_the_registered_ones(hinge):
+    with pytest.raises(ConfigError, match="unknown watch loss 'softmax'; use one of bpr, logsigmoid, hinge$"):
+        JointObjective(0.5, 0.5, watch_loss="softmax")
+    with pytest.raises(ConfigError, match="unknown watch loss 'softmax'; use one of bpr, logsigmoid, hinge$"):
+        MultitaskModel(watch_loss="softmax").fit(random_interactions(num_users=5, num_items=5, n=20, seed=0), 1)
+
+
 def test_the_autograd_step_trains_a_network_the_fused_step_does_not_know():
     data = random_interactions(num_users=30, num_items=40, n=600, seed=9)
     net = DotProductNet(30, 40)
     step = AutogradStep(net, JointObjective(0.5, 0.5), learning_rate=0.05)
     users, items = torch.as_tensor(data.users).long(), torch.as_tensor(data.items).long()
-    batch = Batch(users, items, torch.randint(0, 40, (len(users),), generator=torch.Generator().manual_seed(0)),
-                  torch.as_tensor(data.ratings))
+    batch = Batch(users, items, torch.randint(0, 40, (len(users),), generator=torch.Generator().manual_seed(0)), torch.as_tensor(data.ratings))
     first = step(batch)
     for _ in range(100):
         last = step(batch)

@@ -155,8 +155,7 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise ModelFileError(f"{target} is not an mtrec model file")
     if metadata.get("format_version") != str(FORMAT_VERSION):
         raise ModelFileError(
-            f"{target} is model format version {metadata.get('format_version')}; this mtrec "
-            f"({__version__}) reads version {FORMAT_VERSION}"
+            f"{target} is model format version {metadata.get('format_version')}; this mtrec ({__version__}) reads version {FORMAT_VERSION}"
         )
     expected = metadata.pop("sha256", None)
     if expected != _digest(tensors, metadata):
@@ -218,8 +217,7 @@ def _check_memory(target: Path, declared: int) -> None:
     available = available_memory()
     if available is not None and declared > available:
         raise ModelFileError(
-            f"{target}: its header declares {declared:,} bytes of tensors, more than the {available:,} bytes "
-            "of memory available on this machine now"
+            f"{target}: its header declares {declared:,} bytes of tensors, more than the {available:,} bytes of memory available on this machine now"
         )
 
 
@@ -266,8 +264,7 @@ def _span(name: str, entry: Any) -> tuple[int, int]:
     begin, end = offsets
     if end - begin != math.prod(shape) * DTYPE_BYTES[dtype]:
         raise ValueError(
-            f"tensor {name}: {dtype} of shape {tuple(shape)} is {math.prod(shape) * DTYPE_BYTES[dtype]:,} bytes, "
-            f"but its span is {end - begin:,}"
+            f"tensor {name}: {dtype} of shape {tuple(shape)} is {math.prod(shape) * DTYPE_BYTES[dtype]:,} bytes, but its span is {end - begin:,}"
         )
     return begin, end
 

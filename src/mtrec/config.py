@@ -153,9 +153,7 @@ class RunConfig:
         if self.early_stopping is not None:
             check_early_stopping(self.early_stopping, self.patience, self.k)
         if self.early_stopping is not None and not self.data.has_validation:
-            raise ConfigError(
-                f"--early-stopping {self.early_stopping} needs a validation set: give --valid-fraction (or --valid-k)"
-            )
+            raise ConfigError(f"--early-stopping {self.early_stopping} needs a validation set: give --valid-fraction (or --valid-k)")
         return self
 
     @classmethod
@@ -314,9 +312,7 @@ _SPLIT = tuple(f.name for f in dataclasses.fields(DataSpec) if f.name not in (*_
 #: Model settings of earlier formats that :class:`RunConfig` still reads: ``embedding_sharing``, the
 #: sharing as mtrec 0.1 and 0.2.0 (before ``sharing``) named it.
 _LEGACY_MODEL = {"embedding_sharing": (bool, None)}
-ModelSchema = _section(
-    "ModelSchema", MultitaskModel.__init__, [n for n in model_defaults() if n not in SPEED_ONLY], **_LEGACY_MODEL
-)
+ModelSchema = _section("ModelSchema", MultitaskModel.__init__, [n for n in model_defaults() if n not in SPEED_ONLY], **_LEGACY_MODEL)
 SpeedSchema = _section("SpeedSchema", MultitaskModel.__init__, SPEED_ONLY)
 SourceSchema = _section("SourceSchema", DataSpec, _SOURCE)
 SplitSchema = _section("SplitSchema", DataSpec, _SPLIT, method=(str, None))

@@ -26,8 +26,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import replace
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ import torch
 from mtrec.data.interactions import Interactions, check_same_ids, same_id_maps
 from mtrec.errors import ConfigError, DataError
 from mtrec.fitted import FittedModel
+from mtrec.registry import Registry
 
 #: Bytes of scores one block of users may occupy while ranking.
 SCORE_BLOCK_BYTES = 256 * 2**20
@@ -44,9 +45,118 @@ COMPARE_CHUNK_BYTES = 4 * 2**20
 PREDICT_BATCH = 2**16
 
 RATING_METRICS = ("mse", "rmse", "mae")
-#: Ranking metrics; all but ``mrr`` are cut off at k and named ``<metric>@<k>``.
-RANKING_METRICS = ("mrr", "ndcg", "recall", "hr", "map")
-METRICS = RATING_METRICS + RANKING_METRICS
+
+
+class RankedPairs:
+    """What a ranking metric reads: the rank of every held-out pair (user-sorted, ties averaged) and
+    per-user reductions over them (over every process's users in a distributed run).
+
+    Parameters
+    ----------
+    ranks:
+        float64, one per held-out pair, in the evaluator's user-sorted order.
+    evaluator:
+        The :class:`Evaluator` that ranked them.
+    """
+
+    def __init__(self, ranks: torch.Tensor, evaluator: Evaluator) -> None:
+        self.ranks, self._evaluator = ranks, evaluator
+        #: The number of held-out items of each user.
+        self.counts = evaluator._counts_t
+
+    def hits(self, k: int) -> torch.Tensor:
+        """1.0 for each pair ranked within the top ``k``, else 0.0."""
+        return (self.ranks <= k).double()
+
+    def per_user_mean(self, values: torch.Tensor, per_user_denominator: torch.Tensor) -> float:
+        """Mean over users with held-out items of (the sum of their pairs' ``values``) / denominator."""
+        return self._evaluator._per_user_mean(values, per_user_denominator)
+
+    def share_of_users_with_any(self, values: torch.Tensor) -> float:
+        """The share of users with held-out items whose pairs' ``values`` sum to more than 0."""
+        per_user = self._evaluator._per_user_sums(values)
+        return float((per_user[self._evaluator._has_tests] > 0).double().mean())
+
+    @functools.cached_property
+    def discount(self) -> torch.Tensor:
+        """1 / log2(1 + rank) of each pair."""
+        return 1.0 / torch.log2(self.ranks + 1.0)
+
+    def ideal_dcg(self, k: int) -> torch.Tensor:
+        """Per user, Σ_{i ≤ min(n, k)} 1 / log2(1 + i) for n held-out items (1 where n = 0)."""
+        return _ideal_dcg(self._evaluator._counts, k).to(self.ranks.device)
+
+    @functools.cached_property
+    def at_or_above(self) -> torch.Tensor:
+        """For each pair, how many of its user's held-out items rank at or above it."""
+        evaluator = self._evaluator
+        key = evaluator._sorted_test_users.astype(np.float64) * (evaluator.num_items + 2) + self.ranks.cpu().numpy()
+        counted = np.searchsorted(np.sort(key), key, side="right") - evaluator.test_indptr[evaluator._sorted_test_users]
+        return torch.as_tensor(counted, dtype=torch.float64, device=self.ranks.device)
+
+
+MetricFunction = Callable[[RankedPairs, "int | None"], float]
+
+
+@dataclass(frozen=True)
+class RankingMetric:
+    """A ranking metric: ``compute(pairs, k)`` over the :class:`RankedPairs` (``k`` None when it is
+    not ``cut_off``; one that is is named ``<name>@<k>``, once per cut-off)."""
+
+    compute: MetricFunction
+    cut_off: bool = True
+
+
+#: The ranking metrics by name, in the order they are recorded (:mod:`mtrec.registry`).
+RANKING_METRICS: Registry[RankingMetric] = Registry("metric")
+
+
+def ranking_metric(name: str, cut_off: bool = True) -> Callable[[MetricFunction], MetricFunction]:
+    """A decorator registering a function of (:class:`RankedPairs`, k) as the ranking metric ``name``."""
+
+    def add(compute: MetricFunction) -> MetricFunction:
+        RANKING_METRICS.register(name)(RankingMetric(compute, cut_off))
+        return compute
+
+    return add
+
+
+@ranking_metric("mrr", cut_off=False)
+def mrr(pairs: RankedPairs, k: None) -> float:
+    """The mean over the user's held-out items of 1 / rank."""
+    return pairs.per_user_mean(1.0 / pairs.ranks, pairs.counts)
+
+
+@ranking_metric("ndcg")
+def ndcg(pairs: RankedPairs, k: int) -> float:
+    """Σ 1 / log2(1 + rank) over held-out items with rank ≤ k, divided by its ideal."""
+    return pairs.per_user_mean(pairs.hits(k) * pairs.discount, pairs.ideal_dcg(k))
+
+
+@ranking_metric("recall")
+def recall(pairs: RankedPairs, k: int) -> float:
+    """The share of the user's held-out items with rank ≤ k."""
+    return pairs.per_user_mean(pairs.hits(k), pairs.counts)
+
+
+@ranking_metric("hr")
+def hit_rate(pairs: RankedPairs, k: int) -> float:
+    """1 if any held-out item has rank ≤ k."""
+    return pairs.share_of_users_with_any(pairs.hits(k))
+
+
+@ranking_metric("map")
+def average_precision(pairs: RankedPairs, k: int) -> float:
+    """The mean, over min(n, k), of the precision at each held-out item with rank ≤ k."""
+    return pairs.per_user_mean(pairs.hits(k) * pairs.at_or_above / pairs.ranks, pairs.counts.clamp(max=k))
+
+
+def all_metrics() -> tuple[str, ...]:
+    """Every metric that can be asked for: the rating errors, then the registered ranking metrics."""
+    return RATING_METRICS + RANKING_METRICS.names()
+
+
+METRICS = all_metrics()
 DEFAULT_METRICS = METRICS
 DEFAULT_K = (10,)
 #: Whether a lower value of the metric is better.
@@ -63,18 +173,19 @@ def metric_names(metrics: Sequence[str] = DEFAULT_METRICS, k: Sequence[int] = DE
     ConfigError
         For an unknown metric or a k that is not a positive whole number.
     """
-    unknown = [m for m in metrics if m not in METRICS]
+    known = all_metrics()
+    unknown = [m for m in metrics if m not in known]
     if unknown:
-        raise ConfigError(f"unknown metric {', '.join(map(repr, unknown))}; use some of {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric {', '.join(map(repr, unknown))}; use some of {', '.join(known)}")
     if not metrics:
-        raise ConfigError(f"no metric to compute; use some of {', '.join(METRICS)}")
+        raise ConfigError(f"no metric to compute; use some of {', '.join(known)}")
     cutoffs = list(k)
     if not cutoffs or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c <= 0 for c in cutoffs):
         raise ConfigError(f"k must be positive whole numbers (the cut-offs of ndcg, recall, hr, map), got {cutoffs}")
     names = []
-    for metric in METRICS:
+    for metric in known:
         if metric in metrics:
-            if metric in RATING_METRICS or metric == "mrr":
+            if metric in RATING_METRICS or not RANKING_METRICS[metric].cut_off:
                 names.append(metric)
             else:
                 names += [f"{metric}@{c}" for c in dict.fromkeys(cutoffs)]
@@ -146,9 +257,7 @@ class Evaluator:
         self.train_users, self.train_items, self.train_indptr = _sorted_pairs(train, self.device)
         self._pair_users = torch.as_tensor(test.users.astype(np.int64), device=self.device)
         self._pair_items = torch.as_tensor(test.items.astype(np.int64), device=self.device)
-        self._ratings = (
-            None if test.ratings is None else torch.as_tensor(test.ratings, dtype=torch.float32, device=self.device)
-        )
+        self._ratings = None if test.ratings is None else torch.as_tensor(test.ratings, dtype=torch.float32, device=self.device)
         self._counts = np.diff(self.test_indptr)
         self._counts_t = torch.as_tensor(self._counts, device=self.device)
         self._has_tests = self._counts_t > 0
@@ -234,33 +343,12 @@ class Evaluator:
         names = [n for n in (self.names if names is None else names) if n.split("@")[0] in RANKING_METRICS]
         if not names:
             return {}
-        ranks = self.ranks(net).double()
-        counts = self._counts_t
+        pairs = RankedPairs(self.ranks(net).double(), self)
         results = {}
-        if "mrr" in names:
-            results["mrr"] = self._per_user_mean(1.0 / ranks, counts)
-        cut_names = [n for n in names if "@" in n]
-        if cut_names:
-            ranks_np = ranks.cpu().numpy()
-            # For map@k: how many of the user's held-out items rank at or above each one.
-            key = self._sorted_test_users.astype(np.float64) * (self.num_items + 2) + ranks_np
-            at_or_above = np.searchsorted(np.sort(key), key, side="right") - self.test_indptr[self._sorted_test_users]
-            at_or_above = torch.as_tensor(at_or_above, dtype=torch.float64, device=self.device)
-            discount = 1.0 / torch.log2(ranks + 1.0)
-            for name in cut_names:
-                metric, cutoff = name.split("@")
-                k = int(cutoff)
-                hit = (ranks <= k).double()
-                if metric == "hr":
-                    per_user = self._per_user_sums(hit)
-                    results[name] = float((per_user[self._has_tests] > 0).double().mean())
-                elif metric == "recall":
-                    results[name] = self._per_user_mean(hit, counts)
-                elif metric == "ndcg":
-                    results[name] = self._per_user_mean(hit * discount, _ideal_dcg(self._counts, k).to(self.device))
-                else:  # map
-                    results[name] = self._per_user_mean(hit * at_or_above / ranks, counts.clamp(max=k))
-        return {name: results[name] for name in names}
+        for name in names:
+            metric, _, cutoff = name.partition("@")
+            results[name] = RANKING_METRICS[metric].compute(pairs, int(cutoff) if cutoff else None)
+        return results
 
     def evaluate(self, net) -> dict[str, float]:
         """Every metric this evaluator computes, by name (``"mse"``, ``"ndcg@10"``...)."""

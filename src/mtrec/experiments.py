@@ -106,9 +106,7 @@ def sweep_configurations(step: float = 0.1) -> list[Configuration]:
     count = math.floor(1 / step + 1e-9)
     # Rounded so that 0.1 * 3 is named 0.3, not 0.30000000000000004.
     weights = sorted({round(i * step, 10) for i in range(count + 1)} | {1.0})
-    return [
-        Configuration(sharing, weight, round(1 - weight, 10)) for sharing in ("hard", "separate") for weight in weights
-    ]
+    return [Configuration(sharing, weight, round(1 - weight, 10)) for sharing in ("hard", "separate") for weight in weights]
 
 
 def study_configurations() -> list[Configuration]:
@@ -131,9 +129,7 @@ class PlannedRun:
     path: Path
 
 
-def plan_runs(
-    configurations: Sequence[Configuration], seeds: int, root: str | Path, first_seed: int = 0
-) -> list[PlannedRun]:
+def plan_runs(configurations: Sequence[Configuration], seeds: int, root: str | Path, first_seed: int = 0) -> list[PlannedRun]:
     """Every run under ``root``: seeds ``first_seed`` onwards, seed by seed, so early seeds finish first."""
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds must be a positive whole number, got {seeds!r}")

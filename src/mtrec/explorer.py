@@ -117,8 +117,12 @@ class Explorer:
         predictions = recommender.predict([(self._user_ids[index], self._item_ids[i]) for i in rated[best].tolist()])
         rows = [
             RatedItem(
-                **_fields(self._ranked(rank, int(rated[b]))), watch_score=prediction.watch_score, p=prediction.p,
-                rating=prediction.rating, rating_raw=prediction.rating_raw, given=None if np.isnan(given[b]) else float(given[b]),
+                **_fields(self._ranked(rank, int(rated[b]))),
+                watch_score=prediction.watch_score,
+                p=prediction.p,
+                rating=prediction.rating,
+                rating_raw=prediction.rating_raw,
+                given=None if np.isnan(given[b]) else float(given[b]),
             )
             for rank, (b, prediction) in enumerate(zip(best.tolist(), predictions), start=1)
         ]
@@ -156,14 +160,22 @@ class Explorer:
         predicted = predicted.float().clamp(low, high)
         counts = torch.histc(predicted, bins=bins, min=low, max=high)
         return RatingDistribution(
-            item=self._item_ids[index], title=self._titles[index], users=len(users), mean=float(predicted.mean()),
-            edges=np.linspace(low, high, bins + 1).tolist(), counts=[int(c) for c in counts.tolist()],
+            item=self._item_ids[index],
+            title=self._titles[index],
+            users=len(users),
+            mean=float(predicted.mean()),
+            edges=np.linspace(low, high, bins + 1).tolist(),
+            counts=[int(c) for c in counts.tolist()],
         )
 
     def _ranked(self, rank: int, index: int) -> RankedItem:
         return RankedItem(
-            rank=rank, item=self._item_ids[index], title=self._titles[index], year=self._years[index],
-            genres=self._genres[index], num_ratings=int(self._popularity[index]),
+            rank=rank,
+            item=self._item_ids[index],
+            title=self._titles[index],
+            year=self._years[index],
+            genres=self._genres[index],
+            num_ratings=int(self._popularity[index]),
         )
 
 

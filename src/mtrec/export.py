@@ -77,8 +77,10 @@ OPSET, IR_VERSION = 17, 8
 #: The tables each side of the model gives (see the module's docstring).
 TABLES = ("watch_vectors", "watch_biases", "rating_vectors", "rating_biases")
 WATCH_SCORE = "p = sum(user.watch_vectors * item.watch_vectors, axis=1) + user.watch_biases + item.watch_biases"
-RATING = ("r_hat = rating_head(user_vectors=user.rating_vectors, item_vectors=item.rating_vectors, "
-          "user_biases=user.rating_biases, item_biases=item.rating_biases); clip to rating_scale for display")
+RATING = (
+    "r_hat = rating_head(user_vectors=user.rating_vectors, item_vectors=item.rating_vectors, "
+    "user_biases=user.rating_biases, item_biases=item.rating_biases); clip to rating_scale for display"
+)
 PARQUET_WATCH_SCORE = "p = dot(user.vector, item.vector) + user.bias + item.bias"
 
 Writer = Callable[[MultitaskModel, Path], dict[str, Any]]
@@ -110,10 +112,7 @@ def head_tables(network: MultitaskNet) -> dict[str, dict[str, np.ndarray]]:
         "user": (network.watch_users(users), network.user_biases.weight[:, 0], rating_users, rating_biases[0]),
         "item": (network.item_vectors(), network.item_biases.weight[:, 0], rating_items, rating_biases[1]),
     }
-    return {
-        side: {name: value.detach().float().cpu().numpy() for name, value in zip(TABLES, values)}
-        for side, values in tables.items()
-    }
+    return {side: {name: value.detach().float().cpu().numpy() for name, value in zip(TABLES, values)} for side, values in tables.items()}
 
 
 def _ids(ids: np.ndarray) -> list:
@@ -173,8 +172,7 @@ def rating_head_graph(onnx, network: MultitaskNet):
     :class:`ConfigError` for a layer other than Linear and ReLU."""
     unknown = [type(layer).__name__ for layer in network.rating_mlp if not isinstance(layer, (nn.Linear, nn.ReLU))]
     if unknown:
-        raise ConfigError(f"the rating head holds a {unknown[0]} layer, which the ONNX export does not know "
-                          "(it exports Linear and ReLU layers)")
+        raise ConfigError(f"the rating head holds a {unknown[0]} layer, which the ONNX export does not know (it exports Linear and ReLU layers)")
     helper, d = onnx.helper, network.user_embeddings.embedding_dim
     float_ = onnx.TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info(name, float_, ["batch", d]) for name in ("user_vectors", "item_vectors")]
@@ -188,8 +186,7 @@ def rating_head_graph(onnx, network: MultitaskNet):
         name = f"layer_{number}"
         if isinstance(layer, nn.Linear):
             weight, bias = (p.detach().float().cpu().numpy() for p in (layer.weight, layer.bias))
-            initializers += [onnx.numpy_helper.from_array(weight, f"{name}_weight"),
-                             onnx.numpy_helper.from_array(bias, f"{name}_bias")]
+            initializers += [onnx.numpy_helper.from_array(weight, f"{name}_weight"), onnx.numpy_helper.from_array(bias, f"{name}_bias")]
             nodes.append(helper.make_node("Gemm", [current, f"{name}_weight", f"{name}_bias"], [name], transB=1))
         else:
             nodes.append(helper.make_node("Relu", [current], [name]))
@@ -209,8 +206,7 @@ def write_onnx(model: MultitaskModel, folder: Path) -> dict[str, Any]:
     network = export_network(model)
     facts = _facts(model, network)
     tables = head_tables(network)
-    graphs = {"user_encoder": encoder_graph(onnx, "user", tables["user"]),
-              "item_encoder": encoder_graph(onnx, "item", tables["item"])}
+    graphs = {"user_encoder": encoder_graph(onnx, "user", tables["user"]), "item_encoder": encoder_graph(onnx, "item", tables["item"])}
     if facts["has_ratings"]:
         graphs["rating_head"] = rating_head_graph(onnx, network)
     for name, graph in graphs.items():
@@ -220,7 +216,7 @@ def write_onnx(model: MultitaskModel, folder: Path) -> dict[str, Any]:
         **facts,
         "graphs": {name: f"{name}.onnx" for name in graphs},
         "inputs": "user_encoder: users, item_encoder: items (int64 indices, shape [batch]); rating_head: "
-                  "user_vectors, item_vectors ([batch, embedding_dim]), user_biases, item_biases ([batch])",
+        "user_vectors, item_vectors ([batch, embedding_dim]), user_biases, item_biases ([batch])",
         "outputs": {"encoders": list(TABLES), "rating_head": ["rating"]},
         "watch_score": WATCH_SCORE,
         "rating": RATING if facts["has_ratings"] else None,
@@ -234,8 +230,7 @@ def write_onnx(model: MultitaskModel, folder: Path) -> dict[str, Any]:
 
 
 def _vectors(table: np.ndarray) -> pa.FixedSizeListArray:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(table, dtype=np.float32).reshape(-1)),
-                                             table.shape[1])
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(table, dtype=np.float32).reshape(-1)), table.shape[1])
 
 
 def write_parquet(model: MultitaskModel, folder: Path) -> dict[str, Any]:
@@ -307,13 +302,10 @@ def check_target(target: str | Path, force: bool) -> None:
     if not force:
         raise ConfigError(f"{target} already exists: give --force to replace it, or choose another --to")
     if any(target.iterdir()) and not _is_export(target):
-        raise ConfigError(f"{target} holds files that are not an mtrec export, which --force never replaces: "
-                          "choose another --to")
+        raise ConfigError(f"{target} holds files that are not an mtrec export, which --force never replaces: choose another --to")
 
 
-def export_model(
-    model: MultitaskModel, to: str | Path, format: str = "onnx", force: bool = False, source: str | Path | None = None
-) -> Path:
+def export_model(model: MultitaskModel, to: str | Path, format: str = "onnx", force: bool = False, source: str | Path | None = None) -> Path:
     """Export a fitted ``model`` to the folder ``to``, atomically; returns the folder.
 
     Parameters
@@ -400,8 +392,9 @@ def verify_export(folder: str | Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise ModelFileError(f"{path} is not an mtrec export manifest")
     if manifest.get("format_version") != MANIFEST_VERSION:
-        raise ModelFileError(f"{path} is export format version {manifest.get('format_version')}; this mtrec "
-                             f"({__version__}) reads version {MANIFEST_VERSION}")
+        raise ModelFileError(
+            f"{path} is export format version {manifest.get('format_version')}; this mtrec ({__version__}) reads version {MANIFEST_VERSION}"
+        )
     recorded = manifest.get("files")
     if not isinstance(recorded, dict):
         raise ModelFileError(f"{path} records no files")

@@ -117,9 +117,7 @@ def history_table(history: list[EpochRecord]) -> pa.Table:
     records = [record.to_json() for record in history]
     # An empty history still has the columns every record has.
     names = dict.fromkeys(name for record in records or [EpochRecord(0, 0.0, 0.0, 0.0).to_json()] for name in record)
-    return pa.table(
-        {name: pa.array([row.get(name) for row in records], pa.int64() if name == "epoch" else pa.float64()) for name in names}
-    )
+    return pa.table({name: pa.array([row.get(name) for row in records], pa.int64() if name == "epoch" else pa.float64()) for name in names})
 
 
 @dataclass
@@ -168,9 +166,7 @@ class FittedModel(Protocol):
     history_: list[EpochRecord]
 
 
-def summarize(
-    history: list[EpochRecord], selected_epoch: int | None = None, selection: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def summarize(history: list[EpochRecord], selected_epoch: int | None = None, selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary metrics.json and ``GET /model`` give of a training history.
 
     ``final`` is the last epoch; ``selected`` the epoch whose weights the model keeps

@@ -176,4 +176,3 @@ def fold_in_model(model, items: Sequence[int], ratings: Sequence[float | None] |
         model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"],
         seed=model.seed, rating_scale=model.data_.rating_scale,
     )  # fmt: skip
-

@@ -3,9 +3,10 @@
 A batch holds positive (user, item) pairs, one or more sampled negative items per pair and,
 where the data has them, the observed ratings. The two task losses are
 
-* L_F, the watch loss, on the likelihood head's scores of positives p⁺ and negatives p⁻:
-  ``bpr`` (the seed's) is mean(1 − σ(p⁺ − p⁻)); ``logsigmoid`` is BPR's own
-  mean(−log σ(p⁺ − p⁻)), whose gradient does not vanish for badly ordered pairs;
+* L_F, the watch loss (a :class:`WatchLoss` of the registry :data:`WATCH_LOSSES`), on the
+  likelihood head's scores of positives p⁺ and negatives p⁻: ``bpr`` (the seed's) is
+  mean(1 − σ(p⁺ − p⁻)); ``logsigmoid`` is BPR's own mean(−log σ(p⁺ − p⁻)), whose gradient does
+  not vanish for badly ordered pairs;
 * L_R, the rating loss, on the rating head's r̂ and the observed r: mean((r̂ − r)²);
 
 and :class:`JointObjective` joins them as λF·L_F + λR·L_R. :class:`mtrec.training.AutogradStep`
@@ -16,15 +17,15 @@ same gradients by hand for the objectives and networks it supports.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from mtrec.errors import ConfigError
+from mtrec.registry import Registry
 from mtrec.weighting import make_weighting
 
-#: The watch losses, by name.
-WATCH_LOSSES = ("bpr", "logsigmoid")
 #: Largest loss weight accepted: beyond it Adam's first steps are already dominated by the
 #: weight's scale and a float32 loss can overflow. The weights are used as given, not normalised.
 MAX_LOSS_WEIGHT = 1000.0
@@ -62,21 +63,74 @@ class Batch:
         return len(self.users) if self.count is None else self.count
 
 
+class WatchLoss:
+    """L_F of a batch: how the likelihood head's scores of the watched items should beat the rest.
+
+    A watch loss is registered in :data:`WATCH_LOSSES` under its name; the objective calls it on
+    the network and the batch, and it returns L_F averaged over ``batch.denominator`` positive
+    pairs (so that in distributed training the ranks' gradients sum to the global mean's).
+    ``summary`` says what it is in a line (``--watch-loss``'s help is made of them).
+    """
+
+    summary: ClassVar[str] = ""
+
+    def __call__(self, network, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+
+#: The watch losses by name: ``--watch-loss``'s choices, the tuner's, and the tests' (:mod:`mtrec.registry`).
+WATCH_LOSSES: Registry[type[WatchLoss]] = Registry("watch loss")
+
+
+class PairwiseLoss(WatchLoss):
+    """A watch loss of the margins p⁺ − p⁻ of each positive over its sampled negatives, averaged over
+    the pairs: a subclass gives the per-pair term of a margin (:meth:`terms`)."""
+
+    def terms(self, margin: torch.Tensor) -> torch.Tensor:
+        """The loss of each margin p⁺ − p⁻ (any shape)."""
+        raise NotImplementedError
+
+    def __call__(self, network, batch: Batch) -> torch.Tensor:
+        users, negatives = batch.users, batch.negatives
+        p_pos = network.watch_score(users, batch.positives)
+        if negatives.dim() == 1:
+            margin = p_pos - network.watch_score(users, negatives)
+        else:
+            k = negatives.shape[1]
+            p_neg = network.watch_score(users.repeat_interleave(k), negatives.reshape(-1)).view(-1, k)
+            margin = p_pos.unsqueeze(1) - p_neg
+        per_pair = 1 if negatives.dim() == 1 else negatives.shape[1]  # from the shape: a share may be empty
+        return self.terms(margin).sum() / (batch.denominator * per_pair)
+
+
+@WATCH_LOSSES.register("bpr")
+class BPR(PairwiseLoss):
+    """The seed's mean(1 − σ(p⁺ − p⁻)): pushes a watched item's score above an unwatched one's."""
+
+    summary = "mean(1 - sigmoid(p+ - p-)) (the seed's, default)"
+
+    def terms(self, margin: torch.Tensor) -> torch.Tensor:
+        return 1.0 - torch.sigmoid(margin)
+
+
+@WATCH_LOSSES.register("logsigmoid")
+class LogSigmoid(PairwiseLoss):
+    """BPR's own mean(−log σ(p⁺ − p⁻)), whose gradient does not vanish for badly ordered pairs."""
+
+    summary = "mean(-log sigmoid(p+ - p-))"
+
+    def terms(self, margin: torch.Tensor) -> torch.Tensor:
+        return -F.logsigmoid(margin)
+
+
 def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
     """L_F = mean(1 - sigmoid(p+ - p-)): pushes a watched item's score above an unwatched one's."""
-    return (1.0 - torch.sigmoid(positive - negative)).mean()
+    return BPR().terms(positive - negative).mean()
 
 
 def regression_loss(predicted: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """L_R = mean((r_hat - r)^2)."""
     return torch.mean((predicted - observed) ** 2)
-
-
-def _watch_terms(margin: torch.Tensor, watch_loss: str) -> torch.Tensor:
-    """The per-pair watch loss of p⁺ − p⁻."""
-    if watch_loss == "bpr":
-        return 1.0 - torch.sigmoid(margin)
-    return -F.logsigmoid(margin)
 
 
 def check_weights(factorization_weight: float, regression_weight: float) -> None:
@@ -98,7 +152,8 @@ class JointObjective:
     factorization_weight, regression_weight:
         λF and λR, each in [0, :data:`MAX_LOSS_WEIGHT`], not both 0.
     watch_loss:
-        ``"bpr"`` (mean(1 − σ(p⁺ − p⁻)), the seed's) or ``"logsigmoid"`` (mean(−log σ(p⁺ − p⁻))).
+        The name of a registered :class:`WatchLoss` (:data:`WATCH_LOSSES`): ``"bpr"``
+        (mean(1 − σ(p⁺ − p⁻)), the seed's) or ``"logsigmoid"`` (mean(−log σ(p⁺ − p⁻))).
     weighting:
         How the two losses become one update (:mod:`mtrec.weighting`): ``"fixed"`` (the λs),
         ``"uncertainty"``, ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"``.
@@ -115,30 +170,19 @@ class JointObjective:
         gradnorm_alpha: float = 1.5,
     ):
         check_weights(factorization_weight, regression_weight)
-        if watch_loss not in WATCH_LOSSES:
-            raise ConfigError(f"unknown watch loss {watch_loss!r}; use one of {', '.join(WATCH_LOSSES)}")
         self.factorization_weight = float(factorization_weight)
         self.regression_weight = float(regression_weight)
         self.watch_loss = watch_loss
+        self.watch = WATCH_LOSSES[watch_loss]()
+        self.weighting_name = weighting
         self.weighting = make_weighting(weighting, factorization_weight, regression_weight, gradnorm_alpha)
 
     def task_losses(self, network, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """``(L_F, L_R)`` of ``network`` on ``batch``; L_R is 0 for a batch without ratings."""
-        users, negatives = batch.users, batch.negatives
-        p_pos = network.watch_score(users, batch.positives)
-        if negatives.dim() == 1:
-            p_neg = network.watch_score(users, negatives)
-            margin = p_pos - p_neg
-        else:
-            k = negatives.shape[1]
-            p_neg = network.watch_score(users.repeat_interleave(k), negatives.reshape(-1)).view(-1, k)
-            margin = p_pos.unsqueeze(1) - p_neg
-        terms = _watch_terms(margin, self.watch_loss)
-        per_pair = 1 if negatives.dim() == 1 else negatives.shape[1]  # from the shape: a share may be empty
-        loss_f = terms.sum() / (batch.denominator * per_pair)
+        loss_f = self.watch(network, batch)
         if batch.ratings is None:
             return loss_f, torch.zeros((), device=loss_f.device)
-        error = network.rating(users, batch.positives) - batch.ratings
+        error = network.rating(batch.users, batch.positives) - batch.ratings
         return loss_f, error.square().sum() / batch.denominator
 
     def combine(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> torch.Tensor:

@@ -232,14 +232,12 @@ class MultitaskModel:
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not np.isfinite(value) or value < 0):
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
-        if self.lr_schedule not in SCHEDULES:
-            raise ConfigError(f"unknown learning-rate schedule {self.lr_schedule!r}; use one of {', '.join(SCHEDULES)}")
+        SCHEDULES.check(self.lr_schedule)
         if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma <= 1:
             raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
         if not _is_whole(self.lr_step) or self.lr_step < 1:
             raise ConfigError(f"lr_step must be a positive whole number of epochs, got {self.lr_step!r}")
-        if self.watch_loss not in WATCH_LOSSES:
-            raise ConfigError(f"unknown watch loss {self.watch_loss!r}; use one of {', '.join(WATCH_LOSSES)}")
+        WATCH_LOSSES.check(self.watch_loss)
         if not _is_whole(self.negatives) or not 1 <= self.negatives <= MAX_NEGATIVES:
             raise ConfigError(f"negatives must be a whole number from 1 to {MAX_NEGATIVES}, got {self.negatives!r}")
         for name in ("exclude_positives", "rating_bias"):
@@ -247,8 +245,7 @@ class MultitaskModel:
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.sharing not in SHARINGS:
             raise ConfigError(f"unknown sharing {self.sharing!r}; use one of {', '.join(SHARINGS)}")
-        if self.weighting not in WEIGHTINGS:
-            raise ConfigError(f"unknown weighting {self.weighting!r}; use one of {', '.join(WEIGHTINGS)}")
+        WEIGHTINGS.check(self.weighting)
         if not _is_number(self.gradnorm_alpha) or not 0 <= self.gradnorm_alpha <= 10:
             raise ConfigError(f"gradnorm_alpha must be a number from 0 to 10, got {self.gradnorm_alpha!r}")
         if not _is_number(self.cross_stitch_init) or not 0 <= self.cross_stitch_init <= 1:
@@ -271,9 +268,7 @@ class MultitaskModel:
 
     def objective(self) -> JointObjective:
         """The training objective these hyper-parameters define."""
-        return JointObjective(
-            self.factorization_weight, self.regression_weight, self.watch_loss, self.weighting, self.gradnorm_alpha
-        )
+        return JointObjective(self.factorization_weight, self.regression_weight, self.watch_loss, self.weighting, self.gradnorm_alpha)
 
     def weight_decay(self) -> dict[str, float]:
         """Adam's weight decay per parameter group."""
@@ -344,9 +339,7 @@ class MultitaskModel:
         device = resolve_device(self.device)
         check_memory(self.memory_needed(train.num_users, train.num_items), device)
         if not train.has_ratings and self.regression_weight > 0:
-            raise ConfigError(
-                "the data has no ratings, so the rating head cannot train: set regression_weight to 0"
-            )
+            raise ConfigError("the data has no ratings, so the rating head cannot train: set regression_weight to 0")
         for other in (test, validation):
             if other is not None:
                 check_same_ids(train, other)
@@ -435,9 +428,7 @@ class MultitaskModel:
                 metric, _, cutoff = early_stopping.partition("@")
                 wanted.append(metric)
                 valid_k += [int(cutoff)] if cutoff else []
-            evaluators["valid"] = Evaluator(
-                validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)), distributed
-            )
+            evaluators["valid"] = Evaluator(validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)), distributed)
             if early_stopping is not None:
                 stopping = EarlyStopping(early_stopping, patience, reference_metrics(train, evaluators["valid"]))
         if test is not None:
@@ -462,11 +453,15 @@ class MultitaskModel:
             self.history_ = trainer.run()
         last = self.history_[-1].epoch if self.history_ else None
         self.selected_epoch_ = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
-        self.selection_ = {} if stopping is None else {
-            "criterion": early_stopping,
-            "score": stopping.best_score,
-            **{f"reference_{k}": v for k, v in stopping.reference.items()},
-        }
+        self.selection_ = (
+            {}
+            if stopping is None
+            else {
+                "criterion": early_stopping,
+                "score": stopping.best_score,
+                **{f"reference_{k}": v for k, v in stopping.reference.items()},
+            }
+        )
         return self
 
     @torch.no_grad()
@@ -582,9 +577,7 @@ def reference_metrics(train: Interactions, validation: Evaluator) -> dict[str, f
     return {"mse": reference.get("mse", float("nan")), "mrr": reference["mrr"]}
 
 
-def scaled_learning_rate(
-    batch_size: int, base_rate: float = 1e-3, base_batch: int = 256, max_batch: int = 16384
-) -> float:
+def scaled_learning_rate(batch_size: int, base_rate: float = 1e-3, base_batch: int = 256, max_batch: int = 16384) -> float:
     """Adam's learning rate for ``batch_size``: linear scaling from 1e-3 at batch 256, held
     constant beyond batch 16384 (0.064).
 

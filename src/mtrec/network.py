@@ -51,10 +51,7 @@ def check_architecture(embedding_dim: int, layer_sizes: Sequence[int]) -> list[i
     if not sizes or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0 for s in sizes):
         raise ConfigError(f"layer_sizes must be a non-empty list of positive integers, got {sizes!r}")
     if sizes[0] != 3 * embedding_dim:
-        raise ConfigError(
-            f"layer_sizes[0] must be 3 * embedding_dim = {3 * embedding_dim} (the MLP reads [u, q, u*q]), "
-            f"got layer_sizes={sizes}"
-        )
+        raise ConfigError(f"layer_sizes[0] must be 3 * embedding_dim = {3 * embedding_dim} (the MLP reads [u, q, u*q]), got layer_sizes={sizes}")
     return sizes
 
 
@@ -219,8 +216,10 @@ class MultitaskNet(nn.Module):
             embeddings += [self.rating_user_embeddings.weight, self.rating_item_embeddings.weight]
         residuals = []
         if self.sharing == "residual":
-            residuals = [module.weight for module in (self.watch_user_residuals, self.watch_item_residuals,
-                                                       self.rating_user_residuals, self.rating_item_residuals)]
+            residuals = [
+                module.weight
+                for module in (self.watch_user_residuals, self.watch_item_residuals, self.rating_user_residuals, self.rating_item_residuals)
+            ]
         biases = [self.user_biases.weight, self.item_biases.weight]
         if self.rating_bias:
             biases += [self.rating_user_biases.weight, self.rating_item_biases.weight]

@@ -327,9 +327,7 @@ class Recommender:
             top_p, top_items, watch = top_p[0], top_items[0], watch[0]
         return top_p, top_items, watch
 
-    def _retrieved(
-        self, network, users: torch.Tensor, seen, allowed: torch.Tensor | None, k: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _retrieved(self, network, users: torch.Tensor, seen, allowed: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The top ``k`` of each of ``users`` of ``network`` among the watch index's candidates, re-scored
         by the network (:func:`mtrec.retrieval.ranked_candidates`): picks' p (-inf past a short list),
         items and watch scores. ``seen`` (rows, items) are left out."""
@@ -577,10 +575,7 @@ class Recommender:
             return []
         watch, p, ratings, ratings_raw = self._pair_scores(np.array(users), np.array(items))
         columns = zip(users, items, watch.tolist(), p.tolist(), ratings, ratings_raw)
-        return [
-            Prediction(self._user_ids[u], self._item_ids[i], self._titles[i], w, p, r, raw)
-            for u, i, w, p, r, raw in columns
-        ]
+        return [Prediction(self._user_ids[u], self._item_ids[i], self._titles[i], w, p, r, raw) for u, i, w, p, r, raw in columns]
 
     def similar(self, item: Any, k: int = 10) -> SimilarItems:
         """The ``k`` items closest to ``item`` by cosine similarity of the factorisation head's item vectors."""
@@ -594,8 +589,7 @@ class Recommender:
             else:
                 top, top_items = self._nearest(index, k)
         items = [
-            SimilarItem(rank=rank, **self._describe(i), similarity=s)
-            for rank, (i, s) in enumerate(zip(top_items.tolist(), top.tolist()), start=1)
+            SimilarItem(rank=rank, **self._describe(i), similarity=s) for rank, (i, s) in enumerate(zip(top_items.tolist(), top.tolist()), start=1)
         ]
         return SimilarItems(item=self._item_ids[index], title=self._titles[index], items=items)
 
@@ -626,9 +620,7 @@ class Recommender:
         if matches:
             candidates = [(self._item_ids[i], self._titles[i]) for i in matches]
             listed = "; ".join(f"{raw} {title!r}" for raw, title in candidates)
-            raise AmbiguousItemError(
-                f"{item!r}{where} names {len(matches)} items; use an item id: {listed}", candidates
-            )
+            raise AmbiguousItemError(f"{item!r}{where} names {len(matches)} items; use an item id: {listed}", candidates)
         raise UnknownItemError(f"unknown item {item!r}{where}: not an item id or title the model was trained on")
 
     def _pair_indices(self, pairs: list[tuple[Any, Any]]) -> tuple[list[int], list[int]]:
@@ -737,9 +729,7 @@ class Recommender:
                 table = table.set_column(table.schema.get_field_index(role), role, as_integers(table.column(role)))
         return to_frame(table, backend)
 
-    def predict_frame(
-        self, pairs: Any, user: Column | None = None, item: Column | None = None, prefix: str = ""
-    ) -> Any:
+    def predict_frame(self, pairs: Any, user: Column | None = None, item: Column | None = None, prefix: str = "") -> Any:
         """``pairs`` with the model's predictions for each (user, item) row added as columns.
 
         The columns added are ``watch_score``, ``p``, ``rating`` and ``rating_raw``, as
@@ -777,9 +767,7 @@ class Recommender:
         names = [prefix + name for name in ("watch_score", "p", "rating", "rating_raw")]
         taken = [name for name in names if name in column_labels(pairs)]
         if taken:
-            raise DataError(
-                f"{source} already has a column {taken[0]!r}: pass prefix= (\"predicted_\") to name the predictions apart"
-            )
+            raise DataError(f'{source} already has a column {taken[0]!r}: pass prefix= ("predicted_") to name the predictions apart')
         columns = frame_columns(source, table, roles)
         users, items = (self._frame_indices(source, columns[role], role, roles[role]) for role in ("user", "item"))
         watch, p, ratings, ratings_raw = self._pair_scores(users, items)
@@ -821,4 +809,3 @@ def _outscored_fraction(rows: torch.Tensor, values: torch.Tensor) -> torch.Tenso
     below = [(rows[s : s + chunk] < values[s : s + chunk, None]).sum(1) for s in range(0, len(values), chunk)]
     counts = torch.cat(below) if below else values.new_zeros(0)
     return counts / max(rows.shape[1] - 1, 1)
-

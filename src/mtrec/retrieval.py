@@ -30,11 +30,13 @@ Two indexes answer "the ``n`` items of largest inner product" behind one interfa
 
 The graph never decides what is recommended, only what is scored (:func:`ranked_candidates`): it
 proposes candidates, which are re-scored exactly by the network, and the user's seen items and the
-filters are applied to them. It is asked for more than ``k``: ``k +`` :data:`MARGIN`, divided by the
-share of the catalogue the filters let through, plus the number of items the user has seen; a user
-left with fewer than ``k`` items is asked again with :data:`GROWTH` times as many, and once that
-reaches every item the filters allow, those items themselves are the candidates, so a list is as
-long as with ``exact``. The watch score of a pick counts the items that outscore it among those
+filters are applied to them. The user's seen items are left out inside the search (an ID selector of
+faiss: the search walks through them but never returns them), so the graph is asked for ``k +``
+:data:`MARGIN` items divided by the share of the catalogue the filters let through, however long the
+history (asking for the seen items' count more made a search of a long history several times
+slower). A user left with fewer than ``k`` items is asked again with :data:`GROWTH` times as many, and
+once that and the seen items reach every item the filters allow, those items themselves are the
+candidates, so a list is as long as with ``exact``. The watch score of a pick counts the items that outscore it among those
 scored (the candidates and the seen items): the exact count whenever the graph found every item that
 scores at least as high, which is what recall measures.
 
@@ -77,7 +79,7 @@ AUTO_ITEMS = 100_000
 #: 1,040 at d = 128, where recall@10 was 0.991 and 0.989 on 1,000,000 items (``benchmarks/retrieval.py``;
 #: 512 for both gave 0.995 and 0.969).
 EF_PER_DIMENSION = 8
-#: Candidates asked for beyond ``k`` (before the filters' share and the seen items are added).
+#: Candidates asked for beyond ``k`` (before the filters' share is applied).
 MARGIN = 16
 #: How many times more candidates a user short of ``k`` items is asked for next.
 GROWTH = 4
@@ -138,8 +140,9 @@ class ItemIndex(Protocol):
 
     exhaustive: bool
 
-    def search(self, queries: torch.Tensor, n: int) -> torch.Tensor:
-        """Item indices, shape ``(len(queries), n)``, best first; -1 where fewer were found."""
+    def search(self, queries: torch.Tensor, n: int, exclude: list[np.ndarray] | None = None) -> torch.Tensor:
+        """Item indices, shape ``(len(queries), n)``, best first; -1 where fewer were found.
+        ``exclude``: per query, item indices never to return (int64)."""
         ...
 
 
@@ -151,8 +154,13 @@ class ExactIndex:
     def __init__(self, vectors: torch.Tensor) -> None:
         self.vectors = vectors
 
-    def search(self, queries: torch.Tensor, n: int) -> torch.Tensor:
-        top = torch.topk(queries @ self.vectors.T, min(n, len(self.vectors)), dim=1).indices
+    def search(self, queries: torch.Tensor, n: int, exclude: list[np.ndarray] | None = None) -> torch.Tensor:
+        scores = queries @ self.vectors.T
+        if exclude is not None:
+            rows = np.repeat(np.arange(len(exclude)), [len(items) for items in exclude])
+            scores[torch.from_numpy(rows), torch.from_numpy(np.concatenate([[], *exclude]).astype(np.int64))] = float("-inf")
+        top_scores, top = torch.topk(scores, min(n, len(self.vectors)), dim=1)
+        top = top.masked_fill(top_scores == float("-inf"), -1)
         return torch.nn.functional.pad(top, (0, n - top.shape[1]), value=-1)
 
 
@@ -177,12 +185,21 @@ class HnswIndex:
         graph.add(np.ascontiguousarray(torch.cat([rows, lift[:, None]], 1).numpy()))
         return cls(graph, config.ef_search)
 
-    def search(self, queries: torch.Tensor, n: int) -> torch.Tensor:
+    def search(self, queries: torch.Tensor, n: int, exclude: list[np.ndarray] | None = None) -> torch.Tensor:
         faiss = _faiss()
-        lifted = torch.nn.functional.pad(queries.detach().float().cpu(), (0, 1))
+        lifted = np.ascontiguousarray(torch.nn.functional.pad(queries.detach().float().cpu(), (0, 1)).numpy())
         faiss.omp_set_num_threads(torch.get_num_threads())
-        params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, n))
-        _, found = self.graph.search(np.ascontiguousarray(lifted.numpy()), n, params=params)
+        ef_search = max(self.ef_search, n)
+        if exclude is None or not any(len(items) for items in exclude):
+            _, found = self.graph.search(lifted, n, params=faiss.SearchParametersHNSW(efSearch=ef_search))
+            return torch.from_numpy(found).to(queries.device)
+        found = np.empty((len(lifted), n), dtype=np.int64)
+        for row, items in enumerate(exclude):  # a selector per query: one search each
+            items = np.ascontiguousarray(items, dtype=np.int64)
+            members = faiss.IDSelectorBatch(len(items), faiss.swig_ptr(items))  # held: the selector below points to it
+            left_out = faiss.IDSelectorNot(members)
+            params = faiss.SearchParametersHNSW(efSearch=ef_search, sel=left_out)
+            found[row] = self.graph.search(lifted[row : row + 1], n, params=params)[1][0]
         return torch.from_numpy(found).to(queries.device)
 
     def to_array(self) -> np.ndarray:
@@ -228,9 +245,7 @@ class Retrieval:
         model in memory (and a file that records no digest): its graphs are never saved.
     """
 
-    def __init__(
-        self, config: IndexConfig, num_items: int, spaces: dict[str, Callable[[], torch.Tensor]], model_file: Path | None = None
-    ) -> None:
+    def __init__(self, config: IndexConfig, num_items: int, spaces: dict[str, Callable[[], torch.Tensor]], model_file: Path | None = None) -> None:
         self.config, self.kind = config, config.resolve(num_items)
         self._spaces, self._model_file = spaces, model_file
         self._indexes: dict[str, ItemIndex] = {}
@@ -352,30 +367,77 @@ def ranked_candidates(
     rows_total, device = len(queries), queries.device
     none = torch.zeros(0, dtype=torch.long, device=device)
     seen_rows, seen_items = seen if seen is not None else (none, none)
-    seen_keys = torch.sort(seen_rows * num_items + seen_items).values
     allowed_items = None if allowed is None else torch.nonzero(allowed).view(-1)
     available = num_items if allowed_items is None else len(allowed_items)
-    fetch = _first_fetch(k, num_items, available) + torch.bincount(seen_rows, minlength=rows_total)
+    if rows_total == 1 and device.type == "cpu":
+        return _ranked_one(index, queries, score, k, num_items, seen_items, allowed, allowed_items, available)
+    seen_keys = torch.sort(seen_rows * num_items + seen_items).values
+    seen_counts = torch.bincount(seen_rows, minlength=rows_total)
+    seen_of = _per_row(seen_keys, num_items, rows_total)
+    fetch = torch.full((rows_total,), _first_fetch(k, num_items, available), dtype=torch.long, device=device)
     top_p = torch.full((rows_total, k), float("-inf"), device=device)
     top_items = torch.zeros((rows_total, k), dtype=torch.long, device=device)
     above = torch.zeros((rows_total, k), dtype=torch.long, device=device)
     pending = torch.arange(rows_total, device=device)
     while len(pending):
-        for rows, candidates in _candidate_groups(index, queries, pending, fetch[pending], allowed_items, available):
+        groups = _candidate_groups(index, queries, pending, fetch[pending], seen_counts[pending], seen_of, allowed_items, available)
+        for rows, candidates in groups:
             own = (seen_rows, seen_items)
             if len(rows) < rows_total:
                 mine = torch.zeros(rows_total, dtype=torch.bool, device=device)
                 mine[rows] = True
                 own = (seen_rows[mine[seen_rows]], seen_items[mine[seen_rows]])
             top_p[rows], top_items[rows], above[rows] = _top_of_candidates(rows, candidates, score, k, num_items, seen_keys, own, allowed)
-        short = (torch.isfinite(top_p[pending, -1]).logical_not()) & (fetch[pending] < available)
+        short = (torch.isfinite(top_p[pending, -1]).logical_not()) & (fetch[pending] + seen_counts[pending] < available)
         fetch[pending[short]] *= GROWTH
         pending = pending[short]
     return top_p, top_items, above
 
 
+def _ranked_one(
+    index: ItemIndex,
+    query: torch.Tensor,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    k: int,
+    num_items: int,
+    seen_items: torch.Tensor,
+    allowed: torch.Tensor | None,
+    allowed_items: torch.Tensor | None,
+    available: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`ranked_candidates` of one query on the CPU: the same candidates, picks and counts, in
+    NumPy, with a tenth of the operations of the batch path (a single request is mostly their overhead)."""
+    seen = np.sort(seen_items.numpy())
+    allowed_mask = None if allowed is None else allowed.numpy()
+    fetch = _first_fetch(k, num_items, available)
+    while True:
+        if fetch + len(seen) >= available:
+            candidates = np.arange(num_items) if allowed_items is None else allowed_items.numpy()
+        else:
+            candidates = index.search(query, _search_size(fetch, available), [seen])[0].numpy()
+            candidates = candidates[candidates >= 0]
+        scored = score(torch.zeros(1, dtype=torch.long), torch.from_numpy(np.concatenate([candidates, seen]))[None])
+        p, seen_p = np.split(scored.view(-1).numpy(), [len(candidates)])
+        counted = np.ones(len(candidates), dtype=bool)
+        if len(seen):
+            counted = seen[np.searchsorted(seen, candidates).clip(max=len(seen) - 1)] != candidates
+        eligible = np.flatnonzero(counted if allowed_mask is None else counted & allowed_mask[candidates])
+        if len(eligible) >= k or fetch + len(seen) >= available:
+            break
+        fetch *= GROWTH
+    if len(eligible) > k:
+        eligible = eligible[np.argpartition(-p[eligible], k - 1)[:k]]
+    picks = eligible[np.argsort(-p[eligible], kind="stable")]
+    top_p = np.full(k, -np.inf, dtype=np.float32)
+    top_items, above = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
+    top_p[: len(picks)], top_items[: len(picks)] = p[picks], candidates[picks]
+    values = np.sort(np.concatenate([p[counted], seen_p]))
+    above[: len(picks)] = len(values) - np.searchsorted(values, p[picks], side="left")
+    return tuple(torch.from_numpy(array[None]) for array in (top_p, top_items, above))
+
+
 def _first_fetch(k: int, num_items: int, available: int) -> int:
-    """Candidates first asked for beyond the seen items: ``k +`` :data:`MARGIN` over the share of items allowed."""
+    """Candidates first asked for (the seen items left out): ``k +`` :data:`MARGIN` over the share of items allowed."""
     return math.ceil((k + MARGIN) * num_items / max(available, 1))
 
 
@@ -387,12 +449,19 @@ def bytes_per_query(k: int, num_items: int, allowed: torch.Tensor | None, seen: 
 
 
 def _candidate_groups(
-    index: ItemIndex, queries: torch.Tensor, rows: torch.Tensor, fetch: torch.Tensor, allowed_items: torch.Tensor | None, available: int
+    index: ItemIndex,
+    queries: torch.Tensor,
+    rows: torch.Tensor,
+    fetch: torch.Tensor,
+    seen_counts: torch.Tensor,
+    seen_of: Callable[[int], np.ndarray],
+    allowed_items: torch.Tensor | None,
+    available: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Groups of rows and their candidates, shape ``(len(rows), n)`` (-1 where none): every allowed
-    item for rows asking for at least ``available``, else ``index``'s, searched together for rows
-    asking for the same power of two."""
-    every = fetch >= available
+    item for rows whose ``fetch`` and seen items reach ``available``, else ``index``'s, the row's seen
+    items (``seen_of(row)``) left out, searched together for rows asking for the same power of two."""
+    every = fetch + seen_counts >= available
     if bool(every.any()):
         items = allowed_items if allowed_items is not None else torch.arange(available, device=queries.device)
         yield rows[every], items.expand(int(every.sum()), len(items))
@@ -402,7 +471,19 @@ def _candidate_groups(
     sizes = torch.exp2(torch.ceil(torch.log2(wanted.double()))).long().clamp(max=available)
     for size in torch.unique(sizes).tolist():
         group = searched[sizes == size]
-        yield group, index.search(queries[group], size)
+        yield group, index.search(queries[group], size, [seen_of(row) for row in group.tolist()])
+
+
+def _search_size(fetch: int, available: int) -> int:
+    """The power of two at or above ``fetch``, at most ``available``: sizes searched together."""
+    return min(1 << (fetch - 1).bit_length(), available)
+
+
+def _per_row(seen_keys: torch.Tensor, num_items: int, rows: int) -> Callable[[int], np.ndarray]:
+    """A function giving each row's seen items (int64, ascending) from the sorted keys ``row * num_items + item``."""
+    keys = seen_keys.cpu().numpy()
+    bounds = np.searchsorted(keys, np.arange(rows + 1) * num_items)
+    return lambda row: keys[bounds[row] : bounds[row + 1]] - row * num_items
 
 
 def _top_of_candidates(

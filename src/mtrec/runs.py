@@ -270,13 +270,16 @@ def _checkpoint_to_resume(run_dir: Path, config: RunConfig, resume: bool, force:
             f"{staging} holds the checkpoint of an unfinished run with other settings, shown as here / there: "
             f"{'; '.join(differences)}. Give its settings to --resume it, or {discard}"
         )
-    raise RunExistsError(
-        f"{staging} holds the checkpoint of an unfinished run of these settings: give --resume to continue it, or {discard}"
-    )
+    raise RunExistsError(f"{staging} holds the checkpoint of an unfinished run of these settings: give --resume to continue it, or {discard}")
 
 
 def _start(
-    run_dir: Path, config: RunConfig, model, force: bool, resume: bool, summary: dict[str, Any] | None,
+    run_dir: Path,
+    config: RunConfig,
+    model,
+    force: bool,
+    resume: bool,
+    summary: dict[str, Any] | None,
     speed: dict[str, Any] | None,
 ) -> tuple[Path, tuple[dict, dict] | None]:
     """The staging folder to train in (with its config.json), and the checkpoint to continue from;
@@ -337,9 +340,7 @@ def train_run(
     config.check()
     model = config.build_model()
     # A run that cannot start leaves whatever was there intact.
-    model.check_fit(
-        train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k
-    )
+    model.check_fit(train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k)
     run_dir = run_directory(logdir)
     main = distributed is None or distributed.is_main
     begin = functools.partial(_start, run_dir, config, model, force, resume, summary, speed)
@@ -393,7 +394,9 @@ def _save_and_publish(model, metrics: dict[str, Any], staging: Path, run_dir: Pa
 
 
 def _claim(
-    held: contextlib.ExitStack, run_dir: Path, begin: Callable[[], tuple[Path, tuple[dict, dict] | None]],
+    held: contextlib.ExitStack,
+    run_dir: Path,
+    begin: Callable[[], tuple[Path, tuple[dict, dict] | None]],
     distributed: Distributed | None,
 ) -> tuple[Path, tuple[dict, dict] | None]:
     """Take ``run_dir``'s lock (into ``held``) and ``begin`` the run there, on process 0; every process
@@ -414,9 +417,7 @@ def _claim(
 
 
 @contextlib.contextmanager
-def _tensorboard(
-    folder: Path | None, callback: Callable[[EpochRecord], None] | None
-) -> Iterator[Callable[[EpochRecord], None]]:
+def _tensorboard(folder: Path | None, callback: Callable[[EpochRecord], None] | None) -> Iterator[Callable[[EpochRecord], None]]:
     """An epoch callback that also writes each record's scalars to TensorBoard in ``folder`` (None: nowhere)."""
     from torch.utils.tensorboard import SummaryWriter
 

@@ -186,8 +186,7 @@ class MetricsSchema(Schema):
         if (self.final is None) != (count == 0) or (self.final is not None and self.final.epoch != count):
             raise ValueError(f"final: not the last epoch's record (epoch {count})")
         named = {"selected": self.selected}
-        named.update({name: getattr(self, name) for name in ("oracle_best_test_mse", "oracle_best_test_mrr",
-                                                              "best_test_mse", "best_test_mrr")})
+        named.update({name: getattr(self, name) for name in ("oracle_best_test_mse", "oracle_best_test_mrr", "best_test_mse", "best_test_mrr")})
         for name, part in named.items():
             if part is not None and not 1 <= part.epoch <= count:
                 raise ValueError(f"{name}.epoch: {part.epoch} is not one of the {count} epochs")

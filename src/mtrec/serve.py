@@ -109,8 +109,9 @@ class ModelInfo(BaseModel):
     rating_scale: tuple[float, float] | None
     has_ratings: bool
     epochs_trained: int
-    metrics: dict[str, Any] = Field(description="the selected epoch's metrics (and how it was chosen), the final epoch's, "
-                                                "and the best test MSE/MRR with their epochs")
+    metrics: dict[str, Any] = Field(
+        description="the selected epoch's metrics (and how it was chosen), the final epoch's, and the best test MSE/MRR with their epochs"
+    )
     train_ratings: int = Field(description="ratings (or interactions) the model was trained on")
     genres: list[str] = Field(description="the genres of the items, sorted")
     example_user: int | str | None = Field(description="the first user with training ratings, for a first look")
@@ -161,9 +162,7 @@ class HistoryEntry(Body):
 class HistoryRequest(Body):
     """A user the model never saw, by the items they rated: fold-in fits their vector."""
 
-    history: list[HistoryEntry] = Field(
-        min_length=1, max_length=MAX_HISTORY, description=f"1 to {MAX_HISTORY:,} items the user rated (or watched)"
-    )
+    history: list[HistoryEntry] = Field(min_length=1, max_length=MAX_HISTORY, description=f"1 to {MAX_HISTORY:,} items the user rated (or watched)")
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[int | Id] = Field(default_factory=list, max_length=MAX_HISTORY, description="items never to recommend")
     include: list[int | Id] | None = Field(None, max_length=MAX_BATCH, description="recommend only among these items")
@@ -556,7 +555,7 @@ WEB_FILES = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css;
 #: so that a title or an id holding markup could never bring its own.
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-                               "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
@@ -653,11 +652,16 @@ def _model_info(recommender: Recommender) -> ModelInfo:
     )
 
 
-
 #: Environment variables that carry ``mtrec serve``'s options to each of its worker processes.
-ENVIRONMENT = {"model": "MTREC_SERVE_MODEL", "device": "MTREC_SERVE_DEVICE", "max_body_bytes": "MTREC_SERVE_MAX_BODY",
-               "threads": "MTREC_SERVE_THREADS", "pool_threads": "MTREC_SERVE_POOL_THREADS",
-               "pool_queue": "MTREC_SERVE_POOL_QUEUE", "index": "MTREC_SERVE_INDEX"}
+ENVIRONMENT = {
+    "model": "MTREC_SERVE_MODEL",
+    "device": "MTREC_SERVE_DEVICE",
+    "max_body_bytes": "MTREC_SERVE_MAX_BODY",
+    "threads": "MTREC_SERVE_THREADS",
+    "pool_threads": "MTREC_SERVE_POOL_THREADS",
+    "pool_queue": "MTREC_SERVE_POOL_QUEUE",
+    "index": "MTREC_SERVE_INDEX",
+}
 
 
 def settle_heap() -> None:

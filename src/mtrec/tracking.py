@@ -271,12 +271,13 @@ def _unreachable(uri: str, error: Exception) -> str:
     text = str(error)
     if "unsupported URI" in text or "Unexpected URI scheme" in text:
         scheme = urlparse(uri).scheme or "none"
-        return (f"MLflow cannot use the tracking URI {uri!r} (scheme {scheme!r}): give http(s)://HOST:PORT of a "
-                "tracking server, sqlite:///PATH, or another store MLflow supports")
+        return (
+            f"MLflow cannot use the tracking URI {uri!r} (scheme {scheme!r}): give http(s)://HOST:PORT of a "
+            "tracking server, sqlite:///PATH, or another store MLflow supports"
+        )
     errno = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
     reason = errno.group(1).strip() if errno else (text.strip().splitlines() or [type(error).__name__])[0][:300]
-    return (f"the MLflow tracking store {uri} cannot be reached ({reason}): start it, or give another "
-            "--tracking-uri (or MLFLOW_TRACKING_URI)")
+    return f"the MLflow tracking store {uri} cannot be reached ({reason}): start it, or give another --tracking-uri (or MLFLOW_TRACKING_URI)"
 
 
 def default_uri(root: str | Path) -> str:
@@ -284,9 +285,7 @@ def default_uri(root: str | Path) -> str:
     return f"sqlite:///{Path(root).resolve() / LOCAL_STORE_DIRNAME / 'mlflow.db'}"
 
 
-def connect(
-    tracker: str | None, uri: str | None, root: str | Path, distributed: Distributed | None = None
-) -> Tracker | None:
+def connect(tracker: str | None, uri: str | None, root: str | Path, distributed: Distributed | None = None) -> Tracker | None:
     """The tracker to record runs under ``root`` in, checked before any training; None for no tracking.
 
     Parameters
@@ -348,9 +347,7 @@ def param_value(value: Any) -> str:
 def _numbers(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """The numeric entries of ``values`` as metrics (keys made valid and prefixed); None and flags left out."""
     return {
-        metric_key(f"{prefix}{key}"): float(value)
-        for key, value in values.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        metric_key(f"{prefix}{key}"): float(value) for key, value in values.items() if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
 
@@ -389,8 +386,9 @@ class TrackedRun:
         except Exception as error:  # noqa: BLE001  (a tracker's failure must not end a training)
             self.broken = True
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-            warnings.warn(f"tracking run {self.name} in {self.tracker.uri} stopped ({reason}); "
-                          "the run directory still records everything", stacklevel=3)
+            warnings.warn(
+                f"tracking run {self.name} in {self.tracker.uri} stopped ({reason}); the run directory still records everything", stacklevel=3
+            )
             return None
 
     def start(self) -> TrackedRun:

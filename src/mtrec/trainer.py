@@ -19,9 +19,10 @@ from torch import nn
 
 from mtrec.distributed import Distributed
 from mtrec.errors import ConfigError, TrainingDiverged
-from mtrec.evaluation import DEFAULT_K, METRICS, Evaluator, lower_is_better, metric_names
+from mtrec.evaluation import DEFAULT_K, Evaluator, all_metrics, lower_is_better, metric_names
 from mtrec.fitted import EpochRecord
 from mtrec.losses import Batch
+from mtrec.registry import Registry
 from mtrec.sampling import EpochSampler
 from mtrec.training import Step
 from mtrec.weighting import Fixed
@@ -29,7 +30,6 @@ from mtrec.weighting import Fixed
 #: The early-stopping criterion that weighs both tasks.
 JOINT = "joint"
 #: The learning-rate schedules.
-SCHEDULES = ("constant", "exponential", "cosine", "step")
 LOSS_NAMES = ("watch loss L_F", "rating loss L_R", "joint loss")
 
 
@@ -48,7 +48,7 @@ def torch_threads(count: int | None) -> Iterator[None]:
 def check_early_stopping(criterion: str, patience: int, k: Sequence[int] = DEFAULT_K) -> None:
     """:class:`ConfigError` unless ``criterion`` is ``"joint"`` or a metric (with one of the cut-offs ``k``)
     and ``patience`` a positive whole number."""
-    allowed = [JOINT, *metric_names(METRICS, k)]
+    allowed = [JOINT, *metric_names(all_metrics(), k)]
     if criterion not in allowed:
         raise ConfigError(f"unknown early-stopping criterion {criterion!r}; use one of {', '.join(allowed)}")
     if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
@@ -121,19 +121,36 @@ class EarlyStopping:
                     tensor.copy_(self.best_state[name])
 
 
+#: The per-epoch learning-rate schedules by name (:mod:`mtrec.registry`): each makes the scheduler
+#: of an optimizer from the epoch count, γ and the step size (None: the rate stays as it is).
+SCHEDULES: Registry[Callable[..., torch.optim.lr_scheduler.LRScheduler | None]] = Registry("learning-rate schedule")
+
+
+@SCHEDULES.register("constant")
+def _no_schedule(optimizer: torch.optim.Optimizer, epochs: int, gamma: float, step_size: int) -> None:
+    return None
+
+
+@SCHEDULES.register("exponential")
+def _exponential(optimizer: torch.optim.Optimizer, epochs: int, gamma: float, step_size: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+
+
+@SCHEDULES.register("cosine")
+def _cosine(optimizer: torch.optim.Optimizer, epochs: int, gamma: float, step_size: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+
+
+@SCHEDULES.register("step")
+def _step(optimizer: torch.optim.Optimizer, epochs: int, gamma: float, step_size: int) -> torch.optim.lr_scheduler.LRScheduler:
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
+
+
 def make_scheduler(
     optimizer: torch.optim.Optimizer, schedule: str, epochs: int, gamma: float, step_size: int
 ) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The per-epoch learning-rate schedule: None for ``constant``."""
-    if schedule == "constant":
-        return None
-    if schedule == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-    if schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step_size, gamma=gamma)
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    raise ConfigError(f"unknown learning-rate schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
+    """The per-epoch learning-rate schedule called ``schedule``: None for ``constant``."""
+    return SCHEDULES[schedule](optimizer, epochs, gamma, step_size)
 
 
 def _check_finite(epoch: int, sums: torch.Tensor, per_step: torch.Tensor, network: nn.Module, step: Step) -> None:
@@ -295,8 +312,7 @@ class Trainer:
             "stopped": self.stopped,
         }
         if self.stopping is not None:
-            info["stopping"] = {"best_score": self.stopping.best_score, "best_epoch": self.stopping.best_epoch,
-                                "waited": self.stopping.waited}
+            info["stopping"] = {"best_score": self.stopping.best_score, "best_epoch": self.stopping.best_epoch, "waited": self.stopping.waited}
             if self.stopping.best_state is not None:
                 tensors.update({f"best.{k}": v for k, v in self.stopping.best_state.items()})
         return tensors, info
@@ -339,4 +355,3 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-

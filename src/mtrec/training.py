@@ -28,7 +28,6 @@ from torch import nn
 from mtrec.errors import ConfigError
 from mtrec.losses import Batch, JointObjective
 from mtrec.network import PARAMETER_GROUPS, MultitaskNet
-from mtrec.weighting import Fixed
 
 #: The choices of training step.
 STEPS = ("auto", "fused", "autograd")
@@ -170,9 +169,7 @@ class AutogradStep(Step):
         """Each task's gradient, one backward pass each; the shared parameters' combined by the weighting."""
         weighting, params = self.objective.weighting, self.trained
         g_f = list(torch.autograd.grad(loss_f, params, retain_graph=True, allow_unused=True))
-        g_r = list(
-            torch.autograd.grad(loss_r, params, allow_unused=True) if loss_r.requires_grad else [None] * len(params)
-        )
+        g_r = list(torch.autograd.grad(loss_r, params, allow_unused=True) if loss_r.requires_grad else [None] * len(params))
         if self.reduce is not None:
             # In a distributed run the tasks' gradients (and losses, for GradNorm) are summed over
             # processes first, so that every process combines the same global gradients.
@@ -223,6 +220,23 @@ class FlatParameters:
         return self._grads[id(param)]
 
 
+def _bpr_terms(margin: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return 1.0 - sigma, sigma * (sigma - 1.0)
+
+
+def _logsigmoid_terms(margin: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return -F.logsigmoid(margin), sigma - 1.0
+
+
+#: The watch losses whose gradients :class:`FusedStep` writes by hand: for the margins p⁺ − p⁻ and
+#: their σ, each pair's loss term and its derivative by the margin. A registered loss missing here
+#: trains with the autograd step under ``step="auto"`` and is refused by ``step="fused"``.
+FUSED_WATCH_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "bpr": _bpr_terms,
+    "logsigmoid": _logsigmoid_terms,
+}
+
+
 class FusedStep(Step):
     """The seed's objective on :class:`~mtrec.network.MultitaskNet`, with hand-written gradients.
 
@@ -232,18 +246,24 @@ class FusedStep(Step):
 
     kind = "fused"
 
-    @staticmethod
-    def unsupported(network: nn.Module, objective: object) -> str | None:
+    @classmethod
+    def unsupported(cls, network: nn.Module, objective: object) -> str | None:
         """Why the hand-written gradients do not cover this network and objective; None if they do."""
         if type(network) is not MultitaskNet:
             return f"the network is a {type(network).__name__}, not the seed's MultitaskNet"
         if type(objective) is not JointObjective:
             return f"the objective is a {type(objective).__name__}, not the JointObjective λF·L_F + λR·L_R"
-        if network.sharing not in ("hard", "separate"):
-            return f"its hand-written gradients cover hard and separate sharing, not {network.sharing}"
-        if type(objective.weighting) is not Fixed:
-            return f"its hand-written gradients cover the fixed weighting, not {type(objective.weighting).__name__}"
+        claimed = cls.claims()
+        for kind, value in (("sharing", network.sharing), ("watch_loss", objective.watch_loss), ("weighting", objective.weighting_name)):
+            if value not in claimed[kind]:
+                return f"its hand-written gradients cover the {kind.replace('_', ' ')} {', '.join(claimed[kind])}, not {value}"
         return None
+
+    @staticmethod
+    def claims() -> dict[str, tuple[str, ...]]:
+        """The components whose every combination the hand-written gradients cover, by kind: what
+        ``step="auto"`` takes the fused step for, and what the parity tests run over."""
+        return {"sharing": ("hard", "separate"), "watch_loss": tuple(FUSED_WATCH_LOSSES), "weighting": ("fixed",)}
 
     @classmethod
     def supports(cls, network: nn.Module, objective: object) -> bool:
@@ -319,13 +339,8 @@ class FusedStep(Step):
             q_diff = q_pos - q_neg
             margin = (q_diff * u).sum(1) + item_bias[:size] - item_bias[size:]
         sigma = torch.sigmoid(margin)
-        scale = weight_f / (count * k)
-        if objective.watch_loss == "bpr":
-            terms_f = 1.0 - sigma
-            d_margin = sigma * (sigma - 1.0) * scale
-        else:
-            terms_f = -F.logsigmoid(margin)
-            d_margin = (sigma - 1.0) * scale
+        terms_f, d_terms = FUSED_WATCH_LOSSES[objective.watch_loss](margin, sigma)
+        d_margin = d_terms * (weight_f / (count * k))
         loss_f = terms_f.mean() if batch.count is None else terms_f.sum() / (count * k)
 
         flat.zero_grad()

@@ -37,6 +37,7 @@ from mtrec.fitted import EpochRecord
 from mtrec.model import reference_metrics
 from mtrec.runs import train_run
 from mtrec.tracking import Tracker, TrackedRun, tracked, tracked_training
+from mtrec.losses import WATCH_LOSSES
 from mtrec.trainer import EarlyStopping
 
 #: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
@@ -52,7 +53,7 @@ SEARCH_SPACE: dict[str, Dimension] = {
     "factorization_weight": ("float", 0.5, 1.0),
     "regression_weight": ("log", 0.001, 1.0),
     "negatives": ("categorical", [1, 2, 4, 8]),
-    "watch_loss": ("categorical", ["bpr", "logsigmoid"]),
+    "watch_loss": ("categorical", list(WATCH_LOSSES.names())),
     "sharing": ("categorical", ["hard", "separate"]),
     "rating_bias": ("categorical", [False, True]),
 }
@@ -215,8 +216,7 @@ def tune(
 
         name = f"trial-{trial.number:04d}"
         try:
-            with tracked_training(tracker, config, root / name, report, name=name, parent=parent,
-                                  stopped=(_Pruned,)) as callback:
+            with tracked_training(tracker, config, root / name, report, name=name, parent=parent, stopped=(_Pruned,)) as callback:
                 train_run(config, train, validation, None, root / name, callback=callback)
         except _Pruned:
             raise optuna.TrialPruned() from None
@@ -245,8 +245,13 @@ def tune(
             # The first trial of a new study is the base config itself, so the search can only find something better.
             study.enqueue_trial(_point_of(base, space))
         with _failures_unlogged():
-            study.optimize(functools.partial(objective, parent=study_run), n_trials=trials, timeout=timeout,
-                           callbacks=[functools.partial(after, parent=study_run)], catch=())
+            study.optimize(
+                functools.partial(objective, parent=study_run),
+                n_trials=trials,
+                timeout=timeout,
+                callbacks=[functools.partial(after, parent=study_run)],
+                catch=(),
+            )
         result = _conclude(optuna, study, base, root)
         study_run.log_metrics({"best_value": result.best_value, "best_trial": result.best_trial}, result.best_trial)
         study_run.log_artifacts(result.config_path.parent)

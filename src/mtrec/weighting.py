@@ -26,10 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mtrec.errors import ConfigError
-
-#: The weighting methods.
-WEIGHTINGS = ("fixed", "uncertainty", "gradnorm", "pcgrad", "mgda")
+from mtrec.registry import Registry
 
 
 def pcgrad(g_f: torch.Tensor, g_r: torch.Tensor) -> torch.Tensor:
@@ -75,11 +72,22 @@ class TaskWeighting(nn.Module):
     def load_extra_state(self, state: dict) -> None:
         pass
 
+    @classmethod
+    def build(cls, factorization_weight: float, regression_weight: float, gradnorm_alpha: float) -> TaskWeighting:
+        """The weighting for these λs (and GradNorm's α, which only it reads)."""
+        return cls(factorization_weight, regression_weight)
 
+
+#: The weighting methods by name, in the order the study and the command line list them (:mod:`mtrec.registry`).
+WEIGHTINGS: Registry[type[TaskWeighting]] = Registry("weighting")
+
+
+@WEIGHTINGS.register("fixed")
 class Fixed(TaskWeighting):
     """λF·L_F + λR·L_R."""
 
 
+@WEIGHTINGS.register("uncertainty")
 class Uncertainty(TaskWeighting):
     """Σ_t exp(−s_t)·L_t + s_t over the tasks with a non-zero λ, s_t learned (starting at 0)."""
 
@@ -114,43 +122,13 @@ class GradientCombination(TaskWeighting):
         return gradient
 
 
-class PCGrad(GradientCombination):
-    def shared(self, g_f, g_r, losses):
-        return pcgrad(self.weights[0] * g_f, self.weights[1] * g_r)
-
-    def own(self, task, gradient):
-        return self.weights[task] * gradient
-
-
-class MGDA(GradientCombination):
-    def __init__(self, factorization_weight: float, regression_weight: float) -> None:
-        super().__init__(factorization_weight, regression_weight)
-        self.alpha = 0.5
-
-    def shared(self, g_f, g_r, losses):
-        if self.weights[1] == 0:
-            self.alpha = 1.0
-        elif self.weights[0] == 0:
-            self.alpha = 0.0
-        else:
-            self.alpha = mgda_alpha(g_f, g_r)
-        return self.alpha * g_f + (1.0 - self.alpha) * g_r
-
-    def own(self, task, gradient):
-        return gradient if self.weights[task] > 0 else torch.zeros_like(gradient)
-
-    def task_weights(self) -> tuple[float, float]:
-        return self.alpha, 1.0 - self.alpha
-
-    def extra_state(self) -> dict:
-        return {"alpha": self.alpha}
-
-    def load_extra_state(self, state: dict) -> None:
-        self.alpha = state.get("alpha", self.alpha)
-
-
+@WEIGHTINGS.register("gradnorm")
 class GradNorm(GradientCombination):
     """GradNorm with asymmetry ``alpha`` and its weights' own learning rate."""
+
+    @classmethod
+    def build(cls, factorization_weight: float, regression_weight: float, gradnorm_alpha: float) -> TaskWeighting:
+        return cls(factorization_weight, regression_weight, gradnorm_alpha)
 
     def __init__(self, factorization_weight: float, regression_weight: float, alpha: float = 1.5, rate: float = 0.025):
         super().__init__(factorization_weight, regression_weight)
@@ -192,18 +170,43 @@ class GradNorm(GradientCombination):
             self.initial = None if state.get("initial") is None else torch.tensor(state["initial"])
 
 
-def make_weighting(
-    name: str, factorization_weight: float, regression_weight: float, gradnorm_alpha: float = 1.5
-) -> TaskWeighting:
-    """The weighting called ``name``."""
-    if name == "fixed":
-        return Fixed(factorization_weight, regression_weight)
-    if name == "uncertainty":
-        return Uncertainty(factorization_weight, regression_weight)
-    if name == "gradnorm":
-        return GradNorm(factorization_weight, regression_weight, gradnorm_alpha)
-    if name == "pcgrad":
-        return PCGrad(factorization_weight, regression_weight)
-    if name == "mgda":
-        return MGDA(factorization_weight, regression_weight)
-    raise ConfigError(f"unknown weighting {name!r}; use one of {', '.join(WEIGHTINGS)}")
+@WEIGHTINGS.register("pcgrad")
+class PCGrad(GradientCombination):
+    def shared(self, g_f, g_r, losses):
+        return pcgrad(self.weights[0] * g_f, self.weights[1] * g_r)
+
+    def own(self, task, gradient):
+        return self.weights[task] * gradient
+
+
+@WEIGHTINGS.register("mgda")
+class MGDA(GradientCombination):
+    def __init__(self, factorization_weight: float, regression_weight: float) -> None:
+        super().__init__(factorization_weight, regression_weight)
+        self.alpha = 0.5
+
+    def shared(self, g_f, g_r, losses):
+        if self.weights[1] == 0:
+            self.alpha = 1.0
+        elif self.weights[0] == 0:
+            self.alpha = 0.0
+        else:
+            self.alpha = mgda_alpha(g_f, g_r)
+        return self.alpha * g_f + (1.0 - self.alpha) * g_r
+
+    def own(self, task, gradient):
+        return gradient if self.weights[task] > 0 else torch.zeros_like(gradient)
+
+    def task_weights(self) -> tuple[float, float]:
+        return self.alpha, 1.0 - self.alpha
+
+    def extra_state(self) -> dict:
+        return {"alpha": self.alpha}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.alpha = state.get("alpha", self.alpha)
+
+
+def make_weighting(name: str, factorization_weight: float, regression_weight: float, gradnorm_alpha: float = 1.5) -> TaskWeighting:
+    """The weighting called ``name`` (a :class:`~mtrec.errors.ConfigError` listing the registered ones if there is none)."""
+    return WEIGHTINGS[name].build(factorization_weight, regression_weight, gradnorm_alpha)

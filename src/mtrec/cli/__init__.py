@@ -19,7 +19,18 @@ from mtrec import __version__
 from mtrec.errors import ConfigError, MtrecError
 
 SUBCOMMANDS = (
-    "train", "experiments", "tune", "report", "recommend", "predict", "similar", "export", "serve", "explore", "synth", "datasets",
+    "train",
+    "experiments",
+    "tune",
+    "report",
+    "recommend",
+    "predict",
+    "similar",
+    "export",
+    "serve",
+    "explore",
+    "synth",
+    "datasets",
 )
 
 

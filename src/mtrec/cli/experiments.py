@@ -29,7 +29,7 @@ from mtrec.tracking import Tracker, connect
 
 DESCRIPTION = f"""\
 Train the assignment's configurations, each over several seeds, and write the report.
-Configurations: {', '.join(CONFIGURATIONS)} (sharing-λF-λR).
+Configurations: {", ".join(CONFIGURATIONS)} (sharing-λF-λR).
 Run k of a configuration lives in ROOT/<name>/seed-<k> and is exactly what
 'mtrec train --seed k' with the same options makes; a run already finished with the same
 settings is reused (--force trains it again), a damaged one is trained again (saying why),
@@ -67,17 +67,25 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="configurations to run (default: all four)",
     )
     add_option(which, "--sweep", action="store_true", help="run the λ sweep instead of the configurations")
-    add_option(which, "--study", choices=("multitask",), default=None,
-               help="multitask: every sharing architecture (hard, separate, residual, cross-stitch) with a fixed-λ "
-               "sweep and the weightings uncertainty, gradnorm, pcgrad and mgda, from the quality preset "
-               "(validation and early stopping), in ROOT/multitask/")
+    add_option(
+        which,
+        "--study",
+        choices=("multitask",),
+        default=None,
+        help="multitask: every sharing architecture (hard, separate, residual, cross-stitch) with a fixed-λ "
+        "sweep and the weightings uncertainty, gradnorm, pcgrad and mgda, from the quality preset "
+        "(validation and early stopping), in ROOT/multitask/",
+    )
     add_option(parser, "--sweep-step", type=float, default=0.1, help="λF step of the sweep, in (0, 1) (default 0.1)")
     add_option(parser, "--seeds", type=int, default=3, help="seeds per configuration, from --seed on (default 3)")
     add_option(parser, "--root", default="run", help="folder of the runs (default run/)")
     add_option(parser, "--out", default="report", help="report folder (default report/)")
-    add_option(parser, "--force", action="store_true",
-               help="train again runs that are already finished (also those made with other settings, which are "
-               "otherwise an error)")
+    add_option(
+        parser,
+        "--force",
+        action="store_true",
+        help="train again runs that are already finished (also those made with other settings, which are otherwise an error)",
+    )
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     add_run_arguments(parser)
     parser.set_defaults(handler=run)
@@ -117,9 +125,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_runs(
-    args: argparse.Namespace, base: RunConfig, runs: list[PlannedRun], tracker: Tracker | None
-) -> list[PlannedRun]:
+def _train_runs(args: argparse.Namespace, base: RunConfig, runs: list[PlannedRun], tracker: Tracker | None) -> list[PlannedRun]:
     """Train the planned runs that are not finished already, showing the progress; the runs trained."""
     from tqdm import tqdm
 
@@ -145,7 +151,12 @@ def _train_runs(
 
     try:
         return run_experiment(
-            runs, config_of, split_loader(base, args.data_dir), force=args.force, on_run=on_run, on_epoch=on_epoch,
+            runs,
+            config_of,
+            split_loader(base, args.data_dir),
+            force=args.force,
+            on_run=on_run,
+            on_epoch=on_epoch,
             tracker=tracker,
         )
     finally:

@@ -38,8 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(parser, "--model", required=True, metavar="RUN_DIR", help="run directory or model.safetensors file")
     add_option(parser, "--to", required=True, metavar="DIR", help="the folder to create")
     add_option(parser, "--format", choices=list(WRITERS), required=True, help="onnx or parquet")
-    add_option(parser, "--force", action="store_true",
-               help="replace DIR if it holds an earlier export (a folder holding anything else is never replaced)")
+    add_option(
+        parser, "--force", action="store_true", help="replace DIR if it holds an earlier export (a folder holding anything else is never replaced)"
+    )
     parser.set_defaults(handler=run)
     return parser
 

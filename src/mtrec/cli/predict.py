@@ -24,8 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "predict",
         help="watch score and rating for (user, item) pairs",
         description=DESCRIPTION,
-        epilog=WATCH_SCORE_HELP
-        + "\nexamples:\n  mtrec predict --model RUN_DIR --user 196 --item 'Star Wars (1977)'\n"
+        epilog=WATCH_SCORE_HELP + "\nexamples:\n  mtrec predict --model RUN_DIR --user 196 --item 'Star Wars (1977)'\n"
         "  mtrec predict --model RUN_DIR --pairs pairs.csv --format csv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

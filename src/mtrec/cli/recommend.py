@@ -59,13 +59,31 @@ def add_index_options(parser: argparse.ArgumentParser) -> None:
                help=f"which items a list scores: exact, every one; hnsw, an HNSW graph's candidates, re-scored "
                     f"exactly (needs the ann extra; the graph is saved beside the model); auto (default), exact "
                     f"below {AUTO_ITEMS:,} items, else hnsw")  # fmt: skip
-    add_option(parser, "--hnsw-m", type=positive_int, default=None, metavar="M",
-               help=f"--index hnsw: links per item and layer of the graph; more, better recall, more memory (default {defaults.m})")
-    add_option(parser, "--hnsw-ef-construction", type=positive_int, default=None, metavar="N",
-               help=f"--index hnsw: candidates kept while the graph is built; more, a better graph (default {defaults.ef_construction})")
-    add_option(parser, "--hnsw-ef-search", type=positive_int, default=None, metavar="N",
-               help="--index hnsw: candidates kept while a list is searched; more, better recall, slower "
-                    f"(default {EF_PER_DIMENSION} x the graph's dimension: 272 at d = 32)")
+    add_option(
+        parser,
+        "--hnsw-m",
+        type=positive_int,
+        default=None,
+        metavar="M",
+        help=f"--index hnsw: links per item and layer of the graph; more, better recall, more memory (default {defaults.m})",
+    )
+    add_option(
+        parser,
+        "--hnsw-ef-construction",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help=f"--index hnsw: candidates kept while the graph is built; more, a better graph (default {defaults.ef_construction})",
+    )
+    add_option(
+        parser,
+        "--hnsw-ef-search",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="--index hnsw: candidates kept while a list is searched; more, better recall, slower "
+        f"(default {EF_PER_DIMENSION} x the graph's dimension: 272 at d = 32)",
+    )
 
 
 def index_config(args: argparse.Namespace) -> IndexConfig:
@@ -130,20 +148,32 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_option(parser)
     who = parser.add_mutually_exclusive_group(required=True)
     add_option(who, "--user", help="raw user id, as in the training data")
-    add_option(who, "--history", metavar="FILE",
-               help="a new user's history: CSV or TSV of item[,rating] (ids or titles; header optional)")
+    add_option(who, "--history", metavar="FILE", help="a new user's history: CSV or TSV of item[,rating] (ids or titles; header optional)")
     add_option(who, "--all-users", action="store_true", help="every user the model knows, to --out")
     add_option(who, "--users", metavar="FILE", help="the users listed in FILE (one raw id a line), to --out")
     parser.add_argument("-k", type=positive_int, default=10, help="how many items (default 10)")
     add_option(parser, "--include-seen", action="store_true", help="also rank the user's training items")
     add_option(parser, "--exclude", nargs="+", default=(), metavar="ITEM", help="items never to recommend (ids or titles)")
     add_option(parser, "--include", nargs="+", default=None, metavar="ITEM", help="recommend only among these items")
-    add_option(parser, "--genre", dest="genres", nargs="+", default=(), metavar="GENRE",
-               help="recommend only items of one of these genres (where the data has genres)")
+    add_option(
+        parser,
+        "--genre",
+        dest="genres",
+        nargs="+",
+        default=(),
+        metavar="GENRE",
+        help="recommend only items of one of these genres (where the data has genres)",
+    )
     add_option(parser, "--out", metavar="FILE", help="--all-users / --users: the file to write, .parquet or .csv")
     add_option(parser, "--force", action="store_true", help="--out: replace the file if it exists")
-    add_option(parser, "--memory-budget", type=positive_int, default=512, metavar="MB",
-               help="--all-users / --users: memory for one block of users' scores (default 512 MB)")
+    add_option(
+        parser,
+        "--memory-budget",
+        type=positive_int,
+        default=512,
+        metavar="MB",
+        help="--all-users / --users: memory for one block of users' scores (default 512 MB)",
+    )
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     add_index_options(parser)
     add_format_option(parser)

@@ -50,15 +50,34 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default=1,
         help="PyTorch threads; one keeps single requests fastest and leaves cores to others (default 1)",
     )
-    add_option(parser, "--max-body-bytes", type=positive_int, default=None, metavar="BYTES",
-               help="largest request body; a larger one is a 413, refused before parsing (default 8 MiB)")
+    add_option(
+        parser,
+        "--max-body-bytes",
+        type=positive_int,
+        default=None,
+        metavar="BYTES",
+        help="largest request body; a larger one is a 413, refused before parsing (default 8 MiB)",
+    )
     # The defaults are mtrec.serve's, named in the help without importing FastAPI for every command.
-    add_option(parser, "--pool-threads", type=positive_int, default=None, metavar="N",
-               help="threads for fold-ins and large batches, each with --threads PyTorch threads (default 2)")
-    add_option(parser, "--pool-queue", type=non_negative_int, default=None, metavar="N",
-               help="fold-ins and large batches that may wait for a pool thread; more get a 503 (default 16)")
-    add_option(parser, "--workers", type=positive_int, default=1,
-               help="worker processes on the one port (uvicorn's); each holds the model (default 1)")
+    add_option(
+        parser,
+        "--pool-threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="threads for fold-ins and large batches, each with --threads PyTorch threads (default 2)",
+    )
+    add_option(
+        parser,
+        "--pool-queue",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="fold-ins and large batches that may wait for a pool thread; more get a 503 (default 16)",
+    )
+    add_option(
+        parser, "--workers", type=positive_int, default=1, help="worker processes on the one port (uvicorn's); each holds the model (default 1)"
+    )
     add_option(parser, "--access-log", action="store_true", help="log every request")
     parser.set_defaults(handler=run)
     return parser
@@ -76,16 +95,20 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     max_body = args.max_body_bytes or MAX_BODY_BYTES
     options = {"host": args.host, "port": args.port, "access_log": args.access_log, "log_level": "info"}
-    pool = {"pool_threads": args.pool_threads or POOL_THREADS,
-            "pool_queue": POOL_QUEUE if args.pool_queue is None else args.pool_queue}
+    pool = {"pool_threads": args.pool_threads or POOL_THREADS, "pool_queue": POOL_QUEUE if args.pool_queue is None else args.pool_queue}
     if args.workers == 1:
         app = create_app(recommender, max_body_bytes=max_body, **pool)
         settle_heap()
         uvicorn.run(app, **options)
         return 0
-    values = {"model": str(args.model), "device": args.device, "max_body_bytes": str(max_body), "threads": str(args.threads),
-              "index": index.model_dump_json(),
-              **{name: str(size) for name, size in pool.items()}}
+    values = {
+        "model": str(args.model),
+        "device": args.device,
+        "max_body_bytes": str(max_body),
+        "threads": str(args.threads),
+        "index": index.model_dump_json(),
+        **{name: str(size) for name, size in pool.items()},
+    }
     os.environ.update({ENVIRONMENT[name]: value for name, value in values.items()})
     uvicorn.run("mtrec.serve:app_from_environment", factory=True, workers=args.workers, **options)
     return 0

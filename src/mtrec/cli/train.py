@@ -54,29 +54,58 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def add_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
     """The options of ``mtrec train`` (and of ``main.py``, whose preset is seed), and its handler."""
-    add_option(parser, "--config", default=None, metavar="CONFIG",
-               help="a run's config.json (or its run directory): train that run again")
-    add_option(parser, "--logdir", default=None,
-               help=f"run directory (default run/{_named_after(default_preset)}shared=<..>_LF=<..>_LR=<..>; a symbolic link is followed, "
-               "and the run replaces its target)")
-    add_option(parser, "--force", action="store_true",
-               help="train into a --logdir that holds a finished run (it stays until the new run is complete), "
-               "discarding the checkpoint of an unfinished run there")
+    add_option(parser, "--config", default=None, metavar="CONFIG", help="a run's config.json (or its run directory): train that run again")
+    add_option(
+        parser,
+        "--logdir",
+        default=None,
+        help=f"run directory (default run/{_named_after(default_preset)}shared=<..>_LF=<..>_LR=<..>; a symbolic link is followed, "
+        "and the run replaces its target)",
+    )
+    add_option(
+        parser,
+        "--force",
+        action="store_true",
+        help="train into a --logdir that holds a finished run (it stays until the new run is complete), "
+        "discarding the checkpoint of an unfinished run there",
+    )
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
     runs = parser.add_argument_group("checkpoints and distributed training (torchrun)")
-    add_option(runs, "--checkpoint-every", type=non_negative_int, default=0, metavar="K",
-               help="save a checkpoint (model, optimiser, random state, epoch) every K epochs (default: none)")
-    add_option(runs, "--resume", action="store_true",
-               help="continue an unfinished run from its last checkpoint (a worker that torchrun restarts does so by "
-               "itself); other settings than the checkpoint's are an error naming them")
-    add_option(runs, "--dist-backend", choices=BACKENDS, default="auto",
-               help="under torchrun: auto (nccl on CUDA, gloo on CPU; default), gloo or nccl")
-    add_option(runs, "--dist-exchange", choices=EXCHANGES, default="dense",
-               help="under torchrun: how gradients travel: dense (one all_reduce of every gradient; default) or "
-               "rows (only the embedding rows each batch touched, gathered from every process: less traffic for "
-               "batches much smaller than the tables; the fused step only, the autograd step stays dense)")
-    add_option(runs, "--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-               help=f"under torchrun: how long a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})")
+    add_option(
+        runs,
+        "--checkpoint-every",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="save a checkpoint (model, optimiser, random state, epoch) every K epochs (default: none)",
+    )
+    add_option(
+        runs,
+        "--resume",
+        action="store_true",
+        help="continue an unfinished run from its last checkpoint (a worker that torchrun restarts does so by "
+        "itself); other settings than the checkpoint's are an error naming them",
+    )
+    add_option(
+        runs, "--dist-backend", choices=BACKENDS, default="auto", help="under torchrun: auto (nccl on CUDA, gloo on CPU; default), gloo or nccl"
+    )
+    add_option(
+        runs,
+        "--dist-exchange",
+        choices=EXCHANGES,
+        default="dense",
+        help="under torchrun: how gradients travel: dense (one all_reduce of every gradient; default) or "
+        "rows (only the embedding rows each batch touched, gathered from every process: less traffic for "
+        "batches much smaller than the tables; the fused step only, the autograd step stays dense)",
+    )
+    add_option(
+        runs,
+        "--dist-timeout",
+        type=positive_float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"under torchrun: how long a process waits for the others before failing (default {DEFAULT_TIMEOUT:g})",
+    )
     add_run_arguments(parser, default_preset=default_preset)
     parser.set_defaults(handler=run)
 
@@ -137,8 +166,7 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
     train, validation, test = config.data.load_split(args.data_dir, progress=not quiet)
     if not train.has_ratings and config.model["regression_weight"] > 0 and main:
         print(
-            "mtrec train: the data has no rating column, so the rating head cannot train: "
-            "training the likelihood head alone (regression_weight = 0)",
+            "mtrec train: the data has no rating column, so the rating head cannot train: training the likelihood head alone (regression_weight = 0)",
             file=sys.stderr,
         )
     if not train.has_ratings and config.model["regression_weight"] > 0:

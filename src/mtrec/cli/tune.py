@@ -41,8 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_option(parser, "--trials", type=positive_int, default=50, help="trials to run (default 50)")
-    add_option(parser, "--timeout", type=positive_float, default=None, metavar="SECONDS",
-               help="start no trial after this many seconds")
+    add_option(parser, "--timeout", type=positive_float, default=None, metavar="SECONDS", help="start no trial after this many seconds")
     add_option(parser, "--root", default="tune", help="folder of the trials, the study and best/ (default tune/)")
     add_option(parser, "--tune-seed", type=int, default=0, help="seeds the sampler (default 0)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
@@ -78,13 +77,17 @@ def run(args: argparse.Namespace) -> int:
 
     with bar:  # closed before anything more is printed
         try:
-            result = tune(config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
-                          on_trial=on_trial, on_epoch=on_epoch, tracker=tracker)
+            result = tune(
+                config, train, validation, args.root, args.trials, args.tune_seed, args.timeout, on_trial=on_trial, on_epoch=on_epoch, tracker=tracker
+            )
         except KeyboardInterrupt:
             result = None
     if result is None:
-        print(f"mtrec tune: interrupted; the trials that finished ({len(finished)} in this run) stay in "
-              f"{os.path.join(args.root, STUDY_FILENAME)}: run the same command to continue", file=sys.stderr)
+        print(
+            f"mtrec tune: interrupted; the trials that finished ({len(finished)} in this run) stay in "
+            f"{os.path.join(args.root, STUDY_FILENAME)}: run the same command to continue",
+            file=sys.stderr,
+        )
         return 130
     settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
     print(

@@ -59,9 +59,7 @@ def _index_dictionary(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     rank[order] = np.arange(len(ids))
     ids, value_rank = ids[order], rank[value_rank]
     offsets = np.cumsum([0] + [len(chunk.dictionary) for chunk in chunks])
-    index = np.concatenate(
-        [value_rank[offset + chunk.indices.to_numpy(zero_copy_only=False)] for offset, chunk in zip(offsets, chunks)]
-    )
+    index = np.concatenate([value_rank[offset + chunk.indices.to_numpy(zero_copy_only=False)] for offset, chunk in zip(offsets, chunks)])
     return index.astype(np.int32), ids.astype(object)
 
 
@@ -135,9 +133,7 @@ def check_rating_scale(rating_scale: tuple[float, float]) -> tuple[float, float]
     return low, high
 
 
-def _check_scale(
-    path: Path | str, ratings: np.ndarray, rating_scale: tuple[float, float] | None
-) -> tuple[float, float]:
+def _check_scale(path: Path | str, ratings: np.ndarray, rating_scale: tuple[float, float] | None) -> tuple[float, float]:
     """The rating scale: the declared one (every rating must lie in it) or the observed range.
 
     Text files are checked, with line numbers, while reading; this catches other sources.
@@ -152,8 +148,7 @@ def _check_scale(
     if outside.any():
         row = int(np.flatnonzero(outside)[0])
         raise DataError(
-            f"{path}, row {row + 1}: rating {ratings[row]:g} is outside the rating scale {low:g}..{high:g} "
-            f"({int(outside.sum())} ratings are)"
+            f"{path}, row {row + 1}: rating {ratings[row]:g} is outside the rating scale {low:g}..{high:g} ({int(outside.sum())} ratings are)"
         )
     return low, high
 
@@ -166,9 +161,7 @@ def _pair_keys(users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarr
     return keys
 
 
-def _last_of_duplicates(
-    path: Path | str, users: np.ndarray, items: np.ndarray, num_items: int, timestamps: np.ndarray | None
-) -> np.ndarray | None:
+def _last_of_duplicates(path: Path | str, users: np.ndarray, items: np.ndarray, num_items: int, timestamps: np.ndarray | None) -> np.ndarray | None:
     """Positions to keep so each (user, item) pair appears once, the last by time then file order.
 
     ``None`` when there are no duplicates (the usual case, checked with one in-place sort).
@@ -190,4 +183,3 @@ def _last_of_duplicates(
     rule = "the last by time" if timestamps is not None else "the last in the file"
     warnings.warn(f"{path}: {duplicates} duplicate (user, item) ratings dropped, keeping {rule}", stacklevel=3)
     return keep
-

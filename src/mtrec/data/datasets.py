@@ -218,16 +218,12 @@ def download_release(
     root = resolve_data_dir(data_dir)
     folder = root / release.folder
     if not is_file(folder / release.ratings_file):
-        archive = download_release_archive(
-            release.url(base_url), root / release.archive, md5 or release.md5, progress=progress
-        )
+        archive = download_release_archive(release.url(base_url), root / release.archive, md5 or release.md5, progress=progress)
         extract_archive(archive, root, release.folder, release.ratings_file)
     return folder
 
 
-def load_movielens(
-    name: str = "100k", data_dir: str | os.PathLike | None = None, progress: bool = False
-) -> Interactions:
+def load_movielens(name: str = "100k", data_dir: str | os.PathLike | None = None, progress: bool = False) -> Interactions:
     """Load a MovieLens release, downloading it first if it is not in the data directory.
 
     Parameters
@@ -263,9 +259,7 @@ def load_movielens(
     return data
 
 
-def load_canonical_split(
-    name: str, data_dir: str | os.PathLike | None = None, progress: bool = False
-) -> tuple[Interactions, Interactions]:
+def load_canonical_split(name: str, data_dir: str | os.PathLike | None = None, progress: bool = False) -> tuple[Interactions, Interactions]:
     """MovieLens 100K's ``<name>.base`` and ``<name>.test`` as train and test, sharing one id map.
 
     See :func:`mtrec.data.splits.canonical_split`, which checks ``name``. Each file read is
@@ -276,9 +270,7 @@ def load_canonical_split(
     base, test = (_read_ratings(release, folder / f"{name}.{part}") for part in ("base", "test"))
     combined = {role: pa.chunked_array(base[role].chunks + test[role].chunks) for role in base}
     n_base, n_test = len(base["user"]), len(test["user"])
-    fields = interaction_fields(
-        folder / f"{name}.base", combined, rating_scale=release.rating_scale, name=f"{release.folder}/{name}"
-    )
+    fields = interaction_fields(folder / f"{name}.base", combined, rating_scale=release.rating_scale, name=f"{release.folder}/{name}")
     data = Interactions(**fields)
     if len(data) != n_base + n_test:
         raise DataError(f"{folder / name}.base and .test share (user, item) pairs")
@@ -310,9 +302,4 @@ def check_sha256(path: Path, expected: str) -> None:
     """A :class:`DataError` unless the file's SHA-256 is ``expected``."""
     digest = digest_of(path, "sha256")
     if digest != expected:
-        raise DataError(
-            f"{path} has SHA-256 {digest}, expected {expected}: the file is modified or corrupt; "
-            "delete its folder to download it again"
-        )
-
-
+        raise DataError(f"{path} has SHA-256 {digest}, expected {expected}: the file is modified or corrupt; delete its folder to download it again")

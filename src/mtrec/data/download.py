@@ -173,13 +173,9 @@ def _fetch(url: str, part: Path, destination: Path, progress: bool) -> None:
                     received += len(block)
                     bar.update(len(block))
             except (OSError, http.client.HTTPException) as error:
-                raise DownloadError(
-                    f"download of {url} interrupted after {received} bytes ({error}); run again to resume from {part}"
-                ) from None
+                raise DownloadError(f"download of {url} interrupted after {received} bytes ({error}); run again to resume from {part}") from None
     if total is not None and received < total:
-        raise DownloadError(
-            f"download of {url} interrupted after {received} of {total} bytes; run again to resume from {part}"
-        )
+        raise DownloadError(f"download of {url} interrupted after {received} of {total} bytes; run again to resume from {part}")
 
 
 def extract_archive(archive: Path, root: Path, folder: str, required: str) -> Path:

@@ -221,4 +221,3 @@ class _Decompressed(io.RawIOBase):
             self._stream.close()
             self._raw.close()
         super().close()
-

@@ -126,10 +126,7 @@ def sniff_format(path: Path, sep: str | None = None, column_names: list[str] = (
     if sep is None:
         sep = next((d for d in SNIFFED_DELIMITERS if d in lines[0]), None)
         if sep is None:
-            raise DataError(
-                f"{path}, line 1: cannot tell the field separator (tried tab, '::', ',', ';', '|'); "
-                "pass it with sep= (--sep)"
-            )
+            raise DataError(f"{path}, line 1: cannot tell the field separator (tried tab, '::', ',', ';', '|'); pass it with sep= (--sep)")
     quoted = sep == "," or sep == ";"
     first = [field.strip() for field in _split_line(lines[0], sep, quoted)]
     known = {alias for aliases in COLUMN_ALIASES.values() for alias in aliases}
@@ -158,9 +155,7 @@ def resolve_columns(
     """
     columns = list(columns)
     found = ", ".join(repr(c) for c in columns)
-    roles = {
-        role: _explicit_column(path, columns, role, spec, found) for role, spec in wanted.items() if spec is not None
-    }
+    roles = {role: _explicit_column(path, columns, role, spec, found) for role, spec in wanted.items() if spec is not None}
     for role in [role for role in wanted if role not in roles]:
         # Recognised columns (by name, or by position without a header) not already named.
         if header:
@@ -175,8 +170,7 @@ def resolve_columns(
         if role not in roles:
             aliases = "/".join(COLUMN_ALIASES[role])
             raise DataError(
-                f"{path}: no {role} column: none of the columns found ({found}) is called "
-                f"{aliases}; name it with {role}_col= (--{role}-col)"
+                f"{path}: no {role} column: none of the columns found ({found}) is called {aliases}; name it with {role}_col= (--{role}-col)"
             )
     used = list(roles.values())
     if len(set(used)) != len(used):
@@ -191,4 +185,3 @@ def _explicit_column(path: Path, columns: list[str], role: str, spec: Column, fo
     if position is not None and 0 <= position < len(columns):
         return columns[position]
     raise DataError(f"{path}: no column {spec!r} for the {role}; the columns found are {found}")
-

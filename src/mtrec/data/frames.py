@@ -72,9 +72,7 @@ def frame_library(frame: Any) -> str:
         library = base.__module__.partition(".")[0]
         if library in ("pandas", "polars") and base.__name__ == "DataFrame":
             return library
-    raise DataError(
-        f"expected a pandas DataFrame, a polars DataFrame or a pyarrow Table, got {kind.__module__}.{kind.__qualname__}"
-    )
+    raise DataError(f"expected a pandas DataFrame, a polars DataFrame or a pyarrow Table, got {kind.__module__}.{kind.__qualname__}")
 
 
 def backend_library(backend: str) -> ModuleType | None:
@@ -183,8 +181,7 @@ def frame_table(
             aliases = "/".join(COLUMN_ALIASES[role])
             found = ", ".join(map(repr, names))
             raise DataError(
-                f"{source}: no {role} column: none of the columns ({found}) is called {aliases}; "
-                f"name it with {_KEYWORDS.get(role, role)}="
+                f"{source}: no {role} column: none of the columns ({found}) is called {aliases}; name it with {_KEYWORDS.get(role, role)}="
             )
     for column in roles.values():
         if names.count(column) > 1:
@@ -301,8 +298,7 @@ def _times(source: str, column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     readable = (pa.types.is_integer, pa.types.is_floating, pa.types.is_timestamp, pa.types.is_date, _is_text)
     if not any(check(kind) for check in readable):
         raise DataError(
-            f"{source}: the times (column {name!r}) are {kind}; times must be seconds since 1970, "
-            "timestamps, dates or ISO date/time text"
+            f"{source}: the times (column {name!r}) are {kind}; times must be seconds since 1970, timestamps, dates or ISO date/time text"
         )
     return column
 
@@ -336,4 +332,3 @@ def read_items_frame(
     wanted = {"item": item, "title": title, "genres": genres}
     source, table, roles = frame_table(frame, wanted, required=("item", "title"), name=name, positions=_ITEM_POSITIONS)
     return item_table(table, roles, _ids(source, table.column(roles["item"]), "item", roles["item"]))
-

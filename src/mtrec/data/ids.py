@@ -35,10 +35,7 @@ def id_problem(text: str, what: str) -> str | None:
 def trimmed(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Text ids (plain or dictionary-encoded) without surrounding whitespace; other columns as they are."""
     if pa.types.is_dictionary(column.type):
-        chunks = [
-            pa.DictionaryArray.from_arrays(chunk.indices, pc.utf8_trim_whitespace(chunk.dictionary))
-            for chunk in column.chunks
-        ]
+        chunks = [pa.DictionaryArray.from_arrays(chunk.indices, pc.utf8_trim_whitespace(chunk.dictionary)) for chunk in column.chunks]
         return pa.chunked_array(chunks, column.type)
     if _is_text(column.type):
         return pc.utf8_trim_whitespace(column)

@@ -76,10 +76,7 @@ class Interactions:
             if array is not None and len(array) != n:
                 raise DataError(f"{label} has {len(array)} entries but users has {n}")
         if len(self.user_ids) != self.num_users or len(self.item_ids) != self.num_items:
-            raise DataError(
-                f"id maps have {len(self.user_ids)} users / {len(self.item_ids)} items, "
-                f"expected {self.num_users} / {self.num_items}"
-            )
+            raise DataError(f"id maps have {len(self.user_ids)} users / {len(self.item_ids)} items, expected {self.num_users} / {self.num_items}")
         if n and (self.users.min() < 0 or self.users.max() >= self.num_users):
             raise DataError(f"user index out of range 0..{self.num_users - 1}")
         if n and (self.items.min() < 0 or self.items.max() >= self.num_items):
@@ -245,10 +242,7 @@ def same_id_maps(a: Any, b: Any) -> bool:
 def check_same_ids(a: Interactions, b: Interactions) -> None:
     """Raise :class:`DataError` unless ``a`` and ``b`` index users and items the same way."""
     if not same_id_maps(a, b):
-        raise DataError(
-            f"{a.name or 'the data'} and {b.name or 'the test data'} use different id maps: "
-            "split one Interactions so both share it"
-        )
+        raise DataError(f"{a.name or 'the data'} and {b.name or 'the test data'} use different id maps: split one Interactions so both share it")
 
 
 def build_lookup(ids: np.ndarray) -> dict:

@@ -137,9 +137,7 @@ def _read_items_text(path: Path, text_format: TextFormat, roles: dict[str, str])
         with open_binary(path) as stream:
             table = pacsv.read_csv(
                 stream,
-                read_options=pacsv.ReadOptions(
-                    column_names=list(text_format.columns), skip_rows=1 if text_format.header else 0
-                ),
+                read_options=pacsv.ReadOptions(column_names=list(text_format.columns), skip_rows=1 if text_format.header else 0),
                 parse_options=pacsv.ParseOptions(delimiter=text_format.delimiter, quote_char='"'),
                 convert_options=pacsv.ConvertOptions(
                     include_columns=list(roles.values()), column_types={name: pa.string() for name in roles.values()}

@@ -57,9 +57,7 @@ def read_text_columns(
         except _ARROW_ERRORS as error:
             raise bad_line_error(path, text_format, roles, rating_scale, str(error)) from None
     if table.num_rows == 0:
-        raise DataError(
-            f"{path}: no data rows after the header" if text_format.header else f"{path}: the file is empty"
-        )
+        raise DataError(f"{path}: no data rows after the header" if text_format.header else f"{path}: the file is empty")
     columns = {role: table.column(name) for role, name in roles.items()}
     for role in ("user", "item"):
         columns[role] = trimmed(columns[role])
@@ -73,9 +71,7 @@ def read_text_columns(
         try:
             columns["time"] = seconds(columns["time"])
         except _ARROW_ERRORS:
-            raise bad_line_error(
-                path, text_format, roles, rating_scale, "a time that is neither seconds since 1970 nor an ISO date/time"
-            ) from None
+            raise bad_line_error(path, text_format, roles, rating_scale, "a time that is neither seconds since 1970 nor an ISO date/time") from None
     return columns
 
 
@@ -216,9 +212,7 @@ def _time_kind(text: str) -> str | None:
     return "date"
 
 
-def _field_problem(
-    fields: list[str], positions: dict[str, int], rating_scale: tuple[float, float] | None
-) -> str | None:
+def _field_problem(fields: list[str], positions: dict[str, int], rating_scale: tuple[float, float] | None) -> str | None:
     for role, position in positions.items():
         if role in ("user", "item"):
             problem = id_problem(fields[position].strip(), f"{role} id")
@@ -318,4 +312,3 @@ def timestamps(path: Path, column: pa.ChunkedArray) -> np.ndarray:
             high = middle
     value = column[low].as_py()
     raise DataError(f"{path}, row {low + 1}: time {value!r} is neither seconds since 1970 nor an ISO date/time")
-

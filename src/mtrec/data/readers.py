@@ -108,4 +108,3 @@ def _load(path: Path, wanted: dict, items_path, rating_scale, sep) -> Interactio
     if items_path is not None:
         data.item_metadata = align_metadata(data.item_ids, read_items_file(items_path))
     return data
-

@@ -137,8 +137,7 @@ class DataSpec:
         if self.valid_fraction is not None:
             if self.by_count:
                 raise ConfigError(
-                    "--valid-fraction does not fit a test set of K per user: the validation set is carved by "
-                    "the same rule, so give --valid-k"
+                    "--valid-fraction does not fit a test set of K per user: the validation set is carved by the same rule, so give --valid-k"
                 )
             check_fraction("valid_fraction", self.valid_fraction)
             if self.split == "user" and self.valid_fraction + self.effective_test_fraction >= 1:
@@ -179,9 +178,7 @@ class DataSpec:
 
     def split_data(self, data: Interactions) -> tuple[Interactions, Interactions | None, Interactions]:
         """``(train, validation, test)`` of ``data``; validation is None unless the spec asks for one."""
-        train, test = self._split_once(
-            data, self.effective_test_fraction, self.leave_k, self.last_k, self.cutoff, self.seed
-        )
+        train, test = self._split_once(data, self.effective_test_fraction, self.leave_k, self.last_k, self.cutoff, self.seed)
         return (*self.carve_validation(train), test)
 
     def carve_validation(self, train: Interactions) -> tuple[Interactions, Interactions | None]:
@@ -196,8 +193,13 @@ class DataSpec:
         return self._split_once(train, self.valid_fraction, leave_k, last_k, None, seed)
 
     def _split_once(
-        self, data: Interactions, fraction: float | None, leave_k: int | None, last_k: int | None,
-        cutoff: str | None, seed: int | tuple[int, int],
+        self,
+        data: Interactions,
+        fraction: float | None,
+        leave_k: int | None,
+        last_k: int | None,
+        cutoff: str | None,
+        seed: int | tuple[int, int],
     ) -> tuple[Interactions, Interactions]:
         """One cut by the spec's method: a share, K per user, or a time."""
         if self.split == "random":

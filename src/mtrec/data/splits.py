@@ -51,9 +51,7 @@ def _one_of(**options) -> str:
     return given[0]
 
 
-def random_split(
-    data: Interactions, test_fraction: float = 0.05, seed: int | Sequence[int] = 0
-) -> tuple[Interactions, Interactions]:
+def random_split(data: Interactions, test_fraction: float = 0.05, seed: int | Sequence[int] = 0) -> tuple[Interactions, Interactions]:
     """Hold out ``round(test_fraction * len(data))`` interactions drawn uniformly at random.
 
     The assignment's protocol. Both parts keep their original order and the full id maps.
@@ -189,9 +187,7 @@ def temporal_split(
 CANONICAL_SPLITS = ("u1", "u2", "u3", "u4", "u5", "ua", "ub")
 
 
-def canonical_split(
-    name: str, data_dir: str | os.PathLike | None = None, progress: bool = False
-) -> tuple[Interactions, Interactions]:
+def canonical_split(name: str, data_dir: str | os.PathLike | None = None, progress: bool = False) -> tuple[Interactions, Interactions]:
     """One of MovieLens 100K's own splits: ``u1``..``u5`` (80%/20%) or ``ua``/``ub`` (10 per user).
 
     Train and test share one id map, built over the base and test files together.

@@ -102,14 +102,12 @@ def write_figures(collection: Collection, out: Path) -> dict[str, str]:
     if collection.study:
         study_figure(collection.study, choices(collection.study), out / STUDY_FIGURE)
         figures[STUDY_FIGURE] = (
-            "Test MSE against MRR: each architecture's fixed-λ sweep as a line, each weighting's validation-chosen "
-            "variant as a marker"
+            "Test MSE against MRR: each architecture's fixed-λ sweep as a line, each weighting's validation-chosen variant as a marker"
         )
     if collection.sweep:
         tradeoff_figure(collection.sweep, out / TRADEOFF_FIGURE)
         figures[TRADEOFF_FIGURE] = (
-            "Test MSE against MRR for each λF, shared and separate embeddings; λF = 0 and 1, which leave a head "
-            "untrained, are in the table only"
+            "Test MSE against MRR for each λF, shared and separate embeddings; λF = 0 and 1, which leave a head untrained, are in the table only"
         )
     return figures
 

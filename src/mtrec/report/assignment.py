@@ -88,14 +88,8 @@ class Verdict:
             parts.append(f"{self.a_name} do better on {join([TASKS[f] for f in self.wins_a])}")
         if self.wins_b:
             parts.append(f"{self.b_name} do better on {join([TASKS[f] for f in self.wins_b])}")
-        parts += [
-            f"on {TASKS[field]} the difference ({self.comparisons[field].describe()}) is within noise"
-            for field in self.noise
-        ]
-        details = [
-            f"{TASKS[field].split(' (')[0]} {self.comparisons[field].describe()}"
-            for field in (*self.wins_a, *self.wins_b)
-        ]
+        parts += [f"on {TASKS[field]} the difference ({self.comparisons[field].describe()}) is within noise" for field in self.noise]
+        details = [f"{TASKS[field].split(' (')[0]} {self.comparisons[field].describe()}" for field in (*self.wins_a, *self.wins_b)]
         sentence = _upper_first("; ".join(parts) + ".")
         if details:
             sentence += f" ({self.a_name} minus {self.b_name}: {'; '.join(details)}.)"
@@ -104,10 +98,7 @@ class Verdict:
 
 def compare_test_metrics(a: GroupSummary, b: GroupSummary, stat: str = "selected") -> dict[str, Comparison]:
     """Test MSE and MRR of ``a`` against ``b``, at the selected epochs (or ``"final"``, ``"best"``)."""
-    return {
-        field: Comparison(getattr(a, stat)(field), getattr(b, stat)(field), lower)
-        for field, lower in BEST_FIELDS.items()
-    }
+    return {field: Comparison(getattr(a, stat)(field), getattr(b, stat)(field), lower) for field, lower in BEST_FIELDS.items()}
 
 
 def verdict(a_name: str, b_name: str, comparisons: dict[str, Comparison]) -> Verdict:
@@ -150,8 +141,7 @@ class Overfitting:
         reading = (
             f"it overfits after about epoch {epoch}"
             if self.train_improves
-            else f"the training fit worsens too, so this is not overfitting: after about epoch {epoch} "
-            "training moves away from this task"
+            else f"the training fit worsens too, so this is not overfitting: after about epoch {epoch} training moves away from this task"
         )
         return (
             f"{label(self.group)}: {NAMES[self.field]} is best at epoch {epoch}, at {fmt_stat(self.best)}, and ends "
@@ -180,8 +170,7 @@ def overfitting_reading(groups: Sequence[GroupSummary]) -> str:
     return " ".join(
         [
             *found,
-            f"{rest} the last-epoch value is within noise of the curve's best: no test curve has turned by "
-            f"epoch {groups[0].epochs}.",
+            f"{rest} the last-epoch value is within noise of the curve's best: no test curve has turned by epoch {groups[0].epochs}.",
         ]
     )
 
@@ -232,9 +221,7 @@ class FitReading:
                 f" {_upper_first(self.winner or '')} also have the lower {NAMES[train_field]}: their advantage is a "
                 "better fit of the training data, not less overfitting."
             ),
-            "loser-overfits": (
-                f" {_upper_first(self.loser or '')} fit the training data more closely yet do worse on test data: they overfit."
-            ),
+            "loser-overfits": (f" {_upper_first(self.loser or '')} fit the training data more closely yet do worse on test data: they overfit."),
             "generalisation": f" Their {NAMES[train_field]} is within noise of each other: the difference is one of generalisation.",
         }
         return text + endings[self.kind]
@@ -322,8 +309,7 @@ def answer_sharing(shared: GroupSummary, separate: GroupSummary) -> list[str]:
 
 def weight_names(high: GroupSummary, balanced: GroupSummary) -> tuple[str, str]:
     return tuple(  # type: ignore[return-value]
-        f"the λF={g.configuration.factorization_weight:g}/λR={g.configuration.regression_weight:g} runs"
-        for g in (high, balanced)
+        f"the λF={g.configuration.factorization_weight:g}/λR={g.configuration.regression_weight:g} runs" for g in (high, balanced)
     )
 
 
@@ -332,9 +318,7 @@ def weights_verdict(high: GroupSummary, balanced: GroupSummary) -> Verdict:
     return verdict(*weight_names(high, balanced), compare_test_metrics(high, balanced))
 
 
-def answer_weights(
-    high: GroupSummary, balanced: GroupSummary, separate: tuple[GroupSummary, GroupSummary] | None = None
-) -> list[str]:
+def answer_weights(high: GroupSummary, balanced: GroupSummary, separate: tuple[GroupSummary, GroupSummary] | None = None) -> list[str]:
     """Question 2: with sharing, λF=0.99/λR=0.01 against 0.5/0.5. ``separate``: the same pair unshared."""
     a_name, b_name = weight_names(high, balanced)
     found = weights_verdict(high, balanced)

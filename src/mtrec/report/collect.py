@@ -45,7 +45,8 @@ def find_run_dirs(paths: Sequence[str | Path]) -> list[Path]:
             raise DataError(f"{path}: no such directory")
         # Hidden folders are runs being trained (.<name>.staging) or replaced: not runs yet.
         markers = [
-            marker for marker in (*path.rglob(CONFIG_FILENAME), *path.rglob(METRICS_FILENAME))
+            marker
+            for marker in (*path.rglob(CONFIG_FILENAME), *path.rglob(METRICS_FILENAME))
             if not any(part.startswith(".") for part in marker.relative_to(path).parts[:-1])
         ]
         if not markers:

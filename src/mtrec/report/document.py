@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Sequence
 
 
-
-
 @dataclass(frozen=True)
 class Heading:
     level: int
@@ -93,9 +91,7 @@ def to_html(blocks: Sequence[Block], folder: Path, title: str) -> str:
             parts.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
         elif isinstance(block, Table):
             head = "".join(f"<th>{_inline_html(cell)}</th>" for cell in block.header)
-            rows = "".join(
-                "<tr>" + "".join(f"<td>{_inline_html(cell)}</td>" for cell in row) + "</tr>" for row in block.rows
-            )
+            rows = "".join("<tr>" + "".join(f"<td>{_inline_html(cell)}</td>" for cell in row) + "</tr>" for row in block.rows)
             parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Figure):
             data = base64.b64encode((folder / block.filename).read_bytes()).decode("ascii")

@@ -24,8 +24,6 @@ TRADEOFF_FIGURE = "sweep_tradeoff.png"
 FIGURES = (*(figure for figure, _, _ in CURVES.values()), SUMMARY_FIGURE, TRADEOFF_FIGURE)
 
 
-
-
 def _pyplot():
     import matplotlib
 

@@ -35,6 +35,7 @@ NAMES = {
     "test_recall@10": "test Recall@10",
 }
 
+
 @dataclass(frozen=True)
 class Stat:
     """One quantity measured once per seed: ``values[i]`` belongs to ``seeds[i]``."""
@@ -163,10 +164,7 @@ class GroupSummary:
     def at_epochs(self, field: str, epochs: Stat) -> Stat:
         """``field`` of each run at its epoch in ``epochs``."""
         chosen = [int(e) if math.isfinite(e) else None for e in epochs.values]
-        return self.stat(
-            math.nan if epoch is None else _number(run.metrics["epochs"][epoch - 1].get(field))
-            for run, epoch in zip(self.runs, chosen)
-        )
+        return self.stat(math.nan if epoch is None else _number(run.metrics["epochs"][epoch - 1].get(field)) for run, epoch in zip(self.runs, chosen))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -180,10 +178,7 @@ class GroupSummary:
                 **{field: self.selected(field).to_json() for field in FINAL_FIELDS},
             },
             "final": {field: self.final(field).to_json() for field in FINAL_FIELDS},
-            "oracle_best": {
-                field: {"value": self.best(field).to_json(), "epoch": self.best_epoch(field).to_json()}
-                for field in BEST_FIELDS
-            },
+            "oracle_best": {field: {"value": self.best(field).to_json(), "epoch": self.best_epoch(field).to_json()} for field in BEST_FIELDS},
         }
 
 

@@ -37,8 +37,7 @@ STUDY_FIGURE = "multitask_plane.png"
 def validation_score(group: GroupSummary) -> Stat:
     """Each run's validation criterion at its selected epoch (higher is better)."""
     return group.stat(
-        math.nan if (run.metrics.get("selection") or {}).get("score") is None else float(run.metrics["selection"]["score"])
-        for run in group.runs
+        math.nan if (run.metrics.get("selection") or {}).get("score") is None else float(run.metrics["selection"]["score"]) for run in group.runs
     )
 
 
@@ -121,9 +120,7 @@ def study_table(found: Sequence[Choice]) -> Table:
     rows = []
     for choice in found:
         c = choice.group.configuration
-        chosen = f"λF={c.factorization_weight:g}, λR={c.regression_weight:g}" + (
-            f" (best of {choice.candidates})" if choice.candidates > 1 else ""
-        )
+        chosen = f"λF={c.factorization_weight:g}, λR={c.regression_weight:g}" + (f" (best of {choice.candidates})" if choice.candidates > 1 else "")
         rows.append(
             (
                 choice.name,
@@ -202,8 +199,7 @@ def study_answer(found: Sequence[Choice]) -> list[str]:
         readings,
         ("The weightings against each architecture's tuned fixed λ: " + "; ".join(against_sweep) + ".") if against_sweep else "",
         why,
-        f"Training cost, seconds per epoch (training and both evaluations; the gradient methods take one backward "
-        f"pass per task): {costs}.",
+        f"Training cost, seconds per epoch (training and both evaluations; the gradient methods take one backward pass per task): {costs}.",
     ]
 
 
@@ -220,13 +216,30 @@ def study_figure(groups: Sequence[GroupSummary], found: Sequence[Choice], path: 
             key=lambda g: g.configuration.factorization_weight,
         )
         if front:
-            axes.plot([g.selected("test_mse").mean for g in front], [g.selected("test_mrr").mean for g in front],
-                      color=f"C{index}", linestyle="-", alpha=0.5, label=f"{SHARING_NAMES[sharing]}: fixed-λ front")
+            axes.plot(
+                [g.selected("test_mse").mean for g in front],
+                [g.selected("test_mrr").mean for g in front],
+                color=f"C{index}",
+                linestyle="-",
+                alpha=0.5,
+                label=f"{SHARING_NAMES[sharing]}: fixed-λ front",
+            )
         for choice in (c for c in found if c.sharing == sharing):
-            axes.scatter(choice.group.selected("test_mse").mean, choice.group.selected("test_mrr").mean,
-                         color=f"C{index}", marker=markers.get(choice.weighting, "o"), s=50, zorder=3)
-            axes.annotate(choice.weighting, (choice.group.selected("test_mse").mean, choice.group.selected("test_mrr").mean),
-                          textcoords="offset points", xytext=(4, 4), fontsize=7)
+            axes.scatter(
+                choice.group.selected("test_mse").mean,
+                choice.group.selected("test_mrr").mean,
+                color=f"C{index}",
+                marker=markers.get(choice.weighting, "o"),
+                s=50,
+                zorder=3,
+            )
+            axes.annotate(
+                choice.weighting,
+                (choice.group.selected("test_mse").mean, choice.group.selected("test_mrr").mean),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
     axes.set_xlabel("test MSE at the selected epoch (lower is better)")
     axes.set_ylabel("test MRR at the selected epoch (higher is better)")
     axes.set_title("Multi-task study: each method's validation-chosen point and the fixed-λ fronts")

@@ -1,0 +1,61 @@
+"""Components by name: a registry lists its members in order, refuses an unknown name listing the
+registered ones and a name registered twice, and what offers a choice reads it (the command line, the
+tuner, the fused step's claims)."""
+
+import pytest
+
+from mtrec.cli import main
+from mtrec.errors import ConfigError
+from mtrec.losses import WATCH_LOSSES, PairwiseLoss
+from mtrec.registry import Registry
+from mtrec.trainer import SCHEDULES, make_scheduler
+from mtrec.training import FusedStep
+from mtrec.tuning import SEARCH_SPACE
+from mtrec.weighting import WEIGHTINGS, make_weighting
+
+
+def test_a_registry_keeps_its_members_in_order_and_refuses_unknown_and_repeated_names():
+    colours = Registry("colour")
+    colours.register("red")(1)
+    colours.register("blue")(2)
+    assert colours.names() == ("red", "blue") and list(colours) == ["red", "blue"] and len(colours) == 2
+    assert colours["blue"] == 2 and "red" in colours and "green" not in colours
+    with pytest.raises(ConfigError, match="^unknown colour 'green'; use one of red, blue$"):
+        colours["green"]
+    with pytest.raises(ConfigError, match="^unknown colour 3; use one of red, blue$"):
+        colours.check(3)
+    with pytest.raises(ValueError, match="a colour named 'red' is already registered"):
+        colours.register("red")(3)
+    assert colours.names() == ("red", "blue")
+
+
+def test_the_librarys_components_are_registered_in_the_order_they_are_offered():
+    assert WATCH_LOSSES.names() == ("bpr", "logsigmoid")
+    assert WEIGHTINGS.names() == ("fixed", "uncertainty", "gradnorm", "pcgrad", "mgda")
+    assert SCHEDULES.names() == ("constant", "exponential", "cosine", "step")
+    claims = FusedStep.claims()
+    assert set(claims["watch_loss"]) <= set(WATCH_LOSSES) and set(claims["weighting"]) <= set(WEIGHTINGS)
+    assert SEARCH_SPACE["watch_loss"] == ("categorical", list(WATCH_LOSSES.names()))
+
+
+def test_unknown_weightings_and_schedules_are_refused_naming_the_registered_ones():
+    with pytest.raises(ConfigError, match="^unknown weighting 'equal'; use one of fixed, uncertainty, gradnorm, pcgrad, mgda$"):
+        make_weighting("equal", 0.5, 0.5)
+    with pytest.raises(ConfigError, match="^unknown learning-rate schedule 'linear'; use one of constant, exponential, cosine, step$"):
+        make_scheduler(None, "linear", 10, 0.9, 5)
+    assert make_weighting("gradnorm", 0.5, 0.5, gradnorm_alpha=0.7).alpha == 0.7
+
+
+class Squared(PairwiseLoss):
+    summary = "mean((1 - (p+ - p-))^2)"
+
+    def terms(self, margin):
+        return (1.0 - margin).square()
+
+
+def test_a_registered_watch_loss_is_offered_and_described_by_the_command_line(monkeypatch, capsys):
+    monkeypatch.setitem(WATCH_LOSSES._members, "squared", Squared)
+    assert main(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--watch-loss {bpr,logsigmoid,squared}" in help_text
+    assert "squared: mean((1 - (p+ - p-))^2)" in help_text
