@@ -26,7 +26,7 @@ searched with F × (d + 2) candidates, recall traded for speed:
   alternating. A service ranks with one index; alternating at every request would start each
   HNSW search from a cache that the exact pass (a stream of every item's vector) has just
   flushed, a state no service is in (``--block 1`` measures it: at 1,000,000 items, d = 32, HNSW
-  p50 1.6 ms instead of 0.9 ms; exact is unchanged);
+  p50 1.6 ms instead of 1.0 ms; exact is unchanged);
 * batch export: ``recommend_all`` (k = 10) of a sample of the users, in rounds alternating exact
   and HNSW; users/s is the median of the rounds and the time for ML-25M's 162,541 users is
   projected from it (the work is per user: the sample gives the rate);

@@ -83,6 +83,7 @@ def test_the_model_checkpoint_and_evaluation_modules_are_untangled():
     assert "mtrec.evaluation" not in GRAPH["mtrec.checkpoint"]
 
 
+@pytest.mark.slow
 def test_importing_the_checkpoint_module_does_not_import_the_estimator():
     code = "import sys, mtrec.checkpoint; print('mtrec.model' in sys.modules, 'mtrec.training' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

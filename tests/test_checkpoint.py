@@ -176,6 +176,7 @@ def test_the_memory_available_is_positive_and_at_most_the_machines():
     assert 0 < available_memory() <= os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow
 def test_a_loaded_model_survives_its_file_being_overwritten_in_place(fitted, tmp_path):
     path = fitted[1].save(tmp_path / "run")
     model = fitted[1]

@@ -17,6 +17,7 @@ def train(*argv: str) -> int:
     return main(["train", "--no-progress", "--device", "cpu", *argv])
 
 
+@pytest.mark.slow
 def test_main_py_runs_the_assignments_command_and_writes_the_run(tmp_path, data_dir):
     logdir = tmp_path / "run" / "shared=True_LF=0.99_LR=0.01"
     env = {**os.environ, "MTREC_DATA_DIR": str(data_dir), "OMP_NUM_THREADS": "1"}

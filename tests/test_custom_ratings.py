@@ -1,11 +1,13 @@
 """The user's own files: ML-100K written as a CSV with string ids trains like the built-in loader."""
 
 import numpy as np
+import pytest
 
 from mtrec.data import load_ratings_file, random_split
 from mtrec.model import MultitaskModel
 
 
+@pytest.mark.slow
 def test_a_csv_of_ml100k_with_string_ids_gives_the_same_metrics(ml100k, tmp_path):
     path = tmp_path / "ratings.csv"
     with path.open("w") as file:

@@ -68,6 +68,7 @@ def build(tmp_path: Path, script: str, data_dir: str | None = "data") -> subproc
     return subprocess.run(command, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_page_shows_each_cells_code_then_its_output_table_and_figure(tmp_path):
     result = build(tmp_path, SCRIPT)
     assert result.returncode == 0, result.stderr
@@ -82,6 +83,7 @@ def test_the_page_shows_each_cells_code_then_its_output_table_and_figure(tmp_pat
     assert (tmp_path / "site" / "tutorial.py").read_text() == SCRIPT
 
 
+@pytest.mark.slow
 def test_a_cell_that_raises_fails_the_build_naming_the_cell_and_the_scripts_line(tmp_path):
     result = build(tmp_path, FAILING)
     assert result.returncode == 1
@@ -89,6 +91,7 @@ def test_a_cell_that_raises_fails_the_build_naming_the_cell_and_the_scripts_line
     assert not (tmp_path / "site" / "tutorial").exists()
 
 
+@pytest.mark.slow
 def test_a_build_without_the_data_directory_fails_in_one_line_saying_to_set_it(tmp_path):
     result = build(tmp_path, SCRIPT, data_dir=None)
     assert result.returncode == 1

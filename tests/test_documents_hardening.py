@@ -301,6 +301,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_a_report_that_fails_midway_leaves_the_previous_report_whole_and_nothing_half_written(two_runs, failure, tmp_path, monkeypatch, capsys):
     import mtrec.report
@@ -344,6 +345,7 @@ def test_a_report_folder_holding_other_files_is_never_replaced(two_runs, tmp_pat
     assert folder_bytes(out) == {"mine.txt": b"mine"}
 
 
+@pytest.mark.slow
 def test_a_report_into_a_symlinked_out_replaces_what_the_link_points_at_and_keeps_the_link(two_runs, tmp_path, capsys):
     target, link = tmp_path / "store" / "report", tmp_path / "out"
     target.parent.mkdir()
@@ -379,6 +381,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 def test_two_reports_into_one_folder_never_mix_the_second_is_refused_in_one_line(two_runs, tmp_path, capsys):
     out, go = tmp_path / "report", tmp_path / "go"
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{SRC}", "OMP_NUM_THREADS": "1"}
@@ -542,6 +545,7 @@ def study_trials(root: Path) -> list:
     return optuna.load_study(study_name="mtrec", storage=f"sqlite:///{root / 'study.db'}").trials
 
 
+@pytest.mark.slow
 def test_a_rerun_of_tune_continues_the_study_and_repeats_no_trial(ratings, tmp_path, capsys):
     root = tmp_path / "tune"
     assert main(tune_argv(root, ratings, 3)) == 0
@@ -578,6 +582,7 @@ def test_two_tunes_on_one_root_never_work_at_once(ratings, tmp_path, capsys):
     assert not root.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_tune_is_one_line_and_the_study_keeps_its_finished_trials(ratings, tmp_path):
     root = tmp_path / "tune"
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{SRC}", "OMP_NUM_THREADS": "1"}

@@ -33,6 +33,9 @@ from mtrec.report import (
 )
 from mtrec.runs import METRICS_FILENAME, is_finished, staging_dir
 
+# The experiments train real runs on MovieLens 100K
+pytestmark = pytest.mark.slow
+
 SEEDS, EPOCHS = 2, 3
 
 

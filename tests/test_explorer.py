@@ -301,6 +301,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_explore_serves_the_page_on_127_0_0_1_and_prints_its_address(run_dir):
     import httpx
 

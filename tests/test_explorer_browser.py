@@ -50,7 +50,10 @@ MISSING = [
 ]
 if MISSING and os.environ.get(REQUIRED) == "required":
     pytest.fail(f"the browser tests are required here ({REQUIRED}=required) but need {' and '.join(MISSING)}", pytrace=False)
-pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"the browser tests need {' and '.join(MISSING)}; .ci/run installs them")
+pytestmark = [
+    pytest.mark.slow,  # a browser and a service per module
+    pytest.mark.skipif(bool(MISSING), reason=f"the browser tests need {' and '.join(MISSING)}; .ci/run installs them"),
+]
 
 
 def start_service(run_dir: Path) -> tuple[subprocess.Popen, str]:

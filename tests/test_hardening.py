@@ -117,6 +117,7 @@ def experiments(root: Path, data_dir: Path, *more: str) -> int:
     )
 
 
+@pytest.mark.slow
 def test_experiments_with_other_settings_name_them_and_replace_nothing(tmp_path, data_dir, capsys):
     root = tmp_path / "run"
     assert experiments(root, data_dir, "--epochs", "3") == 0
@@ -159,6 +160,7 @@ def test_a_failed_save_leaves_the_earlier_run_whole_and_serving_refuses_a_mix(fi
     assert "is not a complete run (unfinished)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_reused_run_is_verified_and_a_damaged_one_trained_again(tmp_path, data_dir, capsys):
     root = tmp_path / "run"
     assert experiments(root, data_dir, "--epochs", "2") == 0

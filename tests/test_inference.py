@@ -53,6 +53,7 @@ def test_every_users_top_k_is_what_recommend_gives_one_user_at_a_time(recommende
         assert column(table, user, "title") == [i.title for i in single.items]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 10, 1682])
 def test_the_batch_watch_scores_are_exact_with_ties(run_dir, k):
     """The fast count (picks, seen items and ties with the last pick) against bucketing every score
@@ -146,6 +147,7 @@ def test_a_history_is_folded_in_deterministically_and_its_items_left_out(recomme
     assert items_only.items and all(i.rating is not None for i in items_only.items)
 
 
+@pytest.mark.slow
 def test_folded_in_users_rank_their_test_items_far_above_popularity(ml100k_split):
     from mtrec.baselines import PopularityNet
     from mtrec.config import QUALITY_MODEL
@@ -262,6 +264,7 @@ def test_the_service_names_bad_histories(client):
     assert client.get("/users/196/recommendations?genre=Telenovela").status_code == 422
 
 
+@pytest.mark.slow
 def test_serving_with_several_workers(run_dir, tmp_path):
     import os
     import socket

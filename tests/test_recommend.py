@@ -329,6 +329,7 @@ def test_help_explains_the_watch_score(capsys):
     assert "rank percentile of the model's raw score p among all items for the user" in help_text
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_the_output_quietly(run_dir):
     import subprocess
     import sys

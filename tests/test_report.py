@@ -271,6 +271,7 @@ def golden_runs(root: Path) -> None:
         )
 
 
+@pytest.mark.slow
 def test_the_report_of_known_runs_is_the_golden_one(tmp_path, monkeypatch):
     """The whole report.md of fixed synthetic runs. After a deliberate change of wording, rewrite the
     golden file with MTREC_UPDATE_GOLDEN=1 and read the diff."""

@@ -81,6 +81,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("count", [2, 3])
 def test_concurrent_trainings_into_one_logdir_publish_one_whole_run_and_refuse_the_others(count, tmp_path):
     ratings = small_ratings(tmp_path / "small.csv")
@@ -115,6 +116,7 @@ def test_concurrent_trainings_into_one_logdir_publish_one_whole_run_and_refuse_t
     assert sorted(path.name for path in run_dir.parent.iterdir()) == ["r"]  # no staging, no lock left
 
 
+@pytest.mark.slow
 def test_a_killed_holders_lock_is_taken_over_by_the_next_run(tmp_path):
     ratings = small_ratings(tmp_path / "small.csv")
     run_dir = tmp_path / "r"
@@ -462,6 +464,7 @@ def test_the_library_refuses_to_record_a_run_of_no_epochs(tmp_path):
 # metrics.json: its digests and its shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("digest", ["model_sha256", "config_sha256"])
 def test_a_run_without_a_digest_is_damaged_and_retrained_by_experiments(digest, tmp_path, capsys):
     ratings = small_ratings(tmp_path / "small.csv")
@@ -617,6 +620,7 @@ def test_the_readme_names_mtrec_trains_directory_and_main_py_never_trains_into_i
     assert len(logdirs) == 3 and str(default) not in logdirs
 
 
+@pytest.mark.slow
 def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
     result = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "--help"], capture_output=True, text=True, env={**ENV, "COLUMNS": "200"}, timeout=120

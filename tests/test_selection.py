@@ -228,6 +228,7 @@ def test_bad_values_of_the_new_options_are_one_line_errors(argv, message, tmp_pa
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_an_early_stopped_run_is_a_complete_run_that_experiments_reuse(tmp_path, data_dir, capsys):
     argv = [
         "experiments",

@@ -325,6 +325,7 @@ def test_the_heap_is_trimmed_once_when_the_pool_empties(recommender, monkeypatch
         assert len(settled(trims, 1)) == 1 and trims[0].startswith("mtrec-pool")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interval, expected", [(3600.0, 1), (0.0, 3)])
 def test_under_serial_load_the_heap_is_trimmed_at_most_once_an_interval(recommender, monkeypatch, interval, expected):
     import mtrec.serve

@@ -150,6 +150,7 @@ def test_the_default_store_lives_hidden_under_the_run_root(tracked_train):
 # mtrec tune and mtrec experiments: nested runs
 
 
+@pytest.mark.slow
 def test_tune_records_each_trial_as_a_run_nested_under_the_study(tmp_path, ratings, monkeypatch, capsys):
     store = tmp_path / "elsewhere" / "mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
@@ -168,6 +169,7 @@ def test_tune_records_each_trial_as_a_run_nested_under_the_study(tmp_path, ratin
     assert not (root / ".mlflow").exists()
 
 
+@pytest.mark.slow
 def test_experiments_record_each_trained_run_under_one_experiment_run(tmp_path, ratings, capsys):
     root = tmp_path / "run"
     code, _, _ = run_cli(

@@ -71,13 +71,13 @@ from mtrec.schemas import Schema, validate
 #: The spaces a model's items are searched in: by watch score, and by cosine similarity.
 SPACES = ("watch", "similar")
 #: ``auto`` searches a graph from this many items on. Measured (``benchmarks/retrieval.py``, one
-#: thread, d = 32): a request that scores every item takes 1.3 ms at 59,047 items and 11.9 ms at
-#: 1,000,000, growing linearly; one through the graph about 2-4 ms at either size. They cross near
-#: here; below it exact is as fast, needs no build and is exact.
+#: thread, d = 32): a request that scores every item takes 0.65 ms at 59,047 items and 10.8 ms at
+#: 1,000,000, growing linearly; one through the graph 0.68 ms and 0.99 ms. They cross near here;
+#: below it exact is as fast, needs no build and is exact.
 AUTO_ITEMS = 100_000
 #: The default ``ef_search`` per dimension of the graph (d + 2 for the watch space): 272 at d = 32 and
-#: 1,040 at d = 128, where recall@10 was 0.991 and 0.989 on 1,000,000 items (``benchmarks/retrieval.py``;
-#: 512 for both gave 0.995 and 0.969).
+#: 1,040 at d = 128, where recall@10 was 0.988 and 0.989 on 1,000,000 items (``benchmarks/retrieval.py``;
+#: 6 per dimension gave 0.983 and 0.983, with median requests 12× and 30× faster than exact).
 EF_PER_DIMENSION = 8
 #: Candidates asked for beyond ``k`` (before the filters' share is applied).
 MARGIN = 16
