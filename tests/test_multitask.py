@@ -9,9 +9,12 @@ import pytest
 import torch
 
 from conftest import random_interactions
+from mtrec.foldin import user_parameter_names
+from mtrec.layers import ScaledEmbedding
 from mtrec.losses import Batch, JointObjective
 from mtrec.model import MultitaskModel
-from mtrec.network import SHARINGS, MultitaskNet
+from mtrec.network import SHARINGS, MultitaskNet, Sharing
+from mtrec.recommend import Recommender
 from mtrec.training import AutogradStep, FusedStep, make_step
 from mtrec.weighting import WEIGHTINGS, GradNorm, Uncertainty, mgda_alpha, pcgrad
 
@@ -110,6 +113,62 @@ def test_residual_sharing_with_zero_task_parts_equals_hard_sharing():
     assert torch.equal(hard.watch_score(users, items), residual.watch_score(users, items))
     assert not torch.equal(hard.rating(users, items), residual.rating(users, items))
     assert residual.parameter_groups()["residuals"] and not hard.parameter_groups()["residuals"]
+
+
+@pytest.mark.parametrize("sharing", SHARINGS)
+@pytest.mark.parametrize("rating_bias", [False, True])
+def test_the_network_declares_every_table_once_with_its_rows_and_group(sharing, rating_bias):
+    net = MultitaskNet(7, 11, embedding_dim=4, sharing=sharing, rating_bias=rating_bias)
+    tables = net.tables()
+    declared = {f"{table.name}.weight" for table in tables}
+    assert len(declared) == len(tables)
+    dense = {name for name, _ in net.named_parameters() if name.startswith("rating_mlp.") or name.endswith("_stitch")}
+    assert declared | dense == {name for name, _ in net.named_parameters()} and not declared & dense
+    for table in tables:
+        assert getattr(net, table.name).num_embeddings == {"users": 7, "items": 11}[table.rows]
+    groups = net.parameter_groups()
+    assert [id(p) for p in groups["embeddings"] + groups["residuals"] + groups["biases"]] == [
+        id(getattr(net, t.name).weight) for group in ("embeddings", "residuals", "biases") for t in tables if t.group == group
+    ]
+    users = {t.name for t in tables if t.rows == "users"}
+    assert {"user_embeddings", "user_biases"} <= users and ("rating_user_biases" in users) == rating_bias
+    assert ("rating_user_embeddings" in users) == (sharing in ("separate", "cross-stitch"))
+    assert ({"watch_user_residuals", "rating_user_residuals"} <= users) == (sharing == "residual")
+
+
+class SeparateUsers(Sharing):
+    """A sharing mode the library does not have: the heads share Q, each has its own U."""
+
+    summary = "one Q, a U per head"
+
+    def make(self, net, table, embedding_dim, cross_stitch_init):
+        table("rating_user_embeddings", "users", "embeddings", ScaledEmbedding, embedding_dim)
+
+    def rating_vectors(self, net, users, items):
+        return net.rating_user_embeddings(users), net.item_embeddings(items)
+
+
+def test_a_sharing_mode_defined_outside_the_library_trains_saves_and_folds_in(monkeypatch, tmp_path):
+    monkeypatch.setitem(SHARINGS._members, "separate-users", SeparateUsers)
+    data = random_interactions(num_users=30, num_items=40, n=600, seed=3)
+    model = MultitaskModel(embedding_dim=8, sharing="separate-users", batch_size=64, learning_rate=0.01, seed=1).fit(data, 3)
+    assert model.resolved_step() == "autograd"  # the fused step does not claim it
+    net = model.network_
+    assert {t.name for t in net.tables() if t.rows == "users"} == {"user_embeddings", "user_biases", "rating_user_embeddings"}
+    assert model.history_[-1].train_mse < model.history_[0].train_mse
+    with torch.no_grad():  # the rating head reads its own U and the shared Q
+        users, items = torch.tensor([0, 1]), torch.tensor([2, 3])
+        expected = net.rating_mlp(
+            torch.cat(
+                [net.rating_user_embeddings(users), net.item_embeddings(items), net.rating_user_embeddings(users) * net.item_embeddings(items)], 1
+            )
+        )
+        assert torch.equal(net.rating(users, items), expected.squeeze(-1))
+    loaded = MultitaskModel.load(model.save(tmp_path / "model.safetensors"))
+    assert np.array_equal(loaded.predict(data.users[:20], data.items[:20])[1], model.predict(data.users[:20], data.items[:20])[1])
+    assert "rating_user_embeddings.weight" in user_parameter_names(net)  # fold-in fits the mode's own user table too
+    folded = Recommender(model).recommend_history([(data.item_ids[0], 4.0), (data.item_ids[1], None)], k=5)
+    assert not folded.cold_start and len(folded.items) == 5
 
 
 # ---------------------------------------------------------------------------------------------

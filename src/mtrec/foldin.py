@@ -66,8 +66,8 @@ def _rating_problem(rating: Any, rating_scale: tuple[float, float] | None) -> st
 
 
 def user_parameter_names(network: MultitaskNet) -> list[str]:
-    """The network's tables indexed by user (one row per user)."""
-    return [name for name, _ in network.named_parameters() if "user_" in name and "stitch" not in name]
+    """The parameters of the network's tables indexed by user (one row per user), as it declares them."""
+    return [f"{table.name}.weight" for table in network.tables() if table.rows == "users"]
 
 
 def fold_in(

@@ -243,8 +243,7 @@ class MultitaskModel:
         for name in ("exclude_positives", "rating_bias"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if self.sharing not in SHARINGS:
-            raise ConfigError(f"unknown sharing {self.sharing!r}; use one of {', '.join(SHARINGS)}")
+        SHARINGS.check(self.sharing)
         WEIGHTINGS.check(self.weighting)
         if not _is_number(self.gradnorm_alpha) or not 0 <= self.gradnorm_alpha <= 10:
             raise ConfigError(f"gradnorm_alpha must be a number from 0 to 10, got {self.gradnorm_alpha!r}")
@@ -303,7 +302,9 @@ class MultitaskModel:
         a batch's activations about three times per layer.
         """
         d, hidden = self.embedding_dim, [*self.layer_sizes_[1:], 1]
-        tables = {"hard": 2, "separate": 4, "cross-stitch": 4, "residual": 6}.get(self.sharing, 6) * d + (4 if self.rating_bias else 2)
+        with torch.device("meta"):  # the tables the network declares, their widths summed; nothing is allocated
+            network = self.build_network(1, 1, "meta")
+        tables = sum(getattr(network, table.name).embedding_dim for table in network.tables())
         sizes = [3 * d, *hidden]
         mlp = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
         rows = self.batch_size * (1 + self.negatives)

@@ -7,13 +7,15 @@ can be evaluated and served by mtrec, and trained by :class:`mtrec.training.Auto
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence, runtime_checkable
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
 from mtrec.layers import ScaledEmbedding, ZeroEmbedding
+from mtrec.registry import Registry
 
 
 @runtime_checkable
@@ -39,8 +41,19 @@ class RecommenderNetwork(Protocol):
 
 #: Parameter groups a network may name for per-group weight decay; others fall in "mlp".
 PARAMETER_GROUPS = ("embeddings", "residuals", "biases", "mlp")
-#: How the two heads share the user and item embeddings.
-SHARINGS = ("hard", "separate", "residual", "cross-stitch")
+
+
+@dataclass(frozen=True)
+class Table:
+    """One embedding table of a network, as the network declares it (:meth:`MultitaskNet.tables`).
+
+    ``name`` is its attribute (its parameter is ``<name>.weight``), ``rows`` what indexes its rows
+    (``"users"`` or ``"items"``), ``group`` its parameter group (:data:`PARAMETER_GROUPS`).
+    """
+
+    name: str
+    rows: Literal["users", "items"]
+    group: str
 
 
 def check_architecture(embedding_dim: int, layer_sizes: Sequence[int]) -> list[int]:
@@ -62,6 +75,111 @@ def build_mlp(layer_sizes: Sequence[int]) -> nn.Sequential:
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
+
+
+class Sharing:
+    """How the two heads share the user and item embeddings: the tables (and parameters) a mode adds
+    to the network, and the vectors each head reads. A mode is registered in :data:`SHARINGS`;
+    ``summary`` is its line in ``--sharing``'s help. The base class is hard sharing: both heads read
+    the network's U and Q."""
+
+    summary: ClassVar[str] = ""
+
+    def make(self, net: MultitaskNet, table: Callable[..., None], embedding_dim: int, cross_stitch_init: float) -> None:
+        """Add the mode's tables to ``net`` with ``table(name, rows, group, kind, width)`` (and its other parameters)."""
+
+    def watch_users(self, net: MultitaskNet, users: torch.Tensor) -> torch.Tensor:
+        return net.user_embeddings(users)
+
+    def watch_items(self, net: MultitaskNet, items: torch.Tensor) -> torch.Tensor:
+        return net.item_embeddings(items)
+
+    def item_vectors(self, net: MultitaskNet) -> torch.Tensor:
+        return net.item_embeddings.weight
+
+    def rating_vectors(self, net: MultitaskNet, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return net.user_embeddings(users), net.item_embeddings(items)
+
+    def dense_parameters(self, net: MultitaskNet) -> list[nn.Parameter]:
+        """Parameters the mode adds that are not tables (in the ``mlp`` group)."""
+        return []
+
+
+#: How the two heads share the user and item embeddings, by name (:mod:`mtrec.registry`).
+SHARINGS: Registry[type[Sharing]] = Registry("sharing")
+
+
+@SHARINGS.register("hard")
+class HardSharing(Sharing):
+    summary = "the same U and Q for both heads; the default"
+
+
+@SHARINGS.register("separate")
+class SeparateSharing(Sharing):
+    summary = "each head its own"
+
+    def make(self, net, table, embedding_dim, cross_stitch_init):
+        table("rating_user_embeddings", "users", "embeddings", ScaledEmbedding, embedding_dim)
+        table("rating_item_embeddings", "items", "embeddings", ScaledEmbedding, embedding_dim)
+
+    def rating_vectors(self, net, users, items):
+        return net.rating_user_embeddings(users), net.rating_item_embeddings(items)
+
+
+@SHARINGS.register("residual")
+class ResidualSharing(Sharing):
+    summary = "shared plus a task-specific part each"
+
+    def make(self, net, table, embedding_dim, cross_stitch_init):
+        for name, rows in (("watch_user", "users"), ("watch_item", "items"), ("rating_user", "users"), ("rating_item", "items")):
+            table(f"{name}_residuals", rows, "residuals", ZeroEmbedding, embedding_dim)
+
+    def watch_users(self, net, users):
+        return net.user_embeddings(users) + net.watch_user_residuals(users)
+
+    def watch_items(self, net, items):
+        return net.item_embeddings(items) + net.watch_item_residuals(items)
+
+    def item_vectors(self, net):
+        return net.item_embeddings.weight + net.watch_item_residuals.weight
+
+    def rating_vectors(self, net, users, items):
+        u = net.user_embeddings(users) + net.rating_user_residuals(users)
+        q = net.item_embeddings(items) + net.rating_item_residuals(items)
+        return u, q
+
+
+@SHARINGS.register("cross-stitch")
+class CrossStitchSharing(SeparateSharing):
+    summary = "two sets mixed by learned 2x2 maps"
+
+    def make(self, net, table, embedding_dim, cross_stitch_init):
+        super().make(net, table, embedding_dim, cross_stitch_init)
+        a = float(cross_stitch_init)
+        start = torch.tensor([[a, 1.0 - a], [1.0 - a, a]])
+        net.user_stitch = nn.Parameter(start.clone())
+        net.item_stitch = nn.Parameter(start.clone())
+
+    @staticmethod
+    def _stitched(stitch: torch.Tensor, row: int, watch: torch.Tensor, rating: torch.Tensor) -> torch.Tensor:
+        return stitch[row, 0] * watch + stitch[row, 1] * rating
+
+    def watch_users(self, net, users):
+        return self._stitched(net.user_stitch, 0, net.user_embeddings(users), net.rating_user_embeddings(users))
+
+    def watch_items(self, net, items):
+        return self._stitched(net.item_stitch, 0, net.item_embeddings(items), net.rating_item_embeddings(items))
+
+    def item_vectors(self, net):
+        return self._stitched(net.item_stitch, 0, net.item_embeddings.weight, net.rating_item_embeddings.weight)
+
+    def rating_vectors(self, net, users, items):
+        u = self._stitched(net.user_stitch, 1, net.user_embeddings(users), net.rating_user_embeddings(users))
+        q = self._stitched(net.item_stitch, 1, net.item_embeddings(items), net.rating_item_embeddings(items))
+        return u, q
+
+    def dense_parameters(self, net):
+        return [net.user_stitch, net.item_stitch]
 
 
 class MultitaskNet(nn.Module):
@@ -100,31 +218,27 @@ class MultitaskNet(nn.Module):
     ) -> None:
         super().__init__()
         sizes = check_architecture(embedding_dim, [3 * embedding_dim, 64] if layer_sizes is None else layer_sizes)
-        if sharing not in SHARINGS:
-            raise ConfigError(f"unknown sharing {sharing!r}; use one of {', '.join(SHARINGS)}")
         self.sharing = sharing
-        self.user_embeddings = ScaledEmbedding(num_users, embedding_dim)
-        self.item_embeddings = ScaledEmbedding(num_items, embedding_dim)
-        self.user_biases = ZeroEmbedding(num_users, 1)
-        self.item_biases = ZeroEmbedding(num_items, 1)
-        if sharing in ("separate", "cross-stitch"):
-            self.rating_user_embeddings = ScaledEmbedding(num_users, embedding_dim)
-            self.rating_item_embeddings = ScaledEmbedding(num_items, embedding_dim)
+        self._sharing = SHARINGS[sharing]()
+        self._tables: list[Table] = []
+        count = {"users": num_users, "items": num_items}
+
+        def table(name: str, rows: Literal["users", "items"], group: str, kind: type[nn.Embedding], width: int) -> None:
+            # Every table is made here and declared once: parameter groups, the fused step's row
+            # gradients and fold-in's user parameters all read the declaration.
+            setattr(self, name, kind(count[rows], width))
+            self._tables.append(Table(name, rows, group))
+
+        table("user_embeddings", "users", "embeddings", ScaledEmbedding, embedding_dim)
+        table("item_embeddings", "items", "embeddings", ScaledEmbedding, embedding_dim)
+        table("user_biases", "users", "biases", ZeroEmbedding, 1)
+        table("item_biases", "items", "biases", ZeroEmbedding, 1)
+        self._sharing.make(self, table, embedding_dim, cross_stitch_init)  # before the MLP: the seed's order of random draws
         self.rating_mlp = build_mlp(sizes)
         self.rating_bias = bool(rating_bias)
         if self.rating_bias:
-            self.rating_user_biases = ZeroEmbedding(num_users, 1)
-            self.rating_item_biases = ZeroEmbedding(num_items, 1)
-        if sharing == "residual":
-            self.watch_user_residuals = ZeroEmbedding(num_users, embedding_dim)
-            self.watch_item_residuals = ZeroEmbedding(num_items, embedding_dim)
-            self.rating_user_residuals = ZeroEmbedding(num_users, embedding_dim)
-            self.rating_item_residuals = ZeroEmbedding(num_items, embedding_dim)
-        if sharing == "cross-stitch":
-            a = float(cross_stitch_init)
-            start = torch.tensor([[a, 1.0 - a], [1.0 - a, a]])
-            self.user_stitch = nn.Parameter(start.clone())
-            self.item_stitch = nn.Parameter(start.clone())
+            table("rating_user_biases", "users", "biases", ZeroEmbedding, 1)
+            table("rating_item_biases", "items", "biases", ZeroEmbedding, 1)
 
     @property
     def embedding_sharing(self) -> bool:
@@ -141,38 +255,17 @@ class MultitaskNet(nn.Module):
         """The item embeddings the rating head reads (hard and separate sharing)."""
         return self.item_embeddings if self.sharing == "hard" else self.rating_item_embeddings
 
-    def _stitched(self, stitch: torch.Tensor, row: int, watch: torch.Tensor, rating: torch.Tensor) -> torch.Tensor:
-        return stitch[row, 0] * watch + stitch[row, 1] * rating
-
     def watch_users(self, users: torch.Tensor) -> torch.Tensor:
         """The likelihood head's user vectors."""
-        u = self.user_embeddings(users)
-        if self.sharing == "residual":
-            return u + self.watch_user_residuals(users)
-        if self.sharing == "cross-stitch":
-            return self._stitched(self.user_stitch, 0, u, self.rating_user_embeddings(users))
-        return u
+        return self._sharing.watch_users(self, users)
 
     def watch_items(self, items: torch.Tensor) -> torch.Tensor:
         """The likelihood head's item vectors."""
-        q = self.item_embeddings(items)
-        if self.sharing == "residual":
-            return q + self.watch_item_residuals(items)
-        if self.sharing == "cross-stitch":
-            return self._stitched(self.item_stitch, 0, q, self.rating_item_embeddings(items))
-        return q
+        return self._sharing.watch_items(self, items)
 
     def rating_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The rating head's u and q of each pair."""
-        if self.sharing == "residual":
-            u = self.user_embeddings(users) + self.rating_user_residuals(users)
-            q = self.item_embeddings(items) + self.rating_item_residuals(items)
-        elif self.sharing == "cross-stitch":
-            u = self._stitched(self.user_stitch, 1, self.user_embeddings(users), self.rating_user_embeddings(users))
-            q = self._stitched(self.item_stitch, 1, self.item_embeddings(items), self.rating_item_embeddings(items))
-        else:
-            u, q = self.rating_users(users), self.rating_items(items)
-        return u, q
+        return self._sharing.rating_vectors(self, users, items)
 
     def rating_from_embeddings(self, u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """r_hat from already looked-up rating-head embeddings."""
@@ -203,27 +296,21 @@ class MultitaskNet(nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         """The likelihood head's item embeddings (Q, with its residual or stitch where there is one)."""
-        if self.sharing == "residual":
-            return self.item_embeddings.weight + self.watch_item_residuals.weight
-        if self.sharing == "cross-stitch":
-            return self._stitched(self.item_stitch, 0, self.item_embeddings.weight, self.rating_item_embeddings.weight)
-        return self.item_embeddings.weight
+        return self._sharing.item_vectors(self)
+
+    def tables(self) -> list[Table]:
+        """Every embedding table, in the order it was made: what indexes its rows and its group."""
+        return list(self._tables)
+
+    def table_weights(self, rows: str) -> list[nn.Parameter]:
+        """The weights of the tables whose rows are ``rows`` (``"users"`` or ``"items"``)."""
+        return [getattr(self, table.name).weight for table in self._tables if table.rows == rows]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The parameters by group, for per-group weight decay: embeddings, residuals, biases, the MLP (and stitches)."""
-        embeddings = [self.user_embeddings.weight, self.item_embeddings.weight]
-        if self.sharing in ("separate", "cross-stitch"):
-            embeddings += [self.rating_user_embeddings.weight, self.rating_item_embeddings.weight]
-        residuals = []
-        if self.sharing == "residual":
-            residuals = [
-                module.weight
-                for module in (self.watch_user_residuals, self.watch_item_residuals, self.rating_user_residuals, self.rating_item_residuals)
-            ]
-        biases = [self.user_biases.weight, self.item_biases.weight]
-        if self.rating_bias:
-            biases += [self.rating_user_biases.weight, self.rating_item_biases.weight]
-        mlp = list(self.rating_mlp.parameters())
-        if self.sharing == "cross-stitch":
-            mlp += [self.user_stitch, self.item_stitch]
-        return {"embeddings": embeddings, "residuals": residuals, "biases": biases, "mlp": mlp}
+        """The parameters by group, for per-group weight decay: the tables by their declared group;
+        the MLP (and the stitches) in ``mlp``."""
+        groups: dict[str, list[nn.Parameter]] = {group: [] for group in PARAMETER_GROUPS}
+        for table in self._tables:
+            groups[table.group].append(getattr(self, table.name).weight)
+        groups["mlp"] += list(self.rating_mlp.parameters()) + self._sharing.dense_parameters(self)
+        return groups

@@ -303,14 +303,7 @@ class FusedStep(Step):
     def _row_tables(self) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """The gradients of the tables indexed by user, of those indexed by item, and the rest."""
         net, grad_of = self.network, self.flat.grad_of
-        user_tables = [net.user_embeddings.weight, net.user_biases.weight]
-        item_tables = [net.item_embeddings.weight, net.item_biases.weight]
-        if not net.embedding_sharing:
-            user_tables.append(net.rating_user_embeddings.weight)
-            item_tables.append(net.rating_item_embeddings.weight)
-        if net.rating_bias:
-            user_tables.append(net.rating_user_biases.weight)
-            item_tables.append(net.rating_item_biases.weight)
+        user_tables, item_tables = net.table_weights("users"), net.table_weights("items")
         tables = {id(t) for t in user_tables + item_tables}
         dense = [grad_of(p) for p in net.parameters() if id(p) not in tables]
         return [grad_of(t) for t in user_tables], [grad_of(t) for t in item_tables], dense

@@ -77,10 +77,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_preset: str) ->
     add_option(
         sharing,
         "--sharing",
-        choices=SHARINGS,
+        choices=SHARINGS.names(),
         default=SUPPRESS,
-        help="how the heads share U and Q: hard (the same, default), separate (each its own), residual "
-        "(shared plus a task-specific part each), cross-stitch (two sets mixed by learned 2x2 maps)",
+        help="how the heads share U and Q: " + ", ".join(f"{name} ({SHARINGS[name].summary})" for name in SHARINGS),
     )
     add_option(
         sharing,
