@@ -216,7 +216,7 @@ def test_the_quality_preset_carves_validation_by_the_splits_rule():
         (["--lr-gamma", "1.5"], "lr_gamma must be in (0, 1], got 1.5"),
         (["--preset", "seed", "--early-stopping", "mrr"], "--early-stopping mrr needs a validation set: give --valid-fraction"),
         (["--split", "user", "--test-fraction", "0.5", "--valid-fraction", "0.5"], "users would be left without training data"),
-        (["--watch-loss", "hinge"], "invalid choice: 'hinge' (choose from 'bpr', 'logsigmoid')"),
+        (["--watch-loss", "hinge"], "invalid choice: 'hinge' (choose from 'bpr', 'logsigmoid', 'sampled-softmax', 'softmax')"),
     ],
 )
 def test_bad_values_of_the_new_options_are_one_line_errors(argv, message, tmp_path, data_dir, capsys):

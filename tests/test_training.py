@@ -270,10 +270,27 @@ def test_a_watch_loss_outside_the_fused_steps_claims_trains_with_autograd_under_
 
 
 def test_an_unknown_watch_loss_is_refused_naming_the_registered_ones(hinge):
-    with pytest.raises(ConfigError, match="unknown watch loss 'softmax'; use one of bpr, logsigmoid, hinge$"):
-        JointObjective(0.5, 0.5, watch_loss="softmax")
-    with pytest.raises(ConfigError, match="unknown watch loss 'softmax'; use one of bpr, logsigmoid, hinge$"):
-        MultitaskModel(watch_loss="softmax").fit(random_interactions(num_users=5, num_items=5, n=20, seed=0), 1)
+    message = "unknown watch loss 'focal'; use one of bpr, logsigmoid, sampled-softmax, softmax, hinge$"
+    with pytest.raises(ConfigError, match=message):
+        JointObjective(0.5, 0.5, watch_loss="focal")
+    with pytest.raises(ConfigError, match=message):
+        MultitaskModel(watch_loss="focal").fit(random_interactions(num_users=5, num_items=5, n=20, seed=0), 1)
+
+
+@pytest.mark.parametrize("negatives_per_pair", [None, 4])
+def test_the_softmax_losses_are_the_cross_entropy_of_the_watched_item(negatives_per_pair):
+    net, batch = random_net(), random_batch(negatives_per_pair=negatives_per_pair)
+    with torch.no_grad():
+        every = torch.stack([net.watch_score(batch.users, torch.full_like(batch.users, j)) for j in range(15)], 1)
+        p_pos = net.watch_score(batch.users, batch.positives)
+        negatives = batch.negatives.view(len(batch), -1)
+        p_neg = torch.stack([net.watch_score(batch.users, negatives[:, j]) for j in range(negatives.shape[1])], 1)
+    full = torch.nn.functional.cross_entropy(every, batch.positives)
+    sampled = torch.nn.functional.cross_entropy(torch.cat([p_pos[:, None], p_neg], 1), torch.zeros(len(batch), dtype=torch.long))
+    assert JointObjective(1.0, 0.0, watch_loss="softmax")(net, batch)[0].item() == pytest.approx(full.item(), rel=1e-6)
+    assert JointObjective(1.0, 0.0, watch_loss="sampled-softmax")(net, batch)[0].item() == pytest.approx(sampled.item(), rel=1e-6)
+    for name in ("softmax", "sampled-softmax"):  # the fused step claims neither: auto takes autograd
+        assert make_step("auto", random_net(), JointObjective(0.5, 0.5, watch_loss=name), 1e-3).kind == "autograd"
 
 
 def test_the_autograd_step_trains_a_network_the_fused_step_does_not_know():

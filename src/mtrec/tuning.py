@@ -53,7 +53,7 @@ SEARCH_SPACE: dict[str, Dimension] = {
     "factorization_weight": ("float", 0.5, 1.0),
     "regression_weight": ("log", 0.001, 1.0),
     "negatives": ("categorical", [1, 2, 4, 8]),
-    "watch_loss": ("categorical", list(WATCH_LOSSES.names())),
+    "watch_loss": ("categorical", [name for name in WATCH_LOSSES if WATCH_LOSSES[name].searched]),
     "sharing": ("categorical", ["hard", "separate"]),
     "rating_bias": ("categorical", [False, True]),
 }
