@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from mtrec.architecture import LAYERS, layer_of
 
 PACKAGE = ROOT / "src" / "mtrec"
 
@@ -90,27 +91,36 @@ def test_importing_the_checkpoint_module_does_not_import_the_estimator():
     assert result.stdout.split() == ["False", "False"]
 
 
-def layer(name: str) -> int:
-    """data 0, the model's pieces 1, estimator and runs 2, what uses a model 3, the command line 4."""
-    if name.startswith("mtrec.cli") or name == "mtrec.__main__":
-        return 4
-    if name.startswith("mtrec.data") or name in ("mtrec.errors", "mtrec.fileio", "mtrec"):
-        return 0
-    uses_a_model = ("mtrec.recommend", "mtrec.explorer", "mtrec.serve", "mtrec.experiments", "mtrec.tuning", "mtrec.tracking", "mtrec.export")
-    if name in uses_a_model or name.startswith("mtrec.report"):
-        return 3
-    if name in ("mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.trainer"):
-        return 2
-    return 1
+COMMAND_LINE = len(LAYERS) - 1
+
+
+def upward_imports(name: str, graph: dict[str, set[str]]) -> list[str]:
+    """The modules ``name`` imports from a layer above its own."""
+    return sorted(target for target in graph[name] if (layer_of(target) or 0) > (layer_of(name) or 0))
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_is_placed_in_one_declared_layer(name):
+    assert layer_of(name) is not None, f"{name} is in no layer of mtrec.architecture.LAYERS"
+    placed = [layer for layer, members in LAYERS for member in members if member.removesuffix(".*") == name]
+    assert len(placed) <= 1, f"{name} is declared in {placed}"
+
+
+def test_the_layer_check_fails_on_an_upward_import_and_an_undeclared_module():
+    assert layer_of("mtrec.data.parsing") == 0 and layer_of("mtrec.cli.train") == COMMAND_LINE
+    assert layer_of("mtrec.network") < layer_of("mtrec.model") < layer_of("mtrec.serve")
+    assert layer_of("mtrec.newthing") is None and layer_of("mtrec.datasets") is None  # no prefix placed by accident
+    graph = {"mtrec.network": {"mtrec.serve", "mtrec.losses", "mtrec.errors"}, "mtrec.cli.train": {"mtrec.model"}}
+    assert upward_imports("mtrec.network", graph) == ["mtrec.serve"] and upward_imports("mtrec.cli.train", graph) == []
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_lower_layers_never_import_upper_ones(name):
-    upper = sorted(target for target in GRAPH[name] if layer(target) > layer(name))
-    assert not upper, f"{name} (layer {layer(name)}) imports {upper}"
+    upper = upward_imports(name, GRAPH)
+    assert not upper, f"{name} ({LAYERS[layer_of(name) or 0][0]}) imports {upper}"
 
 
-@pytest.mark.parametrize("name", sorted(n for n in MODULES if layer(n) < 4))
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if layer_of(n) != COMMAND_LINE))
 def test_nothing_in_the_library_prints_or_exits(name):
     tree = ast.parse(MODULES[name].read_text())
     calls = [node.func for node in ast.walk(tree) if isinstance(node, ast.Call)]

@@ -1,0 +1,48 @@
+"""The package's layers, declared once.
+
+A module may import modules of its own layer and of the layers below it, never above. The
+architecture test (``tests/test_architecture.py``) walks every import, function-local ones too,
+and fails on an upward import, on a cycle, and on a module this map does not place.
+"""
+
+from __future__ import annotations
+
+#: The layers, lowest first: a name and its modules. ``pkg.*`` places a package and every module in it.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("data and foundations", ("mtrec", "mtrec.architecture", "mtrec.data.*", "mtrec.errors", "mtrec.fileio", "mtrec.registry")),
+    (
+        "the model's pieces",
+        (
+            "mtrec.layers",
+            "mtrec.network",
+            "mtrec.losses",
+            "mtrec.weighting",
+            "mtrec.sampling",
+            "mtrec.training",
+            "mtrec.distributed",
+            "mtrec.evaluation",
+            "mtrec.baselines",
+            "mtrec.fitted",
+            "mtrec.checkpoint",
+            "mtrec.schemas",
+            "mtrec.foldin",
+            "mtrec.retrieval",
+        ),
+    ),  # fmt: skip
+    ("the estimator and its runs", ("mtrec.trainer", "mtrec.model", "mtrec.config", "mtrec.runs")),
+    (
+        "what uses a model",
+        ("mtrec.recommend", "mtrec.explorer", "mtrec.serve", "mtrec.experiments", "mtrec.tuning", "mtrec.tracking", "mtrec.export", "mtrec.report.*"),
+    ),
+    ("the command line", ("mtrec.cli.*", "mtrec.__main__")),
+)
+
+
+def layer_of(module: str) -> int | None:
+    """The position in :data:`LAYERS` of ``module``'s layer (0 the lowest), or None where none places it."""
+    for position, (_, members) in enumerate(LAYERS):
+        for member in members:
+            package = member.removesuffix(".*")
+            if module == package or (member.endswith(".*") and module.startswith(package + ".")):
+                return position
+    return None
