@@ -171,6 +171,20 @@ async def exchange(reader, writer, request: Request) -> int:
     return status
 
 
+async def pooled_exchange(pool: asyncio.Queue, port: int, request: Request) -> int:
+    """``request`` on a connection taken from ``pool`` and given back (a new one where it broke);
+    the status, or 0 for a broken exchange."""
+    reader, writer = await pool.get()
+    try:
+        status = await exchange(reader, writer, request)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
+        status = 0
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    pool.put_nowait((reader, writer))
+    return status
+
+
 async def send_open_loop(port: int, requests: list[Request], rate: float, connections: int) -> tuple[list, float]:
     """Send request i at start + i / rate on a free keep-alive connection; (kind, status, seconds
     from its scheduled time) of each, and the seconds from the start to the last answer."""
@@ -183,17 +197,10 @@ async def send_open_loop(port: int, requests: list[Request], rate: float, connec
     last = [start]
 
     async def one(request: Request, scheduled: float) -> None:
-        reader, writer = await pool.get()
-        try:
-            status = await exchange(reader, writer, request)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
-            status = 0
-            writer.close()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        status = await pooled_exchange(pool, port, request)
         done = loop.time()
         results.append((request.kind, status, done - scheduled))
         last[0] = max(last[0], done)
-        pool.put_nowait((reader, writer))
 
     tasks = []
     for index, request in enumerate(requests):
@@ -271,15 +278,8 @@ async def probe(port: int, users: list, rate: float, stop: asyncio.Event, seed: 
     results: list[tuple[float, int, float]] = []
 
     async def one(request: Request, scheduled: float) -> None:
-        reader, writer = await pool.get()
-        try:
-            status = await exchange(reader, writer, request)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, AttributeError, ValueError):
-            status = 0
-            writer.close()
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        status = await pooled_exchange(pool, port, request)
         results.append((scheduled, status, loop.time() - scheduled))
-        pool.put_nowait((reader, writer))
 
     start, tasks = loop.time(), []
     while not stop.is_set():
