@@ -3,8 +3,8 @@
 Should mtrec keep a second, hand-derived copy of its model's gradients (``FusedStep``)? Only if
 the autograd step cannot come close. This measures milliseconds per training step of:
 
-* ``fused``: :class:`mtrec.training.FusedStep` (hand-written gradients, fused Adam);
-* ``autograd``: :class:`mtrec.training.AutogradStep` (autograd through the objective, fused Adam);
+* ``fused``: :class:`mtrec.train.steps.FusedStep` (hand-written gradients, fused Adam);
+* ``autograd``: :class:`mtrec.train.steps.AutogradStep` (autograd through the objective, fused Adam);
 * ``autograd + compile``: the same step with the objective (forward and, through AOTAutograd,
   backward) compiled by ``torch.compile`` (inductor, default mode), the optimiser's fused Adam
   unchanged;
@@ -33,7 +33,7 @@ SHAPES = ((256, 1), (4096, 8))
 
 
 def batches(size: int, negatives: int, count: int, seed: int = 0):
-    from mtrec.losses import Batch
+    from mtrec.nn.losses import Batch
 
     generator = torch.Generator().manual_seed(seed)
     shape = (size,) if negatives == 1 else (size, negatives)
@@ -52,8 +52,8 @@ class CompiledAutogradStep:
     """The autograd step with its objective compiled: zero the gradients, the compiled loss, backward, Adam."""
 
     def __init__(self, network, objective, learning_rate: float) -> None:
-        from mtrec.losses import Batch
-        from mtrec.training import _adam
+        from mtrec.nn.losses import Batch
+        from mtrec.train.steps import _adam
 
         self.optimizer = _adam([(list(network.parameters()), 0.0)], learning_rate)
 
@@ -69,9 +69,9 @@ class CompiledAutogradStep:
 
 
 def make_steps(learning_rate: float) -> dict[str, object]:
-    from mtrec.losses import JointObjective
-    from mtrec.network import MultitaskNet
-    from mtrec.training import AutogradStep, FusedStep
+    from mtrec.nn.losses import JointObjective
+    from mtrec.nn.network import MultitaskNet
+    from mtrec.train.steps import AutogradStep, FusedStep
 
     def network():
         torch.manual_seed(0)

@@ -37,10 +37,10 @@ LINKS = (("10 GbE", 1.1e9, 50e-6), ("NVLink", 300e9, 10e-6))
 def worker(path: Path, steps: int, batch_size: int, exchange: str, out: Path) -> None:
     """One process: train ``steps`` global batches and write its timings to ``out``."""
     from mtrec.data import load_ratings_file, random_split
-    from mtrec.distributed import Distributed, launched_by_torchrun
-    from mtrec.losses import Batch
     from mtrec.model import MultitaskModel, scaled_learning_rate
-    from mtrec.sampling import EpochSampler
+    from mtrec.nn.losses import Batch
+    from mtrec.train.distributed import Distributed, launched_by_torchrun
+    from mtrec.train.sampling import EpochSampler
 
     torch.set_num_threads(1)
     distributed = Distributed.start("gloo", exchange=exchange) if launched_by_torchrun() else None

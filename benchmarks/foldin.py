@@ -3,7 +3,7 @@
 A tenth of the users (seeded) are held out of training: their training ratings are kept aside.
 One model (the quality preset) trains on everyone; another on everyone else. Each held-out
 user is then folded into the second model from their training ratings (their vector fitted,
-everything else frozen: mtrec.foldin), and all three are evaluated on the held-out users' test
+everything else frozen: mtrec.serving.foldin), and all three are evaluated on the held-out users' test
 ratings, with their training items removed from the rankings: test MSE and MRR.
 
     python benchmarks/foldin.py            # about a minute
@@ -26,11 +26,11 @@ DATA_DIR = Path(os.environ.get("MTREC_DATA_DIR", ROOT.parent / "shared" / "data"
 
 
 def measure(seed: int, share: float) -> dict[str, dict[str, float]]:
-    from mtrec.baselines import PopularityNet
     from mtrec.config import preset
     from mtrec.data import load_movielens
-    from mtrec.evaluation import Evaluator
-    from mtrec.foldin import fold_in_model, user_parameter_names
+    from mtrec.eval.baselines import PopularityNet
+    from mtrec.eval.evaluation import Evaluator
+    from mtrec.serving.foldin import fold_in_model, user_parameter_names
 
     config = preset("quality", seed=seed)
     train, validation, test = config.data.load_split(DATA_DIR, data=load_movielens("100k", data_dir=DATA_DIR))

@@ -31,7 +31,7 @@ from tables import table  # noqa: E402
 
 from mtrec.data import load_movielens  # noqa: E402
 from mtrec.model import MultitaskModel  # noqa: E402
-from mtrec.recommend import Recommender  # noqa: E402
+from mtrec.serving.recommender import Recommender  # noqa: E402
 
 BACKENDS = ("pandas", "polars", "arrow")
 

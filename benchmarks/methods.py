@@ -31,11 +31,11 @@ def main() -> None:
     args = parser.parse_args()
     from mtrec.config import QUALITY_MODEL
     from mtrec.data import load_movielens, random_split
-    from mtrec.losses import Batch
     from mtrec.model import MultitaskModel
-    from mtrec.network import SHARINGS
-    from mtrec.sampling import EpochSampler
-    from mtrec.weighting import WEIGHTINGS
+    from mtrec.nn.losses import Batch
+    from mtrec.nn.network import SHARINGS
+    from mtrec.nn.weighting import WEIGHTINGS
+    from mtrec.train.sampling import EpochSampler
 
     torch.set_num_threads(1)
     train, _ = random_split(load_movielens("100k", data_dir=DATA_DIR), test_fraction=0.05, seed=0)

@@ -2,7 +2,7 @@
 
 Every system sees the same data: mtrec's own 95/5 random split of MovieLens 100K for seed k
 (k = 0..4), the same training set and the same test set, and every number comes from the same
-evaluator (mtrec.evaluation: MSE/RMSE/MAE on the test ratings; MRR, NDCG@10 and Recall@10 over a
+evaluator (mtrec.eval.evaluation: MSE/RMSE/MAE on the test ratings; MRR, NDCG@10 and Recall@10 over a
 full ranking of the catalogue with the user's training items removed, ties at their average rank).
 
 * mtrec, seed preset: the assignment's settings with its first command's weights (shared,
@@ -69,7 +69,7 @@ class ScoreTable(nn.Module):
 
 
 def evaluate(network, test, known, metrics=METRICS) -> dict[str, float]:
-    from mtrec.evaluation import Evaluator
+    from mtrec.eval.evaluation import Evaluator
 
     names = sorted({m.split("@")[0] for m in metrics})
     return Evaluator(test, known, metrics=names, k=(10,)).evaluate(network)
@@ -164,8 +164,8 @@ def mtrec_run(preset: str, spec, data, data_dir):
 
 
 def one_seed(seed: int, data, data_dir) -> dict[str, tuple[dict, float]]:
-    from mtrec.baselines import PopularityNet
     from mtrec.data.spec import DataSpec
+    from mtrec.eval.baselines import PopularityNet
 
     spec = DataSpec(seed=seed)
     train, _, test = spec.split_data(data)

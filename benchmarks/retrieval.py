@@ -1,7 +1,7 @@
 """Exact against approximate (HNSW) retrieval on large catalogues: recall, latency, batch export, build.
 
 Catalogues: ML-25M-shaped (59,047 items) and a synthetic 1,000,000-item one, each at d = 32 and
-d = 128, served by :class:`mtrec.recommend.Recommender` (the library's own code path: candidates,
+d = 128, served by :class:`mtrec.serving.recommender.Recommender` (the library's own code path: candidates,
 exact re-scoring, seen items, ratings) with ``--index exact`` and ``--index hnsw``.
 
 How the vectors are made. A model is trained on MovieLens 100K with the quality preset at that d
@@ -104,7 +104,7 @@ def seen_items(network, num_users: int, generator: torch.Generator) -> tuple[np.
 
 def synthetic_model(trained, num_items: int, num_users: int, seed: int = 0):
     """A fitted model of ``num_items`` items and ``num_users`` users drawn from ``trained``'s vectors (see the module)."""
-    from mtrec.fitted import FittedData
+    from mtrec.io.fitted import FittedData
     from mtrec.model import MultitaskModel
 
     generator = torch.Generator().manual_seed(seed)
@@ -138,8 +138,8 @@ def resident_mb() -> float:
 def measure(model, users: int, batch_users: int, rounds: int, config, threads: int, block: int, widths: list[int]) -> dict[str, dict]:
     """The measurements of the module's docstring for ``model``: exact, and HNSW at each ``ef_search``
     of ``widths`` (one graph, searched with each; the library's default first)."""
-    from mtrec.recommend import Recommender
-    from mtrec.retrieval import HnswIndex, IndexConfig
+    from mtrec.serving.recommender import Recommender
+    from mtrec.serving.retrieval import HnswIndex, IndexConfig
 
     exact = Recommender(model, IndexConfig.of(kind="exact"))
     default = Recommender(model, config)
@@ -184,7 +184,7 @@ def measure(model, users: int, batch_users: int, rounds: int, config, threads: i
 
 def save(model, folder: Path, config) -> None:
     """``model`` saved in ``folder`` with its graph beside it (built on the caller's threads)."""
-    from mtrec.recommend import Recommender
+    from mtrec.serving.recommender import Recommender
 
     path = model.save(folder / "model.safetensors")
     Recommender.load(path, index=config).retrieval.warm()
@@ -226,7 +226,7 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--save", type=Path, metavar="DIR", help="save each catalogue's model and graph under DIR instead of measuring")
     args = parser.parse_args()
-    from mtrec.retrieval import EF_PER_DIMENSION, IndexConfig
+    from mtrec.serving.retrieval import EF_PER_DIMENSION, IndexConfig
 
     given = {"m": args.m, "ef_construction": args.ef_construction}
     config = IndexConfig.of(kind="hnsw", **{name: value for name, value in given.items() if value is not None})

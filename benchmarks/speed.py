@@ -49,7 +49,7 @@ def test_metrics(evaluator, network) -> dict[str, float]:
 
 def evaluator_of(test, train):
     """mtrec's evaluator, measuring what the plain loop measures (MSE and MRR)."""
-    from mtrec.evaluation import Evaluator
+    from mtrec.eval.evaluation import Evaluator
 
     return Evaluator(test, train, metrics=("mse", "mrr"))
 
@@ -79,9 +79,9 @@ class PlainTrainer:
     AutogradStep (autograd, PyTorch's Adam), and MRR from a Python loop over users."""
 
     def __init__(self, train, factorization_weight=0.5, regression_weight=0.5, batch_size=256, seed=0):
-        from mtrec.losses import JointObjective
         from mtrec.model import MultitaskModel
-        from mtrec.training import AutogradStep
+        from mtrec.nn.losses import JointObjective
+        from mtrec.train.steps import AutogradStep
 
         self.net = MultitaskModel(seed=seed).build_network(train.num_users, train.num_items)  # mtrec's initial weights
         self.step = AutogradStep(self.net, JointObjective(factorization_weight, regression_weight), learning_rate=1e-3)
@@ -89,7 +89,7 @@ class PlainTrainer:
         self.train, self.batch_size = train, batch_size
 
     def epoch(self) -> None:
-        from mtrec.losses import Batch
+        from mtrec.nn.losses import Batch
 
         train, n = self.train, len(self.train)
         # The same draws as mtrec's sampler, so both reach the same numbers.

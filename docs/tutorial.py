@@ -93,7 +93,7 @@ figure.tight_layout()
 # with the items the user rated left out. User 196 rated these highest:
 
 # %%
-from mtrec.recommend import Recommender
+from mtrec.serving.recommender import Recommender
 
 recommender = Recommender(model)
 user_196 = ratings[ratings["user"] == 196].merge(movies, on="item")
@@ -133,7 +133,7 @@ pd.DataFrame(map(asdict, similar.items))[["rank", "item", "title", "num_ratings"
 import json
 import tempfile
 
-from mtrec.export import export_model
+from mtrec.serving.export import export_model
 
 scratch = tempfile.TemporaryDirectory()
 folder = export_model(model, Path(scratch.name) / "vectors", format="parquet")

@@ -15,9 +15,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import random_interactions  # noqa: E402
 
-from mtrec.distributed import Distributed  # noqa: E402
-from mtrec.evaluation import Evaluator  # noqa: E402
+from mtrec.eval.evaluation import Evaluator  # noqa: E402
 from mtrec.model import MultitaskModel  # noqa: E402
+from mtrec.train.distributed import Distributed  # noqa: E402
 
 
 def digest(tensors: dict[str, torch.Tensor]) -> str:

@@ -20,7 +20,7 @@ import time
 
 
 def run(point: str, count: int, name: str, argv: list[str]) -> None:
-    import mtrec.fileio as fileio
+    import mtrec.io.files as fileio
 
     calls = [0]
     rank = os.environ.get("MTREC_FAULT_RANK")
@@ -43,7 +43,7 @@ def run(point: str, count: int, name: str, argv: list[str]) -> None:
                 hit()
 
         fileio.atomic_output = faulty  # before any module binds it
-    import mtrec.training as training
+    import mtrec.train.steps as training
 
     if point == "step":
         real_call = training.Step.__call__

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from mtrec.architecture import LAYERS, layer_of
 
 PACKAGE = ROOT / "src" / "mtrec"
@@ -79,14 +79,14 @@ def test_the_cycle_finder_finds_a_cycle_through_a_function_local_import(tmp_path
 
 
 def test_the_model_checkpoint_and_evaluation_modules_are_untangled():
-    assert "mtrec.model" not in GRAPH["mtrec.checkpoint"]
-    assert "mtrec.model" not in GRAPH["mtrec.evaluation"]
-    assert "mtrec.evaluation" not in GRAPH["mtrec.checkpoint"]
+    assert "mtrec.model" not in GRAPH["mtrec.io.checkpoint"]
+    assert "mtrec.model" not in GRAPH["mtrec.eval.evaluation"]
+    assert "mtrec.eval.evaluation" not in GRAPH["mtrec.io.checkpoint"]
 
 
 @pytest.mark.slow
 def test_importing_the_checkpoint_module_does_not_import_the_estimator():
-    code = "import sys, mtrec.checkpoint; print('mtrec.model' in sys.modules, 'mtrec.training' in sys.modules)"
+    code = "import sys, mtrec.io.checkpoint; print('mtrec.model' in sys.modules, 'mtrec.train.steps' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
@@ -108,10 +108,10 @@ def test_every_module_is_placed_in_one_declared_layer(name):
 
 def test_the_layer_check_fails_on_an_upward_import_and_an_undeclared_module():
     assert layer_of("mtrec.data.parsing") == 0 and layer_of("mtrec.cli.train") == COMMAND_LINE
-    assert layer_of("mtrec.network") < layer_of("mtrec.model") < layer_of("mtrec.serve")
+    assert layer_of("mtrec.nn.network") < layer_of("mtrec.model") < layer_of("mtrec.serving.http")
     assert layer_of("mtrec.newthing") is None and layer_of("mtrec.datasets") is None  # no prefix placed by accident
-    graph = {"mtrec.network": {"mtrec.serve", "mtrec.losses", "mtrec.errors"}, "mtrec.cli.train": {"mtrec.model"}}
-    assert upward_imports("mtrec.network", graph) == ["mtrec.serve"] and upward_imports("mtrec.cli.train", graph) == []
+    graph = {"mtrec.nn.network": {"mtrec.serving.http", "mtrec.nn.losses", "mtrec.errors"}, "mtrec.cli.train": {"mtrec.model"}}
+    assert upward_imports("mtrec.nn.network", graph) == ["mtrec.serving.http"] and upward_imports("mtrec.cli.train", graph) == []
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))

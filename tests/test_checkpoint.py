@@ -10,12 +10,12 @@ import sys
 
 import numpy as np
 import pytest
-
-import mtrec.checkpoint
 from conftest import random_interactions
-from mtrec.checkpoint import MODEL_FILENAME, available_memory, model_digest, read_model_file
+
+import mtrec.io.checkpoint
 from mtrec.cli import main
 from mtrec.errors import ModelFileError
+from mtrec.io.checkpoint import MODEL_FILENAME, available_memory, model_digest, read_model_file
 from mtrec.model import MultitaskModel
 
 
@@ -148,8 +148,8 @@ def test_a_header_that_honestly_declares_more_than_the_memory_available_is_refus
     header = json.dumps({"__metadata__": {}, "network.x": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}}).encode()
     huge.write_bytes(len(header).to_bytes(8, "little") + header)
     os.truncate(huge, 8 + len(header) + size)  # sparse: costs no disk, and the layout is exactly right
-    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: 2**30)
-    monkeypatch.setattr(mtrec.checkpoint, "safe_open", lambda *args, **kwargs: pytest.fail("the tensors were read"))
+    monkeypatch.setattr(mtrec.io.checkpoint, "available_memory", lambda: 2**30)
+    monkeypatch.setattr(mtrec.io.checkpoint, "safe_open", lambda *args, **kwargs: pytest.fail("the tensors were read"))
     with pytest.raises(ModelFileError) as caught:
         read_model_file(huge)
     assert str(caught.value) == (
@@ -160,15 +160,15 @@ def test_a_header_that_honestly_declares_more_than_the_memory_available_is_refus
 def test_a_model_loads_when_its_tensors_just_fit_the_memory_available_and_not_a_byte_beyond(fitted, tmp_path, monkeypatch, capsys):
     path = fitted[1].save(tmp_path / "run")
     declared = declared_bytes(path)
-    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: declared)
+    monkeypatch.setattr(mtrec.io.checkpoint, "available_memory", lambda: declared)
     assert MultitaskModel.load(path).get_params() == fitted[1].get_params()
-    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: declared - 1)
+    monkeypatch.setattr(mtrec.io.checkpoint, "available_memory", lambda: declared - 1)
     assert main(["recommend", "--model", str(path.parent), "--user", "1"]) == 1
     assert capsys.readouterr().err == (
         f"mtrec recommend: error: {path}: its header declares {declared:,} bytes of tensors, more than the "
         f"{declared - 1:,} bytes of memory available on this machine now\n"
     )
-    monkeypatch.setattr(mtrec.checkpoint, "available_memory", lambda: None)  # a platform that cannot tell
+    monkeypatch.setattr(mtrec.io.checkpoint, "available_memory", lambda: None)  # a platform that cannot tell
     assert MultitaskModel.load(path).get_params() == fitted[1].get_params()
 
 

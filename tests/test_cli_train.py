@@ -8,8 +8,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import DATA_DIR, ROOT
+
 from mtrec.cli import main
 
 

@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import random_interactions
+
 from mtrec.cli import main
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.config import RunConfig

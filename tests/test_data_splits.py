@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import random_interactions
+
 from mtrec.data.splits import (
     canonical_split,
     cold_start_counts,

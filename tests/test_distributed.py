@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import ROOT
 
 TESTS = Path(__file__).parent
@@ -159,9 +158,9 @@ def test_a_run_killed_mid_way_resumes_from_its_checkpoint_to_the_same_result(tmp
     assert resumed.returncode == 0, resumed.stderr
     a, b = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("whole", "cut"))
     assert without_timing(a) == without_timing(b)
-    from mtrec.checkpoint import load_record
-
     import torch
+
+    from mtrec.io.checkpoint import load_record
 
     first, second = load_record(tmp_path / "whole"), load_record(tmp_path / "cut")
     assert all(torch.equal(first.state[k], second.state[k]) for k in first.state)

@@ -15,21 +15,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_interactions
-from mtrec.checkpoint import MODEL_FILENAME, load_training_state, read_model_file, save_training_state
+from test_config import CONFIG_0_1
+from test_report import flat, synthetic_group, write_runs
+from test_runs_hardening import reaped
+
 from mtrec.cli import main
 from mtrec.config import RunConfig
 from mtrec.data.spec import DataSpec
 from mtrec.errors import ConfigError, DataError, ModelFileError
-from mtrec.experiments import CONFIGURATIONS
-from mtrec.fileio import directory_lock, parse_json, read_json
+from mtrec.io.checkpoint import MODEL_FILENAME, load_training_state, read_model_file, save_training_state
+from mtrec.io.files import directory_lock, parse_json, read_json
+from mtrec.io.schemas import MetricsSchema, parse_metrics, validate
 from mtrec.model import MultitaskModel
 from mtrec.runs import METRICS_FILENAME, RunState, inspect_run, read_config, read_metrics, train_run
-from mtrec.schemas import MetricsSchema, parse_metrics, validate
-from test_config import CONFIG_0_1
-from test_report import flat, synthetic_group, write_runs
-from test_runs_hardening import reaped
+from mtrec.studies.experiments import CONFIGURATIONS
 
 TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
@@ -304,7 +304,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 @pytest.mark.parametrize("failure", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_a_report_that_fails_midway_leaves_the_previous_report_whole_and_nothing_half_written(two_runs, failure, tmp_path, monkeypatch, capsys):
-    import mtrec.report
+    import mtrec.studies.report
 
     out = tmp_path / "report"
     assert main(["report", str(two_runs), "--out", str(out)]) == 0
@@ -318,7 +318,7 @@ def test_a_report_that_fails_midway_leaves_the_previous_report_whole_and_nothing
         written.extend(path.name for path in folder.iterdir())  # the figures are written by now
         raise failure
 
-    monkeypatch.setattr(mtrec.report, "to_html", failing_html)
+    monkeypatch.setattr(mtrec.studies.report, "to_html", failing_html)
     code = main(["report", str(two_runs), "--out", str(out)])
     assert code == (1 if isinstance(failure, OSError) else 130)
     assert one_line(capsys.readouterr().err) in ("mtrec report: error: No space left on device", "mtrec report: interrupted")
@@ -368,7 +368,7 @@ def test_a_report_into_a_symlinked_out_replaces_what_the_link_points_at_and_keep
 WRITER = """
 import sys, time
 from pathlib import Path
-import mtrec.report as report
+import mtrec.studies.report as report
 go, draw = Path(sys.argv[1]), report.write_figures
 def waiting(collection, out):
     print("writing", flush=True)

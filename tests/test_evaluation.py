@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-
-import mtrec.evaluation as evaluation
 from conftest import random_interactions
+
+import mtrec.eval.evaluation as evaluation
 from mtrec.data import Interactions
-from mtrec.evaluation import Evaluator
-from mtrec.network import MultitaskNet
+from mtrec.eval.evaluation import Evaluator
+from mtrec.nn.network import MultitaskNet
 
 
 def net_with_scores(scores: np.ndarray) -> MultitaskNet:
@@ -107,7 +107,7 @@ def test_mse_equals_the_mean_squared_error_of_the_rating_head():
 
 def test_library_scores_agree_with_the_per_epoch_evaluation():
     from mtrec.data import random_split
-    from mtrec.evaluation import mrr_score, mse_score
+    from mtrec.eval.evaluation import mrr_score, mse_score
     from mtrec.model import MultitaskModel
 
     train, test = random_split(random_interactions(num_users=40, num_items=50, n=900, seed=8), 0.2, seed=1)

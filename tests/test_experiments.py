@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import random_interactions
+
 from mtrec.cli import main
+from mtrec.config import RunConfig
 from mtrec.errors import ConfigError
-from mtrec.experiments import (
+from mtrec.runs import METRICS_FILENAME, is_finished, staging_dir
+from mtrec.studies.experiments import (
     CONFIGURATIONS,
     Configuration,
     configurations_named,
@@ -23,15 +25,13 @@ from mtrec.experiments import (
     run_experiment,
     sweep_configurations,
 )
-from mtrec.config import RunConfig
-from mtrec.report import (
+from mtrec.studies.report import (
     CURVES,
     FIGURES,
     TABLE_HEADER,
     TRADEOFF_FIGURE,
     build_report,
 )
-from mtrec.runs import METRICS_FILENAME, is_finished, staging_dir
 
 # The experiments train real runs on MovieLens 100K
 pytestmark = pytest.mark.slow

@@ -16,9 +16,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from mtrec.cli import main
-from mtrec.explorer import Explorer
-from mtrec.recommend import Recommender
-from mtrec.serve import create_app
+from mtrec.serving.explorer import Explorer
+from mtrec.serving.http import create_app
+from mtrec.serving.recommender import Recommender
 
 #: A title that would run script if the page ever wrote a title as markup.
 EVIL_TITLE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2"> Evil (1999)'
@@ -126,7 +126,7 @@ def test_only_the_explorers_own_files_are_served(client, name):
 
 
 def test_the_script_writes_data_as_text_never_as_markup():
-    script = (Path(__file__).resolve().parents[1] / "src" / "mtrec" / "web" / "app.js").read_text()
+    script = (Path(__file__).resolve().parents[1] / "src" / "mtrec" / "serving" / "web" / "app.js").read_text()
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
         assert sink not in script, sink
     assert script.count("textContent") > 20
@@ -265,6 +265,7 @@ def test_a_bad_ratings_request_says_why(client, url, status, message):
 
 def test_a_model_without_ratings_says_it_predicts_none(tmp_path):
     from conftest import random_interactions
+
     from mtrec.model import MultitaskModel
 
     model = MultitaskModel(embedding_dim=4, regression_weight=0.0, factorization_weight=1.0, seed=0)

@@ -18,7 +18,6 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-
 from test_explorer import EVIL_TITLE, LATE_USER, free_port, given_ratings, train_explorer_run
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -13,16 +13,16 @@ import onnxruntime as ort
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import random_interactions
 from torch import nn
 
-from conftest import random_interactions
 from mtrec.cli import main
 from mtrec.config import preset
 from mtrec.errors import ConfigError, ModelFileError
-from mtrec.export import export_model, export_run, verify_export
 from mtrec.model import MultitaskModel
-from mtrec.network import SHARINGS
+from mtrec.nn.network import SHARINGS
 from mtrec.runs import train_run
+from mtrec.serving.export import export_model, export_run, verify_export
 
 
 def run_cli(capsys, *argv):

@@ -17,7 +17,7 @@ from mtrec.data import Interactions, load_ratings_file
 from mtrec.data.frames import frame_table, read_items_frame, to_frame
 from mtrec.errors import ConfigError, DataError, UnknownItemError, UnknownUserError
 from mtrec.model import MultitaskModel
-from mtrec.recommend import Recommender
+from mtrec.serving.recommender import Recommender
 
 FIELDS = ("users", "items", "ratings", "timestamps", "user_ids", "item_ids")
 EXTRA = 'pip install "mtrec[frames]"'

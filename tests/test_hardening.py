@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from mtrec.cli import main
 from mtrec.runs import METRICS_FILENAME, inspect_run, staging_dir
 
@@ -135,7 +135,7 @@ def test_experiments_with_other_settings_name_them_and_replace_nothing(tmp_path,
 
 
 def test_a_failed_save_leaves_the_earlier_run_whole_and_serving_refuses_a_mix(finished, tmp_path, monkeypatch, capsys):
-    import mtrec.fileio as fileio
+    import mtrec.io.files as fileio
 
     ratings, run_dir, before = finished
     real = fileio.atomic_write_bytes
@@ -146,7 +146,7 @@ def test_a_failed_save_leaves_the_earlier_run_whole_and_serving_refuses_a_mix(fi
         real(path, payload)
 
     monkeypatch.setattr(fileio, "atomic_write_bytes", full_disk)
-    monkeypatch.setattr("mtrec.checkpoint.atomic_write_bytes", full_disk)
+    monkeypatch.setattr("mtrec.io.checkpoint.atomic_write_bytes", full_disk)
     code = train("--ratings", str(ratings), "--epochs", "1", "--embedding-dim", "4", "--logdir", str(run_dir), "--force")
     assert code == 1 and "No space left on device" in capsys.readouterr().err
     assert snapshot(run_dir) == before

@@ -17,7 +17,7 @@ import torch
 from mtrec.cli import main
 from mtrec.errors import ConfigError, UnknownItemError
 from mtrec.model import MultitaskModel
-from mtrec.recommend import MAX_HISTORY, Recommender
+from mtrec.serving.recommender import MAX_HISTORY, Recommender
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_the_batch_watch_scores_are_exact_with_ties(run_dir, k):
 @pytest.mark.parametrize("filters", [{}, {"genres": ["Comedy"], "exclude": ["Toy Story (1995)"]}])
 def test_one_users_watch_scores_by_comparison_and_by_the_batch_count_agree_with_ties(run_dir, filters, monkeypatch):
     """A small k x items comparison, or (for large catalogues) the batch path's count: the same list."""
-    import mtrec.recommend as recommend
+    import mtrec.serving.recommender as recommend
 
     tied = Recommender.load(run_dir)
     original = tied.network.all_watch_scores
@@ -149,10 +149,10 @@ def test_a_history_is_folded_in_deterministically_and_its_items_left_out(recomme
 
 @pytest.mark.slow
 def test_folded_in_users_rank_their_test_items_far_above_popularity(ml100k_split):
-    from mtrec.baselines import PopularityNet
     from mtrec.config import QUALITY_MODEL
-    from mtrec.evaluation import Evaluator
-    from mtrec.foldin import fold_in, user_parameter_names
+    from mtrec.eval.baselines import PopularityNet
+    from mtrec.eval.evaluation import Evaluator
+    from mtrec.serving.foldin import fold_in, user_parameter_names
 
     train, test = ml100k_split
     held = np.random.default_rng(0).choice(train.num_users, 40, replace=False)
@@ -229,7 +229,7 @@ def client(run_dir):
     import httpx
     import uvicorn
 
-    from mtrec.serve import create_app
+    from mtrec.serving.http import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

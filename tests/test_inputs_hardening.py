@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mtrec.cli import main
-from mtrec.data import load_ratings_file
 from mtrec.data import files as data_files
+from mtrec.data import load_ratings_file
 from mtrec.data.datasets import check_sha256
 from mtrec.data.metadata import read_items_file
 from mtrec.data.requests import MAX_HISTORY, read_history, read_pairs, read_users

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_interactions
+
 from mtrec.errors import ConfigError
 from mtrec.model import MultitaskModel
-from mtrec.network import MultitaskNet
+from mtrec.nn.network import MultitaskNet
 
 
 def test_forward_returns_one_score_and_one_rating_per_pair():
@@ -100,7 +100,7 @@ def test_the_large_batch_learning_rate_is_linear_up_to_batch_16384_then_constant
 
 
 def test_an_overflowed_metric_is_written_as_null_not_infinity():
-    from mtrec.fitted import EpochRecord
+    from mtrec.io.fitted import EpochRecord
 
     record = EpochRecord(epoch=1, train_bpr=0.5, train_mse=float("inf"), train_loss=float("-inf"), metrics={"test_mse": float("nan")})
     written = record.to_json()

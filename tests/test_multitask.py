@@ -7,16 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_interactions
-from mtrec.foldin import user_parameter_names
-from mtrec.layers import ScaledEmbedding
-from mtrec.losses import Batch, JointObjective
+
 from mtrec.model import MultitaskModel
-from mtrec.network import SHARINGS, MultitaskNet, Sharing
-from mtrec.recommend import Recommender
-from mtrec.training import AutogradStep, FusedStep, make_step
-from mtrec.weighting import WEIGHTINGS, GradNorm, Uncertainty, mgda_alpha, pcgrad
+from mtrec.nn.layers import ScaledEmbedding
+from mtrec.nn.losses import Batch, JointObjective
+from mtrec.nn.network import SHARINGS, MultitaskNet, Sharing
+from mtrec.nn.weighting import WEIGHTINGS, GradNorm, Uncertainty, mgda_alpha, pcgrad
+from mtrec.serving.foldin import user_parameter_names
+from mtrec.serving.recommender import Recommender
+from mtrec.train.steps import AutogradStep, FusedStep, make_step
 
 # ---------------------------------------------------------------------------------------------
 # Gradient combinations on hand-made gradients
@@ -189,7 +189,7 @@ def test_every_method_and_architecture_trains_with_the_steps_that_support_it(sha
 
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "gradnorm"])
 def test_each_epoch_records_the_task_weights_its_method_chose(weighting):
-    from mtrec.fitted import EpochRecord
+    from mtrec.io.fitted import EpochRecord
 
     data = random_interactions(num_users=30, num_items=40, n=600, seed=3)
     model = MultitaskModel(embedding_dim=8, weighting=weighting, batch_size=64, learning_rate=0.05, seed=1)
@@ -234,8 +234,8 @@ def study_group(configuration, test_mse, test_mrr, valid_scores):
     from pathlib import Path
 
     from mtrec.config import RunConfig
-    from mtrec.fitted import EpochRecord, summarize
-    from mtrec.report import GroupSummary, RunResult
+    from mtrec.io.fitted import EpochRecord, summarize
+    from mtrec.studies.report import GroupSummary, RunResult
 
     runs = []
     for seed, (mse, mrr, score) in enumerate(zip(test_mse, test_mrr, valid_scores)):
@@ -247,8 +247,8 @@ def study_group(configuration, test_mse, test_mrr, valid_scores):
 
 
 def test_the_study_chooses_each_variant_on_validation_and_counts_only_wins_on_both_tasks():
-    from mtrec.experiments import Configuration
-    from mtrec.report.study import choices, study_answer
+    from mtrec.studies.experiments import Configuration
+    from mtrec.studies.report.study import choices, study_answer
 
     groups = [
         study_group(Configuration("separate", 0.99, 0.01), [0.90, 0.91, 0.92], [0.130, 0.131, 0.132], [0.5, 0.5, 0.5]),

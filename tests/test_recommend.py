@@ -15,7 +15,7 @@ from mtrec.cli import main
 from mtrec.data.requests import read_pairs
 from mtrec.errors import AmbiguousItemError, ConfigError, UnknownItemError, UnknownUserError
 from mtrec.model import MultitaskModel
-from mtrec.recommend import Recommender
+from mtrec.serving.recommender import Recommender
 
 STAR_WARS = 50
 #: What each command needs besides --model.

@@ -6,12 +6,12 @@ import pytest
 
 from mtrec.cli import main
 from mtrec.errors import ConfigError
-from mtrec.losses import WATCH_LOSSES, PairwiseLoss
+from mtrec.nn.losses import WATCH_LOSSES, PairwiseLoss
+from mtrec.nn.weighting import WEIGHTINGS, make_weighting
 from mtrec.registry import Registry
-from mtrec.trainer import SCHEDULES, make_scheduler
-from mtrec.training import FusedStep
-from mtrec.tuning import SEARCH_SPACE
-from mtrec.weighting import WEIGHTINGS, make_weighting
+from mtrec.studies.tuning import SEARCH_SPACE
+from mtrec.train.loop import SCHEDULES, make_scheduler
+from mtrec.train.steps import FusedStep
 
 
 def test_a_registry_keeps_its_members_in_order_and_refuses_unknown_and_repeated_names():

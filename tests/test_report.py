@@ -15,10 +15,11 @@ import pytest
 from scipy import stats
 
 from mtrec.config import RunConfig
-from mtrec.experiments import CONFIGURATIONS, Configuration, sweep_configurations
-from mtrec.fitted import EpochRecord, summarize
-from mtrec.report import SUMMARY_FIGURE, TRADEOFF_FIGURE, GroupSummary, RunResult, build_report
-from mtrec.report.assignment import (
+from mtrec.io.fitted import EpochRecord, summarize
+from mtrec.runs import METRICS_FILENAME
+from mtrec.studies.experiments import CONFIGURATIONS, Configuration, sweep_configurations
+from mtrec.studies.report import SUMMARY_FIGURE, TRADEOFF_FIGURE, GroupSummary, RunResult, build_report
+from mtrec.studies.report.assignment import (
     answer_sharing,
     answer_weights,
     leader,
@@ -28,8 +29,7 @@ from mtrec.report.assignment import (
     verdict,
     weights_verdict,
 )
-from mtrec.report.stats import Comparison, Stat
-from mtrec.runs import METRICS_FILENAME
+from mtrec.studies.report.stats import Comparison, Stat
 
 GOLDEN = Path(__file__).parent / "golden" / "report.md"
 SHARED, SEPARATE = CONFIGURATIONS["shared-0.5-0.5"], CONFIGURATIONS["separate-0.5-0.5"]
@@ -215,7 +215,7 @@ def test_a_sweep_with_one_finished_weight_and_no_test_mse_still_reports(tmp_path
     files = build_report([tmp_path / "run"], tmp_path / "report")
     markdown = files.markdown.read_text()
     assert "mtrec experiments --sweep --seeds 2" in markdown and "--sweep-step" not in markdown
-    from mtrec.report import summary_figure
+    from mtrec.studies.report import summary_figure
 
     summary_figure([group], tmp_path / "summary.png")  # no finite test MSE: that panel stays empty
     assert (tmp_path / "summary.png").stat().st_size > 0

@@ -11,15 +11,17 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import random_interactions
 
-import mtrec.retrieval
-from mtrec.checkpoint import model_digest
+import mtrec.serving.retrieval
 from mtrec.cli import main
 from mtrec.data import Interactions
+from mtrec.io.checkpoint import model_digest
 from mtrec.model import MultitaskModel
-from mtrec.network import SHARINGS, MultitaskNet
-from mtrec.recommend import Recommender
-from mtrec.retrieval import (
+from mtrec.nn.network import SHARINGS, MultitaskNet
+from mtrec.runs import check_complete
+from mtrec.serving.recommender import Recommender
+from mtrec.serving.retrieval import (
     AUTO_ITEMS,
     INDEX_FILENAMES,
     ExactIndex,
@@ -30,8 +32,6 @@ from mtrec.retrieval import (
     watch_scores,
     watch_space,
 )
-from mtrec.runs import check_complete
-from conftest import random_interactions
 
 HNSW = IndexConfig.of(kind="hnsw")
 STAR_WARS = 50
@@ -264,7 +264,7 @@ def test_the_command_line_with_index_exact_prints_what_it_printed_before(run_dir
 def test_auto_is_exact_below_the_threshold_and_hnsw_from_it(run_dir, monkeypatch):
     assert IndexConfig().kind == "auto" and Recommender.load(run_dir).retrieval.kind == "exact"  # 1,682 items
     assert AUTO_ITEMS > 1682
-    monkeypatch.setattr(mtrec.retrieval, "AUTO_ITEMS", 1682)
+    monkeypatch.setattr(mtrec.serving.retrieval, "AUTO_ITEMS", 1682)
     assert Recommender.load(run_dir).retrieval.kind == "hnsw"
 
 
@@ -372,7 +372,7 @@ def test_a_graph_built_from_another_model_is_rebuilt_saying_so(two_models, capsy
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "model.watch.hnsw was built from another model" in lines[0] and lines[0].endswith("rebuilt it")
     assert lines[0].startswith("mtrec: warning: ")
-    rebuilt = mtrec.retrieval.read_index(first / "model.watch.hnsw", "watch", HNSW, model_digest(second))
+    rebuilt = mtrec.serving.retrieval.read_index(first / "model.watch.hnsw", "watch", HNSW, model_digest(second))
     assert rebuilt[0] is not None and rebuilt[1] is None  # the file now belongs to the new model
     want = Recommender.load(second, index=IndexConfig.of(kind="exact")).recommend(196, k=10)
     assert len(set(row["item"] for row in json.loads(out)["items"]) & set(items_of(want))) >= 9
@@ -395,7 +395,7 @@ def test_a_damaged_or_different_graph_is_rebuilt_with_the_reason(two_models, spo
     with pytest.warns(UserWarning, match=f"{re.escape(str(path))} .*{re.escape(reason)}.*: rebuilt it") as caught:
         Recommender.load(first, index=config).recommend(196, k=5)
     assert len(caught) == 1
-    assert mtrec.retrieval.read_index(path, "watch", config, model_digest(first))[1] is None
+    assert mtrec.serving.retrieval.read_index(path, "watch", config, model_digest(first))[1] is None
 
 
 def test_a_graph_that_cannot_be_saved_is_still_used_saying_so(two_models, monkeypatch):
@@ -404,7 +404,7 @@ def test_a_graph_that_cannot_be_saved_is_still_used_saying_so(two_models, monkey
     def refuse(*args):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(mtrec.retrieval, "save_index", refuse)
+    monkeypatch.setattr(mtrec.serving.retrieval, "save_index", refuse)
     with pytest.warns(UserWarning, match="cannot save the watch index to .* \\(Permission denied\\): it is built again at each load"):
         result = Recommender.load(second, index=HNSW).recommend(196, k=5)
     assert len(result.items) == 5 and not (second / "model.watch.hnsw").exists()
@@ -427,7 +427,7 @@ def test_hnsw_without_faiss_is_one_line_naming_the_extra(run_dir, capsys, monkey
 
 def test_auto_above_the_threshold_without_faiss_ranks_exactly_naming_the_extra(run_dir, exact, monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
-    monkeypatch.setattr(mtrec.retrieval, "AUTO_ITEMS", 1000)
+    monkeypatch.setattr(mtrec.serving.retrieval, "AUTO_ITEMS", 1000)
     expected = r'1,682 items would be ranked faster by an HNSW index, but faiss is not installed: pip install "mtrec\[ann\]"'
     with pytest.warns(UserWarning, match=expected):
         recommender = Recommender.load(run_dir)
@@ -447,11 +447,11 @@ def test_bad_index_options_are_one_line(run_dir, capsys, option, value, message)
 
 
 def test_each_serve_worker_ranks_with_the_index_it_was_given(run_dir, graph, monkeypatch):
-    import mtrec.serve
+    import mtrec.serving.http
 
-    monkeypatch.setattr(mtrec.serve, "settle_heap", lambda: None)
-    monkeypatch.setenv(mtrec.serve.ENVIRONMENT["model"], str(run_dir))
-    monkeypatch.setenv(mtrec.serve.ENVIRONMENT["index"], IndexConfig.of(kind="hnsw", ef_search=64).model_dump_json())
-    served = mtrec.serve.app_from_environment().state.recommender
+    monkeypatch.setattr(mtrec.serving.http, "settle_heap", lambda: None)
+    monkeypatch.setenv(mtrec.serving.http.ENVIRONMENT["model"], str(run_dir))
+    monkeypatch.setenv(mtrec.serving.http.ENVIRONMENT["index"], IndexConfig.of(kind="hnsw", ef_search=64).model_dump_json())
+    served = mtrec.serving.http.app_from_environment().state.recommender
     assert served.retrieval.kind == "hnsw" and served.retrieval.config.ef_search == 64
     assert len(set(items_of(served.recommend(196, k=10))) & set(items_of(graph.recommend(196, k=10)))) >= 9

@@ -22,14 +22,14 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 from conftest import ROOT
-from mtrec.cli import main
-from mtrec.errors import ConfigError, DataError
-from mtrec.fileio import LockHeldError, directory_lock
-from mtrec.runs import METRICS_FILENAME, RunState, inspect_run, read_metrics, staging_dir
 from test_distributed import torchrun, without_timing
 from test_hardening import small_ratings, snapshot, train
+
+from mtrec.cli import main
+from mtrec.errors import ConfigError, DataError
+from mtrec.io.files import LockHeldError, directory_lock
+from mtrec.runs import METRICS_FILENAME, RunState, inspect_run, read_metrics, staging_dir
 
 TESTS = Path(__file__).parent
 ENV = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{ROOT / 'src'}", "OMP_NUM_THREADS": "1"}
@@ -134,7 +134,7 @@ def test_a_killed_holders_lock_is_taken_over_by_the_next_run(tmp_path):
 #: A process that holds the lock of argv[1] until its standard input closes.
 HOLDER = """
 import sys
-from mtrec.fileio import directory_lock
+from mtrec.io.files import directory_lock
 with directory_lock(sys.argv[1]):
     print("held", flush=True)
     sys.stdin.read()
@@ -191,7 +191,7 @@ def test_an_experiment_root_in_use_is_refused_naming_its_holder_and_nothing_is_w
 
 def test_the_library_runs_one_experiment_at_a_time_in_a_root(tmp_path, held):
     from mtrec.config import preset
-    from mtrec.experiments import CONFIGURATIONS, plan_runs, run_experiment
+    from mtrec.studies.experiments import CONFIGURATIONS, plan_runs, run_experiment
 
     root = tmp_path / "exp"
     runs = plan_runs([CONFIGURATIONS["shared-0.5-0.5"]], 1, root)
@@ -451,6 +451,7 @@ def test_negative_epochs_are_a_usage_error(tmp_path, capsys):
 
 def test_the_library_refuses_to_record_a_run_of_no_epochs(tmp_path):
     from conftest import random_interactions
+
     from mtrec.config import preset
     from mtrec.runs import train_run
 

@@ -9,17 +9,17 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_interactions
+
 from mtrec.cli import main
 from mtrec.config import RunConfig, preset
 from mtrec.data.spec import DataSpec
 from mtrec.errors import ConfigError
-from mtrec.evaluation import Evaluator
+from mtrec.eval.evaluation import Evaluator
 from mtrec.model import MultitaskModel
 from mtrec.runs import METRICS_FILENAME
-from mtrec.sampling import EpochSampler
-from mtrec.trainer import EarlyStopping, joint_score
+from mtrec.train.loop import EarlyStopping, joint_score
+from mtrec.train.sampling import EpochSampler
 
 
 def three_way(seed=0, n=1500):

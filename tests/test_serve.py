@@ -9,12 +9,12 @@ from urllib.parse import quote
 import httpx
 import pytest
 import uvicorn
+from test_recommend import recommender, run_dir  # noqa: F401  (a model trained on ML-100K, once per module)
 
 from mtrec.cli import main
 from mtrec.errors import ModelFileError
-from mtrec.serve import INLINE_SCORES, MAX_BATCH, MAX_K, create_app
-from mtrec.recommend import MAX_HISTORY
-from test_recommend import recommender, run_dir  # noqa: F401  (a model trained on ML-100K, once per module)
+from mtrec.serving.http import INLINE_SCORES, MAX_BATCH, MAX_K, create_app
+from mtrec.serving.recommender import MAX_HISTORY
 
 
 @pytest.fixture(scope="module")

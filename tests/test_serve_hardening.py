@@ -23,10 +23,10 @@ import uvicorn
 
 from mtrec.cli import main
 from mtrec.errors import ConfigError, DataError
-from mtrec.foldin import RatingError, check_ratings, fold_in_model
 from mtrec.model import MultitaskModel
-from mtrec.recommend import Recommender
-from mtrec.serve import INLINE_SCORES, POOL_QUEUE, POOL_THREADS, RETRY_AFTER_SECONDS, ENVIRONMENT, create_app
+from mtrec.serving.foldin import RatingError, check_ratings, fold_in_model
+from mtrec.serving.http import ENVIRONMENT, INLINE_SCORES, POOL_QUEUE, POOL_THREADS, RETRY_AFTER_SECONDS, create_app
+from mtrec.serving.recommender import Recommender
 
 #: Seconds a test waits for the server before it fails (a guard, not a measurement).
 PATIENCE = 60
@@ -294,11 +294,11 @@ def test_a_failed_fold_in_frees_its_place_in_the_pool(recommender):
 
 
 def recorded_trims(monkeypatch) -> list[str]:
-    """The names of the threads :func:`mtrec.serve.trim_heap` runs on from now on (in place of trimming)."""
-    import mtrec.serve
+    """The names of the threads :func:`mtrec.serving.http.trim_heap` runs on from now on (in place of trimming)."""
+    import mtrec.serving.http
 
     trims: list[str] = []
-    monkeypatch.setattr(mtrec.serve, "trim_heap", lambda: trims.append(threading.current_thread().name))
+    monkeypatch.setattr(mtrec.serving.http, "trim_heap", lambda: trims.append(threading.current_thread().name))
     return trims
 
 
@@ -328,9 +328,9 @@ def test_the_heap_is_trimmed_once_when_the_pool_empties(recommender, monkeypatch
 @pytest.mark.slow
 @pytest.mark.parametrize("interval, expected", [(3600.0, 1), (0.0, 3)])
 def test_under_serial_load_the_heap_is_trimmed_at_most_once_an_interval(recommender, monkeypatch, interval, expected):
-    import mtrec.serve
+    import mtrec.serving.http
 
-    monkeypatch.setattr(mtrec.serve, "TRIM_INTERVAL_SECONDS", interval)
+    monkeypatch.setattr(mtrec.serving.http, "TRIM_INTERVAL_SECONDS", interval)
     trims = recorded_trims(monkeypatch)
     with serving(create_app(recommender, pool_threads=2, pool_queue=0)) as http:
         for count in range(1, 4):  # the pool empties after each one
@@ -342,7 +342,7 @@ def test_under_serial_load_the_heap_is_trimmed_at_most_once_an_interval(recommen
 def test_a_request_done_before_its_callback_is_added_trims_on_a_pool_thread_not_the_event_loop(monkeypatch):
     from concurrent.futures import wait
 
-    from mtrec.serve import Pool
+    from mtrec.serving.http import Pool
 
     trims, pool = recorded_trims(monkeypatch), Pool(1, 0)
     submit = pool._executor.submit
@@ -358,7 +358,7 @@ def test_a_request_done_before_its_callback_is_added_trims_on_a_pool_thread_not_
 
 
 def test_a_request_the_pool_cannot_start_gives_its_place_back(monkeypatch):
-    from mtrec.serve import Pool
+    from mtrec.serving.http import Pool
 
     def no_thread(*args):
         raise RuntimeError("can't start new thread")
@@ -399,12 +399,12 @@ def test_serve_documents_the_pool_options_and_refuses_bad_ones(capsys):
 
 
 def test_each_worker_process_gets_the_pool_sizes(run_dir, monkeypatch):
-    import mtrec.serve
+    import mtrec.serving.http
 
-    monkeypatch.setattr(mtrec.serve, "settle_heap", lambda: None)
+    monkeypatch.setattr(mtrec.serving.http, "settle_heap", lambda: None)
     for name, value in {"model": str(run_dir), "pool_threads": "3", "pool_queue": "0"}.items():
         monkeypatch.setenv(ENVIRONMENT[name], value)
-    pool = mtrec.serve.app_from_environment().state.pool
+    pool = mtrec.serving.http.app_from_environment().state.pool
     assert (pool.threads, pool.queue) == (3, 0)
 
 

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, random_interactions
 from mlflow import MlflowClient
 
-from conftest import ROOT, random_interactions
 from mtrec.cli import main
 from mtrec.config import flatten, preset
 from mtrec.errors import ConfigError
-from mtrec.report.collect import find_run_dirs
 from mtrec.runs import train_run
+from mtrec.studies.report.collect import find_run_dirs
 from mtrec.tracking import CHECK_TIMEOUT, NoTracker, connect, default_uri, metric_key, param_value, tracked_training
 
 

@@ -5,15 +5,15 @@ before (to a relative 1e-6: they were recorded on another machine)."""
 
 import pytest
 import torch
+from conftest import random_interactions
 from torch import nn
 
-from conftest import random_interactions
 from mtrec.errors import ConfigError
-from mtrec.evaluation import Evaluator
-from mtrec.losses import WATCH_LOSSES, Batch, JointObjective, PairwiseLoss, bpr_loss, regression_loss
+from mtrec.eval.evaluation import Evaluator
 from mtrec.model import MultitaskModel
-from mtrec.network import MultitaskNet, RecommenderNetwork
-from mtrec.training import AutogradStep, FusedStep, make_step
+from mtrec.nn.losses import WATCH_LOSSES, Batch, JointObjective, PairwiseLoss, bpr_loss, regression_loss
+from mtrec.nn.network import MultitaskNet, RecommenderNetwork
+from mtrec.train.steps import AutogradStep, FusedStep, make_step
 
 STEPS = [FusedStep, AutogradStep]
 

@@ -4,7 +4,7 @@ The public API, importable from ``mtrec`` itself::
 
     from mtrec import MultitaskModel, load_movielens, random_split
 
-Names are imported on first use, so that ``import mtrec.checkpoint`` (say) loads only what it needs.
+Names are imported on first use, so that ``import mtrec.io.checkpoint`` (say) loads only what it needs.
 """
 
 from __future__ import annotations
@@ -18,17 +18,17 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "MultitaskModel": "mtrec.model",
     "scaled_learning_rate": "mtrec.model",
-    "MultitaskNet": "mtrec.network",
-    "RecommenderNetwork": "mtrec.network",
-    "JointObjective": "mtrec.losses",
-    "Batch": "mtrec.losses",
-    "AutogradStep": "mtrec.training",
-    "FusedStep": "mtrec.training",
-    "make_step": "mtrec.training",
-    "Evaluator": "mtrec.evaluation",
-    "mse_score": "mtrec.evaluation",
-    "mrr_score": "mtrec.evaluation",
-    "EpochRecord": "mtrec.fitted",
+    "MultitaskNet": "mtrec.nn.network",
+    "RecommenderNetwork": "mtrec.nn.network",
+    "JointObjective": "mtrec.nn.losses",
+    "Batch": "mtrec.nn.losses",
+    "AutogradStep": "mtrec.train.steps",
+    "FusedStep": "mtrec.train.steps",
+    "make_step": "mtrec.train.steps",
+    "Evaluator": "mtrec.eval.evaluation",
+    "mse_score": "mtrec.eval.evaluation",
+    "mrr_score": "mtrec.eval.evaluation",
+    "EpochRecord": "mtrec.io.fitted",
     "RunConfig": "mtrec.config",
     "DataSpec": "mtrec.data.spec",
     "Interactions": "mtrec.data.interactions",
@@ -40,7 +40,7 @@ _EXPORTS = {
     "user_split": "mtrec.data.splits",
     "temporal_split": "mtrec.data.splits",
     "canonical_split": "mtrec.data.splits",
-    "Recommender": "mtrec.recommend",
+    "Recommender": "mtrec.serving.recommender",
     "MtrecError": "mtrec.errors",
     "ConfigError": "mtrec.errors",
     "DataError": "mtrec.errors",

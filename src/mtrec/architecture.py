@@ -9,31 +9,13 @@ from __future__ import annotations
 
 #: The layers, lowest first: a name and its modules. ``pkg.*`` places a package and every module in it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("data and foundations", ("mtrec", "mtrec.architecture", "mtrec.data.*", "mtrec.errors", "mtrec.fileio", "mtrec.registry")),
-    (
-        "the model's pieces",
-        (
-            "mtrec.layers",
-            "mtrec.network",
-            "mtrec.losses",
-            "mtrec.weighting",
-            "mtrec.sampling",
-            "mtrec.training",
-            "mtrec.distributed",
-            "mtrec.evaluation",
-            "mtrec.baselines",
-            "mtrec.fitted",
-            "mtrec.checkpoint",
-            "mtrec.schemas",
-            "mtrec.foldin",
-            "mtrec.retrieval",
-        ),
-    ),  # fmt: skip
-    ("the estimator and its runs", ("mtrec.trainer", "mtrec.model", "mtrec.config", "mtrec.runs")),
-    (
-        "what uses a model",
-        ("mtrec.recommend", "mtrec.explorer", "mtrec.serve", "mtrec.experiments", "mtrec.tuning", "mtrec.tracking", "mtrec.export", "mtrec.report.*"),
-    ),
+    ("foundations: data, files and model files", ("mtrec", "mtrec.architecture", "mtrec.errors", "mtrec.registry", "mtrec.data.*", "mtrec.io.*")),
+    ("the network", ("mtrec.nn.*",)),
+    ("evaluation", ("mtrec.eval.*",)),
+    ("training", ("mtrec.train.*",)),
+    ("retrieval and fold-in", ("mtrec.serving.retrieval", "mtrec.serving.foldin")),
+    ("the estimator and its runs", ("mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.tracking")),
+    ("what uses a model", ("mtrec.serving.*", "mtrec.studies.*")),
     ("the command line", ("mtrec.cli.*", "mtrec.__main__")),
 )
 

@@ -31,11 +31,11 @@ from pydantic import create_model
 from mtrec import __version__
 from mtrec.data.spec import READING_OPTIONS, DataSpec
 from mtrec.errors import ConfigError, DataError
-from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
-from mtrec.fileio import read_json
+from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
+from mtrec.io.files import read_json
+from mtrec.io.schemas import Schema, validate
 from mtrec.model import MultitaskModel
-from mtrec.schemas import Schema, validate
-from mtrec.trainer import check_early_stopping
+from mtrec.train.loop import check_early_stopping
 
 CONFIG_FILENAME = "config.json"
 FORMAT = "mtrec-run"

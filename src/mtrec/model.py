@@ -10,19 +10,19 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from mtrec.checkpoint import ModelRecord, load_record, model_path, save_record
 from mtrec.data.formats import Column
 from mtrec.data.frames import to_frame
 from mtrec.data.interactions import Interactions, as_interactions, check_same_ids
 from mtrec.errors import ConfigError, DataError, ModelFileError
-from mtrec.baselines import PopularityNet
-from mtrec.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
-from mtrec.fitted import EpochRecord, FittedData, history_table
-from mtrec.losses import WATCH_LOSSES, JointObjective, check_weights
-from mtrec.network import SHARINGS, MultitaskNet, check_architecture
-from mtrec.sampling import EpochSampler
-from mtrec.distributed import Distributed
-from mtrec.trainer import (
+from mtrec.eval.baselines import PopularityNet
+from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
+from mtrec.io.checkpoint import ModelRecord, load_record, model_path, save_record
+from mtrec.io.fitted import EpochRecord, FittedData, history_table
+from mtrec.nn.losses import WATCH_LOSSES, JointObjective, check_weights
+from mtrec.nn.network import SHARINGS, MultitaskNet, check_architecture
+from mtrec.nn.weighting import WEIGHTINGS
+from mtrec.train.distributed import Distributed
+from mtrec.train.loop import (
     JOINT,
     SCHEDULES,
     EarlyStopping,
@@ -31,8 +31,8 @@ from mtrec.trainer import (
     make_scheduler,
     torch_threads,
 )
-from mtrec.training import STEPS, Step, make_step, resolve_step
-from mtrec.weighting import WEIGHTINGS
+from mtrec.train.sampling import EpochSampler
+from mtrec.train.steps import STEPS, Step, make_step, resolve_step
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
 MAX_SEED = 2**64 - 1
@@ -80,12 +80,12 @@ class MultitaskModel:
     sharing:
         How the heads share the user and item embeddings: ``"hard"`` (the same U and Q, the
         seed's ``--shared_embeddings``), ``"separate"`` (``--no_shared_embeddings``),
-        ``"residual"`` or ``"cross-stitch"`` (see :class:`~mtrec.network.MultitaskNet`).
+        ``"residual"`` or ``"cross-stitch"`` (see :class:`~mtrec.nn.network.MultitaskNet`).
     factorization_weight, regression_weight:
         λF and λR in the joint loss λF·L_F + λR·L_R: each in [0, 1000], not both zero.
     weighting:
         How the two losses become one update: ``"fixed"`` (the λs), ``"uncertainty"``,
-        ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"`` (:mod:`mtrec.weighting`). All but ``fixed``
+        ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"`` (:mod:`mtrec.nn.weighting`). All but ``fixed``
         train with the autograd step.
     gradnorm_alpha:
         GradNorm's asymmetry α.
@@ -390,24 +390,24 @@ class MultitaskModel:
             Evaluate every N epochs (and after the last).
         early_stopping:
             None, ``"joint"`` (the mean relative improvement of validation MSE and MRR over
-            the mean rating and the most popular items, see :func:`mtrec.trainer.joint_score`),
+            the mean rating and the most popular items, see :func:`mtrec.train.loop.joint_score`),
             or a validation metric (``"mse"``, ``"ndcg@10"``...). Training stops once it has not
             improved for ``patience`` evaluations, and the model keeps the weights of the best
             validation epoch (:attr:`selected_epoch_`); without it, those of the last epoch.
         patience:
             Evaluations without improvement before early stopping ends training.
         metrics, k:
-            The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.evaluation`).
+            The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.eval.evaluation`).
         callback:
             Called with each epoch's :class:`EpochRecord` (progress bars, logging).
         distributed:
-            This process's place in a distributed run (:mod:`mtrec.distributed`): it trains its
+            This process's place in a distributed run (:mod:`mtrec.train.distributed`): it trains its
             slice of each global batch of ``batch_size`` and evaluates its share of the users.
         on_checkpoint, checkpoint_every:
-            Called with the :class:`~mtrec.trainer.Trainer` every ``checkpoint_every`` epochs
-            (to save :meth:`~mtrec.trainer.Trainer.state`).
+            Called with the :class:`~mtrec.train.loop.Trainer` every ``checkpoint_every`` epochs
+            (to save :meth:`~mtrec.train.loop.Trainer.state`).
         resume:
-            A :meth:`~mtrec.trainer.Trainer.state` to continue from instead of starting over.
+            A :meth:`~mtrec.train.loop.Trainer.state` to continue from instead of starting over.
 
         Raises
         ------
@@ -495,7 +495,7 @@ class MultitaskModel:
         return Evaluator(test, train, self.device_, metrics, k).evaluate(self._fitted_network())
 
     def history_frame(self, backend: str = "pandas") -> Any:
-        """The per-epoch losses and metrics, one row per epoch (see :func:`~mtrec.fitted.history_table`).
+        """The per-epoch losses and metrics, one row per epoch (see :func:`~mtrec.io.fitted.history_table`).
 
         Parameters
         ----------
@@ -523,7 +523,7 @@ class MultitaskModel:
 
     @classmethod
     def from_record(cls, record: ModelRecord, device: str = "cpu") -> MultitaskModel:
-        """The fitted model a :class:`~mtrec.checkpoint.ModelRecord` describes, on ``device``."""
+        """The fitted model a :class:`~mtrec.io.checkpoint.ModelRecord` describes, on ``device``."""
         target = resolve_device(device)
         params = {**record.params, "device": device}
         if "embedding_sharing" in params:  # a model file of mtrec 0.1

@@ -11,7 +11,7 @@ A run directory is either a complete, consistent run or visibly unfinished, neve
   complete; a folder holding anything but run files is never replaced at all (resuming a
   checkpoint included);
 * one process at a time trains a run directory: it holds the directory's lock
-  (:func:`mtrec.fileio.directory_lock`, ``.<name>.lock`` beside it) from before its staging folder
+  (:func:`mtrec.io.files.directory_lock`, ``.<name>.lock`` beside it) from before its staging folder
   is prepared until the run is published, so a published run is always one process's whole work;
 * a checkpoint of an unfinished run is resumed, or discarded when asked (``force``), never thrown
   away in silence, and kept until the finished run is published;
@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mtrec.checkpoint import (
+from mtrec.config import CONFIG_FILENAME, RunConfig
+from mtrec.data.interactions import Interactions
+from mtrec.errors import DataError, ModelFileError, MtrecError, RunExistsError
+from mtrec.io.checkpoint import (
     CHECKPOINT_FILENAME,
     MODEL_FILENAME,
     load_training_state,
@@ -40,15 +43,12 @@ from mtrec.checkpoint import (
     read_model_file,
     save_training_state,
 )
-from mtrec.config import CONFIG_FILENAME, RunConfig
-from mtrec.data.interactions import Interactions
-from mtrec.distributed import Distributed
-from mtrec.errors import DataError, ModelFileError, MtrecError, RunExistsError
-from mtrec.fileio import LockHeldError, atomic_write_text, directory_lock, publish_directory, read_json
-from mtrec.fileio import link_target as run_directory
-from mtrec.retrieval import INDEX_FILENAMES
-from mtrec.schemas import parse_metrics
-from mtrec.fitted import EpochRecord, summarize
+from mtrec.io.files import LockHeldError, atomic_write_text, directory_lock, publish_directory, read_json
+from mtrec.io.files import link_target as run_directory
+from mtrec.io.fitted import EpochRecord, summarize
+from mtrec.io.schemas import parse_metrics
+from mtrec.serving.retrieval import INDEX_FILENAMES
+from mtrec.train.distributed import Distributed
 
 METRICS_FILENAME = "metrics.json"
 #: Files a run directory may hold; a folder with anything else is not mtrec's to replace.
@@ -321,7 +321,7 @@ def train_run(
     logdir:
         The run directory (or a symbolic link to it: see :func:`run_directory`). A finished run
         there is replaced only with ``force``. Its lock is held until the run is published: while
-        another process trains it, :class:`~mtrec.fileio.LockHeldError` names that process.
+        another process trains it, :class:`~mtrec.io.files.LockHeldError` names that process.
     summary:
         What the split gave (sizes, cold start), for config.json.
     callback:

@@ -68,10 +68,10 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 from mtrec.config import RunConfig, flatten
-from mtrec.distributed import Distributed
 from mtrec.errors import ConfigError, MtrecError
-from mtrec.fitted import EpochRecord
+from mtrec.io.fitted import EpochRecord
 from mtrec.runs import read_config, read_metrics, run_directory
+from mtrec.train.distributed import Distributed
 
 #: The folder under the run root that holds the default local store.
 LOCAL_STORE_DIRNAME = ".mlflow"

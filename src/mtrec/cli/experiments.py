@@ -8,23 +8,22 @@ from pathlib import Path
 
 from mtrec.cli._args import add_option
 from mtrec.cli.options import add_run_arguments, given_settings, run_config
-from mtrec.config import preset
 from mtrec.cli.report import describe
 from mtrec.cli.train import epoch_summary
-from mtrec.experiments import (
+from mtrec.config import RunConfig, preset
+from mtrec.data.splits import CANONICAL_SPLITS
+from mtrec.studies.experiments import (
     CONFIGURATIONS,
-    PlannedRun,
     STUDY_DIRNAME,
     SWEEP_DIRNAME,
+    PlannedRun,
     configurations_named,
     plan_runs,
     run_experiment,
     study_configurations,
     sweep_configurations,
 )
-from mtrec.config import RunConfig
-from mtrec.data.splits import CANONICAL_SPLITS
-from mtrec.report import build_report
+from mtrec.studies.report import build_report
 from mtrec.tracking import Tracker, connect
 
 DESCRIPTION = f"""\

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from mtrec.serve import create_app, settle_heap
+    from mtrec.serving.http import create_app, settle_heap
 
     app = create_app(load_recommender(args))
     listener = socket.create_server(("127.0.0.1", args.port or 0))  # taken: one line (OSError), before anything is printed

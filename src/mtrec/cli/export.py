@@ -26,7 +26,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from mtrec.export import WRITERS
+    from mtrec.serving.export import WRITERS
 
     parser = subparsers.add_parser(
         "export",
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mtrec.export import export_run, verify_export
+    from mtrec.serving.export import export_run, verify_export
 
     folder = export_run(args.model, args.to, args.format, args.force)
     files = sorted(verify_export(folder)["files"])

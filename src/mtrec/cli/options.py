@@ -17,14 +17,14 @@ from mtrec.cli._args import add_option, non_negative_float, non_negative_int, po
 from mtrec.config import PRESETS, QUALITY_MODEL, QUALITY_TRAINING, RunConfig, preset
 from mtrec.data.datasets import RELEASES
 from mtrec.data.spec import DEFAULT_TEST_FRACTION, SPLITS
-from mtrec.evaluation import all_metrics
-from mtrec.losses import WATCH_LOSSES
-from mtrec.network import SHARINGS
+from mtrec.eval.evaluation import all_metrics
 from mtrec.model import MAX_NEGATIVES, MAX_SEED, scaled_learning_rate
-from mtrec.trainer import SCHEDULES
+from mtrec.nn.losses import WATCH_LOSSES
+from mtrec.nn.network import SHARINGS
+from mtrec.nn.weighting import WEIGHTINGS
 from mtrec.tracking import TRACKERS
-from mtrec.training import STEPS
-from mtrec.weighting import WEIGHTINGS
+from mtrec.train.loop import SCHEDULES
+from mtrec.train.steps import STEPS
 
 SUPPRESS = argparse.SUPPRESS
 

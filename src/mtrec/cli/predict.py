@@ -7,9 +7,8 @@ from dataclasses import asdict
 
 from mtrec.cli._args import add_option
 from mtrec.cli.recommend import WATCH_SCORE_HELP, add_format_option, add_model_option, emit, load_recommender
-from mtrec.errors import ConfigError
 from mtrec.data.requests import read_pairs
-
+from mtrec.errors import ConfigError
 
 DESCRIPTION = """\
 What a trained model predicts for one user and item (--user, --item) or for every pair

@@ -14,10 +14,10 @@ from typing import Any
 from mtrec.cli._args import add_option, positive_int
 from mtrec.data.requests import read_history, read_users
 from mtrec.errors import ConfigError, DataError, RunExistsError
-from mtrec.fileio import atomic_output
-from mtrec.foldin import RatingError
-from mtrec.recommend import Recommender
-from mtrec.retrieval import AUTO_ITEMS, EF_PER_DIMENSION, IndexConfig
+from mtrec.io.files import atomic_output
+from mtrec.serving.foldin import RatingError
+from mtrec.serving.recommender import Recommender
+from mtrec.serving.retrieval import AUTO_ITEMS, EF_PER_DIMENSION, IndexConfig
 
 WATCH_SCORE_HELP = """\
 watch score: the rank percentile of the model's raw score p among all items for the user,
@@ -53,7 +53,7 @@ def add_format_option(parser: argparse.ArgumentParser) -> None:
 
 
 def add_index_options(parser: argparse.ArgumentParser) -> None:
-    """``--index`` and the HNSW graph's parameters (:mod:`mtrec.retrieval`)."""
+    """``--index`` and the HNSW graph's parameters (:mod:`mtrec.serving.retrieval`)."""
     defaults = IndexConfig()
     add_option(parser, "--index", choices=("auto", "exact", "hnsw"), default="auto",
                help=f"which items a list scores: exact, every one; hnsw, an HNSW graph's candidates, re-scored "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from mtrec.cli._args import add_option
-from mtrec.report import ReportFiles, build_report
+from mtrec.studies.report import ReportFiles, build_report
 
 DESCRIPTION = """\
 Rebuild the experiment report from finished runs: report.md, a self-contained report.html,

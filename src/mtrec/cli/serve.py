@@ -8,7 +8,6 @@ import os
 from mtrec.cli._args import add_option, non_negative_int, positive_int
 from mtrec.cli.recommend import WATCH_SCORE_HELP, add_index_options, add_model_option, index_config, load_recommender
 
-
 DESCRIPTION = """\
 Serve recommendations, predictions and similar items over HTTP (OpenAPI docs at /docs).
 The model is loaded once; requests are answered concurrently. An unknown user gets the
@@ -58,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="BYTES",
         help="largest request body; a larger one is a 413, refused before parsing (default 8 MiB)",
     )
-    # The defaults are mtrec.serve's, named in the help without importing FastAPI for every command.
+    # The defaults are mtrec.serving.http's, named in the help without importing FastAPI for every command.
     add_option(
         parser,
         "--pool-threads",
@@ -87,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from mtrec.serve import ENVIRONMENT, MAX_BODY_BYTES, POOL_QUEUE, POOL_THREADS, create_app, settle_heap
+    from mtrec.serving.http import ENVIRONMENT, MAX_BODY_BYTES, POOL_QUEUE, POOL_THREADS, create_app, settle_heap
 
     index = index_config(args)
     recommender = load_recommender(args, index)  # a bad model is refused here, before any worker starts
@@ -110,5 +109,5 @@ def run(args: argparse.Namespace) -> int:
         **{name: str(size) for name, size in pool.items()},
     }
     os.environ.update({ENVIRONMENT[name]: value for name, value in values.items()})
-    uvicorn.run("mtrec.serve:app_from_environment", factory=True, workers=args.workers, **options)
+    uvicorn.run("mtrec.serving.http:app_from_environment", factory=True, workers=args.workers, **options)
     return 0

@@ -8,7 +8,6 @@ from dataclasses import asdict
 from mtrec.cli._args import add_option, positive_int
 from mtrec.cli.recommend import ITEM_COLUMNS, add_format_option, add_index_options, add_model_option, emit, index_config, load_recommender
 
-
 DESCRIPTION = """\
 The k items closest to an item by cosine similarity of the factorisation head's item
 vectors (Q). The item may be named by id or, where unambiguous, by title (case-insensitive,

@@ -11,7 +11,7 @@ from mtrec.cli._args import add_option, non_negative_int, positive_int
 from mtrec.data.files import make_directory
 from mtrec.data.synth import ML25M_SHAPE, synthetic_interactions
 from mtrec.errors import ConfigError, DataError
-from mtrec.fileio import atomic_output
+from mtrec.io.files import atomic_output
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

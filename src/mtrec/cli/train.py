@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
-
-import os
 
 import torch
 
 from mtrec.cli._args import add_option, non_negative_int, positive_float
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.config import RunConfig
-from mtrec.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, restarted
 from mtrec.model import resolve_device
 from mtrec.runs import train_run
 from mtrec.tracking import connect, tracked_training
+from mtrec.train.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, restarted
 
 DESCRIPTION = """\
 Train the multi-task model: matrix factorisation (watch score p, pairwise BPR-style loss)

@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mtrec.tuning import STUDY_FILENAME, _optuna, tune
+    from mtrec.studies.tuning import STUDY_FILENAME, _optuna, tune
 
     _optuna()  # a missing extra is named before any data is read
     config = run_config(args)

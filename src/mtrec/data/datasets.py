@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from mtrec.data.download import download_release_archive, extract_archive
 from mtrec.data.building import interaction_fields
+from mtrec.data.download import download_release_archive, extract_archive
 from mtrec.data.files import check_directory, digest_of, is_file
 from mtrec.data.formats import TextFormat
 from mtrec.data.interactions import Interactions

@@ -105,7 +105,7 @@ def read_history(path: str | os.PathLike) -> History:
     The columns named ``item`` and ``rating`` in a header line, or else the first two; the header
     is optional. At most :data:`MAX_HISTORY` items: reading stops at the first beyond them. A rating
     must be a number here; whether it is one the model can take (finite, on its scale) is checked
-    once, by the fold-in (:func:`mtrec.foldin.check_ratings`).
+    once, by the fold-in (:func:`mtrec.serving.foldin.check_ratings`).
     """
     path = Path(path)
     rows, _ = _read_rows(path, "an empty history", limit=MAX_HISTORY + 2)  # a header, and one item too many

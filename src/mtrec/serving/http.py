@@ -1,11 +1,11 @@
-"""The HTTP service: a FastAPI app that answers from one :class:`~mtrec.recommend.Recommender`.
+"""The HTTP service: a FastAPI app that answers from one :class:`~mtrec.serving.recommender.Recommender`.
 
 The model is loaded once, when the app is created; requests only read its tensors, so they
 are served concurrently without locks. OpenAPI docs are at ``/docs``.
 
 ``GET /health``, ``GET /model``, ``GET /users/{user}/recommendations?k=10&exclude_seen=true``
 (with ``exclude``, ``include`` and ``genre`` filters, comma-separated), ``POST /recommendations``
-(a new user's history, folded in; at most :data:`~mtrec.recommend.MAX_HISTORY` items),
+(a new user's history, folded in; at most :data:`~mtrec.serving.recommender.MAX_HISTORY` items),
 ``GET /users/{user}/items/{item}``, ``POST /predict`` (at most :data:`MAX_BATCH` pairs) and
 ``GET /items/{item}/similar?k=10``. ``k`` is 1 to :data:`MAX_K`. An unknown user gets the
 most-rated items with ``"cold_start": true``; an unknown item (or, for predictions, user) is
@@ -13,7 +13,7 @@ a 404, an ambiguous title a 400, a bad ``k``, an oversized batch, an id that is 
 a whole number, or a rating that is not a finite number on the model's scale a 422, a body that
 is not JSON a 415, each with a JSON body ``{"detail": ...}``. Every GET endpoint answers HEAD.
 
-The web explorer (:mod:`mtrec.explorer`) is the page at ``/``; besides those it calls
+The web explorer (:mod:`mtrec.serving.explorer`) is the page at ``/``; besides those it calls
 ``GET /users/{user}/history`` (the items a user rated), ``GET /items?query=...`` (titles, for
 autocompletion) and ``GET /items/{item}/ratings`` (an item's predicted ratings over all users).
 
@@ -48,11 +48,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapte
 
 from mtrec import __version__
 from mtrec.errors import AmbiguousItemError, ConfigError, UnknownItemError, UnknownUserError
-from mtrec.explorer import MAX_BINS, WEB_DIR, Explorer, History, ItemMatches, RatingDistribution
-from mtrec.fitted import summarize
-from mtrec.foldin import RatingError
-from mtrec.recommend import MAX_HISTORY, Prediction, Recommendations, Recommender, SimilarItems
-from mtrec.retrieval import IndexConfig
+from mtrec.io.fitted import summarize
+from mtrec.serving.explorer import MAX_BINS, WEB_DIR, Explorer, History, ItemMatches, RatingDistribution
+from mtrec.serving.foldin import RatingError
+from mtrec.serving.recommender import MAX_HISTORY, Prediction, Recommendations, Recommender, SimilarItems
+from mtrec.serving.retrieval import IndexConfig
 
 #: Largest ``k`` a request may ask for.
 MAX_K = 1000
@@ -562,7 +562,7 @@ PAGE_HEADERS = {
 
 
 def _explorer_routes(app: FastAPI, explorer: Explorer, pool: Pool) -> None:
-    """The web explorer (:mod:`mtrec.explorer`): its page at ``/`` and the JSON endpoints it needs besides
+    """The web explorer (:mod:`mtrec.serving.explorer`): its page at ``/`` and the JSON endpoints it needs besides
     the service's own: a user's rated items, a search of the titles, an item's predicted ratings."""
     files = {name: (WEB_DIR / name).read_bytes() for name in ("index.html", *WEB_FILES)}
 

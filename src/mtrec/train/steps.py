@@ -1,7 +1,7 @@
 """Training steps: one optimiser step of an objective on a batch, two ways behind one interface.
 
 * :class:`AutogradStep` trains any network that keeps the network contract
-  (:class:`mtrec.network.RecommenderNetwork`) on any objective: autograd computes the
+  (:class:`mtrec.nn.network.RecommenderNetwork`) on any objective: autograd computes the
   gradients, PyTorch's Adam (its fused kernel where available) applies them.
 * :class:`FusedStep` is the fast path for the seed's network. At batch 256 a step is a few
   hundred microseconds of arithmetic buried under the per-operation overhead of autograd and
@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.losses import Batch, JointObjective
-from mtrec.network import PARAMETER_GROUPS, MultitaskNet
+from mtrec.nn.losses import Batch, JointObjective
+from mtrec.nn.network import PARAMETER_GROUPS, MultitaskNet
 
 #: The choices of training step.
 STEPS = ("auto", "fused", "autograd")
@@ -37,7 +37,7 @@ def weight_decay_groups(network: nn.Module, weight_decay: float | dict[str, floa
     """The network's parameters grouped by their weight decay, in a fixed order.
 
     ``weight_decay`` is one value for every parameter, or one per group of
-    :data:`mtrec.network.PARAMETER_GROUPS` (a network without ``parameter_groups()`` puts
+    :data:`mtrec.nn.network.PARAMETER_GROUPS` (a network without ``parameter_groups()`` puts
     everything in ``"mlp"``). Groups with the same decay are merged.
     """
     named = network.parameter_groups() if hasattr(network, "parameter_groups") else {"mlp": list(network.parameters())}
@@ -125,7 +125,7 @@ class AutogradStep(Step):
     network:
         The network to train.
     objective:
-        Its objective (:class:`mtrec.losses.JointObjective`).
+        Its objective (:class:`mtrec.nn.losses.JointObjective`).
     learning_rate:
         Adam's learning rate.
     weight_decay:
@@ -238,7 +238,7 @@ FUSED_WATCH_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch
 
 
 class FusedStep(Step):
-    """The seed's objective on :class:`~mtrec.network.MultitaskNet`, with hand-written gradients.
+    """The seed's objective on :class:`~mtrec.nn.network.MultitaskNet`, with hand-written gradients.
 
     Same parameters as :class:`AutogradStep`; raises :class:`ConfigError` for a network or
     objective that :meth:`supports` refuses.

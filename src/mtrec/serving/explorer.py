@@ -2,7 +2,7 @@
 the catalogue's titles, and the distribution of an item's predicted ratings over all users.
 
 The page itself (``web/``: plain HTML, CSS and JavaScript, no build step) is served by
-:mod:`mtrec.serve` at ``/``; it calls these through the service's JSON endpoints.
+:mod:`mtrec.serving.http` at ``/``; it calls these through the service's JSON endpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from mtrec.data.interactions import build_lookup, lookup_id
 from mtrec.errors import ConfigError, UnknownUserError
-from mtrec.recommend import RankedItem, Recommender, ScoredItem
+from mtrec.serving.recommender import RankedItem, Recommender, ScoredItem
 
 #: The explorer's page and its script and style, shipped inside the package.
 WEB_DIR = Path(__file__).parent / "web"
@@ -66,7 +66,7 @@ class RatingDistribution:
 
 
 class Explorer:
-    """The explorer's queries on one :class:`~mtrec.recommend.Recommender`; as thread-safe as it is.
+    """The explorer's queries on one :class:`~mtrec.serving.recommender.Recommender`; as thread-safe as it is.
 
     Parameters
     ----------

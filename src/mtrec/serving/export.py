@@ -17,7 +17,7 @@ so that, for user index i and item index j,
 * the watch score ``p = watch_vectors_user[i] · watch_vectors_item[j] + watch_biases_user[i] + watch_biases_item[j]``;
 * the rating ``r_hat = MLP([u, q, u*q]) + rating_biases_user[i] + rating_biases_item[j]`` with
   ``u = rating_vectors_user[i]``, ``q = rating_vectors_item[j]``, clipped to the data's rating
-  scale for display (as :class:`mtrec.recommend.Recommender` does).
+  scale for display (as :class:`mtrec.serving.recommender.Recommender` does).
 
 ONNX (``format="onnx"``, needs ``pip install "mtrec[export]"``)
     ``user_encoder.onnx`` (input ``users``, int64 user indices of shape [batch]; outputs the four
@@ -60,11 +60,11 @@ import torch
 from torch import nn
 
 from mtrec import __version__
-from mtrec.checkpoint import model_digest
 from mtrec.errors import ConfigError, ModelFileError
-from mtrec.fileio import atomic_output, atomic_write_bytes, atomic_write_text, directory_lock, publish_directory
+from mtrec.io.checkpoint import model_digest
+from mtrec.io.files import atomic_output, atomic_write_bytes, atomic_write_text, directory_lock, publish_directory
 from mtrec.model import MultitaskModel
-from mtrec.network import MultitaskNet
+from mtrec.nn.network import MultitaskNet
 from mtrec.runs import staging_dir
 
 MANIFEST_FILENAME = "manifest.json"
@@ -372,7 +372,7 @@ def export_run(path: str | Path, to: str | Path, format: str = "onnx", force: bo
     ConfigError
         See :func:`export_model`.
     """
-    from mtrec.recommend import Recommender
+    from mtrec.serving.recommender import Recommender
 
     _writer(format)
     check_target(to, force)

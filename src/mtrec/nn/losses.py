@@ -9,8 +9,8 @@ where the data has them, the observed ratings. The two task losses are
   not vanish for badly ordered pairs;
 * L_R, the rating loss, on the rating head's r̂ and the observed r: mean((r̂ − r)²);
 
-and :class:`JointObjective` joins them as λF·L_F + λR·L_R. :class:`mtrec.training.AutogradStep`
-differentiates this objective with autograd; :class:`mtrec.training.FusedStep` computes the
+and :class:`JointObjective` joins them as λF·L_F + λR·L_R. :class:`mtrec.train.steps.AutogradStep`
+differentiates this objective with autograd; :class:`mtrec.train.steps.FusedStep` computes the
 same gradients by hand for the objectives and networks it supports.
 """
 
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from mtrec.errors import ConfigError
+from mtrec.nn.weighting import make_weighting
 from mtrec.registry import Registry
-from mtrec.weighting import make_weighting
 
 #: Largest loss weight accepted: beyond it Adam's first steps are already dominated by the
 #: weight's scale and a float32 loss can overflow. The weights are used as given, not normalised.
@@ -195,7 +195,7 @@ class JointObjective:
         The name of a registered :class:`WatchLoss` (:data:`WATCH_LOSSES`): ``"bpr"``
         (mean(1 − σ(p⁺ − p⁻)), the seed's) or ``"logsigmoid"`` (mean(−log σ(p⁺ − p⁻))).
     weighting:
-        How the two losses become one update (:mod:`mtrec.weighting`): ``"fixed"`` (the λs),
+        How the two losses become one update (:mod:`mtrec.nn.weighting`): ``"fixed"`` (the λs),
         ``"uncertainty"``, ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"``.
     gradnorm_alpha:
         GradNorm's asymmetry α.

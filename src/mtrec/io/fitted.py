@@ -1,7 +1,7 @@
 """What a fitted model keeps: its data's description, the history of its epochs and their summary.
 
 These are plain records, shared by the estimator (:mod:`mtrec.model`), the model files
-(:mod:`mtrec.checkpoint`), the run directories (:mod:`mtrec.runs`) and the service; none of
+(:mod:`mtrec.io.checkpoint`), the run directories (:mod:`mtrec.runs`) and the service; none of
 them imports the others through this module.
 """
 

@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterable, Sequence
 from mtrec.config import RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, RunExistsError
-from mtrec.fileio import directory_lock
-from mtrec.fitted import EpochRecord
+from mtrec.io.files import directory_lock
+from mtrec.io.fitted import EpochRecord
 from mtrec.runs import inspect_run, train_run
 from mtrec.tracking import Tracker, tracked, tracked_training
 
@@ -205,7 +205,7 @@ def run_experiment(
     """Train every planned run that is not already finished with the same settings.
 
     One experiment at a time works in a root (``runs``' root, from :func:`plan_runs`): it holds the
-    root's lock (:func:`mtrec.fileio.directory_lock`) from before the runs are inspected until the
+    root's lock (:func:`mtrec.io.files.directory_lock`) from before the runs are inspected until the
     last is trained.
 
     Parameters

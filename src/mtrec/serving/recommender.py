@@ -60,11 +60,11 @@ from mtrec.errors import (
     UnknownItemError,
     UnknownUserError,
 )
-from mtrec.foldin import fold_in_model
-from mtrec.checkpoint import model_path
+from mtrec.io.checkpoint import model_path
 from mtrec.model import MultitaskModel
-from mtrec.retrieval import IndexConfig, Retrieval, bytes_per_query, ranked_candidates, watch_queries, watch_scores, watch_space
 from mtrec.runs import METRICS_FILENAME, check_complete
+from mtrec.serving.foldin import fold_in_model
+from mtrec.serving.retrieval import IndexConfig, Retrieval, bytes_per_query, ranked_candidates, watch_queries, watch_scores, watch_space
 
 #: Elements of a (pairs x catalogue) block scored at once: bounds memory for big batches.
 CHUNK_ELEMENTS = 1 << 22
@@ -169,8 +169,8 @@ class Recommender:
         A fitted (or loaded) :class:`~mtrec.model.MultitaskModel`; its network is put in
         evaluation mode and used on the device it is on.
     index:
-        Which index ranks the items (:class:`~mtrec.retrieval.IndexConfig`; by default ``auto``:
-        every item scored, as always, below :data:`~mtrec.retrieval.AUTO_ITEMS` items).
+        Which index ranks the items (:class:`~mtrec.serving.retrieval.IndexConfig`; by default ``auto``:
+        every item scored, as always, below :data:`~mtrec.serving.retrieval.AUTO_ITEMS` items).
     model_file:
         The file the model was read from: an HNSW index is saved beside it (None: never saved).
     """
@@ -329,7 +329,7 @@ class Recommender:
 
     def _retrieved(self, network, users: torch.Tensor, seen, allowed: torch.Tensor | None, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The top ``k`` of each of ``users`` of ``network`` among the watch index's candidates, re-scored
-        by the network (:func:`mtrec.retrieval.ranked_candidates`): picks' p (-inf past a short list),
+        by the network (:func:`mtrec.serving.retrieval.ranked_candidates`): picks' p (-inf past a short list),
         items and watch scores. ``seen`` (rows, items) are left out."""
 
         def score(rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -380,10 +380,10 @@ class Recommender:
 
         ``history`` holds ``(item, rating)`` pairs, items by raw id or title and ratings None
         where unknown (then, for a history without any rating, only the watch loss fits). The
-        user's vectors are fitted with everything else frozen (:func:`mtrec.foldin.fold_in_model`), and
+        user's vectors are fitted with everything else frozen (:func:`mtrec.serving.foldin.fold_in_model`), and
         the history's items are left out of the list. An empty history gets the most-rated items,
         flagged ``cold_start``. An unknown item is an :class:`UnknownItemError` naming it; a rating
-        that is not a finite number on the model's rating scale a :class:`~mtrec.foldin.RatingError`
+        that is not a finite number on the model's rating scale a :class:`~mtrec.serving.foldin.RatingError`
         (a :class:`~mtrec.errors.DataError`) naming its entry.
         """
         k = min(_check_k(k), self.num_items)
@@ -417,7 +417,7 @@ class Recommender:
         scored in blocks whose scores fit ``budget_bytes``; ``progress`` is called with the number
         of users of each block done. The watch score is exact, as in :meth:`recommend`: the
         fraction of all items each pick outscores, counted in one pass over the block's scores
-        (with an HNSW index, over the scored candidates: :mod:`mtrec.retrieval`).
+        (with an HNSW index, over the scored candidates: :mod:`mtrec.serving.retrieval`).
         """
         k = min(_check_k(k), self.num_items)
         allowed = self.allowed(exclude, include, genres)

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import numpy as np
 
-from mtrec.experiments import SHARING_NAMES, Configuration
+from mtrec.studies.experiments import SHARING_NAMES, Configuration
 
 #: The values reported for the selected and the last epoch.
 FINAL_FIELDS = ("test_mse", "test_mrr", "test_ndcg@10", "test_recall@10", "train_mse", "train_bpr")

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mtrec.fileio import atomic_output
-from mtrec.report.stats import BEST_FIELDS, NAMES, GroupSummary, Stat, by_sharing
+from mtrec.io.files import atomic_output
+from mtrec.studies.report.stats import BEST_FIELDS, NAMES, GroupSummary, Stat, by_sharing
 
 #: Per-epoch curves: metrics.json field -> (figure file, title, y label).
 CURVES = {

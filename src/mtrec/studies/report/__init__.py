@@ -4,7 +4,7 @@ The runs found below the given folders are grouped by configuration (sharing, λ
 under ``sweep/`` form the λ sweep. For each configuration the per-epoch curves are averaged
 over seeds, with the min–max band; the table gives mean ± standard deviation over seeds.
 Seed k gives every configuration the same split, so two configurations are compared seed by
-seed (:class:`~mtrec.report.stats.Comparison`). Every number in the text and the table is read
+seed (:class:`~mtrec.studies.report.stats.Comparison`). Every number in the text and the table is read
 from the runs' metrics.json, and ``report.json`` holds them unrounded.
 
 Written to the output folder all at once: ``report.md``, ``report.html`` (self-contained, the
@@ -13,9 +13,9 @@ it, which is then renamed into place. On any error the staging folder is removed
 folder keeps the report it held; a folder holding other files than a report's is never replaced.
 An output folder that is a symbolic link keeps its link; one process at a time writes a folder.
 
-The package: :mod:`~mtrec.report.collect` reads and groups runs, :mod:`~mtrec.report.stats`
-aggregates over seeds and compares, :mod:`~mtrec.report.assignment` writes the assignment's
-answers, :mod:`~mtrec.report.figures` draws, :mod:`~mtrec.report.document` renders.
+The package: :mod:`~mtrec.studies.report.collect` reads and groups runs, :mod:`~mtrec.studies.report.stats`
+aggregates over seeds and compares, :mod:`~mtrec.studies.report.assignment` writes the assignment's
+answers, :mod:`~mtrec.studies.report.figures` draws, :mod:`~mtrec.studies.report.document` renders.
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Sequence
 
 from mtrec.errors import DataError
-from mtrec.fileio import atomic_write_text, directory_lock, link_target, publish_directory
-from mtrec.report.assignment import TABLE_HEADER, answer_sharing, answer_weights, answers, results_table, setup, sweep_reading
-from mtrec.report.collect import Collection, RunResult, collect
-from mtrec.report.document import Block, BulletList, Figure, Heading, Paragraph, to_html, to_markdown
-from mtrec.report.figures import (
+from mtrec.io.files import atomic_write_text, directory_lock, link_target, publish_directory
+from mtrec.studies.report.assignment import TABLE_HEADER, answer_sharing, answer_weights, answers, results_table, setup, sweep_reading
+from mtrec.studies.report.collect import Collection, RunResult, collect
+from mtrec.studies.report.document import Block, BulletList, Figure, Heading, Paragraph, to_html, to_markdown
+from mtrec.studies.report.figures import (
     CURVES,
     FIGURES,
     SUMMARY_FIGURE,
@@ -41,8 +41,8 @@ from mtrec.report.figures import (
     summary_figure,
     tradeoff_figure,
 )
-from mtrec.report.stats import GroupSummary
-from mtrec.report.study import STUDY_FIGURE, choices, study_blocks, study_figure
+from mtrec.studies.report.stats import GroupSummary
+from mtrec.studies.report.study import STUDY_FIGURE, choices, study_blocks, study_figure
 
 __all__ = [
     "CURVES",
@@ -146,8 +146,8 @@ def write_report(collection: Collection, out: str | Path) -> ReportFiles:
 
     ``out`` may be a symbolic link: the folder it points at is replaced, the link stays. One
     process at a time writes a report folder: it holds the folder's lock
-    (:func:`~mtrec.fileio.directory_lock`), and another writer is refused with
-    :class:`~mtrec.fileio.LockHeldError` naming it.
+    (:func:`~mtrec.io.files.directory_lock`), and another writer is refused with
+    :class:`~mtrec.io.files.LockHeldError` naming it.
     """
     out = Path(out)
     target = _target(out)

@@ -2,7 +2,7 @@
 
 :class:`RecommenderNetwork` is the contract that evaluation, recommendation and serving rely
 on: indices in, one value per pair (or per user and item) out. Any ``nn.Module`` that keeps it
-can be evaluated and served by mtrec, and trained by :class:`mtrec.training.AutogradStep`.
+can be evaluated and served by mtrec, and trained by :class:`mtrec.train.steps.AutogradStep`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.layers import ScaledEmbedding, ZeroEmbedding
+from mtrec.nn.layers import ScaledEmbedding, ZeroEmbedding
 from mtrec.registry import Registry
 
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mtrec.experiments import SHARING_NAMES
-from mtrec.fileio import atomic_output
-from mtrec.report.assignment import compare_test_metrics
-from mtrec.report.document import Block, Heading, Paragraph, Table
-from mtrec.report.stats import (
+from mtrec.io.files import atomic_output
+from mtrec.studies.experiments import SHARING_NAMES
+from mtrec.studies.report.assignment import compare_test_metrics
+from mtrec.studies.report.document import Block, Heading, Paragraph, Table
+from mtrec.studies.report.stats import (
     Comparison,
     GroupSummary,
     Stat,
@@ -205,7 +205,7 @@ def study_answer(found: Sequence[Choice]) -> list[str]:
 
 def study_figure(groups: Sequence[GroupSummary], found: Sequence[Choice], path: Path) -> None:
     """Test MSE against MRR: each architecture's fixed-λ front as a line, each chosen method as a marker."""
-    from mtrec.report.figures import _pyplot
+    from mtrec.studies.report.figures import _pyplot
 
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(8, 5.5))
@@ -252,7 +252,7 @@ def study_figure(groups: Sequence[GroupSummary], found: Sequence[Choice], path: 
 
 
 def study_blocks(groups: Sequence[GroupSummary], figure: str | None) -> list[Block]:
-    from mtrec.report.document import Figure
+    from mtrec.studies.report.document import Figure
 
     found = choices(groups)
     blocks: list[Block] = [

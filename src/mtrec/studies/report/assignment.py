@@ -17,10 +17,10 @@ from typing import Sequence
 
 import numpy as np
 
-from mtrec.experiments import CONFIGURATIONS
-from mtrec.report.collect import VARYING
-from mtrec.report.document import Block, Code, Heading, Paragraph, Table
-from mtrec.report.stats import (
+from mtrec.studies.experiments import CONFIGURATIONS
+from mtrec.studies.report.collect import VARYING
+from mtrec.studies.report.document import Block, Code, Heading, Paragraph, Table
+from mtrec.studies.report.stats import (
     BEST_FIELDS,
     NAMES,
     SIGNIFICANCE,

@@ -10,7 +10,7 @@ Two indexes answer "the ``n`` items of largest inner product" behind one interfa
 (:class:`ItemIndex`):
 
 ``exact``
-    Scores every item. A :class:`~mtrec.recommend.Recommender` with it ranks as it always has.
+    Scores every item. A :class:`~mtrec.serving.recommender.Recommender` with it ranks as it always has.
 ``hnsw``
     A graph of the items (HNSW, Malkov & Yashunin 2018, from the optional extra faiss:
     ``pip install "mtrec[ann]"``) searched in time that grows with the log of the catalogue. An
@@ -62,11 +62,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from mtrec.checkpoint import MODEL_FILENAME, model_digest
 from mtrec.errors import ConfigError
-from mtrec.fileio import atomic_output
-from mtrec.network import MultitaskNet
-from mtrec.schemas import Schema, validate
+from mtrec.io.checkpoint import MODEL_FILENAME, model_digest
+from mtrec.io.files import atomic_output
+from mtrec.io.schemas import Schema, validate
+from mtrec.nn.network import MultitaskNet
 
 #: The spaces a model's items are searched in: by watch score, and by cosine similarity.
 SPACES = ("watch", "similar")
@@ -223,7 +223,7 @@ def watch_queries(network: MultitaskNet, users: torch.Tensor) -> torch.Tensor:
 
 def watch_scores(network: MultitaskNet, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """The watch score ``p = u·q + a + b`` of each user's row of ``items`` (shape ``(len(users), n)``),
-    as :meth:`~mtrec.network.MultitaskNet.watch_score` gives it pair by pair, each user's vector read once."""
+    as :meth:`~mtrec.nn.network.MultitaskNet.watch_score` gives it pair by pair, each user's vector read once."""
     u, q = network.watch_users(users), network.watch_items(items)
     return (q @ u[:, :, None]).squeeze(-1) + network.user_biases(users) + network.item_biases(items).squeeze(-1)
 

@@ -22,8 +22,8 @@ from typing import Any, Sequence
 import torch
 
 from mtrec.errors import ConfigError, DataError
-from mtrec.losses import Batch, JointObjective
-from mtrec.network import MultitaskNet
+from mtrec.nn.losses import Batch, JointObjective
+from mtrec.nn.network import MultitaskNet
 
 #: Fitting steps and their learning rate (full-batch Adam on the user's parameters alone).
 STEPS = 100

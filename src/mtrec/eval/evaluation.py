@@ -34,7 +34,7 @@ import torch
 
 from mtrec.data.interactions import Interactions, check_same_ids, same_id_maps
 from mtrec.errors import ConfigError, DataError
-from mtrec.fitted import FittedModel
+from mtrec.io.fitted import FittedModel
 from mtrec.registry import Registry
 
 #: Bytes of scores one block of users may occupy while ranking.
@@ -214,7 +214,7 @@ class Evaluator:
 
     Building one sorts the held-out and known pairs once, so evaluating every epoch costs
     only the forward passes. The network needs only the contract of
-    :class:`mtrec.network.RecommenderNetwork`.
+    :class:`mtrec.nn.network.RecommenderNetwork`.
 
     Parameters
     ----------

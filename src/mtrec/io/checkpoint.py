@@ -29,13 +29,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from mtrec import __version__
-from mtrec.data.interactions import ids_from_json
 from mtrec.data.files import is_file
+from mtrec.data.interactions import ids_from_json
 from mtrec.data.metadata import ItemMetadata
 from mtrec.errors import DataError, ModelFileError
-from mtrec.fileio import atomic_write_bytes, parse_json
-from mtrec.fitted import EpochRecord, FittedData
-from mtrec.schemas import TrainingStateSchema, validate
+from mtrec.io.files import atomic_write_bytes, parse_json
+from mtrec.io.fitted import EpochRecord, FittedData
+from mtrec.io.schemas import TrainingStateSchema, validate
 
 FORMAT = "mtrec-model"
 FORMAT_VERSION = 1

@@ -12,7 +12,7 @@ The study lives in ``<root>/study.db`` (SQLite): running the same search again a
 it, so an interrupted search resumes. The sampler is seeded by the seed and the number of trials
 the study already holds, so the trials a rerun adds continue the search instead of repeating its
 first draws. One search at a time works in a root: it holds the root's lock
-(:func:`mtrec.fileio.directory_lock`). A trial that fails (or that Ctrl-C ends) ends the search
+(:func:`mtrec.io.files.directory_lock`). A trial that fails (or that Ctrl-C ends) ends the search
 with its error; the trials finished before it stay in the study.
 """
 
@@ -31,14 +31,14 @@ import numpy as np
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, MtrecError
-from mtrec.evaluation import Evaluator
-from mtrec.fileio import atomic_write_text, directory_lock
-from mtrec.fitted import EpochRecord
+from mtrec.eval.evaluation import Evaluator
+from mtrec.io.files import atomic_write_text, directory_lock
+from mtrec.io.fitted import EpochRecord
 from mtrec.model import reference_metrics
+from mtrec.nn.losses import WATCH_LOSSES
 from mtrec.runs import train_run
-from mtrec.tracking import Tracker, TrackedRun, tracked, tracked_training
-from mtrec.losses import WATCH_LOSSES
-from mtrec.trainer import EarlyStopping
+from mtrec.tracking import TrackedRun, Tracker, tracked, tracked_training
+from mtrec.train.loop import EarlyStopping
 
 #: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
 Dimension = tuple

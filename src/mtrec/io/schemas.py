@@ -114,7 +114,7 @@ class _Measured(Schema):
 
 
 class EpochSchema(_Measured):
-    """One epoch's record, as :meth:`mtrec.fitted.EpochRecord.to_json` writes it."""
+    """One epoch's record, as :meth:`mtrec.io.fitted.EpochRecord.to_json` writes it."""
 
     epoch: int = Field(ge=1)
     train_bpr: float | None
@@ -159,7 +159,7 @@ class OracleSchema(Schema):
 
 
 class MetricsSchema(Schema):
-    """``metrics.json``: the per-epoch records and their summary (:func:`mtrec.fitted.summarize`).
+    """``metrics.json``: the per-epoch records and their summary (:func:`mtrec.io.fitted.summarize`).
 
     The records are numbered 1, 2, ... and every epoch the summary names is one of them.
     ``best_test_*`` are mtrec 0.1's names of ``oracle_best_test_*``.
@@ -214,7 +214,7 @@ class StoppingState(Schema):
 
 
 class TrainingStateSchema(Schema):
-    """The JSON facts of a training checkpoint (:meth:`mtrec.trainer.Trainer.state`); the optimiser's,
+    """The JSON facts of a training checkpoint (:meth:`mtrec.train.loop.Trainer.state`); the optimiser's,
     the schedule's and the weighting's own state are torch's and the weighting's JSON, kept as they are."""
 
     epoch: int = Field(ge=0)

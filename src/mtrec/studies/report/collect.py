@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 from mtrec.config import CONFIG_FILENAME, RunConfig, flatten
 from mtrec.errors import DataError
-from mtrec.experiments import STUDY_DIRNAME, SWEEP_DIRNAME, Configuration
-from mtrec.report.stats import GroupSummary, group_runs
 from mtrec.runs import METRICS_FILENAME, read_config, read_metrics
+from mtrec.studies.experiments import STUDY_DIRNAME, SWEEP_DIRNAME, Configuration
+from mtrec.studies.report.stats import GroupSummary, group_runs
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class Collection:
 def collect(paths: Sequence[str | Path]) -> Collection:
     """Read and group the runs in or below ``paths``; a warning names every run left out."""
     runs, left_out = load_runs(find_run_dirs(paths))
-    # The layout of mtrec.experiments: ROOT/sweep/<configuration>/seed-<k>, ROOT/multitask/<configuration>/seed-<k>.
+    # The layout of mtrec.studies.experiments: ROOT/sweep/<configuration>/seed-<k>, ROOT/multitask/<configuration>/seed-<k>.
     parts: dict[str, list[RunResult]] = {"": [], SWEEP_DIRNAME: [], STUDY_DIRNAME: []}
     for run in runs:
         parts.get(run.path.parent.parent.name, parts[""]).append(run)

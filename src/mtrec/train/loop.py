@@ -1,7 +1,7 @@
 """The training loop: epochs of shuffled batches, evaluation, early stopping, learning-rate schedules.
 
-:class:`Trainer` drives a :class:`mtrec.training.Step` over the batches an
-:class:`mtrec.sampling.EpochSampler` draws. After each evaluation an :class:`EarlyStopping`
+:class:`Trainer` drives a :class:`mtrec.train.steps.Step` over the batches an
+:class:`mtrec.train.sampling.EpochSampler` draws. After each evaluation an :class:`EarlyStopping`
 keeps the weights of the best validation epoch and stops once the criterion has not improved
 for ``patience`` evaluations. A loss or a parameter that becomes NaN or infinite stops training
 with :class:`mtrec.errors.TrainingDiverged`, naming the epoch, the step and the loss.
@@ -17,15 +17,15 @@ from typing import Callable, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from mtrec.distributed import Distributed
 from mtrec.errors import ConfigError, TrainingDiverged
-from mtrec.evaluation import DEFAULT_K, Evaluator, all_metrics, lower_is_better, metric_names
-from mtrec.fitted import EpochRecord
-from mtrec.losses import Batch
+from mtrec.eval.evaluation import DEFAULT_K, Evaluator, all_metrics, lower_is_better, metric_names
+from mtrec.io.fitted import EpochRecord
+from mtrec.nn.losses import Batch
+from mtrec.nn.weighting import Fixed
 from mtrec.registry import Registry
-from mtrec.sampling import EpochSampler
-from mtrec.training import Step
-from mtrec.weighting import Fixed
+from mtrec.train.distributed import Distributed
+from mtrec.train.sampling import EpochSampler
+from mtrec.train.steps import Step
 
 #: The early-stopping criterion that weighs both tasks.
 JOINT = "joint"
@@ -173,7 +173,7 @@ def _check_finite(epoch: int, sums: torch.Tensor, per_step: torch.Tensor, networ
 
 
 class Trainer:
-    """Drives a :class:`~mtrec.training.Step` over epochs of batches; evaluates, stops early,
+    """Drives a :class:`~mtrec.train.steps.Step` over epochs of batches; evaluates, stops early,
     schedules the learning rate, and saves and restores its whole state for checkpoints.
 
     Parameters
