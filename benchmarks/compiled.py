@@ -69,15 +69,15 @@ class CompiledAutogradStep:
 
 
 def make_steps(learning_rate: float) -> dict[str, object]:
-    from mtrec.nn.losses import JointObjective
     from mtrec.nn.network import MultitaskNet
+    from mtrec.nn.objective import JointObjective
     from mtrec.train.steps import AutogradStep, FusedStep
 
     def network():
         torch.manual_seed(0)
         return MultitaskNet(USERS, ITEMS, embedding_dim=32, layer_sizes=[96, 64], sharing="hard")
 
-    objective = JointObjective(0.99, 0.01)
+    objective = JointObjective({"watch": 0.99, "rating": 0.01})
     return {
         "fused": FusedStep(network(), objective, learning_rate),
         "autograd": AutogradStep(network(), objective, learning_rate),

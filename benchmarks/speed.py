@@ -80,11 +80,11 @@ class PlainTrainer:
 
     def __init__(self, train, factorization_weight=0.5, regression_weight=0.5, batch_size=256, seed=0):
         from mtrec.model import MultitaskModel
-        from mtrec.nn.losses import JointObjective
+        from mtrec.nn.objective import JointObjective
         from mtrec.train.steps import AutogradStep
 
         self.net = MultitaskModel(seed=seed).build_network(train.num_users, train.num_items)  # mtrec's initial weights
-        self.step = AutogradStep(self.net, JointObjective(factorization_weight, regression_weight), learning_rate=1e-3)
+        self.step = AutogradStep(self.net, JointObjective({"watch": factorization_weight, "rating": regression_weight}), learning_rate=1e-3)
         self.generator = torch.Generator().manual_seed(seed)
         self.train, self.batch_size = train, batch_size
 

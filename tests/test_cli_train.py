@@ -63,8 +63,8 @@ def test_tensorboard_receives_every_scalar_each_epoch(tmp_path, data_dir):
     tags = set(events.Tags()["scalars"])
     metrics = ("mse", "rmse", "mae", "mrr", "ndcg@10", "recall@10", "hr@10", "map@10")
     assert tags == {
-        "train/bpr_loss",
-        "train/mse",
+        "train/watch_loss",
+        "train/rating_loss",
         "train/joint_loss",
         "train/learning_rate",
         *(f"{part}/{m}" for part in ("valid", "test") for m in metrics),

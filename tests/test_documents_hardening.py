@@ -510,7 +510,7 @@ def test_a_checkpoint_is_checked_against_its_header_and_its_facts_against_their_
         load_training_state(path)
     cases = {
         "epoch": ("3", 'info: epoch: expected a whole number, got "3"'),
-        "history": ([{"epoch": 1}], "info: history[0].train_bpr: missing"),
+        "history": ([{"epoch": 1}], "info: history[0].train_loss: missing"),
         "stopping": ({"best_score": 0.2, "best_epoch": 1}, "info: stopping.waited: missing"),
         "stopped": (0, "info: stopped: expected true or false, got 0"),
     }

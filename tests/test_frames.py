@@ -263,7 +263,7 @@ def test_history_frame_has_a_row_per_epoch_with_the_records_losses_and_metrics(m
     model = MultitaskModel(seed=0, batch_size=4096).fit(train, epochs=2, test=test, metrics=("mse", "mrr"), k=(10,))
     history = model.history_frame()
     assert isinstance(history, pd.DataFrame) and history["epoch"].tolist() == [1, 2]
-    assert history.columns.tolist()[:6] == ["epoch", "train_bpr", "train_mse", "train_loss", "test_mse", "test_mrr"]
+    assert history.columns.tolist()[:6] == ["epoch", "train_watch", "train_rating", "train_loss", "test_mse", "test_mrr"]
     for row, record in zip(history.itertuples(), model.history_):
         assert (row.train_loss, row.test_mse, row.seconds) == (record.train_loss, record.metrics["test_mse"], record.seconds)
     as_polars = model.history_frame("polars")

@@ -83,7 +83,7 @@ def test_implicit_data_needs_regression_weight_zero():
     with pytest.raises(ConfigError, match="no ratings"):
         MultitaskModel().fit(data, epochs=1)
     model = MultitaskModel(factorization_weight=1.0, regression_weight=0.0, seed=3).fit(data, epochs=2)
-    assert np.isnan(model.history_[-1].train_mse) and np.isfinite(model.history_[-1].train_bpr)
+    assert np.isnan(model.history_[-1].train_losses["rating"]) and np.isfinite(model.history_[-1].train_losses["watch"])
     untrained = MultitaskModel(seed=3).fit(random_interactions(), epochs=0)
     for trained, initial in zip(model.network_.rating_mlp.parameters(), untrained.network_.rating_mlp.parameters()):
         assert torch.equal(trained, initial)
@@ -102,7 +102,7 @@ def test_the_large_batch_learning_rate_is_linear_up_to_batch_16384_then_constant
 def test_an_overflowed_metric_is_written_as_null_not_infinity():
     from mtrec.io.fitted import EpochRecord
 
-    record = EpochRecord(epoch=1, train_bpr=0.5, train_mse=float("inf"), train_loss=float("-inf"), metrics={"test_mse": float("nan")})
+    record = EpochRecord(epoch=1, train_losses={"watch": 0.5, "rating": float("inf")}, train_loss=float("-inf"), metrics={"test_mse": float("nan")})
     written = record.to_json()
-    assert written["train_mse"] is None and written["train_loss"] is None and written["test_mse"] is None
-    assert written["train_bpr"] == 0.5
+    assert written["train_rating"] is None and written["train_loss"] is None and written["test_mse"] is None
+    assert written["train_watch"] == 0.5

@@ -11,8 +11,9 @@ from conftest import random_interactions
 
 from mtrec.model import MultitaskModel
 from mtrec.nn.layers import ScaledEmbedding
-from mtrec.nn.losses import Batch, JointObjective
+from mtrec.nn.losses import Batch
 from mtrec.nn.network import SHARINGS, MultitaskNet, Sharing
+from mtrec.nn.objective import JointObjective
 from mtrec.nn.weighting import WEIGHTINGS, GradNorm, Uncertainty, mgda_alpha, pcgrad
 from mtrec.serving.foldin import user_parameter_names
 from mtrec.serving.recommender import Recommender
@@ -26,14 +27,14 @@ def test_pcgrad_projects_conflicting_gradients_onto_each_others_normal_plane():
     g_f, g_r = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])  # g_f · g_r = -1 < 0
     f = g_f - (-1.0 / 2.0) * g_r  # [0.5, 0.5], now orthogonal to g_r
     r = g_r - (-1.0 / 1.0) * g_f  # [0, 1], now orthogonal to g_f
-    assert torch.allclose(pcgrad(g_f, g_r), f + r)
+    assert torch.allclose(pcgrad([g_f, g_r]), f + r)
     assert torch.dot(f, g_r) == 0 and torch.dot(r, g_f) == 0
 
 
 def test_pcgrad_adds_aligned_gradients_and_leaves_one_alone_when_the_other_is_zero():
     g_f, g_r = torch.tensor([1.0, 2.0]), torch.tensor([0.5, 0.1])
-    assert torch.equal(pcgrad(g_f, g_r), g_f + g_r)
-    assert torch.equal(pcgrad(g_f, torch.zeros(2)), g_f)
+    assert torch.equal(pcgrad([g_f, g_r]), g_f + g_r)
+    assert torch.equal(pcgrad([g_f, torch.zeros(2)]), g_f)
 
 
 def test_mgda_finds_the_minimum_norm_point_between_the_two_gradients():
@@ -55,25 +56,25 @@ def test_mgda_finds_the_minimum_norm_point_between_the_two_gradients():
 
 def test_uncertainty_learns_the_weights_its_closed_form_predicts():
     """For fixed losses a and b, min_s exp(-s)·L + s is at s = log L: weights 1/a and 1/b."""
-    weighting = Uncertainty(1.0, 1.0)
+    weighting = Uncertainty({"watch": 1.0, "rating": 1.0})
     optimizer = torch.optim.Adam(weighting.parameters(), lr=0.05)
     a, b = torch.tensor(0.25), torch.tensor(2.0)
     for _ in range(3000):
         optimizer.zero_grad()
-        weighting.combine(a, b).backward()
+        weighting.combine({"watch": a, "rating": b}).backward()
         optimizer.step()
-    assert weighting.task_weights() == pytest.approx((4.0, 0.5), rel=1e-3)
-    off = Uncertainty(1.0, 0.0)  # a task switched off by its λ stays off
-    assert off.combine(a, b).item() == pytest.approx(a.item()) and off.task_weights()[1] == 0.0
+    assert weighting.task_weights() == pytest.approx({"watch": 4.0, "rating": 0.5}, rel=1e-3)
+    off = Uncertainty({"watch": 1.0, "rating": 0.0})  # a task switched off by its λ stays off
+    assert off.combine({"watch": a, "rating": b}).item() == pytest.approx(a.item()) and off.task_weights()["rating"] == 0.0
 
 
 def test_gradnorm_raises_the_weight_of_the_task_with_the_smaller_gradient():
-    weighting = GradNorm(1.0, 1.0, alpha=0.0)
+    weighting = GradNorm({"watch": 1.0, "rating": 1.0}, alpha=0.0)
     losses = (torch.tensor(1.0), torch.tensor(1.0))
     history = []
     for _ in range(300):
-        weighting.shared(torch.tensor([10.0, 0.0]), torch.tensor([0.0, 1.0]), losses)
-        history.append(weighting.task_weights())
+        weighting.shared(torch.tensor([[10.0, 0.0], [0.0, 1.0]]), losses)
+        history.append(list(weighting.task_weights().values()))
     w_f, w_r = np.mean(history[-100:], axis=0)  # its fixed-size steps oscillate about the balance
     assert w_f + w_r == pytest.approx(2.0) and w_r > 1.5  # the rating task's gradient is ten times smaller
     assert w_f * 10 == pytest.approx(w_r * 1, rel=0.1)  # the weighted gradient norms balance
@@ -155,7 +156,7 @@ def test_a_sharing_mode_defined_outside_the_library_trains_saves_and_folds_in(mo
     assert model.resolved_step() == "autograd"  # the fused step does not claim it
     net = model.network_
     assert {t.name for t in net.tables() if t.rows == "users"} == {"user_embeddings", "user_biases", "rating_user_embeddings"}
-    assert model.history_[-1].train_mse < model.history_[0].train_mse
+    assert model.history_[-1].train_losses["rating"] < model.history_[0].train_losses["rating"]
     with torch.no_grad():  # the rating head reads its own U and the shared Q
         users, items = torch.tensor([0, 1]), torch.tensor([2, 3])
         expected = net.rating_mlp(
@@ -184,7 +185,7 @@ def test_every_method_and_architecture_trains_with_the_steps_that_support_it(sha
     assert model.resolved_step() == expected
     model.fit(data, 4, test=data)
     first, last = model.history_[0], model.history_[-1]
-    assert last.train_mse < first.train_mse and np.isfinite(last.metrics["test_mrr"])
+    assert last.train_losses["rating"] < first.train_losses["rating"] and np.isfinite(last.metrics["test_mrr"])
 
 
 @pytest.mark.parametrize("weighting", ["fixed", "uncertainty", "gradnorm"])
@@ -198,7 +199,7 @@ def test_each_epoch_records_the_task_weights_its_method_chose(weighting):
     if weighting == "fixed":
         assert weights == [None] * 3  # the λs are the configuration, not a record
         return
-    assert all(w is not None and all(np.isfinite(w)) and min(w) > 0 for w in weights)
+    assert all(w is not None and all(np.isfinite(list(w.values()))) and min(w.values()) > 0 for w in weights)
     assert weights[0] != weights[-1]  # learned, so they move
     back = EpochRecord.from_json(model.history_[-1].to_json())
     assert back.task_weights == pytest.approx(weights[-1])
@@ -209,20 +210,20 @@ def test_gradient_methods_leave_task_specific_parameters_their_own_gradient(weig
     """With separate embeddings no parameter is shared: each gets its own task's (weighted) gradient."""
     batch = Batch(*pairs(), torch.randint(0, 15, (40,), generator=torch.Generator().manual_seed(2)), torch.ones(40) * 3)
     plain, method = nets_with("separate"), nets_with("separate")
-    AutogradStep(plain, JointObjective(1.0, 1.0), 1e-3).gradients(batch)
-    step = AutogradStep(method, JointObjective(1.0, 1.0, weighting=weighting), 1e-3)
+    AutogradStep(plain, JointObjective({"watch": 1.0, "rating": 1.0}), 1e-3).gradients(batch)
+    step = AutogradStep(method, JointObjective({"watch": 1.0, "rating": 1.0}, weighting=weighting), 1e-3)
     step.gradients(batch)
-    w_f, w_r = (1.0, 1.0) if weighting == "mgda" else step.objective.weighting.task_weights()  # MGDA mixes shared ones only
+    w_f, w_r = (1.0, 1.0) if weighting == "mgda" else step.objective.weighting.task_weights().values()  # MGDA mixes shared ones only
     for (name, a), b in zip(plain.named_parameters(), method.parameters()):
         scale = w_r if name.startswith("rating") else w_f
         torch.testing.assert_close(b.grad, scale * a.grad, msg=name)
 
 
 def test_the_fused_step_refuses_what_it_does_not_cover():
-    objective = JointObjective(0.5, 0.5, weighting="pcgrad")
+    objective = JointObjective({"watch": 0.5, "rating": 0.5}, weighting="pcgrad")
     assert not FusedStep.supports(nets_with("hard"), objective)
     assert make_step("auto", nets_with("hard"), objective, 1e-3).kind == "autograd"
-    assert not FusedStep.supports(nets_with("residual"), JointObjective(0.5, 0.5))
+    assert not FusedStep.supports(nets_with("residual"), JointObjective({"watch": 0.5, "rating": 0.5}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +240,7 @@ def study_group(configuration, test_mse, test_mrr, valid_scores):
 
     runs = []
     for seed, (mse, mrr, score) in enumerate(zip(test_mse, test_mrr, valid_scores)):
-        history = [EpochRecord(1, 0.2, 0.8, 0.5, metrics={"test_mse": mse, "test_mrr": mrr}, seconds=1.0)]
+        history = [EpochRecord(1, {"watch": 0.2, "rating": 0.8}, 0.5, metrics={"test_mse": mse, "test_mrr": mrr}, seconds=1.0)]
         metrics = {"completed": True, "epochs": [r.to_json() for r in history], **summarize(history, 1, {"criterion": "joint", "score": score})}
         config = RunConfig(model={"seed": seed, **configuration.model_params()})
         runs.append(RunResult(Path(f"run/multitask/{configuration.name}/seed-{seed}"), configuration, seed, config, {}, metrics))

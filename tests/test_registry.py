@@ -40,10 +40,10 @@ def test_the_librarys_components_are_registered_in_the_order_they_are_offered():
 
 def test_unknown_weightings_and_schedules_are_refused_naming_the_registered_ones():
     with pytest.raises(ConfigError, match="^unknown weighting 'equal'; use one of fixed, uncertainty, gradnorm, pcgrad, mgda$"):
-        make_weighting("equal", 0.5, 0.5)
+        make_weighting("equal", {"watch": 0.5, "rating": 0.5})
     with pytest.raises(ConfigError, match="^unknown learning-rate schedule 'linear'; use one of constant, exponential, cosine, step$"):
         make_scheduler(None, "linear", 10, 0.9, 5)
-    assert make_weighting("gradnorm", 0.5, 0.5, gradnorm_alpha=0.7).alpha == 0.7
+    assert make_weighting("gradnorm", {"watch": 0.5, "rating": 0.5}, gradnorm_alpha=0.7).alpha == 0.7
 
 
 class Squared(PairwiseLoss):

@@ -47,8 +47,7 @@ def synthetic_group(configuration: Configuration, test_mse, test_mrr, train_mse=
         history = [
             EpochRecord(
                 epoch=e + 1,
-                train_bpr=float(tr_bpr[e]),
-                train_mse=float(tr_mse[e]),
+                train_losses={"watch": float(tr_bpr[e]), "rating": float(tr_mse[e])},
                 train_loss=configuration.factorization_weight * tr_bpr[e] + configuration.regression_weight * tr_mse[e],
                 metrics={"test_mse": float(mse[e]), "test_mrr": float(mrr[e])},
             )

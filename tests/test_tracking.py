@@ -77,7 +77,7 @@ def assert_run_matches_its_directory(client: MlflowClient, run, run_dir: Path) -
     assert run.info.status == "FINISHED"
     assert run.data.params == expected_params(run_dir)
     epochs = [record["epoch"] for record in metrics["epochs"]]
-    for name in ("train_bpr", "train_loss", "valid_mrr", "valid_ndcg@10", "test_mse"):
+    for name in ("train_watch", "train_loss", "valid_mrr", "valid_ndcg@10", "test_mse"):
         values = [record.get(name) for record in metrics["epochs"]]
         measured = [(epoch, value) for epoch, value in zip(epochs, values) if value is not None]
         history = client.get_metric_history(run.info.run_id, metric_key(name))

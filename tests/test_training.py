@@ -11,8 +11,9 @@ from torch import nn
 from mtrec.errors import ConfigError
 from mtrec.eval.evaluation import Evaluator
 from mtrec.model import MultitaskModel
-from mtrec.nn.losses import WATCH_LOSSES, Batch, JointObjective, PairwiseLoss, bpr_loss, regression_loss
+from mtrec.nn.losses import WATCH_LOSSES, Batch, PairwiseLoss, bpr_loss, regression_loss
 from mtrec.nn.network import MultitaskNet, RecommenderNetwork
+from mtrec.nn.objective import JointObjective
 from mtrec.train.steps import AutogradStep, FusedStep, make_step
 
 STEPS = [FusedStep, AutogradStep]
@@ -47,7 +48,8 @@ def reference_loss(net, batch, weight_f, weight_r):
 
 def test_the_objective_is_the_seeds_joint_loss():
     net, batch = random_net(), random_batch()
-    loss_f, loss_r, loss = JointObjective(0.9, 0.1)(net, batch)
+    losses, loss = JointObjective({"watch": 0.9, "rating": 0.1})(net, batch)
+    loss_f, loss_r = losses["watch"], losses["rating"]
     assert loss.item() == pytest.approx(reference_loss(net, batch, 0.9, 0.1).item(), rel=1e-6)
     with torch.no_grad():
         p_pos, r_hat = net(batch.users, batch.positives)
@@ -58,7 +60,7 @@ def test_the_objective_is_the_seeds_joint_loss():
 
 def test_logsigmoid_is_bprs_own_loss_and_several_negatives_average_over_all_pairs():
     net, batch = random_net(), random_batch(negatives_per_pair=3)
-    loss_f, _, _ = JointObjective(1.0, 0.0, watch_loss="logsigmoid")(net, batch)
+    loss_f = JointObjective({"watch": 1.0, "rating": 0.0}, watch_loss="logsigmoid")(net, batch)[0]["watch"]
     with torch.no_grad():
         p_pos = net.watch_score(batch.users, batch.positives)
         p_neg = torch.stack([net.watch_score(batch.users, batch.negatives[:, j]) for j in range(3)], 1)
@@ -72,11 +74,12 @@ CLAIMED = FusedStep.claims()
 @pytest.mark.parametrize("sharing", CLAIMED["sharing"])
 @pytest.mark.parametrize("layer_sizes", [(24, 16), (24, 12, 6)])
 @pytest.mark.parametrize("watch_loss", CLAIMED["watch_loss"])
+@pytest.mark.parametrize("rating_loss", CLAIMED["rating_loss"])
 @pytest.mark.parametrize("weighting", CLAIMED["weighting"])
 @pytest.mark.parametrize("negatives_per_pair", [None, 4])
-def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, weighting, negatives_per_pair):
+def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, rating_loss, weighting, negatives_per_pair):
     # Every combination the fused step claims, read from its claims: a component it adds is tested here
-    objective = JointObjective(0.9, 0.1, watch_loss=watch_loss, weighting=weighting)
+    objective = JointObjective({"watch": 0.9, "rating": 0.1}, watch_loss=watch_loss, rating_loss=rating_loss, weighting=weighting)
     batch = random_batch(negatives_per_pair=negatives_per_pair)
     results = []
     for step_class in STEPS:
@@ -99,7 +102,7 @@ def test_an_empty_share_of_a_global_batch_adds_nothing(step_class, negatives_per
     negatives = empty if negatives_per_pair is None else torch.zeros(0, negatives_per_pair, dtype=torch.long)
     batch = Batch(users=empty, positives=empty, negatives=negatives, ratings=torch.zeros(0), count=5)
     net = random_net()
-    step = step_class(net, JointObjective(0.9, 0.1), learning_rate=1e-3)
+    step = step_class(net, JointObjective({"watch": 0.9, "rating": 0.1}), learning_rate=1e-3)
     losses = step.gradients(batch)
     assert torch.equal(losses, torch.zeros(3))
     for name, param in net.named_parameters():
@@ -113,7 +116,7 @@ def test_without_ratings_only_the_watch_loss_has_gradients():
     p_pos, _ = net(batch.users, batch.positives)
     p_neg, _ = net(batch.users, batch.negatives)
     expected = torch.autograd.grad(bpr_loss(p_pos, p_neg), list(net.parameters()), allow_unused=True)
-    step = FusedStep(net, JointObjective(1.0, 0.0), learning_rate=1e-3)
+    step = FusedStep(net, JointObjective({"watch": 1.0, "rating": 0.0}), learning_rate=1e-3)
     step.gradients(batch)
     for (name, param), grad in zip(net.named_parameters(), expected):
         grad = torch.zeros_like(param) if grad is None else grad
@@ -135,7 +138,7 @@ def disjoint_batches(count, seed):
 
 @pytest.mark.parametrize("sharing", [True, False])
 def test_both_steps_give_the_same_parameters_after_50_steps(sharing):
-    objective = JointObjective(0.7, 0.3)
+    objective = JointObjective({"watch": 0.7, "rating": 0.3})
     nets = [random_net(sharing, seed=4) for _ in STEPS]
     steps = [step_class(net, objective, learning_rate=0.01, weight_decay=0.1) for step_class, net in zip(STEPS, nets)]
     for batch in disjoint_batches(50, seed=4):
@@ -150,7 +153,7 @@ def test_a_fused_step_is_adams_update_with_the_learning_rate_and_per_group_weigh
     decay = {"embeddings": 0.1, "residuals": 0.0, "biases": 0.0, "mlp": 0.01}
     groups = {name: params for name, params in reference.parameter_groups().items() if params}
     optimizer = torch.optim.Adam([{"params": groups[g], "weight_decay": decay[g]} for g in groups], lr=0.01)
-    step = FusedStep(net, JointObjective(0.7, 0.3), learning_rate=0.01, weight_decay=decay)
+    step = FusedStep(net, JointObjective({"watch": 0.7, "rating": 0.3}), learning_rate=0.01, weight_decay=decay)
     assert len(step.flat.values) == 3  # one flat buffer per distinct weight decay
     for batch in disjoint_batches(3, seed=5):
         optimizer.zero_grad()
@@ -219,7 +222,7 @@ class DotProductNet(nn.Module):
 
 
 def test_auto_takes_the_fused_step_exactly_where_it_is_supported():
-    objective = JointObjective(0.5, 0.5)
+    objective = JointObjective({"watch": 0.5, "rating": 0.5})
     assert make_step("auto", random_net(), objective, 1e-3).kind == "fused"
     custom = DotProductNet(12, 15)
     assert isinstance(custom, RecommenderNetwork) and not FusedStep.supports(custom, objective)
@@ -251,7 +254,7 @@ def hinge(monkeypatch):
 @pytest.mark.parametrize("name", WATCH_LOSSES.names())
 def test_every_registered_watch_loss_trains_both_heads_with_the_autograd_step(name):
     net, batch = random_net(), random_batch(negatives_per_pair=3)
-    step = AutogradStep(net, JointObjective(0.9, 0.1, watch_loss=name), learning_rate=0.05)
+    step = AutogradStep(net, JointObjective({"watch": 0.9, "rating": 0.1}, watch_loss=name), learning_rate=0.05)
     first = step(batch)
     for _ in range(50):
         last = step(batch)
@@ -259,20 +262,24 @@ def test_every_registered_watch_loss_trains_both_heads_with_the_autograd_step(na
 
 
 def test_a_watch_loss_outside_the_fused_steps_claims_trains_with_autograd_under_auto(hinge, tmp_path):
-    objective = JointObjective(0.5, 0.5, watch_loss="hinge")
+    objective = JointObjective({"watch": 0.5, "rating": 0.5}, watch_loss="hinge")
     assert "hinge" not in FusedStep.claims()["watch_loss"] and not FusedStep.supports(random_net(), objective)
     assert make_step("auto", random_net(), objective, 1e-3).kind == "autograd"
     with pytest.raises(ConfigError, match="cover the watch loss bpr, logsigmoid, not hinge"):
         make_step("fused", random_net(), objective, 1e-3)
     data = random_interactions(num_users=30, num_items=40, n=600, seed=9)
     model = MultitaskModel(watch_loss="hinge", learning_rate=0.05, seed=0).fit(data, 2)
-    assert model.resolved_step() == "autograd" and len(model.history_) == 2 and model.history_[-1].train_bpr < model.history_[0].train_bpr
+    assert (
+        model.resolved_step() == "autograd"
+        and len(model.history_) == 2
+        and model.history_[-1].train_losses["watch"] < model.history_[0].train_losses["watch"]
+    )
 
 
 def test_an_unknown_watch_loss_is_refused_naming_the_registered_ones(hinge):
     message = "unknown watch loss 'focal'; use one of bpr, logsigmoid, sampled-softmax, softmax, hinge$"
     with pytest.raises(ConfigError, match=message):
-        JointObjective(0.5, 0.5, watch_loss="focal")
+        JointObjective({"watch": 0.5, "rating": 0.5}, watch_loss="focal")
     with pytest.raises(ConfigError, match=message):
         MultitaskModel(watch_loss="focal").fit(random_interactions(num_users=5, num_items=5, n=20, seed=0), 1)
 
@@ -287,16 +294,18 @@ def test_the_softmax_losses_are_the_cross_entropy_of_the_watched_item(negatives_
         p_neg = torch.stack([net.watch_score(batch.users, negatives[:, j]) for j in range(negatives.shape[1])], 1)
     full = torch.nn.functional.cross_entropy(every, batch.positives)
     sampled = torch.nn.functional.cross_entropy(torch.cat([p_pos[:, None], p_neg], 1), torch.zeros(len(batch), dtype=torch.long))
-    assert JointObjective(1.0, 0.0, watch_loss="softmax")(net, batch)[0].item() == pytest.approx(full.item(), rel=1e-6)
-    assert JointObjective(1.0, 0.0, watch_loss="sampled-softmax")(net, batch)[0].item() == pytest.approx(sampled.item(), rel=1e-6)
+    assert JointObjective({"watch": 1.0, "rating": 0.0}, watch_loss="softmax")(net, batch)[0]["watch"].item() == pytest.approx(full.item(), rel=1e-6)
+    assert JointObjective({"watch": 1.0, "rating": 0.0}, watch_loss="sampled-softmax")(net, batch)[0]["watch"].item() == pytest.approx(
+        sampled.item(), rel=1e-6
+    )
     for name in ("softmax", "sampled-softmax"):  # the fused step claims neither: auto takes autograd
-        assert make_step("auto", random_net(), JointObjective(0.5, 0.5, watch_loss=name), 1e-3).kind == "autograd"
+        assert make_step("auto", random_net(), JointObjective({"watch": 0.5, "rating": 0.5}, watch_loss=name), 1e-3).kind == "autograd"
 
 
 def test_the_autograd_step_trains_a_network_the_fused_step_does_not_know():
     data = random_interactions(num_users=30, num_items=40, n=600, seed=9)
     net = DotProductNet(30, 40)
-    step = AutogradStep(net, JointObjective(0.5, 0.5), learning_rate=0.05)
+    step = AutogradStep(net, JointObjective({"watch": 0.5, "rating": 0.5}), learning_rate=0.05)
     users, items = torch.as_tensor(data.users).long(), torch.as_tensor(data.items).long()
     batch = Batch(users, items, torch.randint(0, 40, (len(users),), generator=torch.Generator().manual_seed(0)), torch.as_tensor(data.ratings))
     first = step(batch)
@@ -392,7 +401,7 @@ def test_the_seeds_settings_take_the_fused_step_and_give_the_numbers_of_before(n
     params, history, norms = BEFORE_THE_SEAM[name]
     model = MultitaskModel(seed=0, **params).fit(train, 3, test=test, metrics=["mse", "mrr"])
     assert model.step_ == "fused"
-    measured = [(r.train_bpr, r.train_mse, r.train_loss, r.test_mse, r.test_mrr) for r in model.history_]
+    measured = [(r.train_losses["watch"], r.train_losses["rating"], r.train_loss, r.test_mse, r.test_mrr) for r in model.history_]
     for epoch, (got, recorded) in enumerate(zip(measured, history, strict=True), start=1):
         assert got == pytest.approx(recorded, rel=RECORDED_RTOL), f"epoch {epoch}"
     assert state_norms(model.network_) == pytest.approx(norms, rel=RECORDED_RTOL, abs=1e-12)
@@ -417,7 +426,7 @@ def test_five_epochs_on_movielens_learn_both_tasks(ml100k_split):
     model = MultitaskModel(factorization_weight=0.5, regression_weight=0.5, seed=0)
     model.fit(train, epochs=5, test=test)
     first, last = model.history_[0], model.history_[-1]
-    assert last.train_bpr < first.train_bpr
-    assert last.train_mse < first.train_mse
+    assert last.train_losses["watch"] < first.train_losses["watch"]
+    assert last.train_losses["rating"] < first.train_losses["rating"]
     assert last.test_mse < 0.97
     assert last.test_mrr > 0.05

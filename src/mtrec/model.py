@@ -18,8 +18,9 @@ from mtrec.eval.baselines import PopularityNet
 from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
 from mtrec.io.checkpoint import ModelRecord, load_record, model_path, save_record
 from mtrec.io.fitted import EpochRecord, FittedData, history_table
-from mtrec.nn.losses import WATCH_LOSSES, JointObjective, check_weights
+from mtrec.nn.losses import WATCH_LOSSES
 from mtrec.nn.network import SHARINGS, MultitaskNet, check_architecture
+from mtrec.nn.objective import JointObjective, check_weights
 from mtrec.nn.weighting import WEIGHTINGS
 from mtrec.train.distributed import Distributed
 from mtrec.train.loop import (
@@ -223,7 +224,7 @@ class MultitaskModel:
 
     def _check_params(self) -> None:
         check_architecture(self.embedding_dim, self.layer_sizes_)
-        check_weights(self.factorization_weight, self.regression_weight)
+        check_weights({"factorization_weight": self.factorization_weight, "regression_weight": self.regression_weight})
         if not _is_whole(self.batch_size) or self.batch_size <= 0:
             raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if not _is_number(self.learning_rate) or not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
@@ -267,7 +268,12 @@ class MultitaskModel:
 
     def objective(self) -> JointObjective:
         """The training objective these hyper-parameters define."""
-        return JointObjective(self.factorization_weight, self.regression_weight, self.watch_loss, self.weighting, self.gradnorm_alpha)
+        return JointObjective(
+            {"watch": self.factorization_weight, "rating": self.regression_weight},
+            watch_loss=self.watch_loss,
+            weighting=self.weighting,
+            gradnorm_alpha=self.gradnorm_alpha,
+        )
 
     def weight_decay(self) -> dict[str, float]:
         """Adam's weight decay per parameter group."""

@@ -45,7 +45,7 @@ from mtrec.io.checkpoint import (
 )
 from mtrec.io.files import LockHeldError, atomic_write_text, directory_lock, publish_directory, read_json
 from mtrec.io.files import link_target as run_directory
-from mtrec.io.fitted import EpochRecord, summarize
+from mtrec.io.fitted import EpochRecord, current_keys, summarize
 from mtrec.io.schemas import parse_metrics
 from mtrec.serving.retrieval import INDEX_FILENAMES
 from mtrec.train.distributed import Distributed
@@ -59,32 +59,33 @@ DIGESTS = {"model_sha256": MODEL_FILENAME, "config_sha256": CONFIG_FILENAME}
 #: and of 0.2.0 before its digests (format 2) may have none; those that do are verified.
 DIGESTS_SINCE_FORMAT = 3
 
-#: TensorBoard tags of the per-epoch training values; a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
-TRAIN_TAGS = {
-    "train_bpr": "train/bpr_loss",
-    "train_mse": "train/mse",
-    "train_loss": "train/joint_loss",
-    "learning_rate": "train/learning_rate",
-}
+#: TensorBoard tags of the per-epoch training values besides the tasks' (``train/<task>_loss``,
+#: ``train/weight_<task>``); a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
+TRAIN_TAGS = {"train_loss": "train/joint_loss", "learning_rate": "train/learning_rate"}
 
 
 def scalar_tags(record: EpochRecord) -> dict[str, float]:
     """The record's finite values by TensorBoard tag."""
-    values = {tag: getattr(record, name) for name, tag in TRAIN_TAGS.items()}
-    if record.task_weights is not None:
-        values["train/weight_f"], values["train/weight_r"] = record.task_weights
+    values = {f"train/{task}_loss": value for task, value in record.train_losses.items()}
+    values.update({tag: getattr(record, name) for name, tag in TRAIN_TAGS.items()})
+    values.update({f"train/weight_{task}": value for task, value in (record.task_weights or {}).items()})
     values.update({name.replace("_", "/", 1): value for name, value in record.metrics.items()})
     return {tag: value for tag, value in values.items() if value is not None and math.isfinite(value)}
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
     """The metrics of a finished run; :class:`DataError` naming the file if missing, corrupt or not
-    shaped as a completed run's metrics."""
+    shaped as a completed run's metrics. The epochs of a run of mtrec 0.2 are read under their
+    tasks' names (``train_watch`` for ``train_bpr``...)."""
     path = Path(run_dir) / METRICS_FILENAME
     metrics = read_json(path, "metrics file")
     if not isinstance(metrics, dict) or metrics.get("completed") is not True:
         raise DataError(f"{path}: not a completed run's metrics")
-    return parse_metrics(metrics, path)
+    metrics = parse_metrics(metrics, path)
+    metrics["epochs"] = [current_keys(record) for record in metrics.get("epochs", [])]
+    if isinstance(metrics.get("final"), dict):
+        metrics["final"] = current_keys(metrics["final"])
+    return metrics
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

@@ -10,9 +10,9 @@ parameters
     the tracker), what the run resolved and what the split gave (``resolved.*``,
     ``data_summary.*``) once it is published.
 metrics, one step per epoch
-    Every value of the epoch's record in metrics.json (``train_bpr``, ``train_mse``,
-    ``train_loss``, ``learning_rate``, ``seconds``, ``valid_<metric>``, ``test_<metric>``, and
-    ``weight_f``/``weight_r`` for learned weightings), at step = epoch, as each epoch ends
+    Every value of the epoch's record in metrics.json (each task's ``train_<task>``:
+    ``train_watch``, ``train_rating``; ``train_loss``, ``learning_rate``, ``seconds``,
+    ``valid_<metric>``, ``test_<metric>``, and ``weight_<task>`` for learned weightings), at step = epoch, as each epoch ends
     (the epochs before a resumed checkpoint once the run is published). MLflow names allow no
     ``@``, so ``test_ndcg@10`` is ``test_ndcg_at_10``.
 the summary

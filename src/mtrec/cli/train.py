@@ -123,9 +123,7 @@ def _named_after(preset: str | None) -> str:
 
 
 def epoch_summary(record) -> str:
-    text = f"bpr {record.train_bpr:.4f}"
-    if not math.isnan(record.train_mse):
-        text += f"  mse {record.train_mse:.4f}"
+    text = "  ".join(f"{task} {value:.4f}" for task, value in record.train_losses.items() if not math.isnan(value))
     for prefix in ("valid", "test"):
         mse, mrr = record.metrics.get(f"{prefix}_mse"), record.metrics.get(f"{prefix}_mrr")
         if mse is not None and not math.isnan(mse):

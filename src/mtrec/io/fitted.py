@@ -17,13 +17,20 @@ import pyarrow as pa
 from mtrec.data.interactions import Interactions
 from mtrec.data.metadata import ItemMetadata
 
-#: The per-epoch training losses every record has.
-TRAIN_FIELDS = ("train_bpr", "train_mse", "train_loss")
+#: Keys of mtrec 0.2's records, read back under the names of their tasks.
+LEGACY_KEYS = {"train_bpr": "train_watch", "train_mse": "train_rating", "weight_f": "weight_watch", "weight_r": "weight_rating"}
+#: The keys of a record besides its tasks' losses, weights and metrics.
+RECORD_KEYS = ("epoch", "train_loss", "seconds", "learning_rate")
 
 
 def finite_or_none(value: Any) -> Any:
     """A float that is NaN or ±inf becomes None (JSON has no such numbers); anything else is kept."""
     return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def current_keys(record: dict[str, Any]) -> dict[str, Any]:
+    """A record's JSON with mtrec 0.2's keys (``train_bpr``, ``weight_f``...) under their tasks' names."""
+    return {LEGACY_KEYS.get(key, key): value for key, value in record.items()}
 
 
 @dataclass
@@ -34,9 +41,11 @@ class EpochRecord:
     ----------
     epoch:
         1-based epoch number.
-    train_bpr, train_mse, train_loss:
-        Mean watch loss L_F, rating loss L_R and joint loss over the epoch's batches
-        (``train_mse`` is NaN for data without ratings).
+    train_losses:
+        Each task's mean loss over the epoch's batches, by task name (``watch``, ``rating``...);
+        NaN for a task the data cannot train (the rating loss of data without ratings).
+    train_loss:
+        The mean joint loss.
     metrics:
         Evaluation results of this epoch, keyed ``valid_<metric>`` and ``test_<metric>``
         (``test_mse``, ``valid_ndcg@10``...); empty on epochs not evaluated.
@@ -45,18 +54,19 @@ class EpochRecord:
     learning_rate:
         The learning rate the epoch was trained with.
     task_weights:
-        The weights of (L_F, L_R) at the epoch's end, for a weighting that sets its own
+        The tasks' weights at the epoch's end, by task, for a weighting that sets its own
         (uncertainty, GradNorm, MGDA; PCGrad's are the λs); None for fixed weights.
+
+    In JSON (:meth:`to_json`) a task's loss is ``train_<task>`` and its weight ``weight_<task>``.
     """
 
     epoch: int
-    train_bpr: float
-    train_mse: float
+    train_losses: dict[str, float]
     train_loss: float
     metrics: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     learning_rate: float | None = None
-    task_weights: tuple[float, float] | None = None
+    task_weights: dict[str, float] | None = None
 
     @property
     def test_mse(self) -> float | None:
@@ -67,9 +77,12 @@ class EpochRecord:
         return self.metrics.get("test_mrr")
 
     def get(self, name: str) -> float | None:
-        """A training loss or a metric by its JSON name; None where not measured."""
-        if name in TRAIN_FIELDS:
-            return getattr(self, name)
+        """A training loss (``train_<task>``, ``train_loss``) or a metric by its JSON name; None where not measured."""
+        name = LEGACY_KEYS.get(name, name)
+        if name == "train_loss":
+            return self.train_loss
+        if name.startswith("train_"):
+            return self.train_losses.get(name.removeprefix("train_"))
         return self.metrics.get(name)
 
     def to_json(self) -> dict[str, Any]:
@@ -78,45 +91,49 @@ class EpochRecord:
         Test metrics are None on epochs that were not evaluated, as earlier versions wrote them.
         """
         record: dict[str, Any] = {"epoch": self.epoch}
-        record.update({name: getattr(self, name) for name in TRAIN_FIELDS})
+        record.update({f"train_{task}": value for task, value in self.train_losses.items()})
+        record["train_loss"] = self.train_loss
         record.update({"test_mse": None, "test_mrr": None})
         record.update(self.metrics)
         record["seconds"] = self.seconds
         if self.learning_rate is not None:
             record["learning_rate"] = self.learning_rate
         if self.task_weights is not None:
-            record["weight_f"], record["weight_r"] = self.task_weights
+            record.update({f"weight_{task}": value for task, value in self.task_weights.items()})
         return {key: finite_or_none(value) for key, value in record.items()}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> EpochRecord:
-        """The record :meth:`to_json` wrote (None read back as NaN for the training losses)."""
-        known = {"epoch", "seconds", "learning_rate", "weight_f", "weight_r", *TRAIN_FIELDS}
-        losses = {name: math.nan if record.get(name) is None else float(record[name]) for name in TRAIN_FIELDS}
-        metrics = {k: float(v) for k, v in record.items() if k not in known and v is not None}
+        """The record :meth:`to_json` wrote (None read back as NaN for the training losses), or one
+        of mtrec 0.2 (``train_bpr``, ``train_mse``, ``weight_f``, ``weight_r``)."""
+        record = current_keys(record)
+        number = lambda value: math.nan if value is None else float(value)  # noqa: E731
+        losses = {k.removeprefix("train_"): number(v) for k, v in record.items() if k.startswith("train_") and k != "train_loss"}
+        weights = {k.removeprefix("weight_"): v for k, v in record.items() if k.startswith("weight_")}
+        known = {*RECORD_KEYS, *(f"train_{task}" for task in losses), *(f"weight_{task}" for task in weights)}
         rate = record.get("learning_rate")
-        weights = (record.get("weight_f"), record.get("weight_r"))
         return cls(
             epoch=int(record["epoch"]),
-            **losses,
-            metrics=metrics,
+            train_losses=losses,
+            train_loss=number(record.get("train_loss")),
+            metrics={k: float(v) for k, v in record.items() if k not in known and v is not None},
             seconds=float(record.get("seconds") or 0.0),
             learning_rate=None if rate is None else float(rate),
-            task_weights=None if None in weights else (float(weights[0]), float(weights[1])),
+            task_weights=None if not weights or None in weights.values() else {k: float(v) for k, v in weights.items()},
         )
 
 
 def history_table(history: list[EpochRecord]) -> pa.Table:
     """The per-epoch records as a table: one row per epoch, the columns of :meth:`EpochRecord.to_json`.
 
-    That is ``epoch``, the training losses, ``test_mse`` and ``test_mrr``, every metric measured in
-    any epoch (null in the epochs it was not), ``seconds`` and, where recorded, ``learning_rate``
-    and the task weights ``weight_f`` and ``weight_r``. A number that does not apply (the rating
-    loss of data without ratings) is null.
+    That is ``epoch``, the training losses (``train_<task>``, ``train_loss``), ``test_mse`` and
+    ``test_mrr``, every metric measured in any epoch (null in the epochs it was not), ``seconds``
+    and, where recorded, ``learning_rate`` and the task weights ``weight_<task>``. A number that
+    does not apply (the rating loss of data without ratings) is null.
     """
     records = [record.to_json() for record in history]
     # An empty history still has the columns every record has.
-    names = dict.fromkeys(name for record in records or [EpochRecord(0, 0.0, 0.0, 0.0).to_json()] for name in record)
+    names = dict.fromkeys(name for record in records or [EpochRecord(0, {}, 0.0).to_json()] for name in record)
     return pa.table({name: pa.array([row.get(name) for row in records], pa.int64() if name == "epoch" else pa.float64()) for name in names})
 
 

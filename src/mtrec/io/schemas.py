@@ -39,6 +39,8 @@ _EXPECTED = {
 _SHOWN = 3
 #: A measured value's key: ``valid_`` or ``test_`` and a metric (``test_mse``, ``valid_ndcg@10``).
 METRIC_KEY = re.compile(r"(valid|test)_[a-z][a-z0-9_]*(@[1-9][0-9]*)?")
+#: A task's loss or weight in an epoch's record: ``train_<task>``, ``weight_<task>``.
+TASK_KEY = re.compile(r"(train|weight)_[a-z][a-z0-9_]*")
 
 S = TypeVar("S", bound="Schema")
 
@@ -105,27 +107,34 @@ class _Measured(Schema):
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, float | None]
 
+    @classmethod
+    def extra_key(cls, key: str) -> bool:
+        """Whether ``key`` may be one of the further keys."""
+        return bool(METRIC_KEY.fullmatch(key))
+
     @model_validator(mode="after")
     def _only_measurements(self) -> _Measured:
-        unknown = sorted(key for key in self.model_extra or {} if not METRIC_KEY.fullmatch(key))
+        unknown = sorted(key for key in self.model_extra or {} if not self.extra_key(key))
         if unknown:
             raise ValueError(f"unknown field {unknown[0]!r}")
         return self
 
 
 class EpochSchema(_Measured):
-    """One epoch's record, as :meth:`mtrec.io.fitted.EpochRecord.to_json` writes it."""
+    """One epoch's record, as :meth:`mtrec.io.fitted.EpochRecord.to_json` writes it: besides the
+    measurements, each task's loss ``train_<task>`` and, for learned weightings, its weight
+    ``weight_<task>`` (mtrec 0.2's ``train_bpr``, ``train_mse``, ``weight_f`` and ``weight_r`` among them)."""
 
     epoch: int = Field(ge=1)
-    train_bpr: float | None
-    train_mse: float | None
     train_loss: float | None
     test_mse: float | None = None
     test_mrr: float | None = None
     seconds: float = 0.0
     learning_rate: float | None = None
-    weight_f: float | None = None
-    weight_r: float | None = None
+
+    @classmethod
+    def extra_key(cls, key: str) -> bool:
+        return bool(METRIC_KEY.fullmatch(key) or TASK_KEY.fullmatch(key))
 
 
 class SelectedSchema(_Measured):

@@ -1,66 +1,22 @@
-"""The training objective: the specification that every training step computes.
+"""Watch losses: how the likelihood head's scores of watched items should beat the rest.
 
-A batch holds positive (user, item) pairs, one or more sampled negative items per pair and,
-where the data has them, the observed ratings. The two task losses are
-
-* L_F, the watch loss (a :class:`WatchLoss` of the registry :data:`WATCH_LOSSES`), on the
-  likelihood head's scores of positives p⁺ and negatives p⁻: ``bpr`` (the seed's) is
-  mean(1 − σ(p⁺ − p⁻)); ``logsigmoid`` is BPR's own mean(−log σ(p⁺ − p⁻)), whose gradient does
-  not vanish for badly ordered pairs;
-* L_R, the rating loss, on the rating head's r̂ and the observed r: mean((r̂ − r)²);
-
-and :class:`JointObjective` joins them as λF·L_F + λR·L_R. :class:`mtrec.train.steps.AutogradStep`
-differentiates this objective with autograd; :class:`mtrec.train.steps.FusedStep` computes the
-same gradients by hand for the objectives and networks it supports.
+A watch loss (a :class:`WatchLoss` of the registry :data:`WATCH_LOSSES`) scores the positives p⁺
+against their sampled negatives p⁻ (or against every item): ``bpr`` (the seed's) is
+mean(1 − σ(p⁺ − p⁻)); ``logsigmoid`` is BPR's own mean(−log σ(p⁺ − p⁻)), whose gradient does not
+vanish for badly ordered pairs; ``sampled-softmax`` and ``softmax`` are cross-entropies. The
+``watch`` task (:mod:`mtrec.nn.tasks`) trains with one, and the objective
+(:mod:`mtrec.nn.objective`) joins it with the other tasks.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mtrec.errors import ConfigError
-from mtrec.nn.weighting import make_weighting
+from mtrec.nn.batch import Batch
 from mtrec.registry import Registry
-
-#: Largest loss weight accepted: beyond it Adam's first steps are already dominated by the
-#: weight's scale and a float32 loss can overflow. The weights are used as given, not normalised.
-MAX_LOSS_WEIGHT = 1000.0
-
-
-@dataclass
-class Batch:
-    """One step's training examples.
-
-    Parameters
-    ----------
-    users, positives:
-        The positive pairs, int64 of shape (B,).
-    negatives:
-        Sampled negative items, int64 of shape (B,) (one per pair) or (B, K).
-    ratings:
-        The observed ratings of the positive pairs (float32, (B,)), or None.
-    count:
-        How many positive pairs the losses are averaged over. None means B; in distributed
-        training it is the global batch, so that summing every rank's gradients gives the
-        gradient of the global mean.
-    """
-
-    users: torch.Tensor
-    positives: torch.Tensor
-    negatives: torch.Tensor
-    ratings: torch.Tensor | None = None
-    count: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.users)
-
-    @property
-    def denominator(self) -> int:
-        return len(self.users) if self.count is None else self.count
 
 
 class WatchLoss:
@@ -171,65 +127,3 @@ def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
 def regression_loss(predicted: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
     """L_R = mean((r_hat - r)^2)."""
     return torch.mean((predicted - observed) ** 2)
-
-
-def check_weights(factorization_weight: float, regression_weight: float) -> None:
-    """λF and λR must be finite, in [0, MAX_LOSS_WEIGHT], and not both 0."""
-    for name, value in (("factorization_weight", factorization_weight), ("regression_weight", regression_weight)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name} must be a number, got {value!r}")
-        if not (0.0 <= value <= MAX_LOSS_WEIGHT):  # also false for NaN
-            raise ConfigError(f"{name} must be a non-negative number of at most {MAX_LOSS_WEIGHT:g}, got {value}")
-    if factorization_weight == 0 and regression_weight == 0:
-        raise ConfigError("factorization_weight and regression_weight cannot both be 0")
-
-
-class JointObjective:
-    """λF·L_F + λR·L_R, or the tasks' losses joined by another weighting.
-
-    Parameters
-    ----------
-    factorization_weight, regression_weight:
-        λF and λR, each in [0, :data:`MAX_LOSS_WEIGHT`], not both 0.
-    watch_loss:
-        The name of a registered :class:`WatchLoss` (:data:`WATCH_LOSSES`): ``"bpr"``
-        (mean(1 − σ(p⁺ − p⁻)), the seed's) or ``"logsigmoid"`` (mean(−log σ(p⁺ − p⁻))).
-    weighting:
-        How the two losses become one update (:mod:`mtrec.nn.weighting`): ``"fixed"`` (the λs),
-        ``"uncertainty"``, ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"``.
-    gradnorm_alpha:
-        GradNorm's asymmetry α.
-    """
-
-    def __init__(
-        self,
-        factorization_weight: float = 0.5,
-        regression_weight: float = 0.5,
-        watch_loss: str = "bpr",
-        weighting: str = "fixed",
-        gradnorm_alpha: float = 1.5,
-    ):
-        check_weights(factorization_weight, regression_weight)
-        self.factorization_weight = float(factorization_weight)
-        self.regression_weight = float(regression_weight)
-        self.watch_loss = watch_loss
-        self.watch = WATCH_LOSSES[watch_loss]()
-        self.weighting_name = weighting
-        self.weighting = make_weighting(weighting, factorization_weight, regression_weight, gradnorm_alpha)
-
-    def task_losses(self, network, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(L_F, L_R)`` of ``network`` on ``batch``; L_R is 0 for a batch without ratings."""
-        loss_f = self.watch(network, batch)
-        if batch.ratings is None:
-            return loss_f, torch.zeros((), device=loss_f.device)
-        error = network.rating(batch.users, batch.positives) - batch.ratings
-        return loss_f, error.square().sum() / batch.denominator
-
-    def combine(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> torch.Tensor:
-        """The joint loss: what autograd differentiates for a loss weighting, what is reported for all."""
-        return self.weighting.combine(loss_f, loss_r)
-
-    def __call__(self, network, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(L_F, L_R, λF·L_F + λR·L_R)``."""
-        loss_f, loss_r = self.task_losses(network, batch)
-        return loss_f, loss_r, self.combine(loss_f, loss_r)

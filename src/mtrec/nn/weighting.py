@@ -1,4 +1,4 @@
-"""Multi-task weighting: how the watch loss L_F and the rating loss L_R become one update.
+"""Multi-task weighting: how the tasks' losses (L_F of ``watch``, L_R of ``rating``, any others) become one update.
 
 Two kinds. Loss weightings join the losses into one scalar that autograd differentiates:
 
@@ -6,22 +6,27 @@ Two kinds. Loss weightings join the losses into one scalar that autograd differe
 * ``uncertainty`` (Kendall, Gal & Cipolla 2018): Σ_t exp(−s_t)·L_t + s_t with learned s_t, whose
   optimum for given losses is s_t = log L_t, that is task weights exp(−s_t) = 1 / L_t.
 
-Gradient combinations see each task's gradient of the *shared* parameters (those both losses
-reach) and combine them; a task's own parameters keep their own task's gradient:
+Gradient combinations see the tasks' gradients of the *shared* parameters (those more than one
+task's loss reaches) as a task × parameter matrix, as LibMTL does, and combine its rows; a
+parameter only one task reaches keeps that task's gradient:
 
-* ``pcgrad`` (Yu et al. 2020): where g_F·g_R < 0, each is projected onto the other's normal
-  plane before they are added; aligned gradients are added as they are;
-* ``mgda`` (Sener & Koltun 2018): the minimum-norm point of the segment between g_F and g_R,
-  α·g_F + (1 − α)·g_R with α = clip((g_R − g_F)·g_R / |g_F − g_R|², 0, 1) (the two-task closed form);
-* ``gradnorm`` (Chen et al. 2018): learned task weights w_t (summing to 2) that pull the
+* ``pcgrad`` (Yu et al. 2020): each task's gradient is projected onto the normal plane of every
+  other task's gradient it conflicts with (g_i·g_j < 0), in the tasks' order, before they are
+  added; aligned gradients are added as they are;
+* ``mgda`` (Sener & Koltun 2018): the minimum-norm point of the tasks' gradients' convex hull:
+  for two tasks α·g_F + (1 − α)·g_R with α = clip((g_R − g_F)·g_R / |g_F − g_R|², 0, 1) (the
+  closed form), for more the Frank–Wolfe solver of the paper;
+* ``gradnorm`` (Chen et al. 2018): learned task weights w_t (summing to the number of tasks) that pull the
   weighted gradient norms |w_t·g_t| towards their mean times (r_t)^α, r_t being the task's
   loss relative to its first value, divided by the mean of those.
 
-λF and λR weight the losses for ``fixed`` and ``pcgrad``; the other methods set their own
-weights, and a λ of 0 still switches its task off.
+The λs weight the losses for ``fixed`` and ``pcgrad``; the other methods set their own
+weights, and a λ of 0 still switches its task off. Weights are keyed by task name.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -29,14 +34,28 @@ from torch import nn
 from mtrec.registry import Registry
 
 
-def pcgrad(g_f: torch.Tensor, g_r: torch.Tensor) -> torch.Tensor:
-    """PCGrad's combination of two task gradients (flat tensors)."""
-    dot = torch.dot(g_f, g_r)
-    if dot >= 0:
-        return g_f + g_r
-    f = g_f - dot / g_r.square().sum().clamp_min(1e-20) * g_r
-    r = g_r - dot / g_f.square().sum().clamp_min(1e-20) * g_f
-    return f + r
+def pcgrad(gradients: Sequence[torch.Tensor]) -> torch.Tensor:
+    """PCGrad's combination of the tasks' gradients (flat tensors, one per task)."""
+    projected = []
+    for i, gradient in enumerate(gradients):
+        for j, other in enumerate(gradients):
+            if j != i:
+                dot = torch.dot(gradient, other)
+                if dot < 0:
+                    gradient = gradient - dot / other.square().sum().clamp_min(1e-20) * other
+        projected.append(gradient)
+    total = projected[0]
+    for gradient in projected[1:]:
+        total = total + gradient
+    return total
+
+
+def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float | torch.Tensor]) -> torch.Tensor:
+    """Σ_t w_t·x_t, in the tasks' order."""
+    total = weights[0] * tensors[0]
+    for weight, tensor in zip(weights[1:], tensors[1:]):
+        total = total + weight * tensor
+    return total
 
 
 def mgda_alpha(g_f: torch.Tensor, g_r: torch.Tensor) -> float:
@@ -48,22 +67,50 @@ def mgda_alpha(g_f: torch.Tensor, g_r: torch.Tensor) -> float:
     return float((torch.dot(g_r - g_f, g_r) / norm).clamp(0.0, 1.0))
 
 
+def min_norm_weights(gradients: torch.Tensor, iterations: int = 250, tolerance: float = 1e-6) -> list[float]:
+    """The convex weights of the rows of ``gradients`` (tasks × parameters) whose combination has the
+    least norm: the two-task closed form, or Frank–Wolfe on the rows' Gram matrix for more."""
+    count = gradients.shape[0]
+    if count == 1:
+        return [1.0]
+    if count == 2:
+        alpha = mgda_alpha(gradients[0], gradients[1])
+        return [alpha, 1.0 - alpha]
+    gram = (gradients @ gradients.T).double()
+    weights = torch.full((count,), 1.0 / count, dtype=torch.float64)
+    for _ in range(iterations):
+        corner = int(torch.argmin(gram @ weights))
+        # the minimum of |(1 − γ)·v + γ·g_corner|² over γ in [0, 1], v the current combination
+        vv, vc, cc = weights @ gram @ weights, weights @ gram[:, corner], gram[corner, corner]
+        denominator = vv - 2 * vc + cc
+        gamma = 1.0 if denominator <= 0 else float(((vv - vc) / denominator).clamp(0.0, 1.0))
+        step = torch.zeros_like(weights)
+        step[corner] = 1.0
+        updated = (1 - gamma) * weights + gamma * step
+        change = float((updated - weights).abs().sum())
+        weights = updated
+        if change < tolerance:
+            break
+    return weights.tolist()
+
+
 class TaskWeighting(nn.Module):
-    """Base class: holds λF and λR; learned weightings hold their parameters as a module does."""
+    """Base class: holds the tasks' λs by name; learned weightings hold their parameters as a module does."""
 
     gradient_method = False
 
-    def __init__(self, factorization_weight: float, regression_weight: float) -> None:
+    def __init__(self, weights: Mapping[str, float]) -> None:
         super().__init__()
-        self.weights = (float(factorization_weight), float(regression_weight))
+        self.names = tuple(weights)
+        self.weights = tuple(float(weights[name]) for name in self.names)
 
-    def combine(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> torch.Tensor:
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The scalar to differentiate (loss weightings), or the loss to report (gradient methods)."""
-        return self.weights[0] * loss_f + self.weights[1] * loss_r
+        return weighted_sum([losses[name] for name in self.names], self.weights)
 
-    def task_weights(self) -> tuple[float, float]:
-        """The weights of (L_F, L_R) in effect now."""
-        return self.weights
+    def task_weights(self) -> dict[str, float]:
+        """The weights of the tasks' losses in effect now, by task."""
+        return dict(zip(self.names, self.weights))
 
     def extra_state(self) -> dict:
         """State that is not a parameter (GradNorm's weights...), as JSON, for checkpoints."""
@@ -73,9 +120,9 @@ class TaskWeighting(nn.Module):
         pass
 
     @classmethod
-    def build(cls, factorization_weight: float, regression_weight: float, gradnorm_alpha: float) -> TaskWeighting:
+    def build(cls, weights: Mapping[str, float], gradnorm_alpha: float) -> TaskWeighting:
         """The weighting for these λs (and GradNorm's α, which only it reads)."""
-        return cls(factorization_weight, regression_weight)
+        return cls(weights)
 
 
 #: The weighting methods by name, in the order the study and the command line list them (:mod:`mtrec.registry`).
@@ -84,28 +131,28 @@ WEIGHTINGS: Registry[type[TaskWeighting]] = Registry("weighting")
 
 @WEIGHTINGS.register("fixed")
 class Fixed(TaskWeighting):
-    """λF·L_F + λR·L_R."""
+    """Σ_t λ_t·L_t."""
 
 
 @WEIGHTINGS.register("uncertainty")
 class Uncertainty(TaskWeighting):
     """Σ_t exp(−s_t)·L_t + s_t over the tasks with a non-zero λ, s_t learned (starting at 0)."""
 
-    def __init__(self, factorization_weight: float, regression_weight: float) -> None:
-        super().__init__(factorization_weight, regression_weight)
-        self.log_variances = nn.Parameter(torch.zeros(2))
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        super().__init__(weights)
+        self.log_variances = nn.Parameter(torch.zeros(len(self.names)))
 
-    def combine(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> torch.Tensor:
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
         s = self.log_variances
-        total = torch.zeros((), device=loss_f.device)
-        for index, loss in enumerate((loss_f, loss_r)):
+        total = torch.zeros((), device=next(iter(losses.values())).device)
+        for index, name in enumerate(self.names):
             if self.weights[index] > 0:
-                total = total + torch.exp(-s[index]) * loss + s[index]
+                total = total + torch.exp(-s[index]) * losses[name] + s[index]
         return total
 
-    def task_weights(self) -> tuple[float, float]:
+    def task_weights(self) -> dict[str, float]:
         weights = torch.exp(-self.log_variances.detach()).tolist()
-        return tuple(w if self.weights[i] > 0 else 0.0 for i, w in enumerate(weights))
+        return {name: w if self.weights[i] > 0 else 0.0 for i, (name, w) in enumerate(zip(self.names, weights))}
 
 
 class GradientCombination(TaskWeighting):
@@ -113,12 +160,13 @@ class GradientCombination(TaskWeighting):
 
     gradient_method = True
 
-    def shared(self, g_f: torch.Tensor, g_r: torch.Tensor, losses: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """The update direction of the shared parameters, from both tasks' gradients (flat)."""
+    def shared(self, gradients: torch.Tensor, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The update direction of the shared parameters from the tasks × parameters matrix of their
+        gradients (rows in the tasks' order; a task that does not reach a parameter has 0 there)."""
         raise NotImplementedError
 
     def own(self, task: int, gradient: torch.Tensor) -> torch.Tensor:
-        """The update direction of parameters only task ``task`` reaches."""
+        """The update direction of parameters only the ``task``-th task reaches."""
         return gradient
 
 
@@ -127,22 +175,22 @@ class GradNorm(GradientCombination):
     """GradNorm with asymmetry ``alpha`` and its weights' own learning rate."""
 
     @classmethod
-    def build(cls, factorization_weight: float, regression_weight: float, gradnorm_alpha: float) -> TaskWeighting:
-        return cls(factorization_weight, regression_weight, gradnorm_alpha)
+    def build(cls, weights: Mapping[str, float], gradnorm_alpha: float) -> TaskWeighting:
+        return cls(weights, gradnorm_alpha)
 
-    def __init__(self, factorization_weight: float, regression_weight: float, alpha: float = 1.5, rate: float = 0.025):
-        super().__init__(factorization_weight, regression_weight)
+    def __init__(self, weights: Mapping[str, float], alpha: float = 1.5, rate: float = 0.025):
+        super().__init__(weights)
         active = [w > 0 for w in self.weights]
         self.w = torch.tensor([1.0 if a else 0.0 for a in active])
-        self.w *= 2.0 / self.w.sum().clamp_min(1e-12)
+        self.w *= float(len(self.weights)) / self.w.sum().clamp_min(1e-12)
         self.alpha, self.rate = float(alpha), float(rate)
         self.initial: torch.Tensor | None = None
 
-    def shared(self, g_f, g_r, losses):
+    def shared(self, gradients, losses):
         current = torch.stack([loss.detach() for loss in losses]).to(self.w.device)
         if self.initial is None:
             self.initial = current.clamp_min(1e-12)
-        norms = torch.stack([g_f.norm(), g_r.norm()]).to(self.w.device)
+        norms = torch.stack([g.norm() for g in gradients]).to(self.w.device)
         active = self.w > 0
         weighted = self.w * norms
         ratio = current / self.initial
@@ -153,13 +201,13 @@ class GradNorm(GradientCombination):
         step = torch.sign(weighted - target) * norms / norms[active].mean().clamp_min(1e-20)
         self.w = torch.where(active, (self.w - self.rate * step).clamp_min(1e-3), self.w)
         self.w *= active.sum() / self.w[active].sum()
-        return self.w[0] * g_f + self.w[1] * g_r
+        return weighted_sum(list(gradients), list(self.w))
 
     def own(self, task, gradient):
         return self.w[task] * gradient
 
-    def task_weights(self) -> tuple[float, float]:
-        return tuple(self.w.tolist())
+    def task_weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self.w.tolist()))
 
     def extra_state(self) -> dict:
         return {"w": self.w.tolist(), "initial": None if self.initial is None else self.initial.tolist()}
@@ -172,8 +220,8 @@ class GradNorm(GradientCombination):
 
 @WEIGHTINGS.register("pcgrad")
 class PCGrad(GradientCombination):
-    def shared(self, g_f, g_r, losses):
-        return pcgrad(self.weights[0] * g_f, self.weights[1] * g_r)
+    def shared(self, gradients, losses):
+        return pcgrad([weight * gradient for weight, gradient in zip(self.weights, gradients)])
 
     def own(self, task, gradient):
         return self.weights[task] * gradient
@@ -181,32 +229,35 @@ class PCGrad(GradientCombination):
 
 @WEIGHTINGS.register("mgda")
 class MGDA(GradientCombination):
-    def __init__(self, factorization_weight: float, regression_weight: float) -> None:
-        super().__init__(factorization_weight, regression_weight)
-        self.alpha = 0.5
+    def __init__(self, weights: Mapping[str, float]) -> None:
+        super().__init__(weights)
+        active = [w > 0 for w in self.weights]
+        self.alphas = [1.0 / sum(active) if a else 0.0 for a in active]
 
-    def shared(self, g_f, g_r, losses):
-        if self.weights[1] == 0:
-            self.alpha = 1.0
-        elif self.weights[0] == 0:
-            self.alpha = 0.0
-        else:
-            self.alpha = mgda_alpha(g_f, g_r)
-        return self.alpha * g_f + (1.0 - self.alpha) * g_r
+    def shared(self, gradients, losses):
+        active = [index for index, weight in enumerate(self.weights) if weight > 0]
+        solved = min_norm_weights(gradients[active])
+        self.alphas = [0.0] * len(self.weights)
+        for index, alpha in zip(active, solved):
+            self.alphas[index] = alpha
+        return weighted_sum(list(gradients), self.alphas)
 
     def own(self, task, gradient):
         return gradient if self.weights[task] > 0 else torch.zeros_like(gradient)
 
-    def task_weights(self) -> tuple[float, float]:
-        return self.alpha, 1.0 - self.alpha
+    def task_weights(self) -> dict[str, float]:
+        return dict(zip(self.names, self.alphas))
 
     def extra_state(self) -> dict:
-        return {"alpha": self.alpha}
+        return {"alphas": self.alphas}
 
     def load_extra_state(self, state: dict) -> None:
-        self.alpha = state.get("alpha", self.alpha)
+        if "alphas" in state:
+            self.alphas = [float(a) for a in state["alphas"]]
+        elif "alpha" in state:  # a checkpoint of mtrec 0.2: two tasks, the first's weight
+            self.alphas = [float(state["alpha"]), 1.0 - float(state["alpha"])]
 
 
-def make_weighting(name: str, factorization_weight: float, regression_weight: float, gradnorm_alpha: float = 1.5) -> TaskWeighting:
+def make_weighting(name: str, weights: Mapping[str, float], gradnorm_alpha: float = 1.5) -> TaskWeighting:
     """The weighting called ``name`` (a :class:`~mtrec.errors.ConfigError` listing the registered ones if there is none)."""
-    return WEIGHTINGS[name].build(factorization_weight, regression_weight, gradnorm_alpha)
+    return WEIGHTINGS[name].build(weights, gradnorm_alpha)

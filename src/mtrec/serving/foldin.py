@@ -22,8 +22,9 @@ from typing import Any, Sequence
 import torch
 
 from mtrec.errors import ConfigError, DataError
-from mtrec.nn.losses import Batch, JointObjective
+from mtrec.nn.batch import Batch
 from mtrec.nn.network import MultitaskNet
+from mtrec.nn.objective import JointObjective
 
 #: Fitting steps and their learning rate (full-batch Adam on the user's parameters alone).
 STEPS = 100
@@ -108,7 +109,7 @@ def fold_in(
     if not len(items):
         raise ConfigError("a history needs at least one item to fold in")
     device = next(network.parameters()).device
-    observed = _observed(items, ratings, rating_scale, objective.regression_weight > 0, device)
+    observed = _observed(items, ratings, rating_scale, objective.weight("rating") > 0, device)
     num_items = network.item_biases.num_embeddings
     one = MultitaskNet(
         1, num_items, network.user_embeddings.embedding_dim, [layer.in_features for layer in network.rating_mlp if hasattr(layer, "in_features")],
@@ -136,7 +137,7 @@ def fold_in(
         for _ in range(steps):
             drawn = candidates[torch.randint(0, len(candidates), shape, generator=generator)].to(device)
             optimizer.zero_grad()
-            _, _, loss = objective(one, Batch(users, positives, drawn, observed))
+            _, loss = objective(one, Batch(users, positives, drawn, observed))
             loss.backward()
             optimizer.step()
     return one.eval()
@@ -171,7 +172,7 @@ def fold_in_model(model, items: Sequence[int], ratings: Sequence[float | None] |
     rated = ratings is not None and any(rating is not None for rating in ratings)
     weight_r = model.regression_weight if learned and rated else 0.0
     weight_f = model.factorization_weight if model.factorization_weight > 0 or weight_r > 0 else 1.0
-    objective = JointObjective(weight_f, weight_r, model.watch_loss)
+    objective = JointObjective({"watch": weight_f, "rating": weight_r}, watch_loss=model.watch_loss)
     return fold_in(
         model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"],
         seed=model.seed, rating_scale=model.data_.rating_scale,

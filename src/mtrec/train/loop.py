@@ -30,7 +30,6 @@ from mtrec.train.steps import Step
 #: The early-stopping criterion that weighs both tasks.
 JOINT = "joint"
 #: The learning-rate schedules.
-LOSS_NAMES = ("watch loss L_F", "rating loss L_R", "joint loss")
 
 
 @contextlib.contextmanager
@@ -164,7 +163,8 @@ def _check_finite(epoch: int, sums: torch.Tensor, per_step: torch.Tensor, networ
         index = int(bad[0]) if len(bad) else len(per_step) - 1
         column = int((~torch.isfinite(per_step[index])).nonzero()[0]) if len(bad) else 2
         value = float(per_step[index, column])
-        where, what = f"at step {index + 1} of {len(per_step)}", f"the {LOSS_NAMES[column]} became {value}"
+        names = [f"{task} loss" for task in step.objective.task_names] + ["joint loss"]
+        where, what = f"at step {index + 1} of {len(per_step)}", f"the {names[column]} became {value}"
     rate = step.optimizer.param_groups[0]["lr"]
     raise TrainingDiverged(
         f"training diverged in epoch {epoch} {where}: {what}. Lower the learning rate (now {rate:g}) or the "
@@ -230,8 +230,9 @@ class Trainer:
         started = time.perf_counter()
         learning_rate = step.optimizer.param_groups[0]["lr"]
         users, items, negatives, ratings = self.sampler.draw()
-        sums = torch.zeros(3, dtype=torch.float64, device=users.device)
-        per_step = torch.empty(-(-n // size), 3, dtype=torch.float32, device=users.device)
+        width = len(step.objective.task_names) + 1  # each task's loss, and the joint loss
+        sums = torch.zeros(width, dtype=torch.float64, device=users.device)
+        per_step = torch.empty(-(-n // size), width, dtype=torch.float32, device=users.device)
         for index, start in enumerate(range(0, n, size)):
             stop = min(start + size, n)
             count = None
@@ -253,17 +254,7 @@ class Trainer:
         _check_finite(epoch, sums, per_step, network, step)
         if self.scheduler is not None:
             self.scheduler.step()
-        train_bpr, train_mse, train_loss = (sums / n).tolist()
-        record = EpochRecord(
-            epoch=epoch,
-            train_bpr=train_bpr,
-            train_mse=train_mse if ratings is not None else float("nan"),
-            train_loss=train_loss,
-            learning_rate=learning_rate,
-        )
-        weighting = getattr(step.objective, "weighting", None)
-        if weighting is not None and not isinstance(weighting, Fixed):
-            record.task_weights = tuple(float(w) for w in weighting.task_weights())
+        record = self._record(epoch, (sums / n).tolist(), has_ratings=ratings is not None, learning_rate=learning_rate)
         if self.evaluators and (epoch % self.eval_every == 0 or epoch == self.epochs):
             with torch_threads(self.eval_threads):
                 for prefix, evaluator in self.evaluators.items():
@@ -272,6 +263,16 @@ class Trainer:
                 valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
                 self.stopped = self.stopping.update(epoch, valid, network)
         record.seconds = time.perf_counter() - started
+        return record
+
+    def _record(self, epoch: int, means: list[float], has_ratings: bool, learning_rate: float) -> EpochRecord:
+        """The epoch's record of its mean losses (each task's, then the joint loss), before evaluation."""
+        objective = self.step.objective
+        untrained = objective.untrained(has_ratings)
+        losses = {task: float("nan") if task in untrained else value for task, value in zip(objective.task_names, means)}
+        record = EpochRecord(epoch=epoch, train_losses=losses, train_loss=means[-1], learning_rate=learning_rate)
+        if not isinstance(objective.weighting, Fixed):
+            record.task_weights = {task: float(w) for task, w in objective.weighting.task_weights().items()}
         return record
 
     def run(self) -> list[EpochRecord]:

@@ -26,8 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtrec.errors import ConfigError
-from mtrec.nn.losses import Batch, JointObjective
+from mtrec.nn.batch import Batch
 from mtrec.nn.network import PARAMETER_GROUPS, MultitaskNet
+from mtrec.nn.objective import JointObjective
+from mtrec.nn.tasks import RatingTask, WatchTask
 
 #: The choices of training step.
 STEPS = ("auto", "fused", "autograd")
@@ -60,7 +62,8 @@ def _adam(groups: list[tuple[list[torch.Tensor], float]], learning_rate: float) 
 
 
 class Step:
-    """One optimiser step of an objective: ``step(batch)`` returns the batch's ``[L_F, L_R, loss]``.
+    """One optimiser step of an objective: ``step(batch)`` returns the batch's losses, one per task in
+    the objective's order (:attr:`~mtrec.nn.objective.JointObjective.task_names`), then the joint loss.
 
     Subclasses fill the gradients (:meth:`gradients`); between that and the optimiser's update
     :attr:`reduce`, if set, is called with the gradient tensors (distributed training sums
@@ -158,37 +161,46 @@ class AutogradStep(Step):
     def gradients(self, batch: Batch) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=False)
         with torch.enable_grad():
-            loss_f, loss_r, loss = self.objective(self.network, batch)
+            losses, loss = self.objective(self.network, batch)
             if self.objective.weighting.gradient_method:
-                self._combined_gradients(loss_f, loss_r)
+                self._combined_gradients(list(losses.values()))
             else:
                 loss.backward()
-        return torch.stack([loss_f, loss_r, loss]).detach()
+        return torch.stack([*losses.values(), loss]).detach()
 
-    def _combined_gradients(self, loss_f: torch.Tensor, loss_r: torch.Tensor) -> None:
-        """Each task's gradient, one backward pass each; the shared parameters' combined by the weighting."""
+    def _combined_gradients(self, losses: list[torch.Tensor]) -> None:
+        """Each task's gradient, one backward pass each; those of parameters more than one task
+        reaches (the shared ones) combined by the weighting, as a tasks × parameters matrix."""
         weighting, params = self.objective.weighting, self.trained
-        g_f = list(torch.autograd.grad(loss_f, params, retain_graph=True, allow_unused=True))
-        g_r = list(torch.autograd.grad(loss_r, params, allow_unused=True) if loss_r.requires_grad else [None] * len(params))
+        grads = [
+            list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)) if loss.requires_grad else [None] * len(params)
+            for loss in losses
+        ]
         if self.reduce is not None:
             # In a distributed run the tasks' gradients (and losses, for GradNorm) are summed over
             # processes first, so that every process combines the same global gradients.
-            loss_f, loss_r = loss_f.detach().clone(), loss_r.detach().clone()
-            self.reduce([g for g in (*g_f, *g_r) if g is not None] + [loss_f.view(1), loss_r.view(1)])
-        shared = [i for i, (a, b) in enumerate(zip(g_f, g_r)) if a is not None and b is not None]
+            losses = [loss.detach().clone() for loss in losses]
+            self.reduce([g for task in grads for g in task if g is not None] + [loss.view(1) for loss in losses])
+        reached = [[t for t, task in enumerate(grads) if task[i] is not None] for i in range(len(params))]
+        shared = [i for i, tasks in enumerate(reached) if len(tasks) > 1]
         if shared:
-            flat_f = torch.cat([g_f[i].reshape(-1) for i in shared])
-            flat_r = torch.cat([g_r[i].reshape(-1) for i in shared])
-            combined = weighting.shared(flat_f, flat_r, (loss_f, loss_r))
+            combined = weighting.shared(self._gradient_matrix(grads, shared), losses)
             offset = 0
             for i in shared:
                 size = params[i].numel()
                 params[i].grad.copy_(combined[offset : offset + size].view_as(params[i]))
                 offset += size
-        for task, grads in enumerate((g_f, g_r)):
-            for i, grad in enumerate(grads):
-                if grad is not None and i not in shared:
-                    params[i].grad.copy_(weighting.own(task, grad))
+        for i, tasks in enumerate(reached):
+            if len(tasks) == 1:
+                params[i].grad.copy_(weighting.own(tasks[0], grads[tasks[0]][i]))
+
+    def _gradient_matrix(self, grads: list[list[torch.Tensor | None]], shared: list[int]) -> torch.Tensor:
+        """The tasks × (shared parameters, flattened) matrix of the tasks' gradients; 0 where a task does not reach."""
+        params = self.trained
+        matrix = torch.empty(len(grads), sum(params[i].numel() for i in shared), device=params[shared[0]].device)
+        for row, task in zip(matrix, grads):
+            torch.cat([params[i].new_zeros(params[i].numel()) if task[i] is None else task[i].reshape(-1) for i in shared], out=row)
+        return matrix
 
 
 class FlatParameters:
@@ -252,9 +264,12 @@ class FusedStep(Step):
         if type(network) is not MultitaskNet:
             return f"the network is a {type(network).__name__}, not the seed's MultitaskNet"
         if type(objective) is not JointObjective:
-            return f"the objective is a {type(objective).__name__}, not the JointObjective λF·L_F + λR·L_R"
+            return f"the objective is a {type(objective).__name__}, not a JointObjective"
+        if objective.task_names != ("watch", "rating") or [type(task) for task in objective.tasks.values()] != [WatchTask, RatingTask]:
+            return f"its hand-written gradients cover the library's tasks watch and rating, not {', '.join(objective.task_names)}"
         claimed = cls.claims()
-        for kind, value in (("sharing", network.sharing), ("watch_loss", objective.watch_loss), ("weighting", objective.weighting_name)):
+        watch, rating = (task.component() for task in objective.tasks.values())
+        for kind, value in (("sharing", network.sharing), ("watch_loss", watch), ("rating_loss", rating), ("weighting", objective.weighting_name)):
             if value not in claimed[kind]:
                 return f"its hand-written gradients cover the {kind.replace('_', ' ')} {', '.join(claimed[kind])}, not {value}"
         return None
@@ -263,7 +278,7 @@ class FusedStep(Step):
     def claims() -> dict[str, tuple[str, ...]]:
         """The components whose every combination the hand-written gradients cover, by kind: what
         ``step="auto"`` takes the fused step for, and what the parity tests run over."""
-        return {"sharing": ("hard", "separate"), "watch_loss": tuple(FUSED_WATCH_LOSSES), "weighting": ("fixed",)}
+        return {"sharing": ("hard", "separate"), "watch_loss": tuple(FUSED_WATCH_LOSSES), "rating_loss": ("mse",), "weighting": ("fixed",)}
 
     @classmethod
     def supports(cls, network: nn.Module, objective: object) -> bool:
@@ -310,12 +325,12 @@ class FusedStep(Step):
 
     @torch.no_grad()
     def gradients(self, batch: Batch) -> torch.Tensor:
-        """Fill the flat gradient buffers for one batch; returns ``[L_F, L_R, loss]``."""
+        """Fill the flat gradient buffers for one batch; returns ``[L_F, L_R, loss]`` (watch, rating, joint)."""
         net, flat, objective = self.network, self.flat, self.objective
         users, positives, negatives, ratings = batch.users, batch.positives, batch.negatives, batch.ratings
         size = len(users)
         count = batch.denominator
-        weight_f = objective.factorization_weight
+        weight_f = objective.weight("watch")
         several = negatives.dim() == 2
         k = negatives.shape[1] if several else 1
         negatives_flat = negatives.reshape(-1)
@@ -332,7 +347,7 @@ class FusedStep(Step):
             q_diff = q_pos - q_neg
             margin = (q_diff * u).sum(1) + item_bias[:size] - item_bias[size:]
         sigma = torch.sigmoid(margin)
-        terms_f, d_terms = FUSED_WATCH_LOSSES[objective.watch_loss](margin, sigma)
+        terms_f, d_terms = FUSED_WATCH_LOSSES[objective.tasks["watch"].component()](margin, sigma)
         d_margin = d_terms * (weight_f / (count * k))
         loss_f = terms_f.mean() if batch.count is None else terms_f.sum() / (count * k)
 
@@ -371,7 +386,7 @@ class FusedStep(Step):
         bias_grad = flat.grad_of(net.item_biases.weight).view(-1)
         bias_grad.index_add_(0, positives, d_bias_pos)
         bias_grad.index_add_(0, negatives_flat, d_bias_neg.neg())
-        loss = weight_f * loss_f + objective.regression_weight * loss_r
+        loss = weight_f * loss_f + objective.weight("rating") * loss_r
         self._touched = (users, both)
         return torch.stack([loss_f, loss_r, loss])
 
@@ -401,7 +416,7 @@ class FusedStep(Step):
             r_hat = r_hat + user_bias.index_select(0, users) + item_bias.index_select(0, items)
         error = r_hat - ratings
         loss_r = error.square().mean() if local else error.square().sum() / count
-        grad = (error * (2.0 * self.objective.regression_weight / count)).unsqueeze(1)
+        grad = (error * (2.0 * self.objective.weight("rating") / count)).unsqueeze(1)
         if net.rating_bias:
             self.flat.grad_of(net.rating_user_biases.weight).view(-1).index_add_(0, users, grad.view(-1))
             self.flat.grad_of(net.rating_item_biases.weight).view(-1).index_add_(0, items, grad.view(-1))

@@ -177,7 +177,7 @@ def overfitting_reading(groups: Sequence[GroupSummary]) -> str:
 
 def _gap(group: GroupSummary) -> Stat:
     """Test MSE minus train MSE at the selected epoch, per seed."""
-    return group.stat(t - r for t, r in zip(group.selected("test_mse").values, group.selected("train_mse").values))
+    return group.stat(t - r for t, r in zip(group.selected("test_mse").values, group.selected("train_rating").values))
 
 
 @dataclass(frozen=True)
@@ -428,7 +428,7 @@ def results_table(groups: Sequence[GroupSummary]) -> Table:
                 fmt_stat(group.selected("test_mrr")),
                 fmt_stat(group.selected("test_ndcg@10")),
                 fmt_stat(group.selected("test_recall@10")),
-                fmt_stat(group.selected("train_mse")),
+                fmt_stat(group.selected("train_rating")),
                 f"{fmt_stat(group.best('test_mse'))} ({fmt_epoch(group.best_epoch('test_mse'))})",
                 f"{fmt_stat(group.best('test_mrr'))} ({fmt_epoch(group.best_epoch('test_mrr'))})",
             )

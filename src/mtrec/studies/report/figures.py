@@ -13,8 +13,8 @@ from mtrec.studies.report.stats import BEST_FIELDS, NAMES, GroupSummary, Stat, b
 
 #: Per-epoch curves: metrics.json field -> (figure file, title, y label).
 CURVES = {
-    "train_bpr": ("train_bpr.png", "Training BPR loss", "BPR loss  mean(1 − σ(p⁺ − p⁻))"),
-    "train_mse": ("train_mse.png", "Training MSE", "rating MSE"),
+    "train_watch": ("train_bpr.png", "Training BPR loss", "BPR loss  mean(1 − σ(p⁺ − p⁻))"),
+    "train_rating": ("train_mse.png", "Training MSE", "rating MSE"),
     "train_loss": ("train_joint_loss.png", "Training joint loss", "λF·BPR + λR·MSE"),
     "test_mse": ("test_mse.png", "Test MSE", "rating MSE"),
     "test_mrr": ("test_mrr.png", "Test MRR", "MRR"),

@@ -19,18 +19,18 @@ import numpy as np
 from mtrec.studies.experiments import SHARING_NAMES, Configuration
 
 #: The values reported for the selected and the last epoch.
-FINAL_FIELDS = ("test_mse", "test_mrr", "test_ndcg@10", "test_recall@10", "train_mse", "train_bpr")
+FINAL_FIELDS = ("test_mse", "test_mrr", "test_ndcg@10", "test_recall@10", "train_rating", "train_watch")
 #: The test metrics the answers compare (and whose oracle best epoch is reported), and whether lower is better.
 BEST_FIELDS = {"test_mse": True, "test_mrr": False}
 #: A difference is clear when its seed-paired t-test gives a p-value below this.
 SIGNIFICANCE = 0.05
 #: The training metric that goes with each test metric when looking for overfitting.
-TRAIN_COUNTERPART = {"test_mse": "train_mse", "test_mrr": "train_bpr"}
+TRAIN_COUNTERPART = {"test_mse": "train_rating", "test_mrr": "train_watch"}
 NAMES = {
     "test_mse": "test MSE",
     "test_mrr": "test MRR",
-    "train_mse": "train MSE",
-    "train_bpr": "train BPR loss",
+    "train_rating": "train MSE",
+    "train_watch": "train BPR loss",
     "test_ndcg@10": "test NDCG@10",
     "test_recall@10": "test Recall@10",
 }
