@@ -254,7 +254,7 @@ def measure_time_to_quality(variant: str, batch_size: int, max_epochs: int) -> d
             seed=0,
         )
         try:
-            model.fit(train, epochs=max_epochs, callback=stop_at_quality)
+            model.fit(train, epochs=max_epochs, callbacks=[stop_at_quality])
         except Reached:
             pass
     epoch, seconds, mse, mrr = history[-1]

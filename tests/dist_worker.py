@@ -17,6 +17,7 @@ from conftest import random_interactions  # noqa: E402
 
 from mtrec.eval.evaluation import Evaluator  # noqa: E402
 from mtrec.model import MultitaskModel  # noqa: E402
+from mtrec.train.callbacks import Checkpoints  # noqa: E402
 from mtrec.train.distributed import Distributed  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def main(out: Path, batch_size: int, weighting: str, exchange: str, sharing: str
         sum_rows(*args)
 
     distributed.sum_rows = counted
-    model.fit(data, 3, test=test, distributed=distributed, on_checkpoint=dump, checkpoint_every=1)
+    model.fit(data, 3, test=test, distributed=distributed, callbacks=[Checkpoints(1, dump)])
     record["row_exchanges"] = exchanges[0]
     record["history"] = [r.to_json() | {"seconds": 0} for r in model.history_]
     record["distributed_eval"] = Evaluator(test, data, distributed=distributed).evaluate(model.network_)

@@ -18,7 +18,7 @@ from mtrec.nn.network import MultitaskNet
 from mtrec.nn.objective import JointObjective
 from mtrec.nn.tasks import Task
 from mtrec.nn.weighting import WEIGHTINGS, min_norm_weights, pcgrad
-from mtrec.runs import scalar_tags
+from mtrec.train.callbacks import scalar_tags
 from mtrec.train.loop import Trainer
 from mtrec.train.sampling import EpochSampler
 from mtrec.train.steps import make_step

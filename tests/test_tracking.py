@@ -261,7 +261,7 @@ def test_a_store_that_fails_mid_training_stops_tracking_with_one_warning_and_tra
     data = random_interactions()
     config = preset("seed").replace(epochs=3, embedding_dim=8, layer_sizes=None)
     with pytest.warns(UserWarning) as caught, tracked_training(FailingStore(), config, tmp_path / "run") as callback:
-        metrics = train_run(config, data, None, data, tmp_path / "run", callback=callback)
+        metrics = train_run(config, data, None, data, tmp_path / "run", callbacks=[callback])
     assert [str(w.message) for w in caught] == [
         (f"tracking run {tmp_path / 'run'} in sqlite:///gone.db stopped (disk I/O error); the run directory still records everything")
     ]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +13,6 @@ from mtrec.data.formats import Column
 from mtrec.data.frames import to_frame
 from mtrec.data.interactions import Interactions, as_interactions, check_same_ids
 from mtrec.errors import ConfigError, DataError, ModelFileError
-from mtrec.eval.baselines import PopularityNet
 from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
 from mtrec.io.checkpoint import ModelRecord, load_record, model_path, save_record
 from mtrec.io.fitted import EpochRecord, FittedData, history_table
@@ -22,17 +20,11 @@ from mtrec.nn.losses import WATCH_LOSSES
 from mtrec.nn.network import SHARINGS, MultitaskNet, check_architecture
 from mtrec.nn.objective import JointObjective, check_weights
 from mtrec.nn.weighting import WEIGHTINGS
+from mtrec.train.callbacks import CallbackLike
 from mtrec.train.distributed import Distributed
-from mtrec.train.loop import (
-    JOINT,
-    SCHEDULES,
-    EarlyStopping,
-    Trainer,
-    check_early_stopping,
-    make_scheduler,
-    torch_threads,
-)
-from mtrec.train.sampling import EpochSampler
+from mtrec.train.loop import SCHEDULES, check_early_stopping
+from mtrec.train.memory import check_memory, memory_needed
+from mtrec.train.session import TrainingSession, evaluation_plan
 from mtrec.train.steps import STEPS, Step, make_step, resolve_step
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
@@ -301,25 +293,10 @@ class MultitaskModel:
         return resolve_step(self.step, network, self.objective())
 
     def memory_needed(self, num_users: int, num_items: int) -> dict[str, float]:
-        """Bytes training would take, by the option that makes them: the embeddings' and the
-        inputs' width (``embedding_dim``), the hidden layers (``layer_sizes``), the batch (``batch_size``).
-
-        Each parameter is held four times (value, gradient and Adam's two moments) in float32;
-        a batch's activations about three times per layer.
-        """
-        d, hidden = self.embedding_dim, [*self.layer_sizes_[1:], 1]
-        with torch.device("meta"):  # the tables the network declares, their widths summed; nothing is allocated
+        """Bytes training would take, by the option that makes them (:func:`mtrec.train.memory.memory_needed`)."""
+        with torch.device("meta"):  # the network's declared tables: nothing is allocated
             network = self.build_network(1, 1, "meta")
-        tables = sum(getattr(network, table.name).embedding_dim for table in network.tables())
-        sizes = [3 * d, *hidden]
-        mlp = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-        rows = self.batch_size * (1 + self.negatives)
-        needed = {"embedding_dim": 16.0 * (num_users + num_items) * tables, "layer_sizes": 0.0, "batch_size": 0.0}
-        # The MLP and the activations grow with whichever is wider: the inputs [u, q, u*q] or the hidden layers.
-        width = "layer_sizes" if sum(hidden) > 3 * d else "embedding_dim"
-        needed[width] += 16.0 * mlp
-        needed["batch_size" if rows > 10**7 else width] += 12.0 * rows * sum(sizes)
-        return needed
+        return memory_needed(network, self.layer_sizes_, self.batch_size, self.negatives, num_users, num_items)
 
     def check_fit(
         self,
@@ -365,11 +342,8 @@ class MultitaskModel:
         patience: int = 10,
         metrics: Sequence[str] = DEFAULT_METRICS,
         k: Sequence[int] = DEFAULT_K,
-        callback: Callable[[EpochRecord], None] | None = None,
+        callbacks: Iterable[CallbackLike] | CallbackLike | None = None,
         distributed: Distributed | None = None,
-        on_checkpoint: Callable[[Trainer], None] | None = None,
-        checkpoint_every: int = 0,
-        resume: tuple[dict[str, torch.Tensor], dict] | None = None,
     ) -> MultitaskModel:
         """Train from scratch on ``train`` for up to ``epochs`` epochs (or on from a checkpoint).
 
@@ -404,16 +378,14 @@ class MultitaskModel:
             Evaluations without improvement before early stopping ends training.
         metrics, k:
             The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.eval.evaluation`).
-        callback:
-            Called with each epoch's :class:`EpochRecord` (progress bars, logging).
+        callbacks:
+            Called as training goes (:mod:`mtrec.train.callbacks`): functions of each epoch's
+            :class:`EpochRecord` (progress bars, logging), or :class:`~mtrec.train.callbacks.Callback`
+            objects: :class:`~mtrec.train.callbacks.Checkpoints`, :class:`~mtrec.train.callbacks.Resume`
+            (continue from a checkpoint instead of starting over), :class:`~mtrec.train.callbacks.TensorBoard`.
         distributed:
             This process's place in a distributed run (:mod:`mtrec.train.distributed`): it trains its
             slice of each global batch of ``batch_size`` and evaluates its share of the users.
-        on_checkpoint, checkpoint_every:
-            Called with the :class:`~mtrec.train.loop.Trainer` every ``checkpoint_every`` epochs
-            (to save :meth:`~mtrec.train.loop.Trainer.state`).
-        resume:
-            A :meth:`~mtrec.train.loop.Trainer.state` to continue from instead of starting over.
 
         Raises
         ------
@@ -424,51 +396,14 @@ class MultitaskModel:
         """
         train = as_interactions(train, columns)
         device = self.check_fit(train, epochs, test, validation, early_stopping, patience, metrics, k)
-        evaluators = {}
-        stopping = None
-        if validation is not None:
-            # The validation set also measures what the criterion reads.
-            wanted, valid_k = list(metrics), list(k)
-            if early_stopping == JOINT:
-                wanted += ["mse", "mrr"] if train.has_ratings and self.regression_weight > 0 else ["mrr"]
-            elif early_stopping is not None:
-                metric, _, cutoff = early_stopping.partition("@")
-                wanted.append(metric)
-                valid_k += [int(cutoff)] if cutoff else []
-            evaluators["valid"] = Evaluator(validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)), distributed)
-            if early_stopping is not None:
-                stopping = EarlyStopping(early_stopping, patience, reference_metrics(train, evaluators["valid"]))
-        if test is not None:
-            known = [train] if validation is None else [train, validation]
-            evaluators["test"] = Evaluator(test, known, device, metrics, k, distributed)
+        rates = train.has_ratings and self.regression_weight > 0
+        plan = evaluation_plan(train, validation, test, device, metrics, k, early_stopping, patience, rates, distributed)
         self.data_ = FittedData.from_interactions(train)
-        self.network_ = self.build_network(train.num_users, train.num_items, device)
-        self.history_ = []
-        eval_threads = torch.get_num_threads()
-        with torch_threads(self.num_threads):
-            step = self.make_step(self.network_)
-            self.step_ = step.kind
-            scheduler = make_scheduler(step.optimizer, self.lr_schedule, epochs, self.lr_gamma, self.lr_step)
-            with_ratings = train.has_ratings and self.regression_weight > 0
-            sampler = EpochSampler(train, self.seed, device, with_ratings, self.negatives, self.exclude_positives)
-            trainer = Trainer(
-                step, sampler, self.batch_size, epochs, evaluators, eval_every, eval_threads, callback, stopping,
-                scheduler, distributed, on_checkpoint, checkpoint_every,
-            )  # fmt: skip
-            if resume is not None:
-                trainer.restore(*resume)
-            self.history_ = trainer.run()
-        last = self.history_[-1].epoch if self.history_ else None
-        self.selected_epoch_ = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
-        self.selection_ = (
-            {}
-            if stopping is None
-            else {
-                "criterion": early_stopping,
-                "score": stopping.best_score,
-                **{f"reference_{k}": v for k, v in stopping.reference.items()},
-            }
-        )
+        session = TrainingSession(self, train, epochs, device, plan, eval_every, distributed, callbacks)
+        self.network_, self.history_ = session.network, []
+        result = session.run()
+        self.history_, self.step_ = result.history, result.step
+        self.selected_epoch_, self.selection_ = result.selected_epoch, result.selection
         return self
 
     @torch.no_grad()
@@ -558,30 +493,6 @@ class MultitaskModel:
             return cls.from_record(record, device)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
-
-
-def machine_memory(device: torch.device) -> int:
-    """Bytes of memory of the device: the GPU's, or this machine's RAM."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_memory(needed: dict[str, float], device: torch.device) -> None:
-    """:class:`ConfigError` naming the option to lower when training would need more memory than the device has."""
-    total, available = sum(needed.values()), machine_memory(device)
-    if total > available:
-        option = max(needed, key=needed.get)
-        raise ConfigError(
-            f"training would need about {total / 1e9:,.1f} GB of memory, more than the {available / 1e9:,.1f} GB "
-            f"this {'GPU' if device.type == 'cuda' else 'machine'} has; most of it for --{option.replace('_', '-')}: lower it"
-        )
-
-
-def reference_metrics(train: Interactions, validation: Evaluator) -> dict[str, float]:
-    """Validation MSE of the mean training rating and MRR of the most popular items: the joint criterion's reference."""
-    reference = validation.evaluate(PopularityNet(train))
-    return {"mse": reference.get("mse", float("nan")), "mrr": reference["mrr"]}
 
 
 def scaled_learning_rate(batch_size: int, base_rate: float = 1e-3, base_batch: int = 256, max_batch: int = 16384) -> float:

@@ -25,12 +25,11 @@ import contextlib
 import functools
 import hashlib
 import json
-import math
 import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable
 
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
@@ -45,9 +44,10 @@ from mtrec.io.checkpoint import (
 )
 from mtrec.io.files import LockHeldError, atomic_write_text, directory_lock, publish_directory, read_json
 from mtrec.io.files import link_target as run_directory
-from mtrec.io.fitted import EpochRecord, current_keys, summarize
+from mtrec.io.fitted import current_keys, summarize
 from mtrec.io.schemas import parse_metrics
 from mtrec.serving.retrieval import INDEX_FILENAMES
+from mtrec.train.callbacks import Callback, CallbackLike, Checkpoints, Resume, TensorBoard, as_callbacks
 from mtrec.train.distributed import Distributed
 
 METRICS_FILENAME = "metrics.json"
@@ -58,19 +58,6 @@ DIGESTS = {"model_sha256": MODEL_FILENAME, "config_sha256": CONFIG_FILENAME}
 #: The first config.json format whose runs always record their digests: runs of mtrec 0.1 (format 1)
 #: and of 0.2.0 before its digests (format 2) may have none; those that do are verified.
 DIGESTS_SINCE_FORMAT = 3
-
-#: TensorBoard tags of the per-epoch training values besides the tasks' (``train/<task>_loss``,
-#: ``train/weight_<task>``); a metric ``<prefix>_<name>`` is ``<prefix>/<name>``.
-TRAIN_TAGS = {"train_loss": "train/joint_loss", "learning_rate": "train/learning_rate"}
-
-
-def scalar_tags(record: EpochRecord) -> dict[str, float]:
-    """The record's finite values by TensorBoard tag."""
-    values = {f"train/{task}_loss": value for task, value in record.train_losses.items()}
-    values.update({tag: getattr(record, name) for name, tag in TRAIN_TAGS.items()})
-    values.update({f"train/weight_{task}": value for task, value in (record.task_weights or {}).items()})
-    values.update({name.replace("_", "/", 1): value for name, value in record.metrics.items()})
-    return {tag: value for tag, value in values.items() if value is not None and math.isfinite(value)}
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, Any]:
@@ -305,7 +292,7 @@ def train_run(
     test: Interactions | None,
     logdir: str | Path,
     summary: dict[str, Any] | None = None,
-    callback: Callable[[EpochRecord], None] | None = None,
+    callbacks: Iterable[CallbackLike] | CallbackLike | None = None,
     force: bool = False,
     distributed: Distributed | None = None,
     checkpoint_every: int = 0,
@@ -325,8 +312,9 @@ def train_run(
         another process trains it, :class:`~mtrec.io.files.LockHeldError` names that process.
     summary:
         What the split gave (sizes, cold start), for config.json.
-    callback:
-        Called after each epoch.
+    callbacks:
+        Called as training goes, beside the run's own (TensorBoard, checkpoints): functions of
+        each epoch's record, or :class:`~mtrec.train.callbacks.Callback` objects.
     distributed:
         This process's place in a distributed run: every process trains; process 0 alone
         holds the lock and writes, and tells the others when it refuses to start.
@@ -347,28 +335,12 @@ def train_run(
     begin = functools.partial(_start, run_dir, config, model, force, resume, summary, speed)
     with contextlib.ExitStack() as held:
         staging, state = _claim(held, run_dir, begin, distributed)
-
-        def save_checkpoint(trainer) -> None:
-            if main:
-                save_training_state(staging / CHECKPOINT_FILENAME, *trainer.state())
-
-        with _tensorboard(staging if main else None, callback) as log_epoch:
-            model.fit(
-                train,
-                config.epochs,
-                validation=validation,
-                test=test,
-                eval_every=config.eval_every,
-                early_stopping=config.early_stopping,
-                patience=config.patience,
-                metrics=config.metrics,
-                k=config.k,
-                callback=log_epoch,
-                distributed=distributed,
-                on_checkpoint=save_checkpoint,
-                checkpoint_every=checkpoint_every,
-                resume=state,
-            )
+        own = _run_callbacks(staging if main else None, checkpoint_every, state)
+        model.fit(
+            train, config.epochs, validation=validation, test=test, eval_every=config.eval_every,
+            early_stopping=config.early_stopping, patience=config.patience, metrics=config.metrics, k=config.k,
+            callbacks=[*own, *as_callbacks(callbacks)], distributed=distributed,
+        )  # fmt: skip
         metrics = {
             "completed": True,
             "epochs": [record.to_json() for record in model.history_],
@@ -379,6 +351,17 @@ def train_run(
     if distributed is not None:
         distributed.barrier()  # the run is published before any process reports it
     return metrics
+
+
+def _run_callbacks(staging: Path | None, checkpoint_every: int, state: tuple[dict, dict] | None) -> list[Callback]:
+    """A run's own callbacks: resuming from ``state``; and, on the process that writes (``staging``
+    given), TensorBoard curves and checkpoints every ``checkpoint_every`` epochs in ``staging``."""
+    callbacks: list[Callback] = [] if state is None else [Resume(state)]
+    if staging is not None:
+        callbacks.append(TensorBoard(staging))
+        if checkpoint_every:
+            callbacks.append(Checkpoints(checkpoint_every, lambda trainer: save_training_state(staging / CHECKPOINT_FILENAME, *trainer.state())))
+    return callbacks
 
 
 def _save_and_publish(model, metrics: dict[str, Any], staging: Path, run_dir: Path) -> dict[str, Any]:
@@ -415,25 +398,3 @@ def _claim(
     if refusal is not None:
         raise refusal
     return staging, state
-
-
-@contextlib.contextmanager
-def _tensorboard(folder: Path | None, callback: Callable[[EpochRecord], None] | None) -> Iterator[Callable[[EpochRecord], None]]:
-    """An epoch callback that also writes each record's scalars to TensorBoard in ``folder`` (None: nowhere)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(log_dir=str(folder)) if folder is not None else None
-
-    def log_epoch(record: EpochRecord) -> None:
-        if writer is not None:
-            for tag, value in scalar_tags(record).items():
-                writer.add_scalar(tag, value, record.epoch)
-            writer.flush()
-        if callback is not None:
-            callback(record)
-
-    try:
-        yield log_epoch
-    finally:
-        if writer is not None:
-            writer.close()

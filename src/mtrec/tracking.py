@@ -501,7 +501,7 @@ def tracked_training(
     Examples
     --------
     >>> with tracked_training(tracker, config, "run/a", on_epoch) as callback:  # doctest: +SKIP
-    ...     train_run(config, train, validation, test, "run/a", callback=callback)
+    ...     train_run(config, train, validation, test, "run/a", callbacks=[callback])
     """
     if tracker is None:
         yield callback

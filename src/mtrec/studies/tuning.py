@@ -34,11 +34,11 @@ from mtrec.errors import ConfigError, MtrecError
 from mtrec.eval.evaluation import Evaluator
 from mtrec.io.files import atomic_write_text, directory_lock
 from mtrec.io.fitted import EpochRecord
-from mtrec.model import reference_metrics
 from mtrec.nn.losses import WATCH_LOSSES
 from mtrec.runs import train_run
 from mtrec.tracking import TrackedRun, Tracker, tracked, tracked_training
 from mtrec.train.loop import EarlyStopping
+from mtrec.train.session import reference_metrics
 
 #: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
 Dimension = tuple
@@ -217,7 +217,7 @@ def tune(
         name = f"trial-{trial.number:04d}"
         try:
             with tracked_training(tracker, config, root / name, report, name=name, parent=parent, stopped=(_Pruned,)) as callback:
-                train_run(config, train, validation, None, root / name, callback=callback)
+                train_run(config, train, validation, None, root / name, callbacks=[callback])
         except _Pruned:
             raise optuna.TrialPruned() from None
         return best

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -23,6 +23,7 @@ from mtrec.io.fitted import EpochRecord
 from mtrec.nn.losses import Batch
 from mtrec.nn.weighting import Fixed
 from mtrec.registry import Registry
+from mtrec.train.callbacks import CallbackLike, as_callbacks
 from mtrec.train.distributed import Distributed
 from mtrec.train.sampling import EpochSampler
 from mtrec.train.steps import Step
@@ -184,8 +185,8 @@ class Trainer:
         A prefix (``"valid"``, ``"test"``) per evaluator; its metrics are recorded as ``<prefix>_<metric>``.
     eval_every, eval_threads:
         Evaluate every N epochs (and after the last), with this many threads.
-    callback:
-        Called with each epoch's record.
+    callbacks:
+        Called as training goes (:mod:`mtrec.train.callbacks`): progress, checkpoints, resuming.
     stopping:
         Reads the ``valid`` metrics; may end training early and leaves the best epoch's weights.
     scheduler:
@@ -193,8 +194,6 @@ class Trainer:
     distributed:
         This process's place in a distributed run (it then trains its slice of each global
         batch, and the gradients are summed over processes), or None.
-    on_checkpoint:
-        Called with the trainer after every ``checkpoint_every`` epochs (it saves :meth:`state`).
     """
 
     def __init__(
@@ -206,18 +205,15 @@ class Trainer:
         evaluators: Mapping[str, Evaluator],
         eval_every: int = 1,
         eval_threads: int | None = None,
-        callback: Callable[[EpochRecord], None] | None = None,
         stopping: EarlyStopping | None = None,
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         distributed: Distributed | None = None,
-        on_checkpoint: Callable[[Trainer], None] | None = None,
-        checkpoint_every: int = 0,
+        callbacks: Iterable[CallbackLike] | None = None,
     ) -> None:
         self.step, self.sampler, self.batch_size, self.epochs = step, sampler, batch_size, epochs
         self.evaluators, self.eval_every, self.eval_threads = evaluators, max(1, eval_every), eval_threads
-        self.callback, self.stopping, self.scheduler = callback, stopping, scheduler
-        self.distributed = distributed
-        self.on_checkpoint, self.checkpoint_every = on_checkpoint, checkpoint_every
+        self.stopping, self.scheduler, self.distributed = stopping, scheduler, distributed
+        self.callbacks = as_callbacks(callbacks)
         self.history: list[EpochRecord] = []
         self.stopped = False
         if distributed is not None:
@@ -276,20 +272,23 @@ class Trainer:
         return record
 
     def run(self) -> list[EpochRecord]:
-        """Train the epochs not trained yet (all of them, unless :meth:`restore` was given a checkpoint)."""
+        """Train the epochs not trained yet (all of them, unless a callback restored a checkpoint)."""
         self.step.network.train()
-        first = len(self.history) + 1
-        for epoch in range(first, self.epochs + 1):
-            if self.stopped:
-                break
-            record = self._epoch(epoch)
-            self.history.append(record)
-            if self.callback is not None:
-                self.callback(record)
-            if self.on_checkpoint is not None and self.checkpoint_every and epoch % self.checkpoint_every == 0:
-                self.on_checkpoint(self)
-        if self.stopping is not None:
-            self.stopping.restore(self.step.network)
+        for callback in self.callbacks:
+            callback.on_train_begin(self)
+        try:
+            for epoch in range(len(self.history) + 1, self.epochs + 1):
+                if self.stopped:
+                    break
+                record = self._epoch(epoch)
+                self.history.append(record)
+                for callback in self.callbacks:
+                    callback.on_epoch_end(self, record)
+            if self.stopping is not None:
+                self.stopping.restore(self.step.network)
+        finally:
+            for callback in self.callbacks:
+                callback.on_train_end(self)
         return self.history
 
     # ------------------------------------------------------------------ checkpoints

@@ -1,0 +1,164 @@
+"""A training session: what one call of :meth:`MultitaskModel.fit <mtrec.model.MultitaskModel.fit>` builds and runs.
+
+From the model's settings, the data, a distributed context and callbacks it builds the
+evaluators and early stopping (:func:`evaluation_plan`), the network, the training step, the
+learning-rate schedule, the sampler and the :class:`~mtrec.train.loop.Trainer`, and runs them.
+The estimator keeps what it gives back (:class:`TrainingResult`); infrastructure (checkpoints,
+resuming, TensorBoard, progress) arrives as callbacks (:mod:`mtrec.train.callbacks`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, Sequence
+
+import torch
+
+from mtrec.data.interactions import Interactions
+from mtrec.eval.baselines import PopularityNet
+from mtrec.eval.evaluation import Evaluator
+from mtrec.io.fitted import EpochRecord
+from mtrec.train.callbacks import CallbackLike
+from mtrec.train.distributed import Distributed
+from mtrec.train.loop import JOINT, EarlyStopping, Trainer, make_scheduler, torch_threads
+from mtrec.train.sampling import EpochSampler
+from mtrec.train.steps import Step
+
+
+class Settings(Protocol):
+    """What a session reads of the estimator's settings (:class:`~mtrec.model.MultitaskModel` has them)."""
+
+    seed: int
+    batch_size: int
+    negatives: int
+    exclude_positives: bool
+    lr_schedule: str
+    lr_gamma: float
+    lr_step: int
+    num_threads: int | None
+    regression_weight: float
+
+    def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> Any: ...
+
+    def make_step(self, network: Any) -> Step: ...
+
+
+def reference_metrics(train: Interactions, validation: Evaluator) -> dict[str, float]:
+    """The joint criterion's references: the validation MSE of the training mean rating and the
+    validation MRR of the most popular items (:class:`~mtrec.eval.baselines.PopularityNet`)."""
+    baseline = validation.evaluate(PopularityNet(train))
+    return {"mse": baseline.get("mse", float("nan")), "mrr": baseline["mrr"]}
+
+
+@dataclass
+class EvaluationPlan:
+    """What a session measures: evaluators by prefix (``valid``, ``test``) and early stopping, if any."""
+
+    evaluators: dict[str, Evaluator] = field(default_factory=dict)
+    stopping: EarlyStopping | None = None
+    criterion: str | None = None
+
+
+def evaluation_plan(
+    train: Interactions,
+    validation: Interactions | None,
+    test: Interactions | None,
+    device: torch.device,
+    metrics: Sequence[str],
+    k: Sequence[int],
+    early_stopping: str | None,
+    patience: int,
+    rates: bool,
+    distributed: Distributed | None = None,
+) -> EvaluationPlan:
+    """The evaluators of ``validation`` (its rankings without ``train``'s items, measuring what the
+    criterion reads too) and ``test`` (without ``train``'s and ``validation``'s), and early stopping
+    on ``early_stopping``; ``rates`` says whether the model learns ratings (the joint criterion then reads MSE)."""
+    plan = EvaluationPlan(criterion=early_stopping)
+    if validation is not None:
+        wanted, valid_k = list(metrics), list(k)
+        if early_stopping == JOINT:
+            wanted += ["mse", "mrr"] if rates else ["mrr"]
+        elif early_stopping is not None:
+            metric, _, cutoff = early_stopping.partition("@")
+            wanted.append(metric)
+            valid_k += [int(cutoff)] if cutoff else []
+        plan.evaluators["valid"] = Evaluator(validation, train, device, list(dict.fromkeys(wanted)), list(dict.fromkeys(valid_k)), distributed)
+        if early_stopping is not None:
+            plan.stopping = EarlyStopping(early_stopping, patience, reference_metrics(train, plan.evaluators["valid"]))
+    if test is not None:
+        known = [train] if validation is None else [train, validation]
+        plan.evaluators["test"] = Evaluator(test, known, device, metrics, k, distributed)
+    return plan
+
+
+@dataclass
+class TrainingResult:
+    """What a session gives the estimator: the trained network, its history, and which epoch it keeps and why."""
+
+    network: Any
+    history: list[EpochRecord]
+    step: str
+    selected_epoch: int | None
+    selection: dict[str, Any]
+
+
+class TrainingSession:
+    """One training run of ``settings`` on ``train``: built once, run once.
+
+    Parameters
+    ----------
+    settings:
+        The estimator's settings (:class:`Settings`).
+    train, epochs, device:
+        The training data, up to how many epochs, and where.
+    plan:
+        The evaluators and early stopping (:func:`evaluation_plan`).
+    eval_every:
+        Evaluate every N epochs (and after the last).
+    distributed:
+        This process's place in a distributed run, or None.
+    callbacks:
+        Called as training goes (:mod:`mtrec.train.callbacks`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        train: Interactions,
+        epochs: int,
+        device: torch.device,
+        plan: EvaluationPlan,
+        eval_every: int = 1,
+        distributed: Distributed | None = None,
+        callbacks: Iterable[CallbackLike] | None = None,
+    ) -> None:
+        self.settings, self.train, self.epochs, self.device, self.plan = settings, train, epochs, device, plan
+        self.eval_every, self.distributed, self.callbacks = eval_every, distributed, callbacks
+        self.network = settings.build_network(train.num_users, train.num_items, device)
+
+    def _trainer(self, eval_threads: int) -> Trainer:
+        settings, plan = self.settings, self.plan
+        step = settings.make_step(self.network)
+        scheduler = make_scheduler(step.optimizer, settings.lr_schedule, self.epochs, settings.lr_gamma, settings.lr_step)
+        with_ratings = self.train.has_ratings and settings.regression_weight > 0
+        sampler = EpochSampler(self.train, settings.seed, self.device, with_ratings, settings.negatives, settings.exclude_positives)
+        return Trainer(
+            step, sampler, settings.batch_size, self.epochs, plan.evaluators, self.eval_every, eval_threads,
+            plan.stopping, scheduler, self.distributed, self.callbacks,
+        )  # fmt: skip
+
+    def run(self) -> TrainingResult:
+        """Train; the network keeps the best validation epoch's weights under early stopping, else the last's."""
+        eval_threads = torch.get_num_threads()  # evaluation keeps the caller's threads
+        with torch_threads(self.settings.num_threads):
+            trainer = self._trainer(eval_threads)
+            history = trainer.run()
+        stopping = self.plan.stopping
+        last = history[-1].epoch if history else None
+        selected = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
+        selection = {}
+        if stopping is not None:
+            references = {f"reference_{k}": v for k, v in stopping.reference.items()}
+            selection = {"criterion": self.plan.criterion, "score": stopping.best_score, **references}
+        return TrainingResult(self.network, history, trainer.step.kind, selected, selection)
