@@ -327,7 +327,7 @@ class FusedStep(Step):
     def gradients(self, batch: Batch) -> torch.Tensor:
         """Fill the flat gradient buffers for one batch; returns ``[L_F, L_R, loss]`` (watch, rating, joint)."""
         net, flat, objective = self.network, self.flat, self.objective
-        users, positives, negatives, ratings = batch.users, batch.positives, batch.negatives, batch.ratings
+        users, positives, negatives = batch.users, batch.positives, batch.negatives
         size = len(users)
         count = batch.denominator
         weight_f = objective.weight("watch")
@@ -363,32 +363,45 @@ class FusedStep(Step):
             d_q_pos = d_margin * u  # and -d_q_pos for the negatives
             d_q_neg = d_q_pos
             d_bias_pos = d_bias_neg = d_margin.view(-1)
-        d_q_pos_total = d_q_pos
-        loss_r = torch.zeros((), device=u.device)
-        if ratings is not None:
-            if net.embedding_sharing:
-                u_r, q_r = u, q_pos
-            else:
-                u_r = net.rating_user_embeddings.weight.index_select(0, users)
-                q_r = net.rating_item_embeddings.weight.index_select(0, positives)
-            loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, users, positives, ratings, count, batch.count is None)
-            if net.embedding_sharing:
-                d_u += d_u_r
-                d_q_pos_total = d_q_pos + d_q_r
-            else:
-                flat.grad_of(net.rating_user_embeddings.weight).index_add_(0, users, d_u_r)
-                flat.grad_of(net.rating_item_embeddings.weight).index_add_(0, positives, d_q_r)
-        flat.grad_of(net.user_embeddings.weight).index_add_(0, users, d_u)
-        item_grad = flat.grad_of(net.item_embeddings.weight)
-        item_grad.index_add_(0, positives, d_q_pos_total)
-        # index_add_ with alpha != 1 takes a path several times slower; negating first is exact.
-        item_grad.index_add_(0, negatives_flat, d_q_neg.neg())
-        bias_grad = flat.grad_of(net.item_biases.weight).view(-1)
-        bias_grad.index_add_(0, positives, d_bias_pos)
-        bias_grad.index_add_(0, negatives_flat, d_bias_neg.neg())
+        loss_r, d_q_pos_total = self._add_rating(batch, u, q_pos, d_u, d_q_pos)
+        self._scatter(users, positives, negatives_flat, d_u, d_q_pos_total, d_q_neg, d_bias_pos, d_bias_neg)
         loss = weight_f * loss_f + objective.weight("rating") * loss_r
         self._touched = (users, both)
         return torch.stack([loss_f, loss_r, loss])
+
+    def _add_rating(
+        self, batch: Batch, u: torch.Tensor, q_pos: torch.Tensor, d_u: torch.Tensor, d_q_pos: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_R of the batch (0 without ratings), its gradients added: to ``d_u`` in place and to the
+        returned positives' item gradient under hard sharing, to the rating tables otherwise."""
+        net, flat = self.network, self.flat
+        users, positives, ratings, count = batch.users, batch.positives, batch.ratings, batch.denominator
+        if ratings is None:
+            return torch.zeros((), device=u.device), d_q_pos
+        if net.embedding_sharing:
+            u_r, q_r = u, q_pos
+        else:
+            u_r = net.rating_user_embeddings.weight.index_select(0, users)
+            q_r = net.rating_item_embeddings.weight.index_select(0, positives)
+        loss_r, d_u_r, d_q_r = self._rating_gradients(u_r, q_r, users, positives, ratings, count, batch.count is None)
+        if net.embedding_sharing:
+            d_u += d_u_r
+            return loss_r, d_q_pos + d_q_r
+        flat.grad_of(net.rating_user_embeddings.weight).index_add_(0, users, d_u_r)
+        flat.grad_of(net.rating_item_embeddings.weight).index_add_(0, positives, d_q_r)
+        return loss_r, d_q_pos
+
+    def _scatter(self, users, positives, negatives, d_u, d_q_pos, d_q_neg, d_bias_pos, d_bias_neg) -> None:
+        """Add the rows' gradients into the flat buffer: the users', the positives' and the negatives' (subtracted)."""
+        net, flat = self.network, self.flat
+        flat.grad_of(net.user_embeddings.weight).index_add_(0, users, d_u)
+        item_grad = flat.grad_of(net.item_embeddings.weight)
+        item_grad.index_add_(0, positives, d_q_pos)
+        # index_add_ with alpha != 1 takes a path several times slower; negating first is exact.
+        item_grad.index_add_(0, negatives, d_q_neg.neg())
+        bias_grad = flat.grad_of(net.item_biases.weight).view(-1)
+        bias_grad.index_add_(0, positives, d_bias_pos)
+        bias_grad.index_add_(0, negatives, d_bias_neg.neg())
 
     def _rating_gradients(
         self,
