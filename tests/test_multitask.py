@@ -137,6 +137,22 @@ def test_the_network_declares_every_table_once_with_its_rows_and_group(sharing, 
     assert ({"watch_user_residuals", "rating_user_residuals"} <= users) == (sharing == "residual")
 
 
+@pytest.mark.parametrize("sharing", SHARINGS)
+def test_the_network_declares_its_heads_and_remakes_itself_from_its_structure(sharing):
+    net = MultitaskNet(7, 11, embedding_dim=4, sharing=sharing, rating_bias=True, cross_stitch_init=0.7)
+    heads = {head.name: head for head in net.heads()}
+    assert [(h.name, h.task, h.output) for h in heads.values()] == [("watch", "watch", "watch_score"), ("rating", "rating", "rating")]
+    assert heads["rating"].tables == ("rating_user_biases", "rating_item_biases") and heads["rating"].dense == ("rating_mlp",)
+    declared = {t.name for t in net.tables()}
+    assert all(name in declared for head in heads.values() for name in head.tables)
+    one = net.resized(num_users=1)
+    assert one.structure() == {**net.structure(), "num_users": 1}
+    shapes = {name: p.shape for name, p in net.named_parameters()}
+    for name, param in one.named_parameters():
+        rows = {t.name: t.rows for t in net.tables()}.get(name.removesuffix(".weight"))
+        assert param.shape == (shapes[name] if rows != "users" else (1, *shapes[name][1:])), name
+
+
 class SeparateUsers(Sharing):
     """A sharing mode the library does not have: the heads share Q, each has its own U."""
 

@@ -2,16 +2,22 @@
 registered ones and a name registered twice, and what offers a choice reads it (the command line, the
 tuner, the fused step's claims)."""
 
+import itertools
+
 import pytest
+import torch
 
 from mtrec.cli import main
 from mtrec.errors import ConfigError
 from mtrec.nn.losses import WATCH_LOSSES, PairwiseLoss
+from mtrec.nn.network import SHARINGS, USER_ENCODERS, MultitaskNet
+from mtrec.nn.objective import JointObjective
+from mtrec.nn.tasks import RATING_LOSSES
 from mtrec.nn.weighting import WEIGHTINGS, make_weighting
 from mtrec.registry import Registry
 from mtrec.studies.tuning import SEARCH_SPACE
 from mtrec.train.loop import SCHEDULES, make_scheduler
-from mtrec.train.steps import FusedStep
+from mtrec.train.steps import FusedStep, resolve_step
 
 
 def test_a_registry_keeps_its_members_in_order_and_refuses_unknown_and_repeated_names():
@@ -36,6 +42,24 @@ def test_the_librarys_components_are_registered_in_the_order_they_are_offered():
     claims = FusedStep.claims()
     assert set(claims["watch_loss"]) <= set(WATCH_LOSSES) and set(claims["weighting"]) <= set(WEIGHTINGS)
     assert SEARCH_SPACE["watch_loss"] == ("categorical", ["bpr", "logsigmoid"])  # the losses whose class says searched
+
+
+#: Every registry of a component the fused step may claim, by the name its claims use.
+CLAIMABLE = {"sharing": SHARINGS, "user_encoder": USER_ENCODERS, "watch_loss": WATCH_LOSSES, "rating_loss": RATING_LOSSES, "weighting": WEIGHTINGS}
+
+
+def test_auto_takes_the_fused_step_exactly_where_it_claims_every_component():
+    claims = FusedStep.claims()
+    assert set(claims) == set(CLAIMABLE)
+    for kind, names in claims.items():
+        assert set(names) <= set(CLAIMABLE[kind]), kind
+    for combination in itertools.product(*(registry.names() for registry in CLAIMABLE.values())):
+        chosen = dict(zip(CLAIMABLE, combination))
+        with torch.device("meta"):
+            network = MultitaskNet(3, 4, 8, sharing=chosen["sharing"], user_encoder=chosen["user_encoder"])
+        objective = JointObjective(watch_loss=chosen["watch_loss"], rating_loss=chosen["rating_loss"], weighting=chosen["weighting"])
+        claimed = all(chosen[kind] in claims[kind] for kind in claims)
+        assert resolve_step("auto", network, objective) == ("fused" if claimed else "autograd"), chosen
 
 
 def test_unknown_weightings_and_schedules_are_refused_naming_the_registered_ones():

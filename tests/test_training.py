@@ -19,9 +19,9 @@ from mtrec.train.steps import AutogradStep, FusedStep, make_step
 STEPS = [FusedStep, AutogradStep]
 
 
-def random_net(sharing=True, layer_sizes=(24, 16), seed=0):
+def random_net(sharing=True, layer_sizes=(24, 16), seed=0, user_encoder="id"):
     torch.manual_seed(seed)
-    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=list(layer_sizes), sharing="hard" if sharing else "separate")
+    net = MultitaskNet(12, 15, embedding_dim=8, layer_sizes=list(layer_sizes), sharing="hard" if sharing else "separate", user_encoder=user_encoder)
     with torch.no_grad():
         for param in net.parameters():
             param.normal_()  # non-zero biases so every term of the gradient is exercised
@@ -76,14 +76,15 @@ CLAIMED = FusedStep.claims()
 @pytest.mark.parametrize("watch_loss", CLAIMED["watch_loss"])
 @pytest.mark.parametrize("rating_loss", CLAIMED["rating_loss"])
 @pytest.mark.parametrize("weighting", CLAIMED["weighting"])
+@pytest.mark.parametrize("user_encoder", CLAIMED["user_encoder"])
 @pytest.mark.parametrize("negatives_per_pair", [None, 4])
-def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, rating_loss, weighting, negatives_per_pair):
+def test_both_steps_give_the_same_losses_and_gradients(sharing, layer_sizes, watch_loss, rating_loss, weighting, user_encoder, negatives_per_pair):
     # Every combination the fused step claims, read from its claims: a component it adds is tested here
     objective = JointObjective({"watch": 0.9, "rating": 0.1}, watch_loss=watch_loss, rating_loss=rating_loss, weighting=weighting)
     batch = random_batch(negatives_per_pair=negatives_per_pair)
     results = []
     for step_class in STEPS:
-        net = random_net(sharing == "hard", layer_sizes)
+        net = random_net(sharing == "hard", layer_sizes, user_encoder=user_encoder)
         step = step_class(net, objective, learning_rate=1e-3)
         losses = step.gradients(batch)
         grads = {name: param.grad if step_class is AutogradStep else step.flat.grad_of(param) for name, param in net.named_parameters()}

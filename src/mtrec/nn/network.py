@@ -56,6 +56,22 @@ class Table:
     group: str
 
 
+@dataclass(frozen=True)
+class Head:
+    """One head of a network, as the network declares it (:meth:`MultitaskNet.heads`).
+
+    ``name`` is the head, ``task`` the task whose loss trains it (:mod:`mtrec.nn.tasks`),
+    ``output`` the network's method that computes it for (users, items), ``tables`` the tables only
+    it reads, and ``dense`` its other modules (in the ``mlp`` parameter group).
+    """
+
+    name: str
+    task: str
+    output: str
+    tables: tuple[str, ...] = ()
+    dense: tuple[str, ...] = ()
+
+
 def check_architecture(embedding_dim: int, layer_sizes: Sequence[int]) -> list[int]:
     """Validate the rating MLP's layer sizes against the embedding dimension."""
     if isinstance(embedding_dim, bool) or not isinstance(embedding_dim, int) or embedding_dim <= 0:
@@ -77,6 +93,40 @@ def build_mlp(layer_sizes: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
+class UserEncoder:
+    """How the network turns user indices into the user vectors its heads read (sharing then mixes them).
+
+    An encoder is registered in :data:`USER_ENCODERS`: :meth:`make` declares its tables with
+    ``table(name, rows, group, kind, width)`` (as sharing modes do), :meth:`encode` gives the
+    vectors of a batch of users. ``summary`` is its line of help.
+    """
+
+    summary: ClassVar[str] = ""
+
+    def make(self, net: MultitaskNet, table: Callable[..., None], embedding_dim: int) -> None:
+        raise NotImplementedError
+
+    def encode(self, net: MultitaskNet, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+#: The user encoders by name (:mod:`mtrec.registry`).
+USER_ENCODERS: Registry[type[UserEncoder]] = Registry("user encoder")
+
+
+@USER_ENCODERS.register("id")
+class IdEncoder(UserEncoder):
+    """A learned vector per user id: the seed's U."""
+
+    summary = "a learned vector per user id (the seed's U)"
+
+    def make(self, net, table, embedding_dim):
+        table("user_embeddings", "users", "embeddings", ScaledEmbedding, embedding_dim)
+
+    def encode(self, net, users):
+        return net.user_embeddings(users)
+
+
 class Sharing:
     """How the two heads share the user and item embeddings: the tables (and parameters) a mode adds
     to the network, and the vectors each head reads. A mode is registered in :data:`SHARINGS`;
@@ -89,7 +139,7 @@ class Sharing:
         """Add the mode's tables to ``net`` with ``table(name, rows, group, kind, width)`` (and its other parameters)."""
 
     def watch_users(self, net: MultitaskNet, users: torch.Tensor) -> torch.Tensor:
-        return net.user_embeddings(users)
+        return net.user_vectors(users)
 
     def watch_items(self, net: MultitaskNet, items: torch.Tensor) -> torch.Tensor:
         return net.item_embeddings(items)
@@ -98,7 +148,7 @@ class Sharing:
         return net.item_embeddings.weight
 
     def rating_vectors(self, net: MultitaskNet, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return net.user_embeddings(users), net.item_embeddings(items)
+        return net.user_vectors(users), net.item_embeddings(items)
 
     def dense_parameters(self, net: MultitaskNet) -> list[nn.Parameter]:
         """Parameters the mode adds that are not tables (in the ``mlp`` group)."""
@@ -135,7 +185,7 @@ class ResidualSharing(Sharing):
             table(f"{name}_residuals", rows, "residuals", ZeroEmbedding, embedding_dim)
 
     def watch_users(self, net, users):
-        return net.user_embeddings(users) + net.watch_user_residuals(users)
+        return net.user_vectors(users) + net.watch_user_residuals(users)
 
     def watch_items(self, net, items):
         return net.item_embeddings(items) + net.watch_item_residuals(items)
@@ -144,7 +194,7 @@ class ResidualSharing(Sharing):
         return net.item_embeddings.weight + net.watch_item_residuals.weight
 
     def rating_vectors(self, net, users, items):
-        u = net.user_embeddings(users) + net.rating_user_residuals(users)
+        u = net.user_vectors(users) + net.rating_user_residuals(users)
         q = net.item_embeddings(items) + net.rating_item_residuals(items)
         return u, q
 
@@ -165,7 +215,7 @@ class CrossStitchSharing(SeparateSharing):
         return stitch[row, 0] * watch + stitch[row, 1] * rating
 
     def watch_users(self, net, users):
-        return self._stitched(net.user_stitch, 0, net.user_embeddings(users), net.rating_user_embeddings(users))
+        return self._stitched(net.user_stitch, 0, net.user_vectors(users), net.rating_user_embeddings(users))
 
     def watch_items(self, net, items):
         return self._stitched(net.item_stitch, 0, net.item_embeddings(items), net.rating_item_embeddings(items))
@@ -174,7 +224,7 @@ class CrossStitchSharing(SeparateSharing):
         return self._stitched(net.item_stitch, 0, net.item_embeddings.weight, net.rating_item_embeddings.weight)
 
     def rating_vectors(self, net, users, items):
-        u = self._stitched(net.user_stitch, 1, net.user_embeddings(users), net.rating_user_embeddings(users))
+        u = self._stitched(net.user_stitch, 1, net.user_vectors(users), net.rating_user_embeddings(users))
         q = self._stitched(net.item_stitch, 1, net.item_embeddings(items), net.rating_item_embeddings(items))
         return u, q
 
@@ -204,6 +254,8 @@ class MultitaskNet(nn.Module):
         If true the rating head adds a learned bias per user and per item to the MLP's output.
     cross_stitch_init:
         The diagonal of the cross-stitch maps at the start (1 − it off the diagonal); 1 is the identity.
+    user_encoder:
+        How users become vectors (:data:`USER_ENCODERS`): ``"id"``, a learned vector per user.
     """
 
     def __init__(
@@ -215,11 +267,19 @@ class MultitaskNet(nn.Module):
         sharing: str = "hard",
         rating_bias: bool = False,
         cross_stitch_init: float = 0.9,
+        user_encoder: str = "id",
     ) -> None:
         super().__init__()
+        self._structure = {
+            "num_users": num_users, "num_items": num_items, "embedding_dim": embedding_dim,
+            "layer_sizes": None if layer_sizes is None else list(layer_sizes), "sharing": sharing,
+            "rating_bias": bool(rating_bias), "cross_stitch_init": cross_stitch_init, "user_encoder": user_encoder,
+        }  # fmt: skip
         sizes = check_architecture(embedding_dim, [3 * embedding_dim, 64] if layer_sizes is None else layer_sizes)
         self.sharing = sharing
         self._sharing = SHARINGS[sharing]()
+        self.user_encoder = user_encoder
+        self._encoder = USER_ENCODERS[user_encoder]()
         self._tables: list[Table] = []
         count = {"users": num_users, "items": num_items}
 
@@ -229,7 +289,7 @@ class MultitaskNet(nn.Module):
             setattr(self, name, kind(count[rows], width))
             self._tables.append(Table(name, rows, group))
 
-        table("user_embeddings", "users", "embeddings", ScaledEmbedding, embedding_dim)
+        self._encoder.make(self, table, embedding_dim)
         table("item_embeddings", "items", "embeddings", ScaledEmbedding, embedding_dim)
         table("user_biases", "users", "biases", ZeroEmbedding, 1)
         table("item_biases", "items", "biases", ZeroEmbedding, 1)
@@ -254,6 +314,10 @@ class MultitaskNet(nn.Module):
     def rating_items(self) -> nn.Embedding:
         """The item embeddings the rating head reads (hard and separate sharing)."""
         return self.item_embeddings if self.sharing == "hard" else self.rating_item_embeddings
+
+    def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
+        """The user encoder's vectors of ``users`` (:data:`USER_ENCODERS`), before sharing mixes them."""
+        return self._encoder.encode(self, users)
 
     def watch_users(self, users: torch.Tensor) -> torch.Tensor:
         """The likelihood head's user vectors."""
@@ -302,15 +366,31 @@ class MultitaskNet(nn.Module):
         """Every embedding table, in the order it was made: what indexes its rows and its group."""
         return list(self._tables)
 
+    def heads(self) -> list[Head]:
+        """The two heads: ``watch`` (p = u·q + a + b) and ``rating`` (the MLP, and its biases if any)."""
+        biases = ("rating_user_biases", "rating_item_biases") if self.rating_bias else ()
+        return [Head("watch", "watch", "watch_score"), Head("rating", "rating", "rating", tables=biases, dense=("rating_mlp",))]
+
+    def structure(self) -> dict:
+        """The arguments this network was made with: ``MultitaskNet(**net.structure())`` makes one of the same shape."""
+        return dict(self._structure)
+
+    def resized(self, num_users: int | None = None, num_items: int | None = None) -> MultitaskNet:
+        """A fresh network of the same structure for other numbers of users or items (fold-in's one user)."""
+        sizes = {"num_users": num_users, "num_items": num_items}
+        return MultitaskNet(**{**self._structure, **{k: v for k, v in sizes.items() if v is not None}})
+
     def table_weights(self, rows: str) -> list[nn.Parameter]:
         """The weights of the tables whose rows are ``rows`` (``"users"`` or ``"items"``)."""
         return [getattr(self, table.name).weight for table in self._tables if table.rows == rows]
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by group, for per-group weight decay: the tables by their declared group;
-        the MLP (and the stitches) in ``mlp``."""
+        the heads' dense modules (the MLP) and the sharing's own parameters (the stitches) in ``mlp``."""
         groups: dict[str, list[nn.Parameter]] = {group: [] for group in PARAMETER_GROUPS}
         for table in self._tables:
             groups[table.group].append(getattr(self, table.name).weight)
-        groups["mlp"] += list(self.rating_mlp.parameters()) + self._sharing.dense_parameters(self)
+        for head in self.heads():
+            groups["mlp"] += [param for name in head.dense for param in getattr(self, name).parameters()]
+        groups["mlp"] += self._sharing.dense_parameters(self)
         return groups

@@ -111,10 +111,7 @@ def fold_in(
     device = next(network.parameters()).device
     observed = _observed(items, ratings, rating_scale, objective.weight("rating") > 0, device)
     num_items = network.item_biases.num_embeddings
-    one = MultitaskNet(
-        1, num_items, network.user_embeddings.embedding_dim, [layer.in_features for layer in network.rating_mlp if hasattr(layer, "in_features")],
-        network.sharing, network.rating_bias,
-    ).to(device)  # fmt: skip
+    one = network.resized(num_users=1).to(device)
     own = set(user_parameter_names(network))
     trained = dict(network.named_parameters())
     with torch.no_grad():

@@ -269,7 +269,8 @@ class FusedStep(Step):
             return f"its hand-written gradients cover the library's tasks watch and rating, not {', '.join(objective.task_names)}"
         claimed = cls.claims()
         watch, rating = (task.component() for task in objective.tasks.values())
-        for kind, value in (("sharing", network.sharing), ("watch_loss", watch), ("rating_loss", rating), ("weighting", objective.weighting_name)):
+        chosen = {"sharing": network.sharing, "user_encoder": network.user_encoder, "watch_loss": watch, "rating_loss": rating}
+        for kind, value in {**chosen, "weighting": objective.weighting_name}.items():
             if value not in claimed[kind]:
                 return f"its hand-written gradients cover the {kind.replace('_', ' ')} {', '.join(claimed[kind])}, not {value}"
         return None
@@ -278,7 +279,13 @@ class FusedStep(Step):
     def claims() -> dict[str, tuple[str, ...]]:
         """The components whose every combination the hand-written gradients cover, by kind: what
         ``step="auto"`` takes the fused step for, and what the parity tests run over."""
-        return {"sharing": ("hard", "separate"), "watch_loss": tuple(FUSED_WATCH_LOSSES), "rating_loss": ("mse",), "weighting": ("fixed",)}
+        return {
+            "sharing": ("hard", "separate"),
+            "user_encoder": ("id",),
+            "watch_loss": tuple(FUSED_WATCH_LOSSES),
+            "rating_loss": ("mse",),
+            "weighting": ("fixed",),
+        }
 
     @classmethod
     def supports(cls, network: nn.Module, objective: object) -> bool:
