@@ -14,10 +14,12 @@ from mtrec.errors import ConfigError
 from mtrec.io.fitted import EpochRecord
 from mtrec.io.schemas import EpochSchema, validate
 from mtrec.model import MultitaskModel
-from mtrec.nn.network import MultitaskNet
+from mtrec.nn.layers import ScaledEmbedding
+from mtrec.nn.network import USER_ENCODERS, MultitaskNet, UserEncoder
 from mtrec.nn.objective import JointObjective
 from mtrec.nn.tasks import Task
 from mtrec.nn.weighting import WEIGHTINGS, min_norm_weights, pcgrad
+from mtrec.serving.foldin import fold_in
 from mtrec.train.callbacks import scalar_tags
 from mtrec.train.loop import Trainer
 from mtrec.train.sampling import EpochSampler
@@ -162,3 +164,53 @@ def test_mgda_of_three_tasks_finds_the_minimum_norm_point_of_their_hull():
         if a + b <= 1
     )
     assert found <= brute + 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# Rating losses and user encoders are registered components too
+
+
+def test_a_registered_rating_loss_is_what_the_rating_task_averages():
+    train, _ = liked_data()
+    torch.manual_seed(0)
+    network = MultitaskNet(train.num_users, train.num_items, 8)
+    users, items = torch.as_tensor(train.users[:50]), torch.as_tensor(train.items[:50])
+    ratings = torch.as_tensor(train.ratings[:50])
+    from mtrec.nn.batch import Batch
+
+    batch = Batch(users, items, items.flip(0), ratings)
+    huber = JointObjective({"rating": 1.0}, rating_loss="huber")(network, batch)[0]["rating"]
+    expected = F.huber_loss(network.rating(users, items), ratings, delta=1.0)
+    assert huber.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert make_step("auto", network, JointObjective(rating_loss="huber"), 1e-3).kind == "autograd"  # the fused step claims mse
+    with pytest.raises(ConfigError, match="unknown rating loss 'mae'; use one of mse, huber"):
+        JointObjective(rating_loss="mae")
+
+
+class Hashed(UserEncoder):
+    """A vector per bucket of hashed user ids (the example of docs/extending.md)."""
+
+    summary = "a vector per bucket of hashed user ids"
+
+    def make(self, net, table, embedding_dim):
+        table("user_embeddings", "users", "embeddings", ScaledEmbedding, embedding_dim)
+
+    def encode(self, net, users):
+        return net.user_embeddings(users % 8)
+
+
+def test_a_user_encoder_defined_in_a_test_trains_and_folds_in(monkeypatch):
+    monkeypatch.setitem(USER_ENCODERS._members, "hashed", Hashed)
+    train, _ = liked_data()
+    torch.manual_seed(0)
+    network = MultitaskNet(train.num_users, train.num_items, 8, user_encoder="hashed")
+    objective = JointObjective()
+    step = make_step("auto", network, objective, learning_rate=0.05)
+    assert step.kind == "autograd"  # the fused step claims the id encoder only
+    sampler = EpochSampler(train, seed=0, device=torch.device("cpu"), with_ratings=True)
+    history = Trainer(step, sampler, batch_size=128, epochs=3, evaluators={}).run()
+    assert history[-1].train_loss < history[0].train_loss
+    with torch.no_grad():  # users of a bucket share a vector: the encoder, not the id, decides
+        assert torch.equal(network.user_vectors(torch.tensor([1])), network.user_vectors(torch.tensor([9])))
+    one = fold_in(network, objective, items=[0, 1, 2], ratings=[5.0, 4.0, 1.0])
+    assert one.user_encoder == "hashed" and one.user_embeddings.num_embeddings == 1
