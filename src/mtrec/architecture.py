@@ -14,7 +14,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("evaluation", ("mtrec.eval.*",)),
     ("training", ("mtrec.train.*",)),
     ("retrieval and fold-in", ("mtrec.serving.retrieval", "mtrec.serving.foldin")),
-    ("the estimator and its runs", ("mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.tracking")),
+    ("the estimator and its runs", ("mtrec.prediction", "mtrec.model_files", "mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.tracking")),
     ("what uses a model", ("mtrec.serving.*", "mtrec.studies.*")),
     ("the command line", ("mtrec.cli.*", "mtrec.__main__")),
 )

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from mtrec.data.formats import Column
-from mtrec.data.frames import to_frame
 from mtrec.data.interactions import Interactions, as_interactions, check_same_ids
-from mtrec.errors import ConfigError, DataError, ModelFileError
-from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator, metric_names
-from mtrec.io.checkpoint import ModelRecord, load_record, model_path, save_record
-from mtrec.io.fitted import EpochRecord, FittedData, history_table
+from mtrec.errors import ConfigError, DataError
+from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
+from mtrec.io.fitted import EpochRecord, FittedData
+from mtrec.model_files import ModelFiles
 from mtrec.nn.losses import WATCH_LOSSES
 from mtrec.nn.network import SHARINGS, MultitaskNet, check_architecture
 from mtrec.nn.objective import JointObjective, check_weights
 from mtrec.nn.weighting import WEIGHTINGS
+from mtrec.prediction import Predictions
 from mtrec.train.callbacks import CallbackLike
+from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import Distributed
 from mtrec.train.loop import SCHEDULES, check_early_stopping
 from mtrec.train.memory import check_memory, memory_needed
@@ -33,22 +33,6 @@ MAX_SEED = 2**64 - 1
 MAX_NEGATIVES = 1000
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` picks CUDA when available; ``"cuda"`` without a GPU is a clear error."""
-    name = str(device)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
-    if resolved.type not in ("cpu", "cuda"):
-        raise ConfigError(f"unsupported device {name!r}; use cpu, cuda or auto")
-    return resolved
-
-
 def _is_whole(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
@@ -57,7 +41,7 @@ def _is_number(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
 
 
-class MultitaskModel:
+class MultitaskModel(Predictions, ModelFiles):
     """Learns whether a user watches an item (p) and the rating they would give it (r_hat).
 
     The constructor only stores hyper-parameters (scikit-learn style: :meth:`get_params`,
@@ -249,15 +233,6 @@ class MultitaskModel:
         if self.step not in STEPS:
             raise ConfigError(f"unknown training step {self.step!r}; use one of {', '.join(STEPS)}")
 
-    @property
-    def device_(self) -> torch.device:
-        return next(self._fitted_network().parameters()).device
-
-    def _fitted_network(self) -> MultitaskNet:
-        if self.network_ is None:
-            raise ConfigError("the model is not fitted yet: call fit() or load()")
-        return self.network_
-
     def objective(self) -> JointObjective:
         """The training objective these hyper-parameters define."""
         return JointObjective(
@@ -405,94 +380,6 @@ class MultitaskModel:
         self.history_, self.step_ = result.history, result.step
         self.selected_epoch_, self.selection_ = result.selected_epoch, result.selection
         return self
-
-    @torch.no_grad()
-    def predict(self, users: Sequence[int] | np.ndarray, items: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Watch scores p and predicted ratings r_hat for (user index, item index) pairs."""
-        network = self._fitted_network()
-        data = self.data_
-        users_t = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.device_)
-        items_t = torch.as_tensor(np.asarray(items, dtype=np.int64), device=self.device_)
-        if users_t.shape != items_t.shape or users_t.dim() != 1:
-            raise ConfigError("users and items must be 1-D sequences of the same length")
-        if len(users_t) and (int(users_t.min()) < 0 or int(users_t.max()) >= data.num_users):
-            raise ConfigError(f"user index out of range 0..{data.num_users - 1}")
-        if len(items_t) and (int(items_t.min()) < 0 or int(items_t.max()) >= data.num_items):
-            raise ConfigError(f"item index out of range 0..{data.num_items - 1}")
-        was_training = network.training
-        network.eval()
-        p, r_hat = network.watch_score(users_t, items_t), network.rating(users_t, items_t)
-        network.train(was_training)
-        return p.cpu().numpy(), r_hat.cpu().numpy()
-
-    def evaluate(
-        self,
-        test: Interactions,
-        train: Interactions | Sequence[Interactions] | None = None,
-        metrics: Sequence[str] = DEFAULT_METRICS,
-        k: Sequence[int] = DEFAULT_K,
-    ) -> dict[str, float]:
-        """The metrics of the fitted model on ``test``, with ``train``'s items removed from the rankings."""
-        return Evaluator(test, train, self.device_, metrics, k).evaluate(self._fitted_network())
-
-    def history_frame(self, backend: str = "pandas") -> Any:
-        """The per-epoch losses and metrics, one row per epoch (see :func:`~mtrec.io.fitted.history_table`).
-
-        Parameters
-        ----------
-        backend:
-            ``"pandas"`` (a DataFrame), ``"polars"`` or ``"arrow"`` (a pyarrow Table).
-
-        Raises
-        ------
-        ConfigError
-            When the model is not fitted, or for a backend whose library is not installed.
-
-        Examples
-        --------
-        >>> history = model.history_frame()
-        >>> history.plot(x="epoch", y=["valid_mse", "test_mse"])
-        """
-        self._fitted_network()
-        return to_frame(history_table(self.history_), backend)
-
-    def to_record(self) -> ModelRecord:
-        """What a model file holds of this fitted model."""
-        network = self._fitted_network()
-        info = {"selected_epoch": self.selected_epoch_}
-        return ModelRecord(self.get_params(), network.state_dict(), self.data_, self.history_, info)
-
-    @classmethod
-    def from_record(cls, record: ModelRecord, device: str = "cpu") -> MultitaskModel:
-        """The fitted model a :class:`~mtrec.io.checkpoint.ModelRecord` describes, on ``device``."""
-        target = resolve_device(device)
-        params = {**record.params, "device": device}
-        if "embedding_sharing" in params:  # a model file of mtrec 0.1
-            params.setdefault("sharing", "hard" if params.pop("embedding_sharing") else "separate")
-        known = set(cls._param_names())
-        model = cls(**{k: v for k, v in params.items() if k in known})
-        model.data_ = record.data
-        network = model.build_network(record.data.num_users, record.data.num_items)
-        network.load_state_dict(record.state)
-        model.network_ = network.to(target)
-        model.history_ = list(record.history)
-        last = model.history_[-1].epoch if model.history_ else None
-        model.selected_epoch_ = record.info.get("selected_epoch", last)
-        return model
-
-    def save(self, path: str | Path) -> Path:
-        """Write the model atomically to ``path`` (a file, or a directory to hold model.safetensors)."""
-        return save_record(self.to_record(), path)
-
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> MultitaskModel:
-        """Read a model written by :meth:`save`; never executes code from the file."""
-        resolve_device(device)  # a device this machine lacks is the caller's error, not the file's
-        record = load_record(path)
-        try:
-            return cls.from_record(record, device)
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise ModelFileError(f"{model_path(path)} has inconsistent contents: {error}") from None
 
 
 def scaled_learning_rate(batch_size: int, base_rate: float = 1e-3, base_batch: int = 256, max_batch: int = 16384) -> float:

@@ -13,9 +13,9 @@ import torch
 from mtrec.cli._args import add_option, non_negative_int, positive_float
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.config import RunConfig
-from mtrec.model import resolve_device
 from mtrec.runs import train_run
 from mtrec.tracking import connect, tracked_training
+from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, restarted
 
 DESCRIPTION = """\
