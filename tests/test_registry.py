@@ -4,6 +4,7 @@ tuner, the fused step's claims)."""
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,13 +54,16 @@ def test_auto_takes_the_fused_step_exactly_where_it_claims_every_component():
     assert set(claims) == set(CLAIMABLE)
     for kind, names in claims.items():
         assert set(names) <= set(CLAIMABLE[kind]), kind
+    networks = {}
     for combination in itertools.product(*(registry.names() for registry in CLAIMABLE.values())):
         chosen = dict(zip(CLAIMABLE, combination))
-        with torch.device("meta"):
-            network = MultitaskNet(3, 4, 8, sharing=chosen["sharing"], user_encoder=chosen["user_encoder"])
+        shape = (chosen["sharing"], chosen["user_encoder"])
+        if shape not in networks:
+            with torch.device("meta"):
+                networks[shape] = MultitaskNet(3, 4, 8, sharing=shape[0], user_encoder=shape[1])
         objective = JointObjective(watch_loss=chosen["watch_loss"], rating_loss=chosen["rating_loss"], weighting=chosen["weighting"])
         claimed = all(chosen[kind] in claims[kind] for kind in claims)
-        assert resolve_step("auto", network, objective) == ("fused" if claimed else "autograd"), chosen
+        assert resolve_step("auto", networks[shape], objective) == ("fused" if claimed else "autograd"), chosen
 
 
 def test_unknown_weightings_and_schedules_are_refused_naming_the_registered_ones():
@@ -83,3 +87,24 @@ def test_a_registered_watch_loss_is_offered_and_described_by_the_command_line(mo
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--watch-loss {bpr,logsigmoid,sampled-softmax,softmax,squared}" in help_text
     assert "squared: mean((1 - (p+ - p-))^2)" in help_text
+
+
+@pytest.mark.parametrize("sharing", SHARINGS.names())
+@pytest.mark.parametrize("weighting", WEIGHTINGS.names())
+def test_every_configuration_the_command_line_offers_trains_on_every_step_that_claims_it(sharing, weighting):
+    from conftest import random_interactions
+
+    from mtrec.model import MultitaskModel
+
+    data = random_interactions(num_users=20, num_items=30, n=300, seed=5)
+    for watch_loss, schedule in itertools.product(WATCH_LOSSES.names(), SCHEDULES.names()):
+        settings = dict(sharing=sharing, weighting=weighting, watch_loss=watch_loss, lr_schedule=schedule)
+        steps = ["autograd"]
+        model = MultitaskModel(embedding_dim=4, batch_size=100, learning_rate=0.01, seed=1, **settings)
+        if model.resolved_step() == "fused":
+            steps.append("fused")
+        for step in steps:
+            fitted = MultitaskModel(embedding_dim=4, batch_size=100, learning_rate=0.01, seed=1, step=step, **settings).fit(data, 2)
+            record = fitted.history_[-1]
+            assert fitted.step_ == step and np.isfinite(record.train_loss), (settings, step)
+            assert all(np.isfinite(value) for value in record.train_losses.values()), (settings, step)
