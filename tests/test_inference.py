@@ -75,14 +75,14 @@ def test_the_batch_watch_scores_are_exact_with_ties(run_dir, k):
 @pytest.mark.parametrize("filters", [{}, {"genres": ["Comedy"], "exclude": ["Toy Story (1995)"]}])
 def test_one_users_watch_scores_by_comparison_and_by_the_batch_count_agree_with_ties(run_dir, filters, monkeypatch):
     """A small k x items comparison, or (for large catalogues) the batch path's count: the same list."""
-    import mtrec.serving.recommender as recommend
+    import mtrec.serving.ranker as ranker
 
     tied = Recommender.load(run_dir)
     original = tied.network.all_watch_scores
     tied.network.all_watch_scores = lambda users: (original(users) * 2).round() / 2
     history = [(50, 5.0), (181, None), ("Fargo (1996)", 4.0)]
     compared = [tied.recommend(user, 40, **filters) for user in ("13", "196")] + [tied.recommend_history(history, 40, **filters)]
-    monkeypatch.setattr(recommend, "COMPARE_ELEMENTS", 0)
+    monkeypatch.setattr(ranker, "COMPARE_ELEMENTS", 0)
     counted = [tied.recommend(user, 40, **filters) for user in ("13", "196")] + [tied.recommend_history(history, 40, **filters)]
     for a, b in zip(compared, counted, strict=True):  # which of tied items is listed may differ; their scores not
         assert len(a.items) == len(b.items) == 40

@@ -274,7 +274,7 @@ def test_auto_is_exact_below_the_threshold_and_hnsw_from_it(run_dir, monkeypatch
 
 def test_hnsw_finds_the_exact_top_10_of_every_user(exact, graph):
     recall = []
-    for user in exact._user_ids:
+    for user in exact.catalogue.user_ids:
         want, got = exact.recommend(user, k=10), graph.recommend(user, k=10)
         recall.append(len(set(items_of(want)) & set(items_of(got))) / 10)
         common = {row.item: row for row in want.items}

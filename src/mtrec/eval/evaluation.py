@@ -5,7 +5,8 @@ Rating metrics compare the rating head's r̂ with the held-out ratings: ``mse``,
 Ranking metrics rank, for each user with held-out items, *every* item by the watch score p,
 with the user's known items (those passed as ``train``) removed from the ranking. Tied scores
 take their average rank: an item is at rank ``1 + #outscoring + #tied / 2`` (counting the
-other items), so a rank can end in .5. From these ranks, per user and then averaged over users:
+other items), so a rank can end in .5; :func:`mtrec.eval.ranking.tied_ranks` counts them, as
+the rest of mtrec counts its ranks. From these ranks, per user and then averaged over users:
 
 * ``mrr``: the mean over the user's held-out items of 1 / rank (the assignment's MRR);
 * ``hr@k``: 1 if any held-out item has rank ≤ k;
@@ -34,6 +35,7 @@ import torch
 
 from mtrec.data.interactions import Interactions, check_same_ids, same_id_maps
 from mtrec.errors import ConfigError, DataError
+from mtrec.eval.ranking import count_at_or_above_within, masked, tied_ranks
 from mtrec.io.fitted import FittedModel
 from mtrec.registry import Registry
 
@@ -90,8 +92,8 @@ class RankedPairs:
     def at_or_above(self) -> torch.Tensor:
         """For each pair, how many of its user's held-out items rank at or above it."""
         evaluator = self._evaluator
-        key = evaluator._sorted_test_users.astype(np.float64) * (evaluator.num_items + 2) + self.ranks.cpu().numpy()
-        counted = np.searchsorted(np.sort(key), key, side="right") - evaluator.test_indptr[evaluator._sorted_test_users]
+        groups, ranks = evaluator._sorted_test_users, self.ranks.cpu().numpy()
+        counted = count_at_or_above_within(groups, ranks, evaluator.test_indptr, evaluator.num_items + 2)
         return torch.as_tensor(counted, dtype=torch.float64, device=self.ranks.device)
 
 
@@ -298,25 +300,19 @@ class Evaluator:
         num_items = self.num_items
         block = max(1, SCORE_BLOCK_BYTES // (4 * num_items))
         chunk = max(1, COMPARE_CHUNK_BYTES // (4 * num_items))
-        ranks = torch.ones(len(self.test_users), dtype=torch.float32, device=self.device)
-        if self._mine is not None:
-            ranks.mul_(-(num_items + 1))  # (r + n + 1) / 2 is then 0 for the pairs of other processes' users
+        # 0 for the pairs of other processes' users (in a distributed run): this process ranks only its own.
+        ranks = torch.zeros(len(self.test_users), dtype=torch.float32, device=self.device)
         for lo, hi in _blocks(self._ranked_users, block):
             t0, t1 = int(self.test_indptr[lo]), int(self.test_indptr[hi])
             scores = net.all_watch_scores(torch.arange(lo, hi, device=self.device))
             rows = self.test_users[t0:t1] - lo
             test_scores = scores[rows, self.test_items[t0:t1]]
             r0, r1 = int(self.train_indptr[lo]), int(self.train_indptr[hi])
-            scores[self.train_users[r0:r1] - lo, self.train_items[r0:r1]] = float("-inf")
+            masked(scores, (self.train_users[r0:r1] - lo, self.train_items[r0:r1]), inplace=True)
             # A held-out item is always ranked, even if the data also has it in training.
             scores[rows, self.test_items[t0:t1]] = test_scores
-            for a in range(0, t1 - t0, chunk):
-                # sum(sign(s_j - s)) = #greater - #less; with #greater + #less + #equal = num_items
-                # the average rank #greater + (#equal + 1) / 2 follows in one pass.
-                diff = scores.index_select(0, rows[a : a + chunk])  # much faster than scores[rows]
-                diff -= test_scores[a : a + chunk, None]
-                ranks[t0 + a : t0 + a + len(diff)] = diff.sign_().sum(1)
-        return (ranks + (num_items + 1)) / 2
+            ranks[t0:t1] = tied_ranks(scores, rows, test_scores, chunk)
+        return ranks
 
     def _per_user_sums(self, values: torch.Tensor) -> torch.Tensor:
         """Per user, the sum of their pairs' ``values`` (over every process's users in a distributed run)."""

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from mtrec.data.interactions import build_lookup, lookup_id
 from mtrec.errors import ConfigError, UnknownUserError
-from mtrec.serving.recommender import RankedItem, Recommender, ScoredItem
+from mtrec.serving.recommender import Recommender
+from mtrec.serving.results import RankedItem, ScoredItem
 
 #: The explorer's page and its script and style, shipped inside the package.
 WEB_DIR = Path(__file__).parent / "web"
@@ -76,17 +76,9 @@ class Explorer:
 
     def __init__(self, recommender: Recommender) -> None:
         self.recommender = recommender
-        data = recommender.model.data_
-        self._data = data
-        metadata = data.item_metadata
-        self._titles = metadata.titles if metadata else [None] * data.num_items
-        self._years = metadata.years if metadata else [None] * data.num_items
-        self._genres = metadata.genres if metadata else [[] for _ in range(data.num_items)]
-        self._user_ids = data.user_ids.tolist()
-        self._item_ids = data.item_ids.tolist()
-        self._item_lookup = build_lookup(data.item_ids)
-        self._popularity = np.bincount(data.seen_indices, minlength=data.num_items)
-        self._lowered = pa.array([(title or "").lower() for title in self._titles], type=pa.string())
+        self._data = recommender.model.data_
+        self._catalogue = recommender.catalogue
+        self._lowered = pa.array([(title or "").lower() for title in self._catalogue.titles], type=pa.string())
 
     def history(self, user: Any, k: int, genres: Iterable[str] = ()) -> History:
         """The ``k`` best of the items ``user`` rated in training (of one of ``genres``, if given).
@@ -96,7 +88,7 @@ class Explorer:
         score, predicted rating, popularity) and the user's rating. An unknown user is an
         :class:`UnknownUserError`, an unknown genre a :class:`ConfigError`.
         """
-        recommender = self.recommender
+        recommender, catalogue = self.recommender, self._catalogue
         index = recommender.user_index(user)
         if index is None:
             raise UnknownUserError(f"unknown user {user!r}: the model was not trained on their ratings")
@@ -114,7 +106,7 @@ class Explorer:
         with torch.inference_mode():
             theirs_then_models = (-head(users, items).cpu().numpy(), -np.nan_to_num(given, nan=-np.inf))
         best = np.lexsort(theirs_then_models)[:k]
-        predictions = recommender.predict([(self._user_ids[index], self._item_ids[i]) for i in rated[best].tolist()])
+        predictions = recommender.predict([(catalogue.user_ids[index], catalogue.item_ids[i]) for i in rated[best].tolist()])
         rows = [
             RatedItem(
                 **_fields(self._ranked(rank, int(rated[b]))),
@@ -126,7 +118,7 @@ class Explorer:
             )
             for rank, (b, prediction) in enumerate(zip(best.tolist(), predictions), start=1)
         ]
-        return History(self._user_ids[index], stop - start, ratings is not None, rows)
+        return History(catalogue.user_ids[index], stop - start, ratings is not None, rows)
 
     def search(self, query: str, k: int) -> ItemMatches:
         """Up to ``k`` items whose title holds ``query`` (case-insensitive), titles that begin with it
@@ -136,11 +128,8 @@ class Explorer:
         if text:
             found = np.flatnonzero(pc.match_substring(self._lowered, text.lower()).to_numpy(zero_copy_only=False))
             prefix = pc.starts_with(self._lowered.take(found), text.lower()).to_numpy(zero_copy_only=False)
-            found = found[np.lexsort((-self._popularity[found], ~prefix))]
-        try:
-            exact = [lookup_id(self._item_lookup, text)]
-        except KeyError:
-            exact = []
+            found = found[np.lexsort((-self._catalogue.popularity[found], ~prefix))]
+        exact = [index for index in [self._catalogue.item_by_id(text)] if index is not None]
         ordered = [*exact, *(i for i in found[:k].tolist() if i not in exact)][:k]
         return ItemMatches(query=query, items=[self._ranked(rank, i) for rank, i in enumerate(ordered, start=1)])
 
@@ -160,8 +149,8 @@ class Explorer:
         predicted = predicted.float().clamp(low, high)
         counts = torch.histc(predicted, bins=bins, min=low, max=high)
         return RatingDistribution(
-            item=self._item_ids[index],
-            title=self._titles[index],
+            item=self._catalogue.item_ids[index],
+            title=self._catalogue.titles[index],
             users=len(users),
             mean=float(predicted.mean()),
             edges=np.linspace(low, high, bins + 1).tolist(),
@@ -169,14 +158,7 @@ class Explorer:
         )
 
     def _ranked(self, rank: int, index: int) -> RankedItem:
-        return RankedItem(
-            rank=rank,
-            item=self._item_ids[index],
-            title=self._titles[index],
-            year=self._years[index],
-            genres=self._genres[index],
-            num_ratings=int(self._popularity[index]),
-        )
+        return RankedItem(rank=rank, **self._catalogue.describe(index))
 
 
 def _fields(row: RankedItem) -> dict[str, Any]:

@@ -372,11 +372,11 @@ def export_run(path: str | Path, to: str | Path, format: str = "onnx", force: bo
     ConfigError
         See :func:`export_model`.
     """
-    from mtrec.serving.recommender import Recommender
+    from mtrec.serving.loading import load_model
 
     _writer(format)
     check_target(to, force)
-    model = Recommender.load(path).model
+    model = load_model(path).model
     return export_model(model, to, format, force, source=path)
 
 

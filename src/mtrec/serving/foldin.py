@@ -110,25 +110,12 @@ def fold_in(
         raise ConfigError("a history needs at least one item to fold in")
     device = next(network.parameters()).device
     observed = _observed(items, ratings, rating_scale, objective.weight("rating") > 0, device)
-    num_items = network.item_biases.num_embeddings
-    one = network.resized(num_users=1).to(device)
-    own = set(user_parameter_names(network))
-    trained = dict(network.named_parameters())
-    with torch.no_grad():
-        for name, param in one.named_parameters():
-            source = trained[name].detach()
-            param.copy_(source.mean(0, keepdim=True) if name in own else source)
-            param.requires_grad_(name in own)
-    users_params = [param for name, param in one.named_parameters() if name in own]
-    optimizer = torch.optim.Adam(users_params, lr=learning_rate, weight_decay=weight_decay)
+    one, own = _one_user(network, device)
+    optimizer = torch.optim.Adam(own, lr=learning_rate, weight_decay=weight_decay)
     positives = torch.as_tensor(list(items), dtype=torch.long, device=device)
     users = torch.zeros_like(positives)
     generator = torch.Generator().manual_seed(seed)
-    history = torch.zeros(num_items, dtype=torch.bool)
-    history[positives.cpu()] = True
-    candidates = torch.nonzero(~history).view(-1)
-    if not len(candidates):
-        candidates = torch.arange(num_items)
+    candidates = _negative_candidates(positives, network.item_biases.num_embeddings)
     shape = (len(positives),) if negatives == 1 else (len(positives), negatives)
     with torch.enable_grad():
         for _ in range(steps):
@@ -138,6 +125,29 @@ def fold_in(
             loss.backward()
             optimizer.step()
     return one.eval()
+
+
+def _one_user(network: MultitaskNet, device) -> tuple[MultitaskNet, list[torch.nn.Parameter]]:
+    """A one-user copy of ``network`` whose user starts at the trained users' mean, and that user's
+    parameters (the only ones that require a gradient)."""
+    one = network.resized(num_users=1).to(device)
+    own = set(user_parameter_names(network))
+    trained = dict(network.named_parameters())
+    with torch.no_grad():
+        for name, param in one.named_parameters():
+            source = trained[name].detach()
+            param.copy_(source.mean(0, keepdim=True) if name in own else source)
+            param.requires_grad_(name in own)
+    return one, [param for name, param in one.named_parameters() if name in own]
+
+
+def _negative_candidates(positives: torch.Tensor, num_items: int) -> torch.Tensor:
+    """The items negatives are drawn from (on the CPU): those outside the history, or every item when
+    the history holds them all."""
+    history = torch.zeros(num_items, dtype=torch.bool)
+    history[positives.cpu()] = True
+    candidates = torch.nonzero(~history).view(-1)
+    return candidates if len(candidates) else torch.arange(num_items)
 
 
 def _observed(

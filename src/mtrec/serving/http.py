@@ -51,7 +51,8 @@ from mtrec.errors import AmbiguousItemError, ConfigError, UnknownItemError, Unkn
 from mtrec.io.fitted import summarize
 from mtrec.serving.explorer import MAX_BINS, WEB_DIR, Explorer, History, ItemMatches, RatingDistribution
 from mtrec.serving.foldin import RatingError
-from mtrec.serving.recommender import MAX_HISTORY, Prediction, Recommendations, Recommender, SimilarItems
+from mtrec.serving.recommender import MAX_HISTORY, Recommender
+from mtrec.serving.results import Prediction, Recommendations, SimilarItems
 from mtrec.serving.retrieval import IndexConfig
 
 #: Largest ``k`` a request may ask for.
@@ -470,7 +471,19 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(HeadAsGet)
     app.state.recommender, app.state.pool = recommender, pool
-    model_info = _model_info(recommender)
+    _error_handlers(app)
+    # Queries of a few milliseconds run on the event loop: a thread hop and the GIL hand-offs
+    # that follow cost more than they take. Fold-ins and large batches go to the pool, so
+    # that they cannot stall the loop.
+    _recommendation_routes(app, recommender, pool)
+    _prediction_routes(app, recommender, pool)
+    _explorer_routes(app, Explorer(recommender), pool)
+    app.openapi = functools.partial(_openapi, app, app.openapi, (HistoryRequest, PredictRequest))
+    return app
+
+
+def _error_handlers(app: FastAPI) -> None:
+    """The answers to the library's errors, a full pool and a body that does not validate."""
 
     @app.exception_handler(UnknownItemError)
     @app.exception_handler(UnknownUserError)
@@ -493,9 +506,11 @@ def create_app(
         problems = [{key: value for key, value in problem.items() if key != "input"} for problem in error.errors()]
         return JSONResponse({"detail": jsonable_encoder(problems)}, status_code=422)
 
-    # Queries of a few milliseconds run on the event loop: a thread hop and the GIL hand-offs
-    # that follow cost more than they take. Fold-ins and large batches go to the pool, so
-    # that they cannot stall the loop.
+
+def _recommendation_routes(app: FastAPI, recommender: Recommender, pool: Pool) -> None:
+    """The service's description, and its recommendations: for a known user, and from a history (on the ``pool``)."""
+    model_info = _model_info(recommender)
+
     @app.get("/health", response_model=Health)
     async def health() -> Health:
         return Health()
@@ -523,6 +538,10 @@ def create_app(
         rating that is not a finite number on the model's rating scale, 503 a full queue."""
         return _json(await pool.run(_fold_in, recommender, await request.body()))  # parsed on the pool too
 
+
+def _prediction_routes(app: FastAPI, recommender: Recommender, pool: Pool) -> None:
+    """Predictions (one pair, or a batch: a large one on the ``pool``) and similar items."""
+
     @app.get("/users/{user}/items/{item:path}", response_model=Prediction, responses=ERRORS)
     async def prediction(user: PathId, item: PathId) -> Response:
         """Watch score and rating of one item (id or title) for one user."""
@@ -543,10 +562,6 @@ def create_app(
     async def similar(item: PathId, k: int = K) -> Response:
         """The k items nearest to `item` by cosine similarity of the item vectors."""
         return _json(recommender.similar(item, k))
-
-    _explorer_routes(app, Explorer(recommender), pool)
-    app.openapi = functools.partial(_openapi, app, app.openapi, (HistoryRequest, PredictRequest))
-    return app
 
 
 #: The explorer's files besides its page, by the name the page asks for, with their media types.

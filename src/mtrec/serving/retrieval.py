@@ -63,6 +63,7 @@ import torch
 from pydantic import Field
 
 from mtrec.errors import ConfigError
+from mtrec.eval.ranking import MASKED, count_at_or_above, count_at_or_above_sorted, top_k, top_k_indices
 from mtrec.io.checkpoint import MODEL_FILENAME, model_digest
 from mtrec.io.files import atomic_output
 from mtrec.io.schemas import Schema, validate
@@ -155,12 +156,12 @@ class ExactIndex:
         self.vectors = vectors
 
     def search(self, queries: torch.Tensor, n: int, exclude: list[np.ndarray] | None = None) -> torch.Tensor:
-        scores = queries @ self.vectors.T
+        seen = None
         if exclude is not None:
             rows = np.repeat(np.arange(len(exclude)), [len(items) for items in exclude])
-            scores[torch.from_numpy(rows), torch.from_numpy(np.concatenate([[], *exclude]).astype(np.int64))] = float("-inf")
-        top_scores, top = torch.topk(scores, min(n, len(self.vectors)), dim=1)
-        top = top.masked_fill(top_scores == float("-inf"), -1)
+            seen = (torch.from_numpy(rows), torch.from_numpy(np.concatenate([[], *exclude]).astype(np.int64)))
+        top_scores, top = top_k(queries @ self.vectors.T, min(n, len(self.vectors)), seen, inplace=True)
+        top = top.masked_fill(top_scores == MASKED, -1)
         return torch.nn.functional.pad(top, (0, n - top.shape[1]), value=-1)
 
 
@@ -425,14 +426,11 @@ def _ranked_one(
         if len(eligible) >= k or fetch + len(seen) >= available:
             break
         fetch *= GROWTH
-    if len(eligible) > k:
-        eligible = eligible[np.argpartition(-p[eligible], k - 1)[:k]]
-    picks = eligible[np.argsort(-p[eligible], kind="stable")]
+    picks = eligible[top_k_indices(p[eligible], k)]
     top_p = np.full(k, -np.inf, dtype=np.float32)
     top_items, above = np.zeros(k, dtype=np.int64), np.zeros(k, dtype=np.int64)
     top_p[: len(picks)], top_items[: len(picks)] = p[picks], candidates[picks]
-    values = np.sort(np.concatenate([p[counted], seen_p]))
-    above[: len(picks)] = len(values) - np.searchsorted(values, p[picks], side="left")
+    above[: len(picks)] = count_at_or_above_sorted(np.sort(np.concatenate([p[counted], seen_p])), p[picks])
     return tuple(torch.from_numpy(array[None]) for array in (top_p, top_items, above))
 
 
@@ -514,23 +512,15 @@ def _top_of_candidates(
         found = seen_keys[torch.searchsorted(seen_keys, keys).clamp(max=len(seen_keys) - 1)]
         counted = valid & (found != keys)
     eligible = counted if allowed is None else counted & allowed[items]
-    top_p, at = torch.topk(p.masked_fill(~eligible, float("-inf")), min(k, width), dim=1)
+    top_p, at = top_k(p, min(k, width), allowed=eligible)
     top_items = items.gather(1, at)
     if width < k:
         top_p = torch.nn.functional.pad(top_p, (0, k - width), value=float("-inf"))
         top_items = torch.nn.functional.pad(top_items, (0, k - width))
-    # Each counted score v reaches the picks at or below it: searchsorted among the picks ascending;
-    # a histogram of those positions, summed from the top, gives per pick the scores at or above it.
-    ascending = top_p.flip(1).contiguous()
-    positions = torch.searchsorted(ascending, p.masked_fill(~counted, float("nan")), right=True)
-    positions.masked_fill_(~counted, 0)
+    # The seen pairs' rows, as positions among ``rows``.
     local = torch.zeros(int(rows.max()) + 1 if len(rows) else 0, dtype=torch.long, device=rows.device)
     local[rows] = torch.arange(count, device=rows.device)
-    seen_rows = local[seen[0]]
-    seen_positions = torch.searchsorted(ascending[seen_rows], seen_p[:, None], right=True).view(-1)
-    keys = torch.cat([(torch.arange(count, device=rows.device)[:, None] * (k + 1) + positions).view(-1), seen_rows * (k + 1) + seen_positions])
-    histogram = torch.bincount(keys, minlength=count * (k + 1)).view(count, k + 1)
-    return top_p, top_items, histogram[:, 1:].flip(1).cumsum(1)
+    return top_p, top_items, count_at_or_above(top_p, p, counted, extra=(local[seen[0]], seen_p))
 
 
 def _scored(score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
