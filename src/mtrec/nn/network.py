@@ -98,7 +98,8 @@ class UserEncoder:
 
     An encoder is registered in :data:`USER_ENCODERS`: :meth:`make` declares its tables with
     ``table(name, rows, group, kind, width)`` (as sharing modes do), :meth:`encode` gives the
-    vectors of a batch of users. ``summary`` is its line of help.
+    vectors of a batch of users. Its keyword options (:meth:`settings`) are part of the network's
+    structure. ``summary`` is its line of help.
     """
 
     summary: ClassVar[str] = ""
@@ -108,6 +109,14 @@ class UserEncoder:
 
     def encode(self, net: MultitaskNet, users: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def settings(self) -> dict:
+        """The options this encoder was made with (``USER_ENCODERS[name](**settings)`` makes it again)."""
+        return {}
+
+    def use_histories(self, net: MultitaskNet, indptr: torch.Tensor, indices: torch.Tensor) -> None:
+        """Keep the users' training items (CSR: user u's are ``indices[indptr[u]:indptr[u + 1]]``), for
+        an encoder that reads them; the others ignore them."""
 
 
 #: The user encoders by name (:mod:`mtrec.registry`).
@@ -254,8 +263,10 @@ class MultitaskNet(nn.Module):
         If true the rating head adds a learned bias per user and per item to the MLP's output.
     cross_stitch_init:
         The diagonal of the cross-stitch maps at the start (1 − it off the diagonal); 1 is the identity.
-    user_encoder:
-        How users become vectors (:data:`USER_ENCODERS`): ``"id"``, a learned vector per user.
+    user_encoder, encoder_settings:
+        How users become vectors (:data:`USER_ENCODERS`): ``"id"``, a learned vector per user, or
+        ``"history"``, that plus the pooled vectors of the user's training items
+        (:class:`mtrec.nn.encoders.HistoryEncoder`, whose options ``encoder_settings`` gives).
     """
 
     def __init__(
@@ -268,18 +279,20 @@ class MultitaskNet(nn.Module):
         rating_bias: bool = False,
         cross_stitch_init: float = 0.9,
         user_encoder: str = "id",
+        encoder_settings: dict | None = None,
     ) -> None:
         super().__init__()
         self._structure = {
             "num_users": num_users, "num_items": num_items, "embedding_dim": embedding_dim,
             "layer_sizes": None if layer_sizes is None else list(layer_sizes), "sharing": sharing,
             "rating_bias": bool(rating_bias), "cross_stitch_init": cross_stitch_init, "user_encoder": user_encoder,
+            "encoder_settings": dict(encoder_settings or {}),
         }  # fmt: skip
         sizes = check_architecture(embedding_dim, [3 * embedding_dim, 64] if layer_sizes is None else layer_sizes)
         self.sharing = sharing
         self._sharing = SHARINGS[sharing]()
         self.user_encoder = user_encoder
-        self._encoder = USER_ENCODERS[user_encoder]()
+        self._encoder = USER_ENCODERS[user_encoder](**(encoder_settings or {}))
         self._tables: list[Table] = []
         count = {"users": num_users, "items": num_items}
 
@@ -314,6 +327,14 @@ class MultitaskNet(nn.Module):
     def rating_items(self) -> nn.Embedding:
         """The item embeddings the rating head reads (hard and separate sharing)."""
         return self.item_embeddings if self.sharing == "hard" else self.rating_item_embeddings
+
+    def use_histories(self, indptr: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int]) -> MultitaskNet:
+        """Give the user encoder the users' training items (CSR), for one that reads them; returns the network."""
+        device = self.item_biases.weight.device
+        self._encoder.use_histories(
+            self, torch.as_tensor(indptr, dtype=torch.long, device=device), torch.as_tensor(indices, dtype=torch.long, device=device)
+        )
+        return self
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """The user encoder's vectors of ``users`` (:data:`USER_ENCODERS`), before sharing mixes them."""

@@ -111,6 +111,7 @@ def fold_in(
     device = next(network.parameters()).device
     observed = _observed(items, ratings, rating_scale, objective.weight("rating") > 0, device)
     one, own = _one_user(network, device)
+    one.use_histories([0, len(items)], sorted(items))  # a history-aware user reads it with no optimisation
     optimizer = torch.optim.Adam(own, lr=learning_rate, weight_decay=weight_decay)
     positives = torch.as_tensor(list(items), dtype=torch.long, device=device)
     users = torch.zeros_like(positives)

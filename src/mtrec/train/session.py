@@ -135,7 +135,7 @@ class TrainingSession:
     ) -> None:
         self.settings, self.train, self.epochs, self.device, self.plan = settings, train, epochs, device, plan
         self.eval_every, self.distributed, self.callbacks = eval_every, distributed, callbacks
-        self.network = settings.build_network(train.num_users, train.num_items, device)
+        self.network = settings.build_network(train.num_users, train.num_items, device).use_histories(*train.seen_items_csr())
 
     def _trainer(self, eval_threads: int) -> Trainer:
         settings, plan = self.settings, self.plan
