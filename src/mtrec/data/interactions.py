@@ -97,10 +97,11 @@ class Interactions:
         """Interactions from a pandas or polars DataFrame or a pyarrow Table of ratings.
 
         The frame's counterpart of :func:`~mtrec.data.readers.load_ratings_file`: the same columns
-        are recognised, the same checks made, and the same data gives the same
-        :class:`Interactions`. The columns go through Arrow without a copy where their dtypes allow
-        (integers and floats of pandas and polars), and without a Python loop
-        (:mod:`mtrec.data.frames`).
+        are recognised, the same checks made, and the same data gives the same :class:`Interactions`
+        (ids indexed in natural order; of duplicate (user, item) pairs, the last by time, or by row
+        order without time, kept with a :class:`UserWarning` giving their count). The columns go
+        through Arrow without a copy where their dtypes allow (integers and floats of pandas and
+        polars), and without a Python loop (:mod:`mtrec.data.frames`).
 
         Parameters
         ----------
@@ -108,24 +109,17 @@ class Interactions:
             One row per rating (or interaction). Its index is not read: ``reset_index()`` a frame
             whose users or items are in its index.
         user, item, rating, timestamp:
-            The columns' labels (or 0-based positions). By default they are recognised by name
-            (``user``/``userId``/``user_id``/``uid``; ``item``/``itemId``/``item_id``/``movieId``/
-            ``movie_id``/``iid``; ``rating``/``score``/``stars``; ``timestamp``/``time``/``ts``/
-            ``date``), or by position (user, item[, rating[, timestamp]]) in a frame whose labels
-            are all numbers. Without a rating column the data is implicit (``ratings`` is ``None``).
+            The columns' labels (or 0-based positions). By default they are recognised by name, as
+            in a file (``userId``, ``movieId``, ``rating``, ``timestamp``...), or by position (user,
+            item[, rating[, timestamp]]) in a frame whose labels are all numbers. Without a rating
+            column the data is implicit (``ratings`` is ``None``).
         items:
             An optional frame of item descriptions (see :func:`~mtrec.data.frames.read_items_frame`).
         rating_scale:
             ``(lowest, highest)`` rating allowed; a rating outside it is an error. By default the
             lowest and highest rating in the frame.
         name:
-            What the data and the messages are called; by default the frame's kind
-            (``pandas DataFrame``).
-
-        Returns
-        -------
-        Interactions
-            Ids are indexed in natural order, as for files.
+            What the data and the messages are called; by default the frame's kind (``pandas DataFrame``).
 
         Raises
         ------
@@ -135,11 +129,6 @@ class Interactions:
             numbers, times that are not times), a missing id, rating or time, an id holding a
             control character, a rating outside ``rating_scale``, an empty frame; or the kind of a
             ``frame`` that is not a table.
-
-        Notes
-        -----
-        Duplicate (user, item) pairs keep the last by time (by row order without time), with a
-        :class:`UserWarning` giving their count, as for files.
 
         Examples
         --------
@@ -152,6 +141,13 @@ class Interactions:
         if rating_scale is not None:
             check_rating_scale(rating_scale)
         wanted = {"user": user, "item": item, "rating": rating, "time": timestamp}
+        return cls._read_frame(frame, wanted, items, rating_scale, name)
+
+    @classmethod
+    def _read_frame(
+        cls, frame: Any, wanted: dict[str, Column | None], items: Any, rating_scale: tuple[float, float] | None, name: str | None
+    ) -> Interactions:
+        """:meth:`from_frame` once its arguments are checked: ``wanted`` maps each role to its column."""
         source, table, roles = frame_table(frame, wanted, required=("user", "item"), name=name)
         # Read before the ratings, so that a mistake in the items frame is named before a long read.
         item_descriptions = None if items is None else read_items_frame(items)

@@ -8,8 +8,10 @@ columns, :mod:`~mtrec.data.parsing` parses them (naming the first bad line when 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 
@@ -47,8 +49,9 @@ def load_ratings_file(
         header (``user``/``userId``/``user_id``/``uid``; ``item``/``itemId``/``item_id``/
         ``movieId``/``movie_id``/``iid``; ``rating``/``score``/``stars``;
         ``timestamp``/``time``/``ts``/``date``); a file without a header is read as
-        user, item[, rating[, timestamp]]. Whitespace around an id is dropped, in this file as
-        in the items file (see :mod:`mtrec.data.ids`).
+        user, item[, rating[, timestamp]]. Without a rating column the data is implicit (``ratings``
+        is ``None``). Whitespace around an id is dropped, in this file as in the items file (see
+        :mod:`mtrec.data.ids`).
     items_path:
         An optional file of item descriptions: item id, title and optionally genres
         (``|``-separated), with the same column recognition.
@@ -58,11 +61,6 @@ def load_ratings_file(
     sep:
         Field separator, overriding the extension and sniffing: one character (``","``,
         ``"\\t"``...) or ``"::"``.
-
-    Returns
-    -------
-    Interactions
-        Without a rating column, ``ratings`` is ``None`` (implicit data).
 
     Raises
     ------
@@ -82,16 +80,28 @@ def load_ratings_file(
     a :class:`UserWarning` giving their count.
     """
     path = Path(path)
-    # Mistakes in the other arguments are named before a long read, not after it.
+    _check_arguments(path, items_path, rating_scale)
+    with _errors_naming(path):
+        return _load(path, {"user": user_col, "item": item_col, "rating": rating_col, "time": time_col}, items_path, rating_scale, sep)
+
+
+def _check_arguments(path: Path, items_path: str | os.PathLike | None, rating_scale: tuple[float, float] | None) -> None:
+    """Raise for a mistake in the arguments (a file that cannot be read, a wrong scale): before a long
+    read, not after it."""
     for given in (path, items_path):
         if given is not None:
             check_readable(given)
     if rating_scale is not None:
         check_rating_scale(rating_scale)
-    wanted = {"user": user_col, "item": item_col, "rating": rating_col, "time": time_col}
+
+
+@contextlib.contextmanager
+def _errors_naming(path: Path) -> Iterator[None]:
+    """Turn an operating system's or Arrow's error in the block, whatever library raised it, into
+    one that names ``path``."""
     try:
-        return _load(path, wanted, items_path, rating_scale, sep)
-    except OSError as error:  # whatever library raised it, the error names the file
+        yield
+    except OSError as error:
         raise os_error(error, path) from None
     except pa.ArrowException as error:
         raise DataError(f"{path}: {error}") from None

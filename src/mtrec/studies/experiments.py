@@ -13,6 +13,7 @@ resumes where it stopped; a finished run with other settings is not replaced wit
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from mtrec.errors import ConfigError, RunExistsError
 from mtrec.io.files import directory_lock
 from mtrec.io.fitted import EpochRecord
 from mtrec.runs import inspect_run, train_run
-from mtrec.tracking import Tracker, tracked, tracked_training
+from mtrec.tracking import TrackedRun, Tracker, tracked, tracked_training
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
 SWEEP_DIRNAME = "sweep"
@@ -143,8 +144,10 @@ def plan_runs(configurations: Sequence[Configuration], seeds: int, root: str | P
     ]
 
 
+#: ``(train, validation, test, summary)``: a run's data.
+Split = tuple[Interactions, "Interactions | None", Interactions, dict[str, Any]]
 #: ``seed -> (train, validation, test, summary)``: a run's data, split by its seed.
-SplitLoader = Callable[[int], tuple[Interactions, "Interactions | None", Interactions, dict[str, Any]]]
+SplitLoader = Callable[[int], Split]
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,7 @@ def run_experiment(
         When another process holds the root's lock: nothing is inspected or trained.
     """
     root = runs[0].path.parents[1]  # plan_runs' root/<configuration>/seed-<k>
-    splits: dict[int, tuple[Interactions, Interactions | None, Interactions, dict[str, Any]]] = {}
+    split_of = functools.lru_cache(maxsize=1)(load_split)  # called once per seed; one split in memory at a time
     trained = []
     with directory_lock(root):
         actions = plan_actions(runs, config_of, force)
@@ -248,13 +251,24 @@ def run_experiment(
             for run, action in zip(runs, actions):
                 if on_run is not None:
                     on_run(run, action)
-                if action.reuse:
-                    continue
-                if run.seed not in splits:
-                    splits = {run.seed: load_split(run.seed)}  # one split in memory at a time
-                train, validation, test, summary = splits[run.seed]
-                config, name = config_of(run), run.path.relative_to(root).as_posix()
-                with tracked_training(tracker, config, run.path, on_epoch, name=name, parent=experiment) as callback:
-                    train_run(config, train, validation, test, run.path, summary, callback, force=True)
-                trained.append(run)
+                if not action.reuse:
+                    _train_planned(run, split_of(run.seed), config_of(run), root, on_epoch, tracker, experiment)
+                    trained.append(run)
     return trained
+
+
+def _train_planned(
+    run: PlannedRun,
+    split: Split,
+    config: RunConfig,
+    root: Path,
+    on_epoch: Callable[[EpochRecord], None] | None,
+    tracker: Tracker | None,
+    experiment: TrackedRun,
+) -> None:
+    """Train ``run`` on its seed's ``split`` in its directory, replacing whatever is there, tracked as
+    ``<configuration>/seed-<k>`` (its path below ``root``) under the ``experiment``'s run."""
+    train, validation, test, summary = split
+    name = run.path.relative_to(root).as_posix()
+    with tracked_training(tracker, config, run.path, on_epoch, name=name, parent=experiment) as callback:
+        train_run(config, train, validation, test, run.path, summary, callback, force=True)

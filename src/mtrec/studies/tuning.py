@@ -188,54 +188,92 @@ def tune(
     optuna = _optuna()
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"trials must be a positive whole number, got {trials!r}")
-    space = SEARCH_SPACE if space is None else space
+    space = _checked_space(SEARCH_SPACE if space is None else space)
+    base = base.replace(early_stopping=base.early_stopping or "joint").check()
+    root = Path(root)
+    scorer = _validation_scorer(base, train, validation)
+    search = _Search(optuna, base, space, train, validation, root, scorer, on_trial=on_trial, on_epoch=on_epoch, tracker=tracker)
+    return search.run(trials, seed, timeout)
+
+
+def _checked_space(space: dict[str, Dimension]) -> dict[str, Dimension]:
+    """``space``, unless it names a setting that is not an option (:class:`ConfigError` naming it)."""
     unknown = sorted(set(space) - set(RunConfig.option_names()))
     if unknown:
         raise ConfigError(f"unknown setting in the search space: {', '.join(unknown)}")
-    criterion = base.early_stopping or "joint"
-    base = base.replace(early_stopping=criterion).check()
-    root = Path(root)
+    return space
+
+
+def _validation_scorer(base: RunConfig, train: Interactions, validation: Interactions) -> EarlyStopping:
+    """The criterion of ``base``'s early stopping, scored on ``validation`` as during training."""
     evaluator = Evaluator(validation, train, metrics=("mse", "mrr") if train.has_ratings else ("mrr",))
-    scorer = EarlyStopping(criterion, base.patience, reference_metrics(train, evaluator))
+    return EarlyStopping(base.early_stopping, base.patience, reference_metrics(train, evaluator))
 
-    def objective(trial, parent: TrackedRun) -> float:
-        config = base.replace(**suggest(trial, space)).check()
-        best = float("-inf")
 
-        def report(record: EpochRecord) -> None:
-            nonlocal best
-            valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
-            if valid:
-                score = scorer.score(valid)
-                best = max(best, score)
-                trial.report(score, record.epoch)
-                if trial.should_prune():
-                    raise _Pruned(f"trial {trial.number} pruned at epoch {record.epoch}")
-            if on_epoch is not None:
-                on_epoch(record)
+class _TrialProgress:
+    """A trial's epoch callback: scores each validation, keeps the best score, reports it to the
+    pruner and ends the trial (:class:`_Pruned`) when the pruner says so."""
 
-        name = f"trial-{trial.number:04d}"
-        try:
-            with tracked_training(tracker, config, root / name, report, name=name, parent=parent, stopped=(_Pruned,)) as callback:
-                train_run(config, train, validation, None, root / name, callbacks=[callback])
-        except _Pruned:
-            raise optuna.TrialPruned() from None
-        return best
+    def __init__(self, trial, scorer: EarlyStopping, on_epoch: Callable[[EpochRecord], None] | None) -> None:
+        self.trial = trial
+        self.scorer = scorer
+        self.on_epoch = on_epoch
+        self.best = float("-inf")
 
-    def after(study, trial, parent: TrackedRun) -> None:
-        pruned = trial.state == optuna.trial.TrialState.PRUNED
-        if not pruned:
-            parent.log_metrics({"trial_value": trial.value}, trial.number)
-        if on_trial is not None:
-            on_trial(trial.number, None if pruned else trial.value, pruned)
+    def __call__(self, record: EpochRecord) -> None:
+        valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
+        if valid:
+            score = self.scorer.score(valid)
+            self.best = max(self.best, score)
+            self.trial.report(score, record.epoch)
+            if self.trial.should_prune():
+                raise _Pruned(f"trial {self.trial.number} pruned at epoch {record.epoch}")
+        if self.on_epoch is not None:
+            self.on_epoch(record)
 
-    with directory_lock(root), tracked(tracker, f"tune {root}") as study_run:
-        study_run.log_config(base.to_json())
-        study_run.log_params({"tune.trials": trials, "tune.seed": seed, "tune.criterion": criterion})
-        root.mkdir(parents=True, exist_ok=True)
+
+@dataclass(frozen=True)
+class _Search:
+    """One search: the settings its trials start from, the space they pick from, the data they
+    learn on and are judged on, where they go and whom they report to (see :func:`tune`)."""
+
+    optuna: Any
+    base: RunConfig
+    space: dict[str, Dimension]
+    train: Interactions
+    validation: Interactions
+    root: Path
+    scorer: EarlyStopping
+    on_trial: Callable[[int, float | None, bool], None] | None
+    on_epoch: Callable[[EpochRecord], None] | None
+    tracker: Tracker | None
+
+    def run(self, trials: int, seed: int, timeout: float | None) -> TuningResult:
+        """Run ``trials`` more trials under the root's lock, tracked, and write the best config."""
+        with directory_lock(self.root), tracked(self.tracker, f"tune {self.root}") as study_run:
+            study_run.log_config(self.base.to_json())
+            study_run.log_params({"tune.trials": trials, "tune.seed": seed, "tune.criterion": self.base.early_stopping})
+            study = self.open_study(seed)
+            with _failures_unlogged():
+                study.optimize(
+                    functools.partial(self.objective, parent=study_run),
+                    n_trials=trials,
+                    timeout=timeout,
+                    callbacks=[functools.partial(self.after, parent=study_run)],
+                    catch=(),
+                )
+            result = _conclude(self.optuna, study, self.base, self.root)
+            study_run.log_metrics({"best_value": result.best_value, "best_trial": result.best_trial}, result.best_trial)
+            study_run.log_artifacts(result.config_path.parent)
+            return result
+
+    def open_study(self, seed: int):
+        """The study in ``<root>/study.db``, new or resumed, its sampler seeded by :func:`sampler_seed`."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        optuna = self.optuna
         study = optuna.create_study(
             study_name="mtrec",
-            storage=f"sqlite:///{root / STUDY_FILENAME}",
+            storage=f"sqlite:///{self.root / STUDY_FILENAME}",
             load_if_exists=True,
             direction="maximize",
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
@@ -243,19 +281,28 @@ def tune(
         study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)))
         if not study.trials:
             # The first trial of a new study is the base config itself, so the search can only find something better.
-            study.enqueue_trial(_point_of(base, space))
-        with _failures_unlogged():
-            study.optimize(
-                functools.partial(objective, parent=study_run),
-                n_trials=trials,
-                timeout=timeout,
-                callbacks=[functools.partial(after, parent=study_run)],
-                catch=(),
-            )
-        result = _conclude(optuna, study, base, root)
-        study_run.log_metrics({"best_value": result.best_value, "best_trial": result.best_trial}, result.best_trial)
-        study_run.log_artifacts(result.config_path.parent)
-        return result
+            study.enqueue_trial(_point_of(self.base, self.space))
+        return study
+
+    def objective(self, trial, parent: TrackedRun) -> float:
+        """Train the settings ``trial`` picks, nested under ``parent``: the best criterion over its epochs."""
+        config = self.base.replace(**suggest(trial, self.space)).check()
+        progress = _TrialProgress(trial, self.scorer, self.on_epoch)
+        name = f"trial-{trial.number:04d}"
+        try:
+            with tracked_training(self.tracker, config, self.root / name, progress, name=name, parent=parent, stopped=(_Pruned,)) as callback:
+                train_run(config, self.train, self.validation, None, self.root / name, callbacks=[callback])
+        except _Pruned:
+            raise self.optuna.TrialPruned() from None
+        return progress.best
+
+    def after(self, study, trial, parent: TrackedRun) -> None:
+        """Record a finished trial's value in ``parent`` and tell ``on_trial``."""
+        pruned = trial.state == self.optuna.trial.TrialState.PRUNED
+        if not pruned:
+            parent.log_metrics({"trial_value": trial.value}, trial.number)
+        if self.on_trial is not None:
+            self.on_trial(trial.number, None if pruned else trial.value, pruned)
 
 
 def _conclude(optuna, study, base: RunConfig, root: Path) -> TuningResult:
