@@ -59,3 +59,8 @@ def test_the_sort_based_unique_equals_numpys():
     rng = np.random.default_rng(3)
     for values in (rng.integers(0, 50, 1000), rng.integers(0, 10**12, 5000), np.array([7]), np.array([], dtype=np.int64)):
         assert np.array_equal(_sorted_unique(values.copy()), np.unique(values))
+
+
+def test_a_shape_whose_clusters_cannot_hold_the_pairs_is_an_error_not_an_endless_loop():
+    with pytest.raises(ConfigError, match="1000 distinct pairs cannot be drawn: .* lower num_ratings or in_cluster"):
+        synthetic_interactions(num_ratings=1000, num_users=50, num_items=100, in_cluster=1.0)

@@ -115,6 +115,10 @@ class _Catalogue:
         return pick
 
 
+#: Rounds of draws without a new distinct pair before the shape is declared impossible.
+STALLED_ROUNDS = 50
+
+
 def _draw_pairs(
     rng: np.random.Generator, num_ratings: int, num_users: int, num_items: int, clusters: int, in_cluster: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -125,11 +129,18 @@ def _draw_pairs(
     activity = rng.lognormal(0.0, 1.0, num_users)
     users = np.empty(0, dtype=np.int64)
     items = np.empty(0, dtype=np.int64)
+    stalled = 0
     while len(users) < num_ratings:
         draw = int((num_ratings - len(users)) * 1.1) + 16
         u = rng.choice(num_users, size=draw, p=activity / activity.sum())
         pick = catalogue.pick(rng, u, user_cluster, in_cluster)
         codes = _sorted_unique(np.concatenate([users * num_items + items, u * num_items + pick]))
+        stalled = stalled + 1 if len(codes) == len(users) else 0
+        if stalled == STALLED_ROUNDS:
+            raise ConfigError(
+                f"{num_ratings} distinct pairs cannot be drawn: {len(codes)} were found and {STALLED_ROUNDS} more rounds found no "
+                f"new one (the clusters are too small for in_cluster={in_cluster}); lower num_ratings or in_cluster, or use more items"
+            )
         users, items = np.divmod(codes, num_items)
     keep = np.sort(rng.choice(len(users), size=num_ratings, replace=False))
     return users[keep].astype(np.int32), items[keep].astype(np.int32)
