@@ -16,6 +16,17 @@ DATA_DIR = Path(os.environ.get("MTREC_DATA_DIR", ROOT.parent / "shared" / "data"
 torch.set_num_threads(1)
 
 
+#: The fixtures that read the real MovieLens 100K; a test that uses one (directly or through
+#: another fixture) is marked ``movielens``.
+MOVIELENS_FIXTURES = {"data_dir", "ml100k"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if MOVIELENS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.movielens)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA_DIR / "ml-100k" / "u.data").is_file():

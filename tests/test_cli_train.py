@@ -117,6 +117,7 @@ def test_a_data_dir_without_the_files_says_where_to_put_them(tmp_path, capsys, m
     assert not (tmp_path / "empty" / "ml-100k").exists()
 
 
+@pytest.mark.movielens  # copies the real u.data
 def test_a_malformed_line_in_u_data_names_the_file_and_line(tmp_path, capsys):
     folder = tmp_path / "data" / "ml-100k"
     shutil.copytree(DATA_DIR / "ml-100k", folder)
