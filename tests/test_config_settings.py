@@ -8,6 +8,7 @@ import argparse
 import inspect
 import json
 import re
+import typing
 import warnings
 
 import pytest
@@ -56,6 +57,14 @@ def test_a_model_config_is_read_by_attribute_and_by_name_and_is_frozen():
         config["colour"]
     with pytest.raises(ValueError, match="frozen"):
         config.embedding_dim = 4
+
+
+def test_numpy_numbers_are_numbers_and_the_models_seed_seeds_the_split():
+    import numpy as np
+
+    config = RunConfig(model={"seed": np.int64(3), "learning_rate": np.float32(0.5), "rating_bias": np.bool_(True)})
+    assert (config.seed, config.data.seed, config.model.rating_bias) == (3, 3, True) and type(config.seed) is int
+    assert json.loads(json.dumps(config.to_json()))["data"]["split"]["seed"] == 3
 
 
 def test_choices_are_read_from_the_registries_when_checked(monkeypatch):
@@ -172,8 +181,8 @@ SPELLINGS = {"--shared-embeddings": "hard", "--no-shared-embeddings": "separate"
 
 def expected_choices(field) -> list[str] | None:
     annotation, metadata = unwrapped(field.annotation, list(field.metadata))
-    if annotation is not str and annotation.__class__ is not type:  # a list: its items' choices
-        annotation, metadata = unwrapped(annotation.__args__[0], [])
+    if typing.get_origin(annotation) in (list, tuple):  # its items' choices
+        annotation, metadata = unwrapped(typing.get_args(annotation)[0], [])
     choices = next((item for item in metadata if isinstance(item, Choices)), None)
     return None if choices is None else list(choices.names())
 

@@ -159,7 +159,8 @@ class Variant(Settings):
 def settings_error(error: ValidationError, root: type[BaseModel]) -> SettingsError:
     """``error``, raised while validating ``root``, as a :class:`SettingsError`: one problem per
     failure, at the path of the setting (the tags of tagged unions left out)."""
-    return SettingsError([problem for detail in error.errors(include_url=False) for problem in _problems(detail, root)])
+    problems = [problem for detail in error.errors(include_url=False) for problem in _problems(detail, root)]
+    return SettingsError(list(dict.fromkeys(problems)))  # a union's members may say the same
 
 
 def _problems(detail: ErrorDetails, root: type[BaseModel]) -> list[tuple[str, str]]:
@@ -192,7 +193,8 @@ def _joined(path: str, more: str) -> str:
 def locate(root: type[BaseModel], location: Iterable[int | str]) -> tuple[str, tuple[Any, list[Any]] | None]:
     """The dotted path of ``location`` in ``root`` (``layer_sizes[1]``, ``data.split.valid_k``), and
     the type and constraints of the setting there (None where the location is no setting). A part
-    that names a class is a tagged union's tag: it chooses the member, and is no part of the path."""
+    that names a class is a tagged union's tag: it chooses the member, and is no part of the path;
+    so is one that names a member of a union of plain types."""
     path, models, setting = "", [root], None
     for part in location:
         if isinstance(part, int):
@@ -200,8 +202,8 @@ def locate(root: type[BaseModel], location: Iterable[int | str]) -> tuple[str, t
             setting = _item(setting)
             continue
         chosen = [model for model in models if model.__name__ == part]
-        if chosen:
-            models = chosen
+        if chosen or (setting is not None and not models):  # a tagged union's tag, or a plain union's member
+            models = chosen or models
             continue
         info = next((model.model_fields[part] for model in models if part in model.model_fields), None)
         path = f"{path}.{part}" if path else str(part)
@@ -251,6 +253,8 @@ def requirement(annotation: Any, metadata: list[Any]) -> str:
     choices = next((item for item in metadata if isinstance(item, Choices)), None)
     if choices is not None:
         return f"one of {', '.join(choices.names())}"
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return " or ".join(requirement(member, []) for member in typing.get_args(annotation) if member is not type(None))
     if annotation is bool:
         return "true or false"
     if annotation in (int, float):

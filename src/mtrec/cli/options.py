@@ -168,10 +168,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_preset: str = "s
         "MovieLens (--dataset, downloaded on first use) or your own ratings (--ratings), and the train/test split.",
     )
     add_option(group, "--data-dir", default=None, metavar="DIR", help="where MovieLens releases live (default $MTREC_DATA_DIR, else ~/.cache/mtrec)")
-    fields = RunConfig.option_fields()
-    for name in RunConfig.option_names():
-        if RunConfig.option_names()[name] == "data":
-            add_setting(group, name, fields[name], default_preset)
+    fields, where = RunConfig.option_fields(), RunConfig.option_names()
+    for name in (name for name in fields if where[name] == "data"):
+        add_setting(group, name, fields[name], default_preset)
     return group
 
 

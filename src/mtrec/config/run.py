@@ -21,6 +21,7 @@ either: a run measured with fewer metrics is still the same run.
 from __future__ import annotations
 
 import json
+import numbers
 import types
 import typing
 import warnings
@@ -129,8 +130,9 @@ class RunConfig(Settings):
         model = values.get("model")
         seed = model.get("seed", 0) if isinstance(model, (Mapping, ModelConfig)) else 0
         data = values.get("data", DataSpec())
-        if type(seed) is not int or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             return values  # the model's check says what is wrong
+        seed = int(seed)
         if isinstance(data, DataSpec):
             return {**values, "data": data.with_seed(seed)}
         return {**values, "data": {**data, "seed": seed}} if isinstance(data, Mapping) else values

@@ -51,6 +51,10 @@ class MovieLens(Variant):
         return load_movielens(self.dataset, data_dir, progress=progress)
 
 
+#: A column of a ratings file: its name, or its 0-based position.
+ColumnName = Union[Text, Annotated[Whole, Field(ge=0)]]
+
+
 def _column(role: str, names: str) -> Any:
     return Field(None, description=f"{role} column, a name or 0-based position", json_schema_extra={"none": f"found by name: {names}"})
 
@@ -60,10 +64,10 @@ class RatingsFile(Variant):
 
     ratings: Text = Field(description="your own ratings (CSV, TSV, '::' or Parquet); without a rating column only the watch-score head trains")
     items: Text | None = Field(None, description="item titles (and genres)")
-    user_col: Text | None = _column("user", "user/userId/user_id/uid")
-    item_col: Text | None = _column("item", "item/itemId/item_id/movieId/movie_id/iid")
-    rating_col: Text | None = _column("rating", "rating/score/stars")
-    time_col: Text | None = _column("time", "timestamp/time/ts/date")
+    user_col: ColumnName | None = _column("user", "user/userId/user_id/uid")
+    item_col: ColumnName | None = _column("item", "item/itemId/item_id/movieId/movie_id/iid")
+    rating_col: ColumnName | None = _column("rating", "rating/score/stars")
+    time_col: ColumnName | None = _column("time", "timestamp/time/ts/date")
     sep: Text | None = Field(None, description="field separator", json_schema_extra={"none": "from the extension, or sniffed"})
     rating_scale: tuple[Number, Number] | None = Field(
         None, description="allowed ratings, low and high; any outside is an error", json_schema_extra={"none": "the range in the file"}
@@ -257,6 +261,8 @@ class DataSpec(Settings):
         else:  # mtrec 0.1: {"dataset" or "ratings_file", "items_file", "split": {...}, and the sizes}
             source = {"dataset": data.get("dataset"), "ratings": data.get("ratings_file"), "items": data.get("items_file")}
             split = dict(data.get("split") or {})
+        if source.get("ratings") is not None:  # a file is read, whatever release is named beside it
+            source.pop("dataset", None)
         return {**source, "split": split.pop("method", "random"), **split}
 
     def cli_options(self) -> list[str]:

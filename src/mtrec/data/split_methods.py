@@ -38,15 +38,15 @@ class SplitMethod(Variant):
     """A split: its ``method`` and the options that size its test and validation sets.
 
     Subclasses declare ``method`` (the names they answer to), their options, ``key`` (the option
-    that chooses this class among those of its method) and ``hints`` (what to say of an option they
-    do not take; otherwise, the methods that take it are named).
+    that chooses this class among those of its method), ``hints`` (what to say of an option they
+    do not take; otherwise, the methods that take it are named), and what they are: whether they
+    draw at random (else config.json leaves the seed out) and whether they come split from files.
     """
 
     method: str
     options: ClassVar[tuple[str, ...]] = SPLIT_OPTIONS
     key: ClassVar[str | None] = None
     draws_at_random: ClassVar[bool] = True
-    by_count: ClassVar[bool] = False
     comes_split: ClassVar[bool] = False
 
     @classmethod
@@ -107,7 +107,6 @@ class _ValidCount(SplitMethod):
     valid_k: Count | None = Field(
         None, description="for splits by {leave_k} or {last_k}: K more per user held out of the training part for validation"
     )
-    by_count: ClassVar[bool] = True
     hints: ClassVar[dict[str, str]] = {
         "valid_fraction": "{valid_fraction} does not fit a test set of K per user: the validation set is carved by the same rule, so give {valid_k}"
     }
