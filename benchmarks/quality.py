@@ -142,8 +142,8 @@ def mtrec_run(preset: str, spec, data, data_dir):
     from mtrec.config import preset as preset_config
 
     config = preset_config(preset).replace(seed=spec.seed, metrics=("mse", "rmse", "mae", "mrr", "ndcg", "recall"), **PRESET_WEIGHTS[preset])
-    if spec.split != "random":
-        config = config.replace(split=spec.split, test_fraction=None, valid_fraction=config.data.valid_fraction)
+    if spec.split.method != "random":
+        config = config.replace(split=spec.split.method, test_fraction=None, valid_fraction=config.data.split.valid_fraction)
     train, validation, test = config.data.load_split(data_dir, data=data)
     model = config.build_model()
     started = time.perf_counter()

@@ -85,11 +85,11 @@ def test_hyphen_and_underscore_spellings_are_the_same_option(tmp_path, data_dir)
     "argv, message",
     [
         (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-        (["--factorization_weight", "-0.5"], "must be a non-negative number"),
+        (["--factorization_weight", "-0.5"], "argument --factorization-weight: must be in [0, 1000], got -0.5"),
         (["--factorization_weight", "0", "--regression_weight", "0"], "cannot both be 0"),
-        (["--test_fraction", "1.5"], "test_fraction must be in (0, 1)"),
-        (["--test_fraction", "0"], "test_fraction must be in (0, 1)"),
-        (["--embedding_dim", "16", "--layer_sizes", "96", "64"], "layer_sizes[0] must be 3 * embedding_dim = 48"),
+        (["--test_fraction", "1.5"], "argument --test-fraction: must be in (0, 1), got 1.5"),
+        (["--test_fraction", "0"], "argument --test-fraction: must be in (0, 1), got 0.0"),
+        (["--embedding_dim", "16", "--layer_sizes", "96", "64"], "argument --layer-sizes: must start with 48, three times --embedding-dim"),
         (["--embedding_dim", "0"], "must be a positive whole number"),
         pytest.param(
             ["--device", "cuda"],

@@ -108,9 +108,9 @@ def test_a_batch_size_alone_scales_the_learning_rate_and_an_explicit_one_wins():
     [
         (("--valid-fraction", "0.1", "--split", "user", "--leave-k", "1"), "--valid-fraction does not fit a test set of K"),
         (("--valid-k", "1"), "--valid-k applies to --split user --leave-k"),
-        (("--valid-fraction", "1.5"), r"valid_fraction must be in \(0, 1\)"),
+        (("--valid-fraction", "1.5"), r"argument --valid-fraction: must be in \(0, 1\), got 1.5"),
         (("--split", "user", "--test-fraction", "0.6", "--valid-fraction", "0.4"), "users would be left without training"),
-        (("--factorization-weight", "1e308"), "factorization_weight must be a non-negative number of at most 1000"),
+        (("--factorization-weight", "1e308"), r"argument --factorization-weight: must be in \[0, 1000\], got 1e\+308"),
     ],
 )
 def test_conflicting_or_out_of_range_settings_are_errors(argv, message):
@@ -256,7 +256,7 @@ def test_get_params_follows_the_constructor_and_set_params_checks():
     names = [n for n in inspect.signature(MultitaskModel.__init__).parameters if n != "self"]
     assert list(model.get_params()) == names
     assert model.set_params(batch_size=64, step="autograd") is model and model.batch_size == 64
-    with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
+    with pytest.raises(ConfigError, match="batch_size: must be a positive whole number, got 0"):
         model.set_params(batch_size=0)
     assert model.batch_size == 64  # a refused change changes nothing
     with pytest.raises(ConfigError, match="unknown parameter colour"):

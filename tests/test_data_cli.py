@@ -74,8 +74,8 @@ def test_canonical_split_option(data_dir):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (("--test-fraction", "1.5"), r"test_fraction must be in \(0, 1\), got 1.5"),
-        (("--test_fraction", "0"), r"test_fraction must be in \(0, 1\), got 0"),
+        (("--test-fraction", "1.5"), r"argument --test-fraction: must be in \(0, 1\), got 1.5"),
+        (("--test_fraction", "0"), r"argument --test-fraction: must be in \(0, 1\), got 0.0"),
         (("--leave-k", "1"), "--leave-k applies to --split user, not --split random"),
         (("--split", "user", "--cutoff", "5"), "--cutoff applies to --split temporal"),
         (("--items", "x.csv"), "--items applies to --ratings files only"),
@@ -122,13 +122,12 @@ def test_a_separator_of_two_characters_is_a_usage_error(tmp_path, capsys):
 
 
 def test_a_split_loader_reads_the_data_once_for_every_seed(data_dir, monkeypatch):
-    from mtrec.cli.experiments import split_loader
     from mtrec.data.spec import DataSpec
 
     reads = []
     real = DataSpec.load
     monkeypatch.setattr(DataSpec, "load", lambda *a, **k: reads.append(1) or real(*a, **k))
-    load = split_loader(run_config(parse()), str(data_dir))
+    load = run_config(parse()).data.split_loader(str(data_dir))
     splits = [load(seed) for seed in (0, 1, 2)]
     assert len(reads) == 1
     assert [len(test) for _, _, test, _ in splits] == [5_000] * 3

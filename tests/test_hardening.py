@@ -62,7 +62,7 @@ def test_a_diverged_run_stops_with_the_epoch_step_and_loss_and_is_not_saved(argv
 def test_loss_weights_are_bounded(tmp_path, capsys):
     ratings = small_ratings(tmp_path / "small.csv")
     assert train("--ratings", str(ratings), "--factorization-weight", "1e308", "--logdir", str(tmp_path / "r")) == 2
-    assert "factorization_weight must be a non-negative number of at most 1000, got 1e+308" in capsys.readouterr().err
+    assert "argument --factorization-weight: must be in [0, 1000], got 1e+308" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 
@@ -265,7 +265,7 @@ def test_a_model_larger_than_the_machine_is_a_one_line_error_naming_the_option(a
 
 def test_a_seed_beyond_the_generators_range_is_a_usage_error(tmp_path, capsys):
     assert train("--seed", "99999999999999999999999", "--logdir", str(tmp_path / "r")) == 2
-    assert "--seed: must be at most 2**64 - 1" in capsys.readouterr().err
+    assert "argument --seed: must be a whole number from 0 to 2**64 - 1, got 99999999999999999999999" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -456,7 +456,7 @@ def test_the_library_refuses_to_record_a_run_of_no_epochs(tmp_path):
     from mtrec.runs import train_run
 
     data = random_interactions()
-    with pytest.raises(ConfigError, match="^epochs must be a whole number of at least 1, got 0$"):
+    with pytest.raises(ConfigError, match="^epochs: must be a positive whole number, got 0$"):
         train_run(preset("seed", epochs=0), data, None, data, tmp_path / "r")
     assert not list(tmp_path.iterdir())
 
@@ -631,8 +631,8 @@ def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
     assert text.startswith("usage: main.py [-h]") and "mtrec train [" not in text
     assert "The assignment's entry point: 'python main.py [options]' is 'mtrec train --preset seed [options]'." in text
     assert "with validation and early stopping) (default seed)" in text
-    assert "training epochs, at least 1 (default 200, quality preset 150;" in text
-    assert "Adam learning rate (default 1e-3, quality preset 0.032;" in text
+    assert "training epochs; early stopping may end training sooner (a positive whole number; default 200, quality preset 150)" in text
+    assert "Adam learning rate (a positive number; default 0.001, quality preset 0.032;" in text
     assert "run directory (default run/shared=<..>_LF=<..>_LR=<..>;" in text
     usage = subprocess.run([sys.executable, str(ROOT / "main.py"), "--epochs", "x"], capture_output=True, text=True, env=ENV, timeout=120)
     assert usage.returncode == 2
@@ -642,5 +642,5 @@ def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
 def test_mtrec_train_help_shows_the_quality_presets_defaults(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "training epochs, at least 1 (default 150, seed preset 200;" in text
+    assert "training epochs; early stopping may end training sooner (a positive whole number; default 150, seed preset 200)" in text
     assert "run directory (default run/quality_shared=<..>_LF=<..>_LR=<..>;" in text

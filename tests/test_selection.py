@@ -188,14 +188,15 @@ def test_mtrec_train_defaults_to_the_quality_preset_and_options_override_it(tmp_
     assert cli_train("--ratings", str(ratings), "--epochs", "3", "--l2", "0", "--logdir", str(tmp_path / "r")) == 0
     config = RunConfig.load(tmp_path / "r")
     quality = preset("quality")
-    assert config.early_stopping == "joint" and config.data.valid_fraction == quality.data.valid_fraction
+    assert config.early_stopping == "joint" and config.data.split.valid_fraction == quality.data.split.valid_fraction
     assert config.model["learning_rate"] == quality.model["learning_rate"] and config.model["l2"] == 0
     assert config.epochs == 3
 
 
 def test_the_quality_preset_carves_validation_by_the_splits_rule():
-    assert preset("quality", {"leave_k": 2}).data.valid_k == 2
-    assert preset("quality", {"split": "random"}).data.valid_fraction == 0.05
+    assert preset("quality", split="user", leave_k=2).data.split.valid_k == 2
+    assert preset("quality", split="temporal", last_k=3).data.split.valid_k == 3
+    assert preset("quality", split="random").data.split.valid_fraction == 0.05
     assert preset("seed") == RunConfig()
     with pytest.raises(ConfigError, match="unknown preset 'best'; use one of seed, quality"):
         preset("best")
@@ -212,8 +213,8 @@ def test_the_quality_preset_carves_validation_by_the_splits_rule():
         (["--early-stopping", "auc"], "unknown early-stopping criterion 'auc'; use one of joint, mse, rmse"),
         (["--lr-schedule", "linear"], "invalid choice: 'linear' (choose from 'constant', 'exponential', 'cosine', 'step')"),
         (["--k", "0"], "--k: must be a positive whole number, got 0"),
-        (["--negatives", "0"], "--negatives: must be a positive whole number, got 0"),
-        (["--lr-gamma", "1.5"], "lr_gamma must be in (0, 1], got 1.5"),
+        (["--negatives", "0"], "argument --negatives: must be a whole number from 1 to 1000, got 0"),
+        (["--lr-gamma", "1.5"], "argument --lr-gamma: must be in (0, 1], got 1.5"),
         (["--preset", "seed", "--early-stopping", "mrr"], "--early-stopping mrr needs a validation set: give --valid-fraction"),
         (["--split", "user", "--test-fraction", "0.5", "--valid-fraction", "0.5"], "users would be left without training data"),
         (["--watch-loss", "hinge"], "invalid choice: 'hinge' (choose from 'bpr', 'logsigmoid', 'sampled-softmax', 'softmax')"),
@@ -277,7 +278,7 @@ def test_tune_searches_on_validation_and_writes_a_config_that_train_runs(tmp_pat
         metrics = json.loads((trial / METRICS_FILENAME).read_text())
         assert metrics["completed"] and not any(k.startswith("test_") and v is not None for e in metrics["epochs"] for k, v in e.items())
     best = RunConfig.load(root / "best" / "config.json")
-    assert best.early_stopping == "joint" and best.data.ratings == str(ratings)
+    assert best.early_stopping == "joint" and best.data.source.ratings == str(ratings)
     assert cli_train("--config", str(root / "best" / "config.json"), "--logdir", str(tmp_path / "best-run")) == 0
     assert main([*argv[:2], "2", *argv[3:]]) == 0 and "5 trials in the study" in capsys.readouterr().out  # resumed
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 #: The layers, lowest first: a name and its modules. ``pkg.*`` places a package and every module in it.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations: data, files and model files", ("mtrec", "mtrec.architecture", "mtrec.errors", "mtrec.registry", "mtrec.data.*", "mtrec.io.*")),
+    (
+        "foundations: data, files, model files and typed settings",
+        ("mtrec", "mtrec.architecture", "mtrec.errors", "mtrec.registry", "mtrec.settings", "mtrec.data.*", "mtrec.io.*"),
+    ),
     ("the network", ("mtrec.nn.*",)),
     ("evaluation", ("mtrec.eval.*",)),
     ("training", ("mtrec.train.*",)),
     ("retrieval and fold-in", ("mtrec.serving.retrieval", "mtrec.serving.foldin")),
-    ("the estimator and its runs", ("mtrec.prediction", "mtrec.model_files", "mtrec.model", "mtrec.config", "mtrec.runs", "mtrec.tracking")),
+    ("the estimator and its runs", ("mtrec.prediction", "mtrec.model_files", "mtrec.model", "mtrec.config.*", "mtrec.runs", "mtrec.tracking")),
     ("what uses a model", ("mtrec.serving.*", "mtrec.studies.*")),
     ("the command line", ("mtrec.cli.*", "mtrec.__main__")),
 )

@@ -8,44 +8,35 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from mtrec.config.model import ModelConfig
 from mtrec.data.formats import Column
 from mtrec.data.interactions import Interactions, as_interactions, check_same_ids
 from mtrec.errors import ConfigError, DataError
 from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
 from mtrec.io.fitted import EpochRecord, FittedData
 from mtrec.model_files import ModelFiles
-from mtrec.nn.losses import WATCH_LOSSES
-from mtrec.nn.network import SHARINGS, MultitaskNet, check_architecture
-from mtrec.nn.objective import JointObjective, check_weights
-from mtrec.nn.weighting import WEIGHTINGS
+from mtrec.nn.network import MultitaskNet
+from mtrec.nn.objective import JointObjective
 from mtrec.prediction import Predictions
 from mtrec.train.callbacks import CallbackLike
 from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import Distributed
-from mtrec.train.loop import SCHEDULES, check_early_stopping
+from mtrec.train.loop import check_early_stopping
 from mtrec.train.memory import check_memory, memory_needed
 from mtrec.train.session import TrainingSession, evaluation_plan
-from mtrec.train.steps import STEPS, Step, make_step, resolve_step
-
-#: The largest seed: what ``torch.Generator.manual_seed`` accepts.
-MAX_SEED = 2**64 - 1
-#: Most negatives per positive pair.
-MAX_NEGATIVES = 1000
+from mtrec.train.steps import Step, make_step, resolve_step
 
 
 def _is_whole(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
-def _is_number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-
-
 class MultitaskModel(Predictions, ModelFiles):
     """Learns whether a user watches an item (p) and the rating they would give it (r_hat).
 
     The constructor only stores hyper-parameters (scikit-learn style: :meth:`get_params`,
-    :meth:`set_params`); :meth:`fit` learns.
+    :meth:`set_params`), checked by making a :class:`~mtrec.config.model.ModelConfig` of them (whose
+    fields declare each one's default, type and range); :meth:`fit` learns.
 
     Parameters
     ----------
@@ -160,6 +151,10 @@ class MultitaskModel(Predictions, ModelFiles):
         self.num_threads = num_threads
         self.step = step
         self._check_params()
+        self._unfitted()
+
+    def _unfitted(self) -> None:
+        """No fitted state yet: :meth:`fit` (or :meth:`from_record`) sets it."""
         self.network_: MultitaskNet | None = None
         self.data_: FittedData | None = None
         self.history_: list[EpochRecord] = []
@@ -198,40 +193,9 @@ class MultitaskModel(Predictions, ModelFiles):
             return [3 * self.embedding_dim, 64]
         return list(self.layer_sizes)
 
-    def _check_params(self) -> None:
-        check_architecture(self.embedding_dim, self.layer_sizes_)
-        check_weights({"factorization_weight": self.factorization_weight, "regression_weight": self.regression_weight})
-        if not _is_whole(self.batch_size) or self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not _is_number(self.learning_rate) or not np.isfinite(self.learning_rate) or self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate must be a positive number, got {self.learning_rate!r}")
-        for name in ("l2", "l2_embeddings", "l2_residuals", "l2_biases", "l2_mlp"):
-            value = getattr(self, name)
-            if value is not None and (not _is_number(value) or not np.isfinite(value) or value < 0):
-                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
-        SCHEDULES.check(self.lr_schedule)
-        if not _is_number(self.lr_gamma) or not 0 < self.lr_gamma <= 1:
-            raise ConfigError(f"lr_gamma must be in (0, 1], got {self.lr_gamma!r}")
-        if not _is_whole(self.lr_step) or self.lr_step < 1:
-            raise ConfigError(f"lr_step must be a positive whole number of epochs, got {self.lr_step!r}")
-        WATCH_LOSSES.check(self.watch_loss)
-        if not _is_whole(self.negatives) or not 1 <= self.negatives <= MAX_NEGATIVES:
-            raise ConfigError(f"negatives must be a whole number from 1 to {MAX_NEGATIVES}, got {self.negatives!r}")
-        for name in ("exclude_positives", "rating_bias"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        SHARINGS.check(self.sharing)
-        WEIGHTINGS.check(self.weighting)
-        if not _is_number(self.gradnorm_alpha) or not 0 <= self.gradnorm_alpha <= 10:
-            raise ConfigError(f"gradnorm_alpha must be a number from 0 to 10, got {self.gradnorm_alpha!r}")
-        if not _is_number(self.cross_stitch_init) or not 0 <= self.cross_stitch_init <= 1:
-            raise ConfigError(f"cross_stitch_init must be in [0, 1], got {self.cross_stitch_init!r}")
-        if not _is_whole(self.seed) or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be a whole number from 0 to 2**64 - 1, got {self.seed!r}")
-        if self.num_threads is not None and (not _is_whole(self.num_threads) or self.num_threads <= 0):
-            raise ConfigError(f"num_threads must be a positive integer, got {self.num_threads!r}")
-        if self.step not in STEPS:
-            raise ConfigError(f"unknown training step {self.step!r}; use one of {', '.join(STEPS)}")
+    def _check_params(self) -> ModelConfig:
+        """The parameters, checked: a :class:`~mtrec.errors.ConfigError` naming each one out of its type or range."""
+        return ModelConfig(**self.get_params())
 
     def objective(self) -> JointObjective:
         """The training objective these hyper-parameters define."""

@@ -3,8 +3,9 @@
 Each subcommand lives in its own module with ``register(subparsers)``; the module's
 handler receives the parsed arguments and returns an exit code. Errors a user can cause
 (:class:`mtrec.errors.MtrecError`) become one line on stderr and exit 1; usage errors,
-argparse's and :class:`mtrec.errors.ConfigError`, exit 2. Library warnings (duplicate
-ratings dropped, ...) are shown as one line each.
+argparse's, options the settings do not allow (:class:`mtrec.cli._args.UsageError`, which name
+their flags) and :class:`mtrec.errors.ConfigError`, exit 2. Library warnings (duplicate ratings
+dropped, ...) are shown as one line each.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import warnings
 
 from mtrec import __version__
+from mtrec.cli._args import UsageError
 from mtrec.errors import ConfigError, MtrecError
 
 SUBCOMMANDS = (
@@ -74,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return int(args.handler(args) or 0)
+    except UsageError as error:
+        print(f"mtrec {args.command}: error: {error} (see 'mtrec {args.command} --help')", file=sys.stderr)
+        return 2
     except ConfigError as error:
         print(f"mtrec {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -5,6 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 
+from mtrec.errors import ConfigError
+
+
+class UsageError(ConfigError):
+    """Options that ask for something not allowed, described by their flags: the command prints it as
+    it prints argparse's usage errors (one line, a pointer to ``--help``, exit status 2)."""
+
 
 def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, *more: str, **kwargs):
     """Add ``--some-name`` also as ``--some_name`` (the assignment's spelling), or the reverse."""
@@ -18,31 +25,38 @@ def add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: 
     return parser.add_argument(*spellings, **kwargs)
 
 
-def positive_int(text: str) -> int:
+def whole_number(text: str) -> int:
+    """``text`` as a whole number; its range is the setting's to check."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def number(text: str) -> float:
+    """``text`` as a number; its range is the setting's to check."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    value = whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    value = number(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
     return value

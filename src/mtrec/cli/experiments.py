@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 from mtrec.cli._args import add_option
-from mtrec.cli.options import add_run_arguments, given_settings, run_config
+from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.cli.report import describe
 from mtrec.cli.train import epoch_summary
-from mtrec.config import RunConfig, preset
-from mtrec.data.splits import CANONICAL_SPLITS
+from mtrec.config import RunConfig
 from mtrec.studies.experiments import (
     CONFIGURATIONS,
     STUDY_DIRNAME,
@@ -91,31 +90,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return parser
 
 
-def split_loader(config: RunConfig, data_dir: str | None):
-    """``seed -> (train, validation, test, summary)`` for ``config``'s data, read from disk once for all seeds."""
-    loaded = []
-
-    def load(seed: int):
-        spec = config.data.with_seed(seed)
-        if not loaded and spec.split not in CANONICAL_SPLITS:
-            loaded.append(spec.load(data_dir))
-        train, validation, test = spec.load_split(data_dir, data=loaded[0] if loaded else None)
-        return train, validation, test, spec.describe(train, validation, test)
-
-    return load
-
-
 def run(args: argparse.Namespace) -> int:
-    base = None
+    default_preset = None
     if args.sweep:
         configurations, root = sweep_configurations(args.sweep_step), Path(args.root) / SWEEP_DIRNAME
     elif args.study:
         configurations, root = study_configurations(), Path(args.root) / STUDY_DIRNAME
-        if not hasattr(args, "preset"):  # the study compares validation-chosen models
-            base = preset("quality", given_settings(args))
+        default_preset = "quality"  # the study compares validation-chosen models
     else:
         configurations, root = configurations_named(args.configs), Path(args.root)
-    base = run_config(args, base).check()
+    base = run_config(args, default_preset=default_preset)
     runs = plan_runs(configurations, args.seeds, root, first_seed=base.seed)
     tracker = connect(args.tracker, args.tracking_uri, args.root)  # before any work
     trained = _train_runs(args, base, runs, tracker)
@@ -146,13 +130,13 @@ def _train_runs(args: argparse.Namespace, base: RunConfig, runs: list[PlannedRun
         bar.update(1)
 
     def config_of(planned) -> RunConfig:
-        return base.replace(seed=planned.seed, **planned.configuration.model_params()).check()
+        return base.replace(seed=planned.seed, **planned.configuration.model_params())
 
     try:
         return run_experiment(
             runs,
             config_of,
-            split_loader(base, args.data_dir),
+            base.data.split_loader(args.data_dir),
             force=args.force,
             on_run=on_run,
             on_epoch=on_epoch,

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
+import warnings
 from pathlib import Path
-
-import torch
 
 from mtrec.cli._args import add_option, non_negative_int, positive_float
 from mtrec.cli.options import add_run_arguments, run_config
@@ -16,7 +14,7 @@ from mtrec.config import RunConfig
 from mtrec.runs import train_run
 from mtrec.tracking import connect, tracked_training
 from mtrec.train.devices import resolve_device
-from mtrec.train.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, restarted
+from mtrec.train.distributed import BACKENDS, DEFAULT_TIMEOUT, EXCHANGES, Distributed, launched_by_torchrun, local_device, restarted
 
 DESCRIPTION = """\
 Train the multi-task model: matrix factorisation (watch score p, pairwise BPR-style loss)
@@ -137,13 +135,10 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     base = RunConfig.load(args.config) if args.config else None
-    config = run_config(args, base).check()
+    config = run_config(args, base)
     distributed = None
     if launched_by_torchrun():
-        device = resolve_device(config.model["device"])
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
+        device = local_device(resolve_device(config.model.device))
         distributed = Distributed.start(args.dist_backend, device, args.dist_timeout, args.dist_exchange)
         config = config.replace(device=str(device))
     finished = False
@@ -161,13 +156,10 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
     quiet = args.no_progress or not main
     tracker = connect(args.tracker, args.tracking_uri, _logdir(args, config).parent, distributed)  # before any work
     train, validation, test = config.data.load_split(args.data_dir, progress=not quiet)
-    if not train.has_ratings and config.model["regression_weight"] > 0 and main:
-        print(
-            "mtrec train: the data has no rating column, so the rating head cannot train: training the likelihood head alone (regression_weight = 0)",
-            file=sys.stderr,
-        )
-    if not train.has_ratings and config.model["regression_weight"] > 0:
-        config = config.replace(regression_weight=0.0, factorization_weight=config.model["factorization_weight"] or 1.0)
+    with warnings.catch_warnings():
+        if not main:  # one process says it
+            warnings.simplefilter("ignore")
+        config = config.for_data(train)
     logdir = _logdir(args, config)
     # delay: a run refused before its first epoch (a bad --device, say) shows no empty bar.
     bar = tqdm(total=config.epochs, desc="train", unit="epoch", disable=quiet, file=sys.stderr, delay=0.5)
@@ -208,4 +200,4 @@ def _logdir(args: argparse.Namespace, config: RunConfig) -> Path:
         return Path(args.logdir)
     preset = None if args.config else getattr(args, "preset", args.default_preset)
     model = config.model
-    return default_logdir(preset, model["sharing"], model["factorization_weight"], model["regression_weight"])
+    return default_logdir(preset, model.sharing, model.factorization_weight, model.regression_weight)

@@ -8,7 +8,8 @@ number, got true``, raised as the error class the caller names (a config file's 
 
 Here: :class:`Schema` (the strict base), the per-epoch record, ``metrics.json``
 (:func:`parse_metrics`) and a training checkpoint's facts. ``config.json``'s schema lives beside
-the config it describes, in :mod:`mtrec.config`.
+the config it describes, in :mod:`mtrec.config.run`; the settings themselves are checked by
+:mod:`mtrec.settings`, which words its messages the same way.
 """
 
 from __future__ import annotations

@@ -54,6 +54,16 @@ def restarted() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
 
 
+def local_device(device: torch.device) -> torch.device:
+    """The device this process of a torchrun launch trains on: for a CUDA ``device``, the process's own
+    GPU (``cuda:LOCAL_RANK``), made the current one; else ``device``."""
+    if device.type != "cuda":
+        return device
+    local = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    torch.cuda.set_device(local)
+    return local
+
+
 def _import_what_would_capture_the_group() -> None:
     """Import ``torch.distributed._shard`` before the process group exists.
 

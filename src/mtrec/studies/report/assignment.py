@@ -476,7 +476,7 @@ def setup(groups: Sequence[GroupSummary], sweep: bool = False, study: bool = Fal
     )
     text = (
         f"Data: {data.get('name')} ({data.get('num_users')} users, {data.get('num_items')} items), "
-        f"{config.data.split} split with {data.get('train_size')} training and "
+        f"{config.data.split.method} split with {data.get('train_size')} training and "
         f"{data.get('test_size')} test ratings. Each configuration was trained for up to {groups[0].epochs} epochs "
         f"with seeds {', '.join(map(str, seeds))}; seed k drives the train/test split, the initialisation and "
         f"the negative sampling, exactly like `mtrec train --seed k`. Model: embedding dimension "
