@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from mtrec.config.model import ModelConfig
+from mtrec.config.model import Hyperparameters
 from mtrec.data.formats import Column
-from mtrec.data.interactions import Interactions, as_interactions, check_same_ids
-from mtrec.errors import ConfigError, DataError
-from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, metric_names
+from mtrec.data.interactions import Interactions, as_interactions
+from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS
 from mtrec.io.fitted import EpochRecord, FittedData
 from mtrec.model_files import ModelFiles
 from mtrec.nn.network import MultitaskNet
 from mtrec.nn.objective import JointObjective
 from mtrec.prediction import Predictions
 from mtrec.train.callbacks import CallbackLike
-from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import Distributed
-from mtrec.train.loop import check_early_stopping
-from mtrec.train.memory import check_memory, memory_needed
-from mtrec.train.session import TrainingSession, evaluation_plan
-from mtrec.train.steps import Step, make_step, resolve_step
+from mtrec.train.session import TrainingSession, evaluation_plan, preflight
+from mtrec.train.steps import Step
 
 
 def _is_whole(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, np.integer))
 
 
-class MultitaskModel(Predictions, ModelFiles):
+class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
     """Learns whether a user watches an item (p) and the rating they would give it (r_hat).
 
     The constructor only stores hyper-parameters (scikit-learn style: :meth:`get_params`,
@@ -74,8 +69,15 @@ class MultitaskModel(Predictions, ModelFiles):
         (× ``lr_gamma`` every ``lr_step`` epochs) or ``"cosine"`` (down to 0 over the epochs).
     lr_gamma, lr_step:
         The schedules' decay factor and step length in epochs.
-    watch_loss:
-        ``"bpr"``, mean(1 − σ(p⁺ − p⁻)) (the seed's), or ``"logsigmoid"``, mean(−log σ(p⁺ − p⁻)).
+    watch_loss, rating_loss:
+        The ``watch`` task's loss (:data:`~mtrec.nn.losses.WATCH_LOSSES`: ``"bpr"``, the seed's,
+        ``"logsigmoid"``, ``"sampled-softmax"``, ``"softmax"``) and the ``rating`` task's
+        (:data:`~mtrec.nn.tasks.RATING_LOSSES`: ``"mse"``, the seed's, or ``"huber"``).
+    user_encoder, history_alpha, history_dropout, history_cap:
+        How users become vectors (:data:`~mtrec.nn.network.USER_ENCODERS`): ``"id"`` (the seed's
+        U), or ``"history"``, U[u] + |N(u)|^-α Σ Y[j] over the user's training items
+        (:class:`~mtrec.nn.encoders.HistoryEncoder`: α, the share of the history dropped while
+        training, the most items pooled).
     negatives:
         Negatives sampled per positive pair; the watch loss averages over all of them.
     exclude_positives:
@@ -115,6 +117,11 @@ class MultitaskModel(Predictions, ModelFiles):
         lr_gamma: float = 0.95,
         lr_step: int = 10,
         watch_loss: str = "bpr",
+        rating_loss: str = "mse",
+        user_encoder: str = "id",
+        history_alpha: float = 0.5,
+        history_dropout: float = 0.0,
+        history_cap: int = 1000,
         negatives: int = 1,
         exclude_positives: bool = False,
         rating_bias: bool = False,
@@ -124,32 +131,10 @@ class MultitaskModel(Predictions, ModelFiles):
         num_threads: int | None = None,
         step: str = "auto",
     ) -> None:
-        self.embedding_dim = embedding_dim
-        self.layer_sizes = layer_sizes
-        self.sharing = sharing
-        self.factorization_weight = factorization_weight
-        self.regression_weight = regression_weight
-        self.weighting = weighting
-        self.gradnorm_alpha = gradnorm_alpha
-        self.batch_size = batch_size
-        self.learning_rate = learning_rate
-        self.l2 = l2
-        self.l2_embeddings = l2_embeddings
-        self.l2_residuals = l2_residuals
-        self.l2_biases = l2_biases
-        self.l2_mlp = l2_mlp
-        self.lr_schedule = lr_schedule
-        self.lr_gamma = lr_gamma
-        self.lr_step = lr_step
-        self.watch_loss = watch_loss
-        self.negatives = negatives
-        self.exclude_positives = exclude_positives
-        self.rating_bias = rating_bias
-        self.cross_stitch_init = cross_stitch_init
-        self.seed = seed
-        self.device = device
-        self.num_threads = num_threads
-        self.step = step
+        # scikit-learn's contract: each parameter is an attribute of its own name, stored as given.
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
         self._check_params()
         self._unfitted()
 
@@ -162,30 +147,6 @@ class MultitaskModel(Predictions, ModelFiles):
         self.selected_epoch_: int | None = None
         self.selection_: dict[str, Any] = {}
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        """The constructor's parameters and their values, as plain data (scikit-learn's contract)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params: Any) -> MultitaskModel:
-        """Set constructor parameters by name (scikit-learn's contract); checks them; returns self."""
-        unknown = sorted(set(params) - set(self._param_names()))
-        if unknown:
-            raise ConfigError(f"unknown parameter {', '.join(unknown)}; the parameters are {', '.join(self._param_names())}")
-        previous = self.get_params()
-        for name, value in params.items():
-            setattr(self, name, value)
-        try:
-            self._check_params()
-        except ConfigError:
-            for name, value in previous.items():
-                setattr(self, name, value)
-            raise
-        return self
-
     @property
     def layer_sizes_(self) -> list[int]:
         """The rating MLP's layer sizes in effect (the default filled in)."""
@@ -193,49 +154,29 @@ class MultitaskModel(Predictions, ModelFiles):
             return [3 * self.embedding_dim, 64]
         return list(self.layer_sizes)
 
-    def _check_params(self) -> ModelConfig:
-        """The parameters, checked: a :class:`~mtrec.errors.ConfigError` naming each one out of its type or range."""
-        return ModelConfig(**self.get_params())
-
     def objective(self) -> JointObjective:
-        """The training objective these hyper-parameters define."""
-        return JointObjective(
-            {"watch": self.factorization_weight, "rating": self.regression_weight},
-            watch_loss=self.watch_loss,
-            weighting=self.weighting,
-            gradnorm_alpha=self.gradnorm_alpha,
-        )
+        """The training objective these hyper-parameters define (:meth:`ModelConfig.objective <mtrec.config.model.ModelConfig.objective>`)."""
+        return self._check_params().objective()
 
     def weight_decay(self) -> dict[str, float]:
         """Adam's weight decay per parameter group."""
-        own = {"embeddings": self.l2_embeddings, "residuals": self.l2_residuals, "biases": self.l2_biases, "mlp": self.l2_mlp}
-        return {group: self.l2 if value is None else value for group, value in own.items()}
+        return self._check_params().weight_decay()
 
     def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
         """A fresh network for this many users and items, initialised from ``seed``."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            network = MultitaskNet(
-                num_users, num_items, self.embedding_dim, self.layer_sizes_, self.sharing, self.rating_bias,
-                self.cross_stitch_init,
-            )  # fmt: skip
-        return network.to(device)
+        return self._check_params().build_network(num_users, num_items, device)
 
     def make_step(self, network: MultitaskNet) -> Step:
         """The training step for ``network``, as :attr:`step` asks."""
-        return make_step(self.step, network, self.objective(), self.learning_rate, self.weight_decay())
+        return self._check_params().make_step(network)
 
     def resolved_step(self) -> str:
         """The step :meth:`fit` will take: ``"fused"`` or ``"autograd"`` (what ``step="auto"`` resolves to)."""
-        with torch.device("meta"):  # the network's shape only: nothing is allocated
-            network = self.build_network(1, 1, "meta")
-        return resolve_step(self.step, network, self.objective())
+        return self._check_params().resolved_step()
 
     def memory_needed(self, num_users: int, num_items: int) -> dict[str, float]:
         """Bytes training would take, by the option that makes them (:func:`mtrec.train.memory.memory_needed`)."""
-        with torch.device("meta"):  # the network's declared tables: nothing is allocated
-            network = self.build_network(1, 1, "meta")
-        return memory_needed(network, self.layer_sizes_, self.batch_size, self.negatives, num_users, num_items)
+        return self._check_params().memory_needed(num_users, num_items)
 
     def check_fit(
         self,
@@ -248,25 +189,9 @@ class MultitaskModel(Predictions, ModelFiles):
         metrics: Sequence[str] = DEFAULT_METRICS,
         k: Sequence[int] = DEFAULT_K,
     ) -> torch.device:
-        """Raise what :meth:`fit` would raise on these arguments, before any work; return the device."""
-        self._check_params()
-        if not _is_whole(epochs) or epochs < 0:
-            raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
-        metric_names(metrics, k)
-        if early_stopping is not None:
-            check_early_stopping(early_stopping, patience, k)
-            if validation is None:
-                raise ConfigError("early stopping needs a validation set (--valid-fraction or --valid-k)")
-        if len(train) == 0:
-            raise DataError("the training set is empty")
-        device = resolve_device(self.device)
-        check_memory(self.memory_needed(train.num_users, train.num_items), device)
-        if not train.has_ratings and self.regression_weight > 0:
-            raise ConfigError("the data has no ratings, so the rating head cannot train: set regression_weight to 0")
-        for other in (test, validation):
-            if other is not None:
-                check_same_ids(train, other)
-        return device
+        """Raise what :meth:`fit` would raise on these arguments, before any work; return the device
+        (:func:`mtrec.train.session.preflight`)."""
+        return preflight(self._check_params(), train, epochs, test, validation, early_stopping, patience, metrics, k)
 
     def fit(
         self,
@@ -284,61 +209,47 @@ class MultitaskModel(Predictions, ModelFiles):
         callbacks: Iterable[CallbackLike] | CallbackLike | None = None,
         distributed: Distributed | None = None,
     ) -> MultitaskModel:
-        """Train from scratch on ``train`` for up to ``epochs`` epochs (or on from a checkpoint).
+        """Train from scratch on ``train`` for up to ``epochs`` epochs (or on from a checkpoint: a
+        :class:`~mtrec.train.callbacks.Resume` callback).
 
         Parameters
         ----------
-        train:
-            Training interactions, or a pandas or polars DataFrame or pyarrow Table of them, read
-            by :meth:`Interactions.from_frame <mtrec.data.interactions.Interactions.from_frame>`.
-            Without ratings, regression_weight must be 0.
-        epochs:
-            Passes over the training data (fewer if early stopping ends training).
-        columns:
-            For a frame ``train``, the columns that are not recognised by their names:
-            ``{"user": "customer", "rating": "stars"}`` (keys ``user``, ``item``, ``rating``,
-            ``timestamp``).
-        validation:
-            If given, measured every ``eval_every`` epochs and on the last (``valid_<metric>``),
-            with ``train``'s items removed from the rankings; early stopping reads it.
-        test:
-            If given, measured likewise for the record only (``test_<metric>``), with the
-            items of ``train`` and ``validation`` removed from the rankings. Nothing is
-            chosen on it.
-        eval_every:
-            Evaluate every N epochs (and after the last).
-        early_stopping:
-            None, ``"joint"`` (the mean relative improvement of validation MSE and MRR over
-            the mean rating and the most popular items, see :func:`mtrec.train.loop.joint_score`),
-            or a validation metric (``"mse"``, ``"ndcg@10"``...). Training stops once it has not
-            improved for ``patience`` evaluations, and the model keeps the weights of the best
-            validation epoch (:attr:`selected_epoch_`); without it, those of the last epoch.
-        patience:
-            Evaluations without improvement before early stopping ends training.
+        train, columns:
+            Training interactions, or a pandas or polars DataFrame or pyarrow Table of them
+            (:meth:`Interactions.from_frame <mtrec.data.interactions.Interactions.from_frame>`, with
+            ``columns`` naming those it does not recognise: ``{"user": "customer"}``). Without
+            ratings, regression_weight must be 0.
+        epochs, eval_every:
+            Passes over the training data (fewer if early stopping ends training); evaluate every N.
+        validation, test:
+            Measured every ``eval_every`` epochs and on the last (``valid_<metric>``,
+            ``test_<metric>``), with the items of ``train`` (and, for test, of ``validation``)
+            removed from the rankings. Early stopping reads validation; test is for the record only.
+        early_stopping, patience:
+            None, ``"joint"`` (the mean relative improvement of validation MSE and MRR over the
+            mean rating and the most popular items: :func:`mtrec.train.loop.joint_score`), or a
+            validation metric (``"mse"``, ``"ndcg@10"``...). Training stops after ``patience``
+            evaluations without improvement and keeps the best validation epoch's weights
+            (:attr:`selected_epoch_`); without it, the last epoch's.
         metrics, k:
             The metrics measured and the cut-offs of the top-k ones (:mod:`mtrec.eval.evaluation`).
         callbacks:
-            Called as training goes (:mod:`mtrec.train.callbacks`): functions of each epoch's
-            :class:`EpochRecord` (progress bars, logging), or :class:`~mtrec.train.callbacks.Callback`
-            objects: :class:`~mtrec.train.callbacks.Checkpoints`, :class:`~mtrec.train.callbacks.Resume`
-            (continue from a checkpoint instead of starting over), :class:`~mtrec.train.callbacks.TensorBoard`.
+            Functions of each epoch's :class:`EpochRecord` (progress, logging), or
+            :class:`~mtrec.train.callbacks.Callback` objects (checkpoints, resuming, TensorBoard).
         distributed:
             This process's place in a distributed run (:mod:`mtrec.train.distributed`): it trains its
             slice of each global batch of ``batch_size`` and evaluates its share of the users.
 
-        Raises
-        ------
-        TrainingDiverged
-            When a loss or a parameter becomes NaN or infinite.
-        DataError
-            For a frame that cannot be read (see :meth:`~mtrec.data.interactions.Interactions.from_frame`).
+        Raises :class:`~mtrec.errors.TrainingDiverged` when a loss or a parameter becomes NaN or
+        infinite, and :class:`~mtrec.errors.DataError` for a frame that cannot be read.
         """
         train = as_interactions(train, columns)
-        device = self.check_fit(train, epochs, test, validation, early_stopping, patience, metrics, k)
+        settings = self._check_params()
+        device = preflight(settings, train, epochs, test, validation, early_stopping, patience, metrics, k)
         rates = train.has_ratings and self.regression_weight > 0
         plan = evaluation_plan(train, validation, test, device, metrics, k, early_stopping, patience, rates, distributed)
         self.data_ = FittedData.from_interactions(train)
-        session = TrainingSession(self, train, epochs, device, plan, eval_every, distributed, callbacks)
+        session = TrainingSession(settings, train, epochs, device, plan, eval_every, distributed, callbacks)
         self.network_, self.history_ = session.network, []
         result = session.run()
         self.history_, self.step_ = result.history, result.step

@@ -303,26 +303,22 @@ def train_run(
 
     Parameters
     ----------
-    config, train, validation, test:
-        The run and its data: ``validation`` (or None) chooses the epoch when the config asks for
-        early stopping; the test set is evaluated for the record only. A run trains at least one epoch.
+    config, train, validation, test, summary:
+        The run and its data (``validation`` chooses the epoch under early stopping; test is for the
+        record only), and what the split gave (sizes, cold start) for config.json.
     logdir:
-        The run directory (or a symbolic link to it: see :func:`run_directory`). A finished run
-        there is replaced only with ``force``. Its lock is held until the run is published: while
+        The run directory (or a symbolic link to it: :func:`run_directory`). A finished run there
+        is replaced only with ``force``. Its lock is held until the run is published: while
         another process trains it, :class:`~mtrec.io.files.LockHeldError` names that process.
-    summary:
-        What the split gave (sizes, cold start), for config.json.
     callbacks:
-        Called as training goes, beside the run's own (TensorBoard, checkpoints): functions of
-        each epoch's record, or :class:`~mtrec.train.callbacks.Callback` objects.
+        Called as training goes, beside the run's own (TensorBoard, checkpoints).
     distributed:
-        This process's place in a distributed run: every process trains; process 0 alone
-        holds the lock and writes, and tells the others when it refuses to start.
+        This process's place in a distributed run: every process trains; process 0 alone holds
+        the lock and writes, and tells the others when it refuses to start.
     checkpoint_every, resume:
-        Save a checkpoint (model, optimiser, generator, schedule, history) every K epochs; and
-        continue from the last one of an unfinished run of the same config. A checkpoint that is
-        not resumed is discarded with ``force`` and is an error without it (naming the settings
-        that differ, when they do).
+        Save a checkpoint every K epochs; continue from the last one of an unfinished run of the
+        same config. A checkpoint not resumed is discarded with ``force``, and is an error
+        without it (naming the settings that differ, when they do).
     speed:
         Speed-only facts to record beside the config (the world size...).
     """

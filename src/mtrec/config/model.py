@@ -10,17 +10,23 @@ estimator keeps its keyword parameters (scikit-learn's contract) and checks them
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
+import torch
 from pydantic import Field, model_validator
 
+from mtrec.errors import ConfigError
+from mtrec.nn.encoders import DEFAULT_CAP
 from mtrec.nn.losses import WATCH_LOSSES
-from mtrec.nn.network import SHARINGS
-from mtrec.nn.objective import MAX_LOSS_WEIGHT
+from mtrec.nn.network import SHARINGS, USER_ENCODERS, MultitaskNet
+from mtrec.nn.objective import MAX_LOSS_WEIGHT, JointObjective
+from mtrec.nn.tasks import RATING_LOSSES
 from mtrec.nn.weighting import WEIGHTINGS
 from mtrec.settings import Flag, Number, Settings, Text, Whole, one_of, rule
 from mtrec.train.loop import SCHEDULES
-from mtrec.train.steps import STEPS
+from mtrec.train.memory import memory_needed
+from mtrec.train.steps import STEPS, Step, make_step, resolve_step
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
 MAX_SEED = 2**64 - 1
@@ -33,6 +39,8 @@ Sharing = one_of(SHARINGS)
 Weighting = one_of(WEIGHTINGS)
 Schedule = one_of(SCHEDULES)
 WatchLoss = one_of(WATCH_LOSSES)
+RatingLoss = one_of(RATING_LOSSES)
+UserEncoder = one_of(USER_ENCODERS)
 StepKind = one_of(STEPS, "training step")
 
 
@@ -78,6 +86,11 @@ class ModelConfig(Settings):
     lr_gamma: Number = Field(0.95, gt=0, le=1, description="decay factor of the schedule")
     lr_step: Whole = Field(10, ge=1, description="epochs per step of the step schedule")
     watch_loss: WatchLoss = Field("bpr", description="the watch-score head's loss")
+    rating_loss: RatingLoss = Field("mse", description="the rating head's loss")
+    user_encoder: UserEncoder = Field("id", description="how users become vectors")
+    history_alpha: Number = Field(0.5, ge=0, le=1, description="the history encoder's normalisation |N(u)|^-alpha: 0 a sum, 1 a mean")
+    history_dropout: Number = Field(0.0, ge=0, lt=1, description="share of a user's history items left out of each pool while training")
+    history_cap: Whole = Field(DEFAULT_CAP, ge=1, description="most history items pooled per user (the lowest item indices)")
     negatives: Whole = Field(1, ge=1, le=MAX_NEGATIVES, description="negatives sampled per positive pair")
     exclude_positives: Flag = Field(False, description="redraw a sampled negative that the user rated")
     rating_bias: Flag = Field(False, description="a learned per-user and per-item bias in the rating head")
@@ -118,6 +131,55 @@ class ModelConfig(Settings):
         """The parameters as :class:`~mtrec.model.MultitaskModel` takes them, in its order."""
         return self.model_dump()
 
+    # ------------------------------------------------------------------ what the parameters make
+
+    def objective(self) -> JointObjective:
+        """The training objective: the tasks ``watch`` and ``rating``, weighted λF and λR."""
+        return JointObjective(
+            {"watch": self.factorization_weight, "rating": self.regression_weight},
+            watch_loss=self.watch_loss,
+            rating_loss=self.rating_loss,
+            weighting=self.weighting,
+            gradnorm_alpha=self.gradnorm_alpha,
+        )
+
+    def weight_decay(self) -> dict[str, float]:
+        """Adam's weight decay per parameter group."""
+        own = {"embeddings": self.l2_embeddings, "residuals": self.l2_residuals, "biases": self.l2_biases, "mlp": self.l2_mlp}
+        return {group: self.l2 if value is None else value for group, value in own.items()}
+
+    def encoder_settings(self) -> dict[str, Any]:
+        """The user encoder's options: the settings ``<encoder>_<option>`` of its declared ``options``, and the seed."""
+        encoder = USER_ENCODERS[self.user_encoder]
+        options = {option: getattr(self, f"{self.user_encoder}_{option}") for option in getattr(encoder, "options", ())}
+        return {**options, "seed": self.seed} if options else {}
+
+    def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
+        """A fresh network for this many users and items, initialised from ``seed``."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            network = MultitaskNet(
+                num_users, num_items, self.embedding_dim, self.effective_layer_sizes, self.sharing, self.rating_bias,
+                self.cross_stitch_init, self.user_encoder, self.encoder_settings(),
+            )  # fmt: skip
+        return network.to(device)
+
+    def make_step(self, network: MultitaskNet) -> Step:
+        """The training step for ``network``, as ``step`` asks."""
+        return make_step(self.step, network, self.objective(), self.learning_rate, self.weight_decay())
+
+    def resolved_step(self) -> str:
+        """The step training takes: ``"fused"`` or ``"autograd"`` (what ``step="auto"`` resolves to)."""
+        with torch.device("meta"):  # the network's shape only: nothing is allocated
+            network = self.build_network(1, 1, "meta")
+        return resolve_step(self.step, network, self.objective())
+
+    def memory_needed(self, num_users: int, num_items: int) -> dict[str, float]:
+        """Bytes training would take, by the setting that makes them (:func:`mtrec.train.memory.memory_needed`)."""
+        with torch.device("meta"):  # the network's declared tables: nothing is allocated
+            network = self.build_network(1, 1, "meta")
+        return memory_needed(network, self.effective_layer_sizes, self.batch_size, self.negatives, num_users, num_items)
+
     # ------------------------------------------------------------------ read by name, as a dict
 
     def __getitem__(self, name: str) -> Any:
@@ -130,3 +192,36 @@ class ModelConfig(Settings):
 
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name) if name in type(self).model_fields else default
+
+
+class Hyperparameters:
+    """The estimator's parameters as scikit-learn keeps them (:meth:`get_params`, :meth:`set_params`),
+    checked by making a :class:`ModelConfig` of them, which the estimator then reads."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [name for name in inspect.signature(cls.__init__).parameters if name != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters and their values, as plain data (scikit-learn's contract)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Hyperparameters:
+        """Set constructor parameters by name (scikit-learn's contract); checks them; returns self."""
+        unknown = sorted(set(params) - set(self._param_names()))
+        if unknown:
+            raise ConfigError(f"unknown parameter {', '.join(unknown)}; the parameters are {', '.join(self._param_names())}")
+        previous = self.get_params()
+        for name, value in params.items():
+            setattr(self, name, value)
+        try:
+            self._check_params()
+        except ConfigError:
+            for name, value in previous.items():
+                setattr(self, name, value)
+            raise
+        return self
+
+    def _check_params(self) -> ModelConfig:
+        """The parameters, checked: a :class:`~mtrec.errors.ConfigError` naming each one out of its type or range."""
+        return ModelConfig(**self.get_params())

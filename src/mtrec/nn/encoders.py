@@ -41,6 +41,8 @@ class HistoryEncoder(UserEncoder):
     """
 
     summary = "U[u] + |N(u)|^-alpha * sum of Y[j] over the user's training items (SVD++, FISM)"
+    #: The options an estimator's settings give as ``history_<option>`` (the seed is its own).
+    options = ("alpha", "dropout", "cap")
 
     def __init__(self, alpha: float = 0.5, dropout: float = 0.0, cap: int = DEFAULT_CAP, seed: int = 0) -> None:
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:

@@ -12,15 +12,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol, Sequence
 
+import numpy as np
 import torch
 
-from mtrec.data.interactions import Interactions
+from mtrec.data.interactions import Interactions, check_same_ids
+from mtrec.errors import ConfigError, DataError
 from mtrec.eval.baselines import PopularityNet
-from mtrec.eval.evaluation import Evaluator
+from mtrec.eval.evaluation import Evaluator, metric_names
 from mtrec.io.fitted import EpochRecord
 from mtrec.train.callbacks import CallbackLike
+from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import Distributed
-from mtrec.train.loop import JOINT, EarlyStopping, Trainer, make_scheduler, torch_threads
+from mtrec.train.loop import JOINT, EarlyStopping, Trainer, check_early_stopping, make_scheduler, torch_threads
+from mtrec.train.memory import check_memory
 from mtrec.train.sampling import EpochSampler
 from mtrec.train.steps import Step
 
@@ -90,6 +94,39 @@ def evaluation_plan(
         known = [train] if validation is None else [train, validation]
         plan.evaluators["test"] = Evaluator(test, known, device, metrics, k, distributed)
     return plan
+
+
+def preflight(
+    settings: Any,
+    train: Interactions,
+    epochs: int,
+    test: Interactions | None,
+    validation: Interactions | None,
+    early_stopping: str | None,
+    patience: int,
+    metrics: Sequence[str],
+    k: Sequence[int],
+) -> torch.device:
+    """Raise what training ``settings`` (a :class:`~mtrec.config.model.ModelConfig`) on these arguments
+    would raise, before any work: bad epochs, metrics or early stopping, empty or mismatched data, a
+    rating head without ratings, more memory than the device has. Returns the device."""
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
+    metric_names(metrics, k)
+    if early_stopping is not None:
+        check_early_stopping(early_stopping, patience, k)
+        if validation is None:
+            raise ConfigError("early stopping needs a validation set (--valid-fraction or --valid-k)")
+    if len(train) == 0:
+        raise DataError("the training set is empty")
+    device = resolve_device(settings.device)
+    check_memory(settings.memory_needed(train.num_users, train.num_items), device)
+    if not train.has_ratings and settings.regression_weight > 0:
+        raise ConfigError("the data has no ratings, so the rating head cannot train: set regression_weight to 0")
+    for other in (test, validation):
+        if other is not None:
+            check_same_ids(train, other)
+    return device
 
 
 @dataclass
