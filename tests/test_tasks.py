@@ -214,3 +214,5 @@ def test_a_user_encoder_defined_in_a_test_trains_and_folds_in(monkeypatch):
         assert torch.equal(network.user_vectors(torch.tensor([1])), network.user_vectors(torch.tensor([9])))
     one = fold_in(network, objective, items=[0, 1, 2], ratings=[5.0, 4.0, 1.0])
     assert one.user_encoder == "hashed" and one.user_embeddings.num_embeddings == 1
+    model = MultitaskModel(embedding_dim=8, batch_size=256, user_encoder="hashed", seed=0).fit(train, 2)  # the estimator too
+    assert model.network_.user_encoder == "hashed" and model.step_ == "autograd"
