@@ -12,6 +12,7 @@ import typing
 import warnings
 
 import pytest
+import torch
 from conftest import random_interactions
 
 from mtrec.cli import main
@@ -244,3 +245,20 @@ def test_a_torchrun_process_keeps_a_cpu_device():
     import torch
 
     assert local_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_errors_found_after_the_settings_are_made_name_settings_in_the_library_and_flags_on_the_command_line():
+    from conftest import random_interactions
+
+    from mtrec.errors import ConfigError
+    from mtrec.train.memory import check_memory
+
+    with pytest.raises(ConfigError) as caught:
+        check_memory({"embedding_dim": 1e30, "batch_size": 1.0}, torch.device("cpu"))
+    assert str(caught.value).endswith("most of it for embedding_dim: lower it") and "--" not in str(caught.value)
+    with pytest.raises(ConfigError) as caught:
+        MultitaskModel().fit(random_interactions(), 1, early_stopping="mrr")
+    assert "validation set (fit's validation; a run's valid_fraction or valid_k)" in str(caught.value)
+    from mtrec.cli.options import flag_message
+
+    assert flag_message(caught.value).endswith("(fit's validation; a run's --valid-fraction or --valid-k)")

@@ -19,6 +19,7 @@ import warnings
 from mtrec import __version__
 from mtrec.cli._args import UsageError
 from mtrec.errors import ConfigError, MtrecError
+from mtrec.settings import SettingsError
 
 SUBCOMMANDS = (
     "train",
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.handler(args) or 0)
     except UsageError as error:
         print(f"mtrec {args.command}: error: {error} (see 'mtrec {args.command} --help')", file=sys.stderr)
+        return 2
+    except SettingsError as error:  # settings by their flags
+        from mtrec.cli.options import flag_message
+
+        print(f"mtrec {args.command}: error: {flag_message(error)}", file=sys.stderr)
         return 2
     except ConfigError as error:
         print(f"mtrec {args.command}: error: {error}", file=sys.stderr)

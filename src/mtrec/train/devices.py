@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from mtrec.errors import ConfigError
+from mtrec.settings import SettingsError
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -17,7 +18,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} was asked for but no CUDA GPU is available; use --device cpu or auto")
+        raise SettingsError([("", f"device {name!r} was asked for but no CUDA GPU is available; use {{device}} cpu or auto")])
     if resolved.type not in ("cpu", "cuda"):
         raise ConfigError(f"unsupported device {name!r}; use cpu, cuda or auto")
     return resolved

@@ -29,6 +29,7 @@ import torch
 import torch.distributed as dist
 
 from mtrec.errors import ConfigError, MtrecError
+from mtrec.settings import SettingsError
 
 #: The backends: ``auto`` is NCCL for CUDA devices and gloo otherwise.
 BACKENDS = ("auto", "gloo", "nccl")
@@ -119,7 +120,7 @@ class Distributed:
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
         if backend == "nccl" and device.type != "cuda":
-            raise ConfigError("the nccl backend needs --device cuda; use --dist-backend gloo on CPUs")
+            raise SettingsError([("", "the nccl backend needs {device} cuda; use {dist_backend} gloo on CPUs")])
         rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if not dist.is_initialized():

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from mtrec.errors import ConfigError
+from mtrec.settings import SettingsError
 
 
 def memory_needed(network, layer_sizes: Sequence[int], batch_size: int, negatives: int, num_users: int, num_items: int) -> dict[str, float]:
@@ -40,11 +40,11 @@ def machine_memory(device: torch.device) -> int:
 
 
 def check_memory(needed: dict[str, float], device: torch.device) -> None:
-    """:class:`ConfigError` naming the option to lower when training would need more memory than the device has."""
+    """A :class:`~mtrec.settings.SettingsError` naming the setting to lower (the command line: its flag)
+    when training would need more memory than the device has."""
     total, available = sum(needed.values()), machine_memory(device)
     if total > available:
         option = max(needed, key=needed.get)
-        raise ConfigError(
-            f"training would need about {total / 1e9:,.1f} GB of memory, more than the {available / 1e9:,.1f} GB "
-            f"this {'GPU' if device.type == 'cuda' else 'machine'} has; most of it for --{option.replace('_', '-')}: lower it"
-        )
+        where = "GPU" if device.type == "cuda" else "machine"
+        text = f"training would need about {total / 1e9:,.1f} GB of memory, more than the {available / 1e9:,.1f} GB this {where} has"
+        raise SettingsError([("", text + f"; most of it for {{{option}}}: lower it")])

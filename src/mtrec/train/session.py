@@ -20,6 +20,7 @@ from mtrec.errors import ConfigError, DataError
 from mtrec.eval.baselines import PopularityNet
 from mtrec.eval.evaluation import Evaluator, metric_names
 from mtrec.io.fitted import EpochRecord
+from mtrec.settings import SettingsError
 from mtrec.train.callbacks import CallbackLike
 from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import Distributed
@@ -116,7 +117,7 @@ def preflight(
     if early_stopping is not None:
         check_early_stopping(early_stopping, patience, k)
         if validation is None:
-            raise ConfigError("early stopping needs a validation set (--valid-fraction or --valid-k)")
+            raise SettingsError([("", "early stopping needs a validation set (fit's validation; a run's {valid_fraction} or {valid_k})")])
     if len(train) == 0:
         raise DataError("the training set is empty")
     device = resolve_device(settings.device)
