@@ -82,3 +82,12 @@ def test_fold_in_reads_a_new_users_history_instantly_and_resizing_keeps_the_sett
     expected = net.user_embeddings.weight.mean(0) + net.history_embeddings.weight[[1, 3, 4]].sum(0) / 3**0.5
     torch.testing.assert_close(one.user_vectors(torch.tensor([0]))[0], expected)
     assert isinstance(net._encoder, HistoryEncoder)
+
+
+@pytest.mark.parametrize("encoder", ["id", "history"])
+def test_scores_against_several_items_make_each_users_vector_once_and_equal_pair_by_pair(encoder):
+    torch.manual_seed(1)
+    net = MultitaskNet(4, 8, 3, user_encoder=encoder).use_histories(torch.tensor([0, 2, 2, 5, 6]), torch.tensor([1, 2, 0, 3, 7, 5]))
+    users, items = torch.tensor([0, 2, 3]), torch.tensor([[1, 4, 5, 7], [0, 0, 6, 2], [3, 3, 3, 1]])
+    pairs = net.watch_score(users.repeat_interleave(4), items.reshape(-1)).view(3, 4)
+    torch.testing.assert_close(net.watch_scores(users, items), pairs)

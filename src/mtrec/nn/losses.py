@@ -19,6 +19,16 @@ from mtrec.nn.batch import Batch
 from mtrec.registry import Registry
 
 
+def scores_against(network, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """Watch scores of each user (B,) against each of its items (B, K): the network's own
+    ``watch_scores`` where it has one (the user's vector made once), else ``watch_score`` of every pair."""
+    own = getattr(network, "watch_scores", None)
+    if own is not None:
+        return own(users, items)
+    k = items.shape[1]
+    return network.watch_score(users.repeat_interleave(k), items.reshape(-1)).view(-1, k)
+
+
 class WatchLoss:
     """L_F of a batch: how the likelihood head's scores of the watched items should beat the rest.
 
@@ -54,9 +64,7 @@ class PairwiseLoss(WatchLoss):
         if negatives.dim() == 1:
             margin = p_pos - network.watch_score(users, negatives)
         else:
-            k = negatives.shape[1]
-            p_neg = network.watch_score(users.repeat_interleave(k), negatives.reshape(-1)).view(-1, k)
-            margin = p_pos.unsqueeze(1) - p_neg
+            margin = p_pos.unsqueeze(1) - scores_against(network, users, negatives)
         per_pair = 1 if negatives.dim() == 1 else negatives.shape[1]  # from the shape: a share may be empty
         return self.terms(margin).sum() / (batch.denominator * per_pair)
 
@@ -96,8 +104,7 @@ class SampledSoftmax(WatchLoss):
     def __call__(self, network, batch: Batch) -> torch.Tensor:
         users, negatives = batch.users, batch.negatives
         p_pos = network.watch_score(users, batch.positives)
-        k = 1 if negatives.dim() == 1 else negatives.shape[1]
-        p_neg = network.watch_score(users.repeat_interleave(k), negatives.reshape(-1)).view(-1, k)
+        p_neg = scores_against(network, users, negatives.view(len(users), 1 if negatives.dim() == 1 else negatives.shape[1]))
         logits = torch.cat([p_pos[:, None], p_neg], 1)
         return (torch.logsumexp(logits, 1) - p_pos).sum() / batch.denominator
 

@@ -368,6 +368,13 @@ class MultitaskNet(nn.Module):
         u, q = self.watch_users(users), self.watch_items(items)
         return (u * q).sum(1) + self.user_biases(users).squeeze(-1) + self.item_biases(items).squeeze(-1)
 
+    def watch_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """p of each of ``users`` (B,) against each of its items ``items`` (B, K), shape (B, K): the
+        users' vectors are made once (a history-aware user is pooled once, not K times)."""
+        q = self.watch_items(items.reshape(-1))
+        u, q = self.watch_users(users), q.view(*items.shape, q.shape[-1])  # sizes spelled out: a share may be empty
+        return (u.unsqueeze(1) * q).sum(2) + self.user_biases(users) + self.item_biases(items).squeeze(-1)
+
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(p, r_hat)`` for each (user, item) pair, both of shape (batch,)."""
         return self.watch_score(users, items), self.rating(users, items)
