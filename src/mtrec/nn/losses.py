@@ -60,11 +60,12 @@ class PairwiseLoss(WatchLoss):
 
     def __call__(self, network, batch: Batch) -> torch.Tensor:
         users, negatives = batch.users, batch.negatives
-        p_pos = network.watch_score(users, batch.positives)
+        k = 1 if negatives.dim() == 1 else negatives.shape[1]
+        # the positives and negatives of a user scored together: its vector is made once
+        scores = scores_against(network, users, torch.cat([batch.positives.unsqueeze(1), negatives.view(len(users), k)], 1))
+        margin = scores[:, 0].unsqueeze(1) - scores[:, 1:]
         if negatives.dim() == 1:
-            margin = p_pos - network.watch_score(users, negatives)
-        else:
-            margin = p_pos.unsqueeze(1) - scores_against(network, users, negatives)
+            margin = margin.squeeze(1)
         per_pair = 1 if negatives.dim() == 1 else negatives.shape[1]  # from the shape: a share may be empty
         return self.terms(margin).sum() / (batch.denominator * per_pair)
 
@@ -103,10 +104,9 @@ class SampledSoftmax(WatchLoss):
 
     def __call__(self, network, batch: Batch) -> torch.Tensor:
         users, negatives = batch.users, batch.negatives
-        p_pos = network.watch_score(users, batch.positives)
-        p_neg = scores_against(network, users, negatives.view(len(users), 1 if negatives.dim() == 1 else negatives.shape[1]))
-        logits = torch.cat([p_pos[:, None], p_neg], 1)
-        return (torch.logsumexp(logits, 1) - p_pos).sum() / batch.denominator
+        k = 1 if negatives.dim() == 1 else negatives.shape[1]
+        logits = scores_against(network, users, torch.cat([batch.positives.unsqueeze(1), negatives.view(len(users), k)], 1))
+        return (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.denominator
 
 
 @WATCH_LOSSES.register("softmax")
