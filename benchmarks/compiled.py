@@ -58,7 +58,7 @@ class CompiledAutogradStep:
         self.optimizer = _adam([(list(network.parameters()), 0.0)], learning_rate)
 
         def loss(users, positives, negatives, ratings):
-            return objective(network, Batch(users, positives, negatives, ratings))[2]
+            return objective(network, Batch(users, positives, negatives, ratings))[1]
 
         self.loss = torch.compile(loss)
 

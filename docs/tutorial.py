@@ -73,7 +73,7 @@ print(f"epoch chosen on validation: {model.selected_epoch_} of {len(model.histor
 
 # %%
 history = model.history_frame()
-history[["epoch", "train_loss", "train_mse", "valid_mse", "valid_mrr", "test_mse", "test_mrr", "learning_rate"]]
+history[["epoch", "train_loss", "train_rating", "valid_mse", "valid_mrr", "test_mse", "test_mrr", "learning_rate"]]
 
 # %%
 import matplotlib.pyplot as plt

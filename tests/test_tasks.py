@@ -216,3 +216,41 @@ def test_a_user_encoder_defined_in_a_test_trains_and_folds_in(monkeypatch):
     assert one.user_encoder == "hashed" and one.user_embeddings.num_embeddings == 1
     model = MultitaskModel(embedding_dim=8, batch_size=256, user_encoder="hashed", seed=0).fit(train, 2)  # the estimator too
     assert model.network_.user_encoder == "hashed" and model.step_ == "autograd"
+
+
+def test_task_names_must_be_keys_of_the_records_and_weights_are_given_by_task():
+    for name in ("Like", "like-it", "loss", "9lives"):
+        with pytest.raises(ConfigError, match=f"task name {name!r} is not allowed"):
+            JointObjective({"watch": 1.0, name: 1.0}, tasks={name: LikeTask()})
+    with pytest.raises(ConfigError, match="the weights are given by task"):
+        JointObjective(0.5, 0.5)
+
+
+class Shifted(MultitaskNet):
+    """A subclass whose watch score is its own: training must use it, not MultitaskNet's pairing shortcut."""
+
+    def watch_score(self, users, items):
+        return super().watch_score(users, items) * 0.0 + 7.0
+
+
+def test_a_subclass_watch_score_is_what_the_pairwise_losses_train():
+    from mtrec.nn.batch import Batch
+
+    torch.manual_seed(0)
+    net = Shifted(5, 9, 4)
+    batch = Batch(torch.tensor([0, 1, 2]), torch.tensor([1, 2, 3]), torch.tensor([[4, 5], [6, 7], [8, 0]]))
+    losses, _ = JointObjective({"watch": 1.0}, watch_loss="logsigmoid")(net, batch)
+    assert losses["watch"].item() == pytest.approx(-F.logsigmoid(torch.tensor(0.0)).item())  # every margin is 7 - 7
+
+
+def test_a_fitted_or_loaded_network_is_in_evaluation_mode_and_fold_in_keeps_the_rating_loss(tmp_path, monkeypatch):
+    from mtrec.serving import foldin
+
+    train, _ = liked_data()
+    model = MultitaskModel(embedding_dim=8, batch_size=256, rating_loss="huber", user_encoder="history", history_dropout=0.5).fit(train, 1)
+    assert not model.network_.training
+    assert not MultitaskModel.load(model.save(tmp_path / "m")).network_.training
+    seen = {}
+    monkeypatch.setattr(foldin, "fold_in", lambda network, objective, *args, **kwargs: seen.setdefault("objective", objective))
+    foldin.fold_in_model(model, [1, 2], [4.0, 5.0])
+    assert seen["objective"].tasks["rating"].component() == "huber"

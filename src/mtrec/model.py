@@ -253,6 +253,7 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         self.network_, self.history_ = session.network, []
         result = session.run()
         self.history_, self.step_ = result.history, result.step
+        self.network_.eval()  # trained: what reads it (export, serving) sees no training-time dropout
         self.selected_epoch_, self.selection_ = result.selected_epoch, result.selection
         return self
 

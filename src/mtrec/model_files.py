@@ -36,6 +36,7 @@ class ModelFiles:
         network = model.build_network(record.data.num_users, record.data.num_items)
         network.load_state_dict(record.state)
         network.use_histories(record.data.seen_indptr, record.data.seen_indices)
+        network.eval()
         model.network_ = network.to(target)
         model.history_ = list(record.history)
         last = model.history_[-1].epoch if model.history_ else None

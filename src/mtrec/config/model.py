@@ -64,7 +64,7 @@ class ModelConfig(Settings):
     )
     sharing: Sharing = Field("hard", description="how the heads share U and Q")
     factorization_weight: LossWeight = Field(0.5, description="lambda_F, weight of the watch loss")
-    regression_weight: LossWeight = Field(0.5, description="lambda_R, weight of the rating (MSE) loss")
+    regression_weight: LossWeight = Field(0.5, description="lambda_R, weight of the rating loss")
     weighting: Weighting = Field(
         "fixed",
         description="how the two losses make one update: fixed (the lambdas), uncertainty (learned, Kendall et al.), "

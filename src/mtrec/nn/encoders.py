@@ -89,6 +89,6 @@ class HistoryEncoder(UserEncoder):
 
     def _keep(self, net, count: int) -> torch.Tensor:
         """The dropout's mask of ``count`` items: 1 kept, 0 left out; the next draw of a seeded sequence."""
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + int(net.history_draws))
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + int(net.history_draws)) % 2**64)
         net.history_draws += 1
         return (torch.rand(count, generator=generator) >= self.dropout).float()

@@ -16,15 +16,16 @@ import torch
 import torch.nn.functional as F
 
 from mtrec.nn.batch import Batch
+from mtrec.nn.network import MultitaskNet
 from mtrec.registry import Registry
 
 
 def scores_against(network, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """Watch scores of each user (B,) against each of its items (B, K): the network's own
-    ``watch_scores`` where it has one (the user's vector made once), else ``watch_score`` of every pair."""
-    own = getattr(network, "watch_scores", None)
-    if own is not None:
-        return own(users, items)
+    """Watch scores of each user (B,) against each of its items (B, K): :meth:`MultitaskNet.watch_scores
+    <mtrec.nn.network.MultitaskNet.watch_scores>` (the user's vector made once) where the network's
+    ``watch_score`` is MultitaskNet's own, else its ``watch_score`` of every pair (a subclass's override wins)."""
+    if type(network).watch_score is MultitaskNet.watch_score:
+        return network.watch_scores(users, items)
     k = items.shape[1]
     return network.watch_score(users.repeat_interleave(k), items.reshape(-1)).view(-1, k)
 

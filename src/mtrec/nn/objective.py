@@ -9,6 +9,7 @@ their losses: ``fixed`` is Σ_t λ_t·L_t, the seed's λF·L_F + λR·L_R.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import torch
@@ -21,6 +22,11 @@ from mtrec.nn.weighting import make_weighting
 #: Largest loss weight accepted: beyond it Adam's first steps are already dominated by the
 #: weight's scale and a float32 loss can overflow. The weights are used as given, not normalised.
 MAX_LOSS_WEIGHT = 1000.0
+
+#: What a task may be called: a JSON key ``train_<task>`` and a TensorBoard tag ``train/<task>_loss``.
+TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
+#: Names a task may not take: ``train_loss`` is the joint loss.
+RESERVED = ("loss",)
 
 #: The seed's weights: λF = λR = 0.5.
 DEFAULT_WEIGHTS = {"watch": 0.5, "rating": 0.5}
@@ -73,7 +79,12 @@ class JointObjective:
         weighting: str = "fixed",
         gradnorm_alpha: float = 1.5,
     ):
+        if weights is not None and not isinstance(weights, Mapping):
+            raise ConfigError(f"the weights are given by task, as {{'watch': 0.5, 'rating': 0.5}}, not {weights!r}")
         weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+        bad = [name for name in weights if not isinstance(name, str) or not TASK_NAME.fullmatch(name) or name in RESERVED]
+        if bad:
+            raise ConfigError(f"task name {bad[0]!r} is not allowed: lower-case letters, digits and _, starting with a letter, and not 'loss'")
         check_weights({f"the weight of task {name!r}": value for name, value in weights.items()})
         known = {**default_tasks(watch_loss, rating_loss), **(tasks or {})}
         missing = [name for name in weights if name not in known]

@@ -1,6 +1,6 @@
 """Tasks: what the network learns, each a named loss on a batch.
 
-The objective (:class:`mtrec.nn.losses.JointObjective`) holds its tasks by name, and everything
+The objective (:class:`mtrec.nn.objective.JointObjective`) holds its tasks by name, and everything
 downstream keys them the same way: the weights, the epoch records (``train_<task>``), metrics.json,
 TensorBoard (``train/<task>_loss``) and the report. The library's two tasks are
 

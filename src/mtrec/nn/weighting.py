@@ -16,7 +16,7 @@ parameter only one task reaches keeps that task's gradient:
 * ``mgda`` (Sener & Koltun 2018): the minimum-norm point of the tasks' gradients' convex hull:
   for two tasks α·g_F + (1 − α)·g_R with α = clip((g_R − g_F)·g_R / |g_F − g_R|², 0, 1) (the
   closed form), for more the Frank–Wolfe solver of the paper;
-* ``gradnorm`` (Chen et al. 2018): learned task weights w_t (summing to the number of tasks) that pull the
+* ``gradnorm`` (Chen et al. 2018): learned task weights w_t (summing to the number of tasks with a non-zero λ) that pull the
   weighted gradient norms |w_t·g_t| towards their mean times (r_t)^α, r_t being the task's
   loss relative to its first value, divided by the mean of those.
 
@@ -76,7 +76,7 @@ def min_norm_weights(gradients: torch.Tensor, iterations: int = 250, tolerance: 
     if count == 2:
         alpha = mgda_alpha(gradients[0], gradients[1])
         return [alpha, 1.0 - alpha]
-    gram = (gradients @ gradients.T).double()
+    gram = (gradients @ gradients.T).double().cpu()  # tasks x tasks: small, solved on the CPU
     weights = torch.full((count,), 1.0 / count, dtype=torch.float64)
     for _ in range(iterations):
         corner = int(torch.argmin(gram @ weights))

@@ -112,6 +112,7 @@ def fold_in(
     observed = _observed(items, ratings, rating_scale, objective.weight("rating") > 0, device)
     one, own = _one_user(network, device)
     one.use_histories([0, len(items)], sorted(items))  # a history-aware user reads it with no optimisation
+    one.eval()  # fitted to the whole history, as it is served (no history dropout)
     optimizer = torch.optim.Adam(own, lr=learning_rate, weight_decay=weight_decay)
     positives = torch.as_tensor(list(items), dtype=torch.long, device=device)
     users = torch.zeros_like(positives)
@@ -180,7 +181,7 @@ def fold_in_model(model, items: Sequence[int], ratings: Sequence[float | None] |
     rated = ratings is not None and any(rating is not None for rating in ratings)
     weight_r = model.regression_weight if learned and rated else 0.0
     weight_f = model.factorization_weight if model.factorization_weight > 0 or weight_r > 0 else 1.0
-    objective = JointObjective({"watch": weight_f, "rating": weight_r}, watch_loss=model.watch_loss)
+    objective = JointObjective({"watch": weight_f, "rating": weight_r}, watch_loss=model.watch_loss, rating_loss=model.rating_loss)
     return fold_in(
         model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"],
         seed=model.seed, rating_scale=model.data_.rating_scale,

@@ -87,9 +87,12 @@ class TensorBoard(Callback):
     """Writes each epoch's :func:`scalar_tags` to a TensorBoard event file in ``folder``, at step = epoch."""
 
     def __init__(self, folder: str | Path) -> None:
+        self.folder, self.writer = Path(folder), None
+
+    def on_train_begin(self, trainer: Trainer) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(folder))
+        self.writer = SummaryWriter(log_dir=str(self.folder))  # opened here: closed by on_train_end whatever happens
 
     def on_epoch_end(self, trainer: Trainer, record: EpochRecord) -> None:
         for tag, value in scalar_tags(record).items():
@@ -97,7 +100,9 @@ class TensorBoard(Callback):
         self.writer.flush()
 
     def on_train_end(self, trainer: Trainer) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 def as_callbacks(callbacks: Iterable[CallbackLike] | CallbackLike | None) -> list[Callback]:

@@ -162,7 +162,7 @@ def _check_finite(epoch: int, sums: torch.Tensor, per_step: torch.Tensor, networ
     else:
         bad = (~torch.isfinite(per_step)).any(1).nonzero()
         index = int(bad[0]) if len(bad) else len(per_step) - 1
-        column = int((~torch.isfinite(per_step[index])).nonzero()[0]) if len(bad) else 2
+        column = int((~torch.isfinite(per_step[index])).nonzero()[0]) if len(bad) else per_step.shape[1] - 1
         value = float(per_step[index, column])
         names = [f"{task} loss" for task in step.objective.task_names] + ["joint loss"]
         where, what = f"at step {index + 1} of {len(per_step)}", f"the {names[column]} became {value}"
@@ -274,9 +274,9 @@ class Trainer:
     def run(self) -> list[EpochRecord]:
         """Train the epochs not trained yet (all of them, unless a callback restored a checkpoint)."""
         self.step.network.train()
-        for callback in self.callbacks:
-            callback.on_train_begin(self)
         try:
+            for callback in self.callbacks:
+                callback.on_train_begin(self)
             for epoch in range(len(self.history) + 1, self.epochs + 1):
                 if self.stopped:
                     break

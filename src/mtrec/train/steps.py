@@ -128,7 +128,7 @@ class AutogradStep(Step):
     network:
         The network to train.
     objective:
-        Its objective (:class:`mtrec.nn.losses.JointObjective`).
+        Its objective (:class:`mtrec.nn.objective.JointObjective`).
     learning_rate:
         Adam's learning rate.
     weight_decay:
@@ -172,9 +172,10 @@ class AutogradStep(Step):
         """Each task's gradient, one backward pass each; those of parameters more than one task
         reaches (the shared ones) combined by the weighting, as a tasks × parameters matrix."""
         weighting, params = self.objective.weighting, self.trained
+        last = max((t for t, loss in enumerate(losses) if loss.requires_grad), default=-1)
         grads = [
-            list(torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)) if loss.requires_grad else [None] * len(params)
-            for loss in losses
+            list(torch.autograd.grad(loss, params, retain_graph=t < last, allow_unused=True)) if loss.requires_grad else [None] * len(params)
+            for t, loss in enumerate(losses)
         ]
         if self.reduce is not None:
             # In a distributed run the tasks' gradients (and losses, for GradNorm) are summed over
