@@ -262,3 +262,11 @@ def test_errors_found_after_the_settings_are_made_name_settings_in_the_library_a
     from mtrec.cli.options import flag_message
 
     assert flag_message(caught.value).endswith("(fit's validation; a run's --valid-fraction or --valid-k)")
+
+
+def test_a_run_configs_model_unpacks_into_the_estimator_as_the_dict_of_0_2_did():
+    from mtrec.config import preset
+
+    config = preset("quality")
+    model = MultitaskModel(**config.model)
+    assert model.get_params() == config.model.params() and dict(**config.model)["batch_size"] == 4096

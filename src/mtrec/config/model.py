@@ -193,6 +193,10 @@ class ModelConfig(Settings):
     def get(self, name: str, default: Any = None) -> Any:
         return getattr(self, name) if name in type(self).model_fields else default
 
+    def keys(self) -> list[str]:
+        """The parameters' names: with ``__getitem__``, what ``MultitaskModel(**config.model)`` unpacks."""
+        return list(type(self).model_fields)
+
 
 class Hyperparameters:
     """The estimator's parameters as scikit-learn keeps them (:meth:`get_params`, :meth:`set_params`),
