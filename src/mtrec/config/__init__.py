@@ -11,8 +11,7 @@ Names are imported on first use, so that the estimator (:mod:`mtrec.model`) can 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mtrec import lazy_exports
 
 #: Public name -> the module that defines it.
 _EXPORTS = {
@@ -41,13 +40,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'mtrec.config' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
