@@ -269,4 +269,4 @@ def test_a_run_configs_model_unpacks_into_the_estimator_as_the_dict_of_0_2_did()
 
     config = preset("quality")
     model = MultitaskModel(**config.model)
-    assert model.get_params() == config.model.params() and dict(**config.model)["batch_size"] == 4096
+    assert model.get_params() == config.model.params() and dict(**config.model)["batch_size"] == 6000

@@ -253,7 +253,10 @@ WRONG_SHAPES = {
     "a number for a record": (lambda m: m.update(final=3), "final: expected an object, got 3"),
     "no final record": (lambda m: m.pop("final"), "final: missing"),
     "true for an epoch number": (lambda m: m["epochs"][2].update(epoch=True), "epochs[2].epoch: expected a whole number, got true"),
-    "a selection without its score": (lambda m: m.update(selection={"criterion": "joint"}), "selection.score: missing"),
+    "a selection without its score": (
+        lambda m: m.update(selection={"criterion": "joint"}),
+        "selection: score: a selection by a criterion records its score",
+    ),
 }
 
 
@@ -556,7 +559,7 @@ def test_a_rerun_of_tune_continues_the_study_and_repeats_no_trial(ratings, tmp_p
     params = [t.params for t in trials]
     assert all(params[n] not in params[:n] for n in range(1, 6)), params
     base = trials[0].params  # the base config (the quality preset's settings), enqueued once
-    assert (base["learning_rate"], base["negatives"], base["factorization_weight"], base["l2"]) == (0.032, 8, 0.99, 5e-6)
+    assert (base["learning_rate"], base["watch_loss"], base["factorization_weight"], base["row_l2"]) == (0.005, "softmax", 1.0, 0.01)
     assert sum(p == base for p in params) == 1
 
 

@@ -157,9 +157,10 @@ def test_folded_in_users_rank_their_test_items_far_above_popularity(ml100k_split
     train, test = ml100k_split
     held = np.random.default_rng(0).choice(train.num_users, 40, replace=False)
     is_held = np.isin(np.arange(train.num_users), held)
-    model = MultitaskModel(**QUALITY_MODEL, seed=0).fit(train.subset(~is_held[train.users]), epochs=15)
+    model = MultitaskModel(**{**QUALITY_MODEL, "item_item": False}, seed=0).fit(train.subset(~is_held[train.users]), epochs=15)
     network, evaluator = model.network_, Evaluator(test.subset(is_held[test.users]), [train], metrics=("mse", "mrr"))
     untrained = evaluator.evaluate(network)
+    network.use_histories(*train.seen_items_csr())  # the held-out users' histories, which the history encoder reads
     params, names = dict(network.named_parameters()), user_parameter_names(network)
     for user in held:
         rows = train.users == user
@@ -185,6 +186,11 @@ def test_recommend_history_on_the_command_line(run_dir, tmp_path, capsys):
     assert main(["recommend", "--model", str(run_dir), "--history", str(history), "-k", "4", "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert len(result["items"]) == 4 and not result["cold_start"]
+    assert main(["recommend", "--model", str(run_dir), "--history", str(history), "-k", "4", "--format", "json", "--instant"]) == 0
+    instant = json.loads(capsys.readouterr().out)
+    assert len(instant["items"]) == 4 and not {item["item"] for item in instant["items"]} & {"50", "181"}
+    assert main(["recommend", "--model", str(run_dir), "--user", "196", "--instant"]) == 2
+    assert "--instant folds in a new user's history: give --history FILE too" in capsys.readouterr().err
     history.write_text("item\n" + "\n".join(str(i) for i in range(1, MAX_HISTORY + 2)) + "\n")
     assert main(["recommend", "--model", str(run_dir), "--history", str(history)]) == 1
     assert f"{history}, line {MAX_HISTORY + 2}: more than {MAX_HISTORY:,} items; a history holds at most {MAX_HISTORY:,}" in capsys.readouterr().err
@@ -249,6 +255,10 @@ def test_the_service_folds_in_a_history_and_filters(client, recommender):
     assert response.status_code == 200
     expected = recommender.recommend_history([(50, 5.0), ("Raiders of the Lost Ark (1981)", 5.0)], 5, genres=["Action"])
     assert [i["item"] for i in response.json()["items"]] == [i.item for i in expected.items]
+    instant = client.post("/recommendations", json={**body, "instant": True})
+    expected = recommender.recommend_history([(50, 5.0), ("Raiders of the Lost Ark (1981)", 5.0)], 5, genres=["Action"], instant=True)
+    assert instant.status_code == 200 and [i["item"] for i in instant.json()["items"]] == [i.item for i in expected.items]
+    assert client.post("/recommendations", json={**body, "instant": "sometimes"}).status_code == 422
     filtered = client.get("/users/196/recommendations?k=5&exclude=151,216&genre=Comedy").json()
     expected = recommender.recommend("196", 5, exclude=["151", "216"], genres=["Comedy"])
     assert [i["item"] for i in filtered["items"]] == [i.item for i in expected.items]

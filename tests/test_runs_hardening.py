@@ -601,7 +601,7 @@ def test_the_quality_presets_default_directory_leaves_the_assignments_free(tmp_p
     monkeypatch.chdir(tmp_path)
     common = ["train", "--no-progress", "--threads", "1", "--ratings", str(ratings), "--epochs", "2"]
     assert main(common) == 0  # the quality preset, by default
-    quality = tmp_path / "run" / "quality_shared=True_LF=0.99_LR=0.01"
+    quality = tmp_path / "run" / "quality_shared=True_LF=1_LR=0.1"
     assert json.loads((quality / "config.json").read_text())["training"]["early_stopping"] == "joint"
     assert main([*common, "--preset", "seed", "--factorization_weight", "0.99", "--regression_weight", "0.01"]) == 0
     assert inspect_run(tmp_path / "run" / "shared=True_LF=0.99_LR=0.01").kind == "finished"
@@ -615,7 +615,7 @@ def test_the_readme_names_mtrec_trains_directory_and_main_py_never_trains_into_i
     readme = (ROOT / "README.md").read_text()
     model = preset("quality").model
     default = default_logdir("quality", model["sharing"], model["factorization_weight"], model["regression_weight"])
-    assert str(default) == "run/quality_shared=True_LF=0.99_LR=0.01"
+    assert str(default) == "run/quality_shared=True_LF=1_LR=0.1"
     assert f"# MovieLens 100K, the quality preset, {default}\n" in readme
     logdirs = re.findall(r"^python main.py .* --logdir (\S+)$", readme, re.MULTILINE)
     assert len(logdirs) == 3 and str(default) not in logdirs
@@ -631,8 +631,8 @@ def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
     assert text.startswith("usage: main.py [-h]") and "mtrec train [" not in text
     assert "The assignment's entry point: 'python main.py [options]' is 'mtrec train --preset seed [options]'." in text
     assert "with validation and early stopping) (default seed)" in text
-    assert "training epochs; early stopping may end training sooner (a positive whole number; default 200, quality preset 150)" in text
-    assert "Adam learning rate (a positive number; default 0.001, quality preset 0.032;" in text
+    assert "training epochs; early stopping may end training sooner (a positive whole number; default 200, quality preset 60)" in text
+    assert "Adam learning rate (a positive number; default 0.001, quality preset 0.005;" in text
     assert "run directory (default run/shared=<..>_LF=<..>_LR=<..>;" in text
     usage = subprocess.run([sys.executable, str(ROOT / "main.py"), "--epochs", "x"], capture_output=True, text=True, env=ENV, timeout=120)
     assert usage.returncode == 2
@@ -642,5 +642,5 @@ def test_main_py_help_describes_main_py_with_the_seed_presets_defaults():
 def test_mtrec_train_help_shows_the_quality_presets_defaults(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "training epochs; early stopping may end training sooner (a positive whole number; default 150, seed preset 200)" in text
+    assert "training epochs; early stopping may end training sooner (a positive whole number; default 60, seed preset 200)" in text
     assert "run directory (default run/quality_shared=<..>_LF=<..>_LR=<..>;" in text

@@ -10,6 +10,7 @@ import torch
 from mtrec.config.model import Hyperparameters
 from mtrec.data.formats import Column
 from mtrec.data.interactions import Interactions, as_interactions
+from mtrec.errors import ConfigError
 from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS
 from mtrec.io.fitted import EpochRecord, FittedData
 from mtrec.model_files import ModelFiles
@@ -62,6 +63,10 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
     l2_embeddings, l2_residuals, l2_biases, l2_mlp:
         Weight decay of the user and item embeddings, of the task-specific parts of residual
         sharing, of the biases, and of the rating MLP (and cross-stitch maps) (None: ``l2``).
+    row_l2:
+        λ of an L2 penalty on the embedding rows each batch reads (the users' and the positive
+        items'), per pair: frequent users and items are regularised more, as in SVD. Trains with
+        the autograd step.
     cross_stitch_init:
         The diagonal of the cross-stitch maps at the start (1 is the identity: separate embeddings).
     lr_schedule:
@@ -82,8 +87,32 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         Negatives sampled per positive pair; the watch loss averages over all of them.
     exclude_positives:
         Redraw a sampled negative that is one of the user's training items.
+    negative_sampling:
+        ``"uniform"``, or ``"popularity"`` (an item drawn in proportion to its training pairs;
+        ``sampled-softmax`` then subtracts log Q from each candidate's score).
+    watch_weights:
+        ``"none"``, or ``"rating"``: each pair's watch loss weighted by its rating over the mean.
+    batch_by:
+        What each epoch shuffles: ``"pairs"``, or ``"users"`` (users shuffled, each user's pairs
+        kept together: a history encoder pools each history once per batch, and ``softmax``
+        scores each user once).
+    ema:
+        Decay β per step of an exponential moving average of the weights
+        (:class:`~mtrec.train.averaging.WeightAverage`); evaluation, early stopping and the
+        fitted model read the average. 0 keeps the weights as trained.
     rating_bias:
         Add a learned per-user and per-item bias to the rating head's output.
+    rating_reads_score:
+        The rating MLP also reads the pair's watch score (``[u, q, u*q, p]``).
+    start_at_mean:
+        Start the rating head's output at the training mean rating (the MLP's last bias), as
+        SVD's μ does, rather than at 0: at a small learning rate the head otherwise spends its
+        first epochs climbing to the mean.
+    item_item, item_item_l2, item_item_weight:
+        Add an item-item path to the watch score (:mod:`mtrec.nn.itemitem`): EASE's closed-form
+        items × items matrix, with ridge penalty ``item_item_l2``, applied to the user's training
+        items and weighted by ``item_item_weight``. Either left None is chosen on the validation
+        set after training (:attr:`selection_` records both); without one, both must be given.
     seed:
         Seeds initialisation, shuffling and negative sampling: the same seed gives the same
         results, bit for bit, on CPU. 0 to 2**64 - 1.
@@ -113,6 +142,7 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         l2_residuals: float | None = None,
         l2_biases: float | None = None,
         l2_mlp: float | None = None,
+        row_l2: float = 0.0,
         lr_schedule: str = "constant",
         lr_gamma: float = 0.95,
         lr_step: int = 10,
@@ -124,7 +154,16 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         history_cap: int = 1000,
         negatives: int = 1,
         exclude_positives: bool = False,
+        negative_sampling: str = "uniform",
+        watch_weights: str = "none",
+        batch_by: str = "pairs",
+        ema: float = 0.0,
         rating_bias: bool = False,
+        rating_reads_score: bool = False,
+        start_at_mean: bool = False,
+        item_item: bool = False,
+        item_item_l2: float | None = None,
+        item_item_weight: float | None = None,
         cross_stitch_init: float = 0.9,
         seed: int = 0,
         device: str = "cpu",
@@ -146,6 +185,7 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         self.step_: str | None = None
         self.selected_epoch_: int | None = None
         self.selection_: dict[str, Any] = {}
+        self.final_metrics_: dict[str, float] = {}
 
     @property
     def layer_sizes_(self) -> list[int]:
@@ -255,6 +295,45 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         self.history_, self.step_ = result.history, result.step
         self.network_.eval()  # trained: what reads it (export, serving) sees no training-time dropout
         self.selected_epoch_, self.selection_ = result.selected_epoch, result.selection
+        self.final_metrics_ = result.final_metrics
+        return self
+
+    def refit(
+        self,
+        train: Interactions | Any,
+        epochs: int | None = None,
+        *,
+        columns: Mapping[str, Column] | None = None,
+        callbacks: Iterable[CallbackLike] | CallbackLike | None = None,
+    ) -> MultitaskModel:
+        """Train again, from scratch, on ``train`` (the training part and its validation set together:
+        :meth:`Interactions.joined <mtrec.data.interactions.Interactions.joined>`) for the number of
+        epochs the last :meth:`fit` chose on validation (:attr:`selected_epoch_`), or ``epochs``.
+
+        Nothing is evaluated and nothing chosen: the item-item path keeps the λ and weight the fit
+        chose (made again from ``train``). :attr:`history_` and :attr:`selected_epoch_` stay the
+        fit's, what the choice rests on; :attr:`selection_` adds ``refit_epochs`` and ``refit_rows``.
+        """
+        network = self._fitted_network()
+        count = self.selected_epoch_ if epochs is None else epochs
+        if count is None or count < 1:
+            raise ConfigError("refit needs a number of epochs: the fit chose none (it trained 0 epochs); give epochs")
+        train = as_interactions(train, columns)
+        settings = self._check_params()
+        if getattr(network, "item_item", False):
+            # the λ and weight chosen on validation, which the network keeps (a loaded model too)
+            chosen = {"item_item_l2": float(network.item_item_l2), "item_item_weight": float(network.item_item_weight)}
+            if not chosen["item_item_l2"] > 0:
+                raise ConfigError("refit needs the item-item path's chosen l2, and this model's path was never made")
+            settings = settings.model_copy(update=chosen)
+        device = preflight(settings, train, count, None, None, None, 1, DEFAULT_METRICS, DEFAULT_K)
+        rates = train.has_ratings and self.regression_weight > 0
+        plan = evaluation_plan(train, None, None, device, DEFAULT_METRICS, DEFAULT_K, None, 1, rates)
+        session = TrainingSession(settings, train, count, device, plan, 1, None, callbacks)
+        result = session.run()
+        self.data_ = FittedData.from_interactions(train)
+        self.network_ = result.network.eval()
+        self.selection_ = {**self.selection_, "refit_epochs": int(count), "refit_rows": len(train)}
         return self
 
 

@@ -33,7 +33,8 @@ from typing import Any, Callable, Iterable
 
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
-from mtrec.errors import DataError, ModelFileError, MtrecError, RunExistsError
+from mtrec.errors import ConfigError, DataError, ModelFileError, MtrecError, RunExistsError
+from mtrec.eval.evaluation import Evaluator
 from mtrec.io.checkpoint import (
     CHECKPOINT_FILENAME,
     MODEL_FILENAME,
@@ -44,7 +45,7 @@ from mtrec.io.checkpoint import (
 )
 from mtrec.io.files import LockHeldError, atomic_write_text, directory_lock, publish_directory, read_json
 from mtrec.io.files import link_target as run_directory
-from mtrec.io.fitted import current_keys, summarize
+from mtrec.io.fitted import current_keys, finite_or_none, summarize
 from mtrec.io.schemas import parse_metrics
 from mtrec.serving.retrieval import INDEX_FILENAMES
 from mtrec.train.callbacks import Callback, CallbackLike, Checkpoints, Resume, TensorBoard, as_callbacks
@@ -326,6 +327,8 @@ def train_run(
     model = config.build_model()
     # A run that cannot start leaves whatever was there intact.
     model.check_fit(train, config.epochs, test, validation, config.early_stopping, config.patience, config.metrics, config.k)
+    if config.refit and distributed is not None:
+        raise ConfigError("--refit trains on one process; a distributed run cannot refit yet (train it again with --epochs N instead)")
     run_dir = run_directory(logdir)
     main = distributed is None or distributed.is_main
     begin = functools.partial(_start, run_dir, config, model, force, resume, summary, speed)
@@ -342,11 +345,28 @@ def train_run(
             "epochs": [record.to_json() for record in model.history_],
             **summarize(model.history_, model.selected_epoch_, model.selection_),
         }
+        if model.final_metrics_:  # the kept model differs from the selected epoch's record (the item-item path)
+            metrics["model"] = {name: finite_or_none(value) for name, value in model.final_metrics_.items()}
+        if config.refit:
+            metrics["refit"] = _refit(model, config, train, validation, test)
         if main:
             metrics = _save_and_publish(model, metrics, staging, run_dir)
     if distributed is not None:
         distributed.barrier()  # the run is published before any process reports it
     return metrics
+
+
+def _refit(model, config: RunConfig, train: Interactions, validation: Interactions | None, test: Interactions | None) -> dict[str, Any]:
+    """Train ``model`` again on train + validation for the epochs it chose (:meth:`MultitaskModel.refit
+    <mtrec.model.MultitaskModel.refit>`); what metrics.json records of it: the epochs, the rows and its test metrics."""
+    assert validation is not None  # the config's rule: refit needs early stopping, which needs a validation set
+    model.refit(train.joined(validation))
+    record: dict[str, Any] = {"epochs": model.selection_["refit_epochs"], "rows": model.selection_["refit_rows"]}
+    if test is not None:
+        device = next(model.network_.parameters()).device
+        measured = Evaluator(test, [train, validation], device, config.metrics, config.k).evaluate(model.network_)
+        record.update({f"test_{name}": finite_or_none(value) for name, value in measured.items()})
+    return record
 
 
 def _run_callbacks(staging: Path | None, checkpoint_every: int, state: tuple[dict, dict] | None) -> list[Callback]:

@@ -20,8 +20,8 @@ recording the SHA-256 of each file. --model must be a complete run (or a model f
 
 EXAMPLES = """\
 examples:
-  mtrec export --model run/quality_shared=True_LF=0.99_LR=0.01 --to export/onnx --format onnx
-  mtrec export --model run/quality_shared=True_LF=0.99_LR=0.01 --to export/vectors --format parquet --force
+  mtrec export --model run/quality_shared=True_LF=1_LR=0.1 --to export/onnx --format onnx
+  mtrec export --model run/quality_shared=True_LF=1_LR=0.1 --to export/vectors --format parquet --force
 """
 
 

@@ -93,9 +93,9 @@ def help_text(name: str, field: FieldInfo, default_preset: str) -> str:
 def _defaults(name: str, field: FieldInfo, default_preset: str) -> str:
     """``default X`` where the presets agree, else the default preset's value first and the other's
     after it (``default 200, quality preset 150``)."""
-    values = {"seed": field.default, "quality": preset_settings("quality").get(name, field.default)}
+    values = {which: field.default if which == "seed" else preset_settings(which).get(name, field.default) for which in PRESETS}
     shown = {which: _shown(value, field) for which, value in values.items()}
-    other = next(which for which in PRESETS if which != default_preset)
+    other = "quality" if default_preset == "seed" else "seed"  # the two main presets; quality-0.3 is for reproducing
     if shown[other] == shown[default_preset]:
         return f"default {shown[default_preset]}"
     return f"default {shown[default_preset]}, {other} preset {shown[other]}"

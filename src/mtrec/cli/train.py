@@ -189,6 +189,16 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
     mrr = "n/a" if selected.get("test_mrr") is None else f"{selected['test_mrr']:.4f}"
     how = "chosen on validation" if config.early_stopping else "the last"
     print(f"epoch {selected['epoch']} ({how}): test MSE {mse}  MRR {mrr}  (run saved in {logdir})")
+    kept = metrics.get("model")
+    if kept:
+        mse = "n/a" if kept.get("test_mse") is None else f"{kept['test_mse']:.4f}"
+        mrr = "n/a" if kept.get("test_mrr") is None else f"{kept['test_mrr']:.4f}"
+        print(f"the saved model, with its item-item path: test MSE {mse}  MRR {mrr}")
+    refit = metrics.get("refit")
+    if refit:
+        mse = "n/a" if refit.get("test_mse") is None else f"{refit['test_mse']:.4f}"
+        mrr = "n/a" if refit.get("test_mrr") is None else f"{refit['test_mrr']:.4f}"
+        print(f"refit on train + validation for {refit['epochs']} epochs, the saved model: test MSE {mse}  MRR {mrr}")
     if tracker is not None:
         print(f"tracked in MLflow: {tracker.uri}")
     return 0

@@ -20,12 +20,13 @@ from mtrec.errors import ConfigError
 from mtrec.nn.encoders import DEFAULT_CAP
 from mtrec.nn.losses import WATCH_LOSSES
 from mtrec.nn.network import SHARINGS, USER_ENCODERS, MultitaskNet
-from mtrec.nn.objective import MAX_LOSS_WEIGHT, JointObjective
+from mtrec.nn.objective import MAX_LOSS_WEIGHT, WATCH_WEIGHTS, JointObjective
 from mtrec.nn.tasks import RATING_LOSSES
 from mtrec.nn.weighting import WEIGHTINGS
 from mtrec.settings import Flag, Number, Settings, Text, Whole, one_of, rule
 from mtrec.train.loop import SCHEDULES
 from mtrec.train.memory import memory_needed
+from mtrec.train.sampling import BATCH_ORDERS, NEGATIVE_SAMPLINGS
 from mtrec.train.steps import STEPS, Step, make_step, resolve_step
 
 #: The largest seed: what ``torch.Generator.manual_seed`` accepts.
@@ -42,6 +43,9 @@ WatchLoss = one_of(WATCH_LOSSES)
 RatingLoss = one_of(RATING_LOSSES)
 UserEncoder = one_of(USER_ENCODERS)
 StepKind = one_of(STEPS, "training step")
+BatchOrder = one_of(BATCH_ORDERS, "batch order")
+NegativeSampling = one_of(NEGATIVE_SAMPLINGS, "negative sampling")
+WatchWeights = one_of(WATCH_WEIGHTS, "watch weights")
 
 
 def _decay_of(what: str) -> Any:
@@ -78,6 +82,7 @@ class ModelConfig(Settings):
     l2_residuals: Decay | None = _decay_of("task-specific parts of residual sharing")
     l2_biases: Decay | None = _decay_of("biases")
     l2_mlp: Decay | None = _decay_of("rating MLP and cross-stitch maps")
+    row_l2: Decay = Field(0.0, description="L2 penalty on the embedding rows each batch reads, per pair (autograd step)")
     lr_schedule: Schedule = Field(
         "constant",
         description="learning rate per epoch: constant, exponential (x {lr_gamma} each epoch), step (x {lr_gamma} "
@@ -93,7 +98,24 @@ class ModelConfig(Settings):
     history_cap: Whole = Field(DEFAULT_CAP, ge=1, description="most history items pooled per user (the lowest item indices)")
     negatives: Whole = Field(1, ge=1, le=MAX_NEGATIVES, description="negatives sampled per positive pair")
     exclude_positives: Flag = Field(False, description="redraw a sampled negative that the user rated")
+    negative_sampling: NegativeSampling = Field(
+        "uniform", description="how negatives are drawn: uniform, or popularity (by training count; sampled-softmax corrects for it, log Q)"
+    )
+    watch_weights: WatchWeights = Field("none", description="weigh each pair's watch loss: none, or rating (its rating over the mean)")
+    batch_by: BatchOrder = Field("pairs", description="what an epoch shuffles: pairs, or users (each user's pairs in one run, histories pooled once)")
+    ema: Number = Field(
+        0.0, ge=0, lt=1, description="decay per step of a moving average of the weights, which evaluation and the model keep (0: none)"
+    )
     rating_bias: Flag = Field(False, description="a learned per-user and per-item bias in the rating head")
+    rating_reads_score: Flag = Field(False, description="the rating MLP also reads the pair's watch score")
+    start_at_mean: Flag = Field(False, description="the rating head's output starts at the training mean rating (its last bias)")
+    item_item: Flag = Field(False, description="add an item-item path (EASE, closed form) to the watch score, its l2 and weight chosen on validation")
+    item_item_l2: Number | None = Field(
+        None, gt=0, description="the item-item path's ridge penalty lambda", json_schema_extra={"none": "chosen on validation"}
+    )
+    item_item_weight: Number | None = Field(
+        None, ge=0, description="the item-item path's weight in the watch score", json_schema_extra={"none": "chosen on validation"}
+    )
     cross_stitch_init: Number = Field(0.9, ge=0, le=1, description="diagonal of the cross-stitch maps at the start, 1 being the identity")
     seed: Whole = Field(0, ge=0, le=MAX_SEED, description="seeds split, initialisation and sampling")
     device: Text = Field("cpu", description="cpu, cuda, cuda:N or auto (CUDA when available)")
@@ -110,6 +132,13 @@ class ModelConfig(Settings):
                 f"must start with {3 * self.embedding_dim}, three times {{embedding_dim}} (the MLP reads [u, q, u*q]), got {self.layer_sizes}",
                 "layer_sizes",
             )
+        return self
+
+    @model_validator(mode="after")
+    def _item_item_settings_need_the_path(self) -> ModelConfig:
+        for name in ("item_item_l2", "item_item_weight"):
+            if getattr(self, name) is not None and not self.item_item:
+                raise rule(f"{{{name}}} is the item-item path's, which is off: set {{item_item}} too, or leave {{{name}}} out", name)
         return self
 
     @model_validator(mode="after")
@@ -141,6 +170,8 @@ class ModelConfig(Settings):
             rating_loss=self.rating_loss,
             weighting=self.weighting,
             gradnorm_alpha=self.gradnorm_alpha,
+            watch_weights=self.watch_weights,
+            row_l2=self.row_l2,
         )
 
     def weight_decay(self) -> dict[str, float]:
@@ -160,7 +191,7 @@ class ModelConfig(Settings):
             torch.manual_seed(self.seed)
             network = MultitaskNet(
                 num_users, num_items, self.embedding_dim, self.effective_layer_sizes, self.sharing, self.rating_bias,
-                self.cross_stitch_init, self.user_encoder, self.encoder_settings(),
+                self.cross_stitch_init, self.user_encoder, self.encoder_settings(), self.rating_reads_score, self.item_item,
             )  # fmt: skip
         return network.to(device)
 

@@ -42,7 +42,7 @@ from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, all_metrics
 from mtrec.io.files import read_json
 from mtrec.io.schemas import Schema, validate
 from mtrec.model import MultitaskModel
-from mtrec.settings import Settings, SettingsError, Text, Whole, one_of, rule
+from mtrec.settings import Flag, Settings, SettingsError, Text, Whole, one_of, rule
 from mtrec.train.loop import check_early_stopping
 
 CONFIG_FILENAME = "config.json"
@@ -56,7 +56,7 @@ SPEED_ONLY = ("device", "num_threads", "step")
 #: Run settings that are recorded but do not change the trained model.
 RECORDING_ONLY = ("metrics", "k")
 #: The run's own settings (beside the model's and the data's), under "training" in config.json but those recorded only.
-RUN_SETTINGS = ("epochs", "eval_every", "early_stopping", "patience", *RECORDING_ONLY)
+RUN_SETTINGS = ("epochs", "eval_every", "early_stopping", "patience", "refit", *RECORDING_ONLY)
 #: Command-line spellings that are not ``--`` + the name with hyphens.
 FLAGS = {"num_threads": "--threads"}
 
@@ -88,6 +88,10 @@ class RunConfig(Settings):
         ends training when it stops improving (see :meth:`MultitaskModel.fit`).
     patience:
         Evaluations without improvement before early stopping ends training.
+    refit:
+        After early stopping has chosen the epoch, train again from scratch on the training part
+        and the validation set together for that many epochs (:meth:`MultitaskModel.refit
+        <mtrec.model.MultitaskModel.refit>`): the saved model is the refit one.
     metrics, k:
         The metrics recorded and the cut-offs of the top-k ones.
     """
@@ -104,6 +108,7 @@ class RunConfig(Settings):
         json_schema_extra={"none": "none"},
     )
     patience: Whole = Field(10, ge=1, description="evaluations without improvement before early stopping ends training")
+    refit: Flag = Field(False, description="then train again from scratch on train + validation for the chosen number of epochs, and keep that model")
     metrics: tuple[Metric, ...] = Field(DEFAULT_METRICS, min_length=1, description="metrics recorded")  # type: ignore[valid-type]
     k: tuple[Cutoff, ...] = Field(DEFAULT_K, min_length=1, description="cut-offs of ndcg, recall, hr and map")
 
@@ -147,6 +152,12 @@ class RunConfig(Settings):
             raise rule(str(error), "early_stopping") from None
         if not self.data.has_validation:
             raise rule(f"{{early_stopping}} {self.early_stopping} needs a validation set: give {{valid_fraction}} (or {{valid_k}})")
+        return self
+
+    @model_validator(mode="after")
+    def _refit_needs_a_chosen_epoch(self) -> RunConfig:
+        if self.refit and self.early_stopping is None:
+            raise rule("{refit} trains again for the epochs early stopping chose on validation: give {early_stopping} too", "refit")
         return self
 
     def __eq__(self, other: object) -> bool:
@@ -210,6 +221,8 @@ class RunConfig(Settings):
         if unknown:
             raise ConfigError(f"unknown setting {', '.join(unknown)}")
         model = {**self.model.params(), **{k: v for k, v in settings.items() if where[k] == "model"}}
+        if "layer_sizes" not in settings and self.model.layer_sizes == [3 * self.model.embedding_dim, 64]:
+            model["layer_sizes"] = None  # the default sizes follow a new embedding dimension
         data = self.data.merged(**{k: v for k, v in settings.items() if where[k] == "data"})
         run = {name: settings.get(name, getattr(self, name)) for name in RUN_SETTINGS}
         return RunConfig(model=model, data=data, **run)
@@ -221,6 +234,8 @@ class RunConfig(Settings):
         training: dict[str, Any] = {"epochs": self.epochs, "eval_every": self.eval_every}
         if self.early_stopping is not None:
             training.update({"early_stopping": self.early_stopping, "patience": self.patience})
+        if self.refit:
+            training["refit"] = True
         return {
             "model": {k: v for k, v in self.model.params().items() if k not in SPEED_ONLY},
             "speed": self.execution(),
@@ -298,6 +313,8 @@ class RunConfig(Settings):
             options += ["--eval-every", str(self.eval_every)]
         if self.early_stopping is not None:
             options += ["--early-stopping", self.early_stopping, "--patience", str(self.patience)]
+        if self.refit:
+            options += ["--refit"]
         options += _model_options(self.model, seed.model, exclude)
         options += self.data.cli_options()
         for name in RECORDING_ONLY:
@@ -364,7 +381,7 @@ ModelSchema = _section("ModelSchema", _MODEL, [n for n in _MODEL if n not in SPE
 SpeedSchema = _section("SpeedSchema", _MODEL, SPEED_ONLY)
 SourceSchema = _section("SourceSchema", _DATA, SOURCE_OPTIONS)
 SplitSchema = _section("SplitSchema", _DATA, SPLIT_OPTIONS, method=(str | None, None), seed=(int | None, None))
-TrainingSchema = _section("TrainingSchema", RunConfig.model_fields, ("epochs", "eval_every", "early_stopping", "patience"))
+TrainingSchema = _section("TrainingSchema", RunConfig.model_fields, ("epochs", "eval_every", "early_stopping", "patience", "refit"))
 EvaluationSchema = _section("EvaluationSchema", RunConfig.model_fields, RECORDING_ONLY)
 
 
@@ -448,7 +465,7 @@ class ConfigSchemaV1(Schema):
 CONFIG_SCHEMAS: dict[int, type[Schema]] = {1: ConfigSchemaV1, 2: ConfigSchema, FORMAT_VERSION: ConfigSchema}
 #: Where config.json keeps the run's own settings and the speed settings.
 _DOCUMENT_PATHS = {
-    **{name: f"training.{name}" for name in ("epochs", "eval_every", "early_stopping", "patience")},
+    **{name: f"training.{name}" for name in ("epochs", "eval_every", "early_stopping", "patience", "refit")},
     **{name: f"evaluation.{name}" for name in RECORDING_ONLY},
     **{f"model.{name}": f"speed.{name}" for name in SPEED_ONLY},
 }

@@ -173,6 +173,19 @@ class Interactions:
             timestamps=None if self.timestamps is None else self.timestamps[index],
         )
 
+    def joined(self, other: Interactions) -> Interactions:
+        """These interactions and ``other``'s (the same id maps: :func:`check_same_ids`), in that order:
+        a training part and its validation set made one training set again."""
+        check_same_ids(self, other)
+        both = lambda a, b: None if a is None or b is None else np.concatenate([a, b])  # noqa: E731
+        return replace(
+            self,
+            users=np.concatenate([self.users, other.users]),
+            items=np.concatenate([self.items, other.items]),
+            ratings=both(self.ratings, other.ratings),
+            timestamps=both(self.timestamps, other.timestamps),
+        )
+
     def user_index(self, raw_id: Any) -> int:
         """The index of the user the data calls ``raw_id``; ``KeyError`` if unknown."""
         if self._user_lookup is None:

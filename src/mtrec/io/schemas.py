@@ -145,19 +145,22 @@ class SelectedSchema(_Measured):
 
 
 class SelectionSchema(Schema):
-    """How the kept epoch was chosen: the criterion, its value and the joint criterion's references."""
+    """How the kept epoch was chosen: the criterion, its value and the joint criterion's references;
+    the item-item path's λ and weight chosen after it, and a refit's epochs and rows."""
 
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, float | None]
 
-    criterion: str
-    score: float | None
+    criterion: str | None = None
+    score: float | None = None
 
     @model_validator(mode="after")
     def _only_references(self) -> SelectionSchema:
-        unknown = sorted(key for key in self.model_extra or {} if not key.startswith("reference_"))
+        unknown = sorted(key for key in self.model_extra or {} if not key.startswith(("reference_", "item_item_", "refit_")))
         if unknown:
             raise ValueError(f"unknown field {unknown[0]!r}")
+        if self.criterion is not None and "score" not in self.model_fields_set:
+            raise ValueError("score: a selection by a criterion records its score")
         return self
 
 
@@ -166,6 +169,23 @@ class OracleSchema(Schema):
 
     value: float
     epoch: int
+
+
+class RefitSchema(Schema):
+    """A refit (``--refit``): its epochs, its training rows, and its test metrics (``test_<metric>``)."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, float | None]
+
+    epochs: int
+    rows: int
+
+    @model_validator(mode="after")
+    def _only_test_metrics(self) -> RefitSchema:
+        unknown = sorted(key for key in self.model_extra or {} if not key.startswith("test_"))
+        if unknown:
+            raise ValueError(f"unknown field {unknown[0]!r}")
+        return self
 
 
 class MetricsSchema(Schema):
@@ -182,6 +202,8 @@ class MetricsSchema(Schema):
     final: EpochSchema | None
     selected: SelectedSchema | None = None
     selection: SelectionSchema | None = None
+    refit: RefitSchema | None = None
+    model: dict[str, float | None] | None = None
     oracle_best_test_mse: OracleSchema | None = None
     oracle_best_test_mrr: OracleSchema | None = None
     best_test_mse: OracleSchema | None = None

@@ -2,8 +2,8 @@
 
 :class:`HistoryEncoder` (``user_encoder="history"``) is SVD++'s and FISM's user,
 ``u = U[u] + |N(u)|^-α Σ_{j ∈ N(u)} Y[j]``: a free vector per user plus the pooled vectors of
-their training items N(u), in one ``embedding_bag`` over the batch's histories (no loop over
-users). Both heads read it, under every sharing mode. A user without history gets the free
+their training items N(u), in one ``embedding_bag`` over the histories of the batch's distinct
+users (no loop over users). Both heads read it, under every sharing mode. A user without history gets the free
 vector alone; fold-in folds a new user's history in through ``Y`` with no optimisation.
 """
 
@@ -61,34 +61,41 @@ class HistoryEncoder(UserEncoder):
         # Y starts at zero: an untrained history adds nothing, and the model starts as the id model.
         table("history_embeddings", "items", "embeddings", ZeroEmbedding, embedding_dim)
         net.register_buffer("history_draws", torch.zeros((), dtype=torch.long))
-        net.register_buffer("history_indptr", torch.zeros(net.structure()["num_users"] + 1, dtype=torch.long), persistent=False)
-        net.register_buffer("history_indices", torch.zeros(0, dtype=torch.long), persistent=False)
-
-    def use_histories(self, net, indptr, indices):
-        if indptr.dim() != 1 or len(indptr) != net.structure()["num_users"] + 1:
-            raise ConfigError(f"the histories' indptr must have one entry per user and one more, got {tuple(indptr.shape)}")
-        net.history_indptr, net.history_indices = indptr, indices
 
     def encode(self, net, users):
+        # each distinct user is pooled once: a batch grouped by user (batch_by="users") pools each history once
+        distinct, inverse = torch.unique(users, return_inverse=True)
+        if len(distinct) < len(users):
+            return net.user_embeddings(users) + self.pooled(net, distinct)[inverse]
         return net.user_embeddings(users) + self.pooled(net, users)
 
     def pooled(self, net, users: torch.Tensor) -> torch.Tensor:
         """|N(u)|^-α Σ Y[j] for each user (0 for an empty history)."""
-        starts = net.history_indptr[users]
-        lengths = (net.history_indptr[users + 1] - starts).clamp_max(self.cap)
-        offsets = torch.cumsum(lengths, 0) - lengths
-        owner = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
-        positions = torch.arange(len(owner), device=users.device) - offsets[owner] + starts[owner]
-        items = net.history_indices[positions]
+        items, offsets, owner = net.history_bags(users, self.cap)
         kept = torch.ones(len(items), device=users.device)
         if net.training and self.dropout > 0:
-            kept = self._keep(net, len(items)).to(users.device)
+            kept = self._keep(net, users[owner], items)
         counts = torch.zeros(len(users), device=users.device).index_add_(0, owner, kept)
         weights = kept * counts.clamp_min(1.0).pow(-self.alpha)[owner]
         return F.embedding_bag(items, net.history_embeddings.weight, offsets, mode="sum", per_sample_weights=weights)
 
-    def _keep(self, net, count: int) -> torch.Tensor:
-        """The dropout's mask of ``count`` items: 1 kept, 0 left out; the next draw of a seeded sequence."""
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + int(net.history_draws)) % 2**64)
+    def _keep(self, net, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The dropout's mask of the (user, item) pairs: 1 kept, 0 left out.
+
+        Each pair's draw is a hash of the seed, the number of pools drawn so far and the pair itself
+        (Park and Miller's generator, three rounds, in int64 without overflow), not the next numbers
+        of a stream: so a user's mask is the same however a batch is split, and a distributed run
+        drops what one process drops.
+        """
+        draw = int(net.history_draws)
         net.history_draws += 1
-        return (torch.rand(count, generator=generator) >= self.dropout).float()
+        modulus = _PARK_MILLER
+        start = (self.seed % modulus) * 16_807 + (draw % modulus) * 2_654_435 + 1
+        state = (users * 1_103_515_245 + items * 12_345 + start) % modulus
+        for _ in range(3):
+            state = state * 48_271 % modulus
+        return (state.double() / modulus >= self.dropout).float()
+
+
+#: 2^31 − 1: the modulus of Park and Miller's minimal standard generator.
+_PARK_MILLER = 2**31 - 1

@@ -68,7 +68,10 @@ class PairwiseLoss(WatchLoss):
         if negatives.dim() == 1:
             margin = margin.squeeze(1)
         per_pair = 1 if negatives.dim() == 1 else negatives.shape[1]  # from the shape: a share may be empty
-        return self.terms(margin).sum() / (batch.denominator * per_pair)
+        terms = self.terms(margin)
+        if batch.weights is not None:
+            terms = terms * (batch.weights if negatives.dim() == 1 else batch.weights.unsqueeze(1))
+        return terms.sum() / (batch.denominator * per_pair)
 
 
 @WATCH_LOSSES.register("bpr")
@@ -95,9 +98,12 @@ class LogSigmoid(PairwiseLoss):
 class SampledSoftmax(WatchLoss):
     """Cross-entropy of each watched item against its sampled negatives: −log(e^{p⁺} / (e^{p⁺} + Σ e^{p⁻})).
 
-    The negatives are drawn uniformly, so the log-Q correction of a sampled softmax (subtracting
-    each candidate's log sampling probability) is one constant for every candidate and leaves the
-    loss unchanged. A negative that happens to be the positive itself stays in the denominator.
+    With the log-Q correction (Bengio & Senécal; Yi et al. 2019): each candidate's score is
+    lowered by the log of the probability Q that the sampler draws it (``batch.log_q``, one per
+    item), so that a softmax over popularity-drawn negatives (``negative_sampling="popularity"``)
+    estimates the full softmax rather than penalising popular items for being drawn often. For
+    uniform draws log Q is one constant, which leaves the loss unchanged. A negative that happens
+    to be the positive itself stays in the denominator.
     """
 
     summary = "-log softmax of p+ among p+ and its sampled negatives"
@@ -106,25 +112,38 @@ class SampledSoftmax(WatchLoss):
     def __call__(self, network, batch: Batch) -> torch.Tensor:
         users, negatives = batch.users, batch.negatives
         k = 1 if negatives.dim() == 1 else negatives.shape[1]
-        logits = scores_against(network, users, torch.cat([batch.positives.unsqueeze(1), negatives.view(len(users), k)], 1))
-        return (torch.logsumexp(logits, 1) - logits[:, 0]).sum() / batch.denominator
+        candidates = torch.cat([batch.positives.unsqueeze(1), negatives.view(len(users), k)], 1)
+        logits = scores_against(network, users, candidates)
+        if batch.log_q is not None:
+            logits = logits - batch.log_q[candidates]
+        terms = torch.logsumexp(logits, 1) - logits[:, 0]
+        return _weighted(terms, batch).sum() / batch.denominator
 
 
 @WATCH_LOSSES.register("softmax")
 class FullSoftmax(WatchLoss):
     """Cross-entropy of each watched item against the whole catalogue: −log(e^{p⁺} / Σ_j e^{p_j}).
 
-    Every item is a negative (the sampled ones are not used): a (batch × items) product per step,
-    which suits catalogues of thousands of items; ``sampled-softmax`` is the loss for larger ones.
+    Every item is a negative (the sampled ones are not used): a (distinct users × items) product
+    per step, which suits catalogues of thousands of items (``sampled-softmax`` is the loss for
+    larger ones). Each distinct user of the batch is scored once, so batches grouped by user
+    (``batch_by="users"``) make it cheap.
     """
 
     summary = "-log softmax of p+ over every item (a batch x items product per step)"
-    searched = False  # as above; and a 50-trial tune that searched both took 10 minutes instead of 4
+    # the quality preset's loss (README, "Presets"); the tuner's space holds it
 
     def __call__(self, network, batch: Batch) -> torch.Tensor:
-        scores = network.all_watch_scores(batch.users)
-        positive = scores.gather(1, batch.positives[:, None]).squeeze(1)
-        return (torch.logsumexp(scores, 1) - positive).sum() / batch.denominator
+        distinct, inverse = torch.unique(batch.users, return_inverse=True)
+        scores = network.all_watch_scores(distinct)
+        positive = scores[inverse, batch.positives]
+        terms = torch.logsumexp(scores, 1)[inverse] - positive
+        return _weighted(terms, batch).sum() / batch.denominator
+
+
+def _weighted(terms: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Each positive pair's loss times its weight (``batch.weights``), where the batch has weights."""
+    return terms if batch.weights is None else terms * batch.weights
 
 
 def bpr_loss(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:

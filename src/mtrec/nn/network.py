@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtrec.errors import ConfigError
+from mtrec.nn.itemitem import check_item_item
 from mtrec.nn.layers import ScaledEmbedding, ZeroEmbedding
 from mtrec.registry import Registry
 
@@ -115,8 +117,8 @@ class UserEncoder:
         return {}
 
     def use_histories(self, net: MultitaskNet, indptr: torch.Tensor, indices: torch.Tensor) -> None:
-        """Keep the users' training items (CSR: user u's are ``indices[indptr[u]:indptr[u + 1]]``), for
-        an encoder that reads them; the others ignore them."""
+        """Called when the network is given the users' training items (:meth:`MultitaskNet.use_histories`,
+        which keeps them as ``net.history_indptr`` and ``net.history_indices``); most encoders ignore it."""
 
 
 #: The user encoders by name (:mod:`mtrec.registry`).
@@ -267,6 +269,15 @@ class MultitaskNet(nn.Module):
         How users become vectors (:data:`USER_ENCODERS`): ``"id"``, a learned vector per user, or
         ``"history"``, that plus the pooled vectors of the user's training items
         (:class:`mtrec.nn.encoders.HistoryEncoder`, whose options ``encoder_settings`` gives).
+    rating_reads_score:
+        The rating MLP also reads the pair's watch score p (from the factorisation part): its
+        input is ``[u, q, u*q, p]``, one wider than ``layer_sizes[0]``.
+    item_item:
+        The watch score has an item–item path: ``w · Σ_{j∈N(u)} B[j, i]`` over the user's training
+        items N(u), with B an items × items matrix (``item_item_matrix``, filled by
+        :func:`mtrec.nn.itemitem.ease_matrix` after training) and w its weight
+        (``item_item_weight``, 0 until then). It takes items² floats, so it suits catalogues of
+        up to :data:`~mtrec.nn.itemitem.MAX_ITEM_ITEM` items.
     """
 
     def __init__(
@@ -280,13 +291,16 @@ class MultitaskNet(nn.Module):
         cross_stitch_init: float = 0.9,
         user_encoder: str = "id",
         encoder_settings: dict | None = None,
+        rating_reads_score: bool = False,
+        item_item: bool = False,
     ) -> None:
         super().__init__()
         self._structure = {
             "num_users": num_users, "num_items": num_items, "embedding_dim": embedding_dim,
             "layer_sizes": None if layer_sizes is None else list(layer_sizes), "sharing": sharing,
             "rating_bias": bool(rating_bias), "cross_stitch_init": cross_stitch_init, "user_encoder": user_encoder,
-            "encoder_settings": dict(encoder_settings or {}),
+            "encoder_settings": dict(encoder_settings or {}), "rating_reads_score": bool(rating_reads_score),
+            "item_item": bool(item_item),
         }  # fmt: skip
         sizes = check_architecture(embedding_dim, [3 * embedding_dim, 64] if layer_sizes is None else layer_sizes)
         self.sharing = sharing
@@ -295,6 +309,9 @@ class MultitaskNet(nn.Module):
         self._encoder = USER_ENCODERS[user_encoder](**(encoder_settings or {}))
         self._tables: list[Table] = []
         count = {"users": num_users, "items": num_items}
+        # the users' training items (CSR), which history encoders and the item-item path read
+        self.register_buffer("history_indptr", torch.zeros(num_users + 1, dtype=torch.long), persistent=False)
+        self.register_buffer("history_indices", torch.zeros(0, dtype=torch.long), persistent=False)
 
         def table(name: str, rows: Literal["users", "items"], group: str, kind: type[nn.Embedding], width: int) -> None:
             # Every table is made here and declared once: parameter groups, the fused step's row
@@ -307,11 +324,18 @@ class MultitaskNet(nn.Module):
         table("user_biases", "users", "biases", ZeroEmbedding, 1)
         table("item_biases", "items", "biases", ZeroEmbedding, 1)
         self._sharing.make(self, table, embedding_dim, cross_stitch_init)  # before the MLP: the seed's order of random draws
-        self.rating_mlp = build_mlp(sizes)
+        self.rating_reads_score = bool(rating_reads_score)
+        self.rating_mlp = build_mlp([sizes[0] + 1, *sizes[1:]] if self.rating_reads_score else sizes)
         self.rating_bias = bool(rating_bias)
         if self.rating_bias:
             table("rating_user_biases", "users", "biases", ZeroEmbedding, 1)
             table("rating_item_biases", "items", "biases", ZeroEmbedding, 1)
+        self.item_item = bool(item_item)
+        if self.item_item:
+            check_item_item(num_items)
+            self.register_buffer("item_item_matrix", torch.zeros(num_items, num_items))
+            self.register_buffer("item_item_weight", torch.zeros(()))
+            self.register_buffer("item_item_l2", torch.zeros(()))  # the λ its matrix was made with (0: not yet)
 
     @property
     def embedding_sharing(self) -> bool:
@@ -329,12 +353,46 @@ class MultitaskNet(nn.Module):
         return self.item_embeddings if self.sharing == "hard" else self.rating_item_embeddings
 
     def use_histories(self, indptr: torch.Tensor | Sequence[int], indices: torch.Tensor | Sequence[int]) -> MultitaskNet:
-        """Give the user encoder the users' training items (CSR), for one that reads them; returns the network."""
+        """Keep the users' training items (CSR: user u's are ``indices[indptr[u]:indptr[u + 1]]``, sorted),
+        which a history encoder and the item-item path read; returns the network."""
         device = self.item_biases.weight.device
-        self._encoder.use_histories(
-            self, torch.as_tensor(indptr, dtype=torch.long, device=device), torch.as_tensor(indices, dtype=torch.long, device=device)
-        )
+        indptr = torch.as_tensor(indptr, dtype=torch.long, device=device)
+        indices = torch.as_tensor(indices, dtype=torch.long, device=device)
+        if indptr.dim() != 1 or len(indptr) != self._structure["num_users"] + 1:
+            raise ConfigError(f"the histories' indptr must have one entry per user and one more, got {tuple(indptr.shape)}")
+        if indices.dim() != 1 or len(indices) != int(indptr[-1]):
+            raise ConfigError(f"the histories' indices must hold indptr[-1] = {int(indptr[-1])} items, got {tuple(indices.shape)}")
+        self.history_indptr, self.history_indices = indptr, indices
+        self._encoder.use_histories(self, indptr, indices)
         return self
+
+    def history_bags(self, users: torch.Tensor, cap: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training items of each of ``users`` as bags for ``embedding_bag``: (items, offsets,
+        owner), the owner being each item's position in ``users``. With ``cap``, a user's first
+        ``cap`` items (the lowest indices) only."""
+        starts = self.history_indptr[users]
+        lengths = self.history_indptr[users + 1] - starts
+        if cap is not None:
+            lengths = lengths.clamp_max(cap)
+        offsets = torch.cumsum(lengths, 0) - lengths
+        owner = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+        positions = torch.arange(len(owner), device=users.device) - offsets[owner] + starts[owner]
+        return self.history_indices[positions], offsets, owner
+
+    def item_item_scores(self, users: torch.Tensor) -> torch.Tensor:
+        """The item-item path's score of every item for each user, w · x_u B, shape (len(users), num_items)."""
+        items, offsets, _ = self.history_bags(users)
+        pooled = F.embedding_bag(items, self.item_item_matrix, offsets, mode="sum")
+        return pooled * self.item_item_weight
+
+    def _item_item_on(self) -> bool:
+        return self.item_item and bool(self.item_item_weight != 0)
+
+    def _item_item_pairs(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """w · Σ_{j∈N(u)} B[j, i] of each (user, item) pair."""
+        history, _, owner = self.history_bags(users)
+        values = self.item_item_matrix[history, items[owner]]
+        return torch.zeros(len(users), device=users.device).index_add_(0, owner, values) * self.item_item_weight
 
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         """The user encoder's vectors of ``users`` (:data:`USER_ENCODERS`), before sharing mixes them."""
@@ -352,28 +410,45 @@ class MultitaskNet(nn.Module):
         """The rating head's u and q of each pair."""
         return self._sharing.rating_vectors(self, users, items)
 
-    def rating_from_embeddings(self, u: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """r_hat from already looked-up rating-head embeddings."""
-        return self.rating_mlp(torch.cat([u, q, u * q], dim=1)).squeeze(-1)
+    def rating_from_embeddings(self, u: torch.Tensor, q: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
+        """r_hat from already looked-up rating-head embeddings (and the pairs' watch scores, for a
+        network whose rating head reads them)."""
+        inputs = [u, q, u * q] if score is None else [u, q, u * q, score.unsqueeze(1)]
+        return self.rating_mlp(torch.cat(inputs, dim=1)).squeeze(-1)
+
+    @torch.no_grad()
+    def start_ratings_at(self, mean: float) -> None:
+        """Set the rating MLP's last bias to ``mean``: an untrained rating head then predicts the mean rating."""
+        self.rating_mlp[-1].bias.fill_(mean)
 
     def rating(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """r_hat = MLP([u, q, u*q]) (+ the user's and the item's rating bias) for each (user, item) pair."""
-        r_hat = self.rating_from_embeddings(*self.rating_vectors(users, items))
+        """r_hat = MLP([u, q, u*q]) (with the factorisation's watch score p where the head reads it;
+        + the user's and the item's rating bias) for each (user, item) pair."""
+        score = self.factorisation_score(users, items) if self.rating_reads_score else None
+        r_hat = self.rating_from_embeddings(*self.rating_vectors(users, items), score)
         if self.rating_bias:
             r_hat = r_hat + self.rating_user_biases(users).squeeze(-1) + self.rating_item_biases(items).squeeze(-1)
         return r_hat
 
-    def watch_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """p = u . q + a + b for each (user, item) pair."""
+    def factorisation_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """u . q + a + b for each (user, item) pair: the watch score without the item-item path."""
         u, q = self.watch_users(users), self.watch_items(items)
         return (u * q).sum(1) + self.user_biases(users).squeeze(-1) + self.item_biases(items).squeeze(-1)
+
+    def watch_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """p = u . q + a + b (+ the item-item path's score, where it has a weight) for each (user, item) pair."""
+        score = self.factorisation_score(users, items)
+        return score + self._item_item_pairs(users, items) if self._item_item_on() else score
 
     def watch_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """p of each of ``users`` (B,) against each of its items ``items`` (B, K), shape (B, K): the
         users' vectors are made once (a history-aware user is pooled once, not K times)."""
         q = self.watch_items(items.reshape(-1))
         u, q = self.watch_users(users), q.view(*items.shape, q.shape[-1])  # sizes spelled out: a share may be empty
-        return (u.unsqueeze(1) * q).sum(2) + self.user_biases(users) + self.item_biases(items).squeeze(-1)
+        scores = (u.unsqueeze(1) * q).sum(2) + self.user_biases(users) + self.item_biases(items).squeeze(-1)
+        if self._item_item_on():
+            scores = scores + self.item_item_scores(users).gather(1, items)
+        return scores
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(p, r_hat)`` for each (user, item) pair, both of shape (batch,)."""
@@ -384,6 +459,8 @@ class MultitaskNet(nn.Module):
         scores = self.watch_users(users) @ self.item_vectors().T
         scores += self.user_biases(users)
         scores += self.item_biases.weight.T
+        if self._item_item_on():
+            scores += self.item_item_scores(users)
         return scores
 
     def item_vectors(self) -> torch.Tensor:

@@ -28,6 +28,9 @@ TASK_NAME = re.compile(r"[a-z][a-z0-9_]*")
 #: Names a task may not take: ``train_loss`` is the joint loss.
 RESERVED = ("loss",)
 
+#: What may weigh each positive pair in the watch loss: nothing (1 each) or its rating over the training mean.
+WATCH_WEIGHTS = ("none", "rating")
+
 #: The seed's weights: λF = λR = 0.5.
 DEFAULT_WEIGHTS = {"watch": 0.5, "rating": 0.5}
 
@@ -67,6 +70,14 @@ class JointObjective:
         (the λs), ``"uncertainty"``, ``"gradnorm"``, ``"pcgrad"`` or ``"mgda"``.
     gradnorm_alpha:
         GradNorm's asymmetry α.
+    watch_weights:
+        ``"none"``, or ``"rating"``: each positive pair's watch loss weighted by its rating over
+        the training mean (the sampler puts the weights in the batch: :attr:`Batch.weights
+        <mtrec.nn.batch.Batch.weights>`), so that a 5-star watch counts more than a 1-star one.
+    row_l2:
+        λ of an L2 penalty on the embedding rows each batch reads (:meth:`row_penalty`), added to
+        the joint loss: a user or item is regularised in proportion to how often it is trained,
+        as SVD and Spotlight do, unlike weight decay, which shrinks every row alike.
     """
 
     def __init__(
@@ -78,6 +89,8 @@ class JointObjective:
         rating_loss: str = "mse",
         weighting: str = "fixed",
         gradnorm_alpha: float = 1.5,
+        watch_weights: str = "none",
+        row_l2: float = 0.0,
     ):
         if weights is not None and not isinstance(weights, Mapping):
             raise ConfigError(f"the weights are given by task, as {{'watch': 0.5, 'rating': 0.5}}, not {weights!r}")
@@ -90,6 +103,12 @@ class JointObjective:
         missing = [name for name in weights if name not in known]
         if missing:
             raise ConfigError(f"no task named {missing[0]!r}; the tasks are {', '.join(known)}")
+        if watch_weights not in WATCH_WEIGHTS:
+            raise ConfigError(f"unknown watch weights {watch_weights!r}; use one of {', '.join(WATCH_WEIGHTS)}")
+        self.watch_weights = watch_weights
+        if isinstance(row_l2, bool) or not isinstance(row_l2, (int, float)) or not row_l2 >= 0:
+            raise ConfigError(f"row_l2 must be a non-negative number, got {row_l2!r}")
+        self.row_l2 = float(row_l2)
         self.weights = {name: float(value) for name, value in weights.items()}
         self.tasks = {name: known[name] for name in weights}
         self.weighting_name = weighting
@@ -119,6 +138,22 @@ class JointObjective:
         """Each task's loss by name, and the joint loss."""
         losses = self.task_losses(network, batch)
         return losses, self.combine(losses)
+
+    def row_penalty(self, network, batch: Batch) -> torch.Tensor:
+        """λ · (Σ ‖row‖² over the rows of the network's ``embeddings`` tables the batch reads) / the
+        batch's pairs: the user tables' rows of its distinct users, the item tables' rows of its
+        positive items (once per pair). 0 for a network that declares no tables."""
+        if not hasattr(network, "tables"):
+            return torch.zeros((), device=batch.users.device)
+        # each user once: its first pair in the global batch where the batch is a process's share of it
+        users = torch.unique(batch.users) if batch.first_of_user is None else batch.users[batch.first_of_user]
+        total = torch.zeros((), device=batch.users.device)
+        for table in network.tables():
+            if table.group != "embeddings":
+                continue
+            rows = getattr(network, table.name).weight[users if table.rows == "users" else batch.positives]
+            total = total + rows.square().sum()
+        return self.row_l2 * total / batch.denominator
 
     def untrained(self, has_ratings: bool) -> list[str]:
         """The tasks an epoch on data with (or without) ratings does not train: their records are NaN."""

@@ -95,6 +95,16 @@ def export_network(model: MultitaskModel) -> MultitaskNet:
     network = model._fitted_network()
     if not isinstance(network, MultitaskNet):
         raise ConfigError(f"the exports know mtrec's MultitaskNet; this model's network is a {type(network).__name__}")
+    if network.item_item:
+        raise ConfigError(
+            "the exports hold vectors, and this model's watch score has an item-item path (an items x items matrix) "
+            "they cannot hold: export a model trained without --item-item"
+        )
+    if network.rating_reads_score:
+        raise ConfigError(
+            "the exports' rating head reads [u, q, u*q], and this model's also reads the watch score: "
+            "export a model trained without --rating-reads-score"
+        )
     return network
 
 

@@ -168,6 +168,7 @@ class HistoryRequest(Body):
     exclude: list[int | Id] = Field(default_factory=list, max_length=MAX_HISTORY, description="items never to recommend")
     include: list[int | Id] | None = Field(None, max_length=MAX_BATCH, description="recommend only among these items")
     genres: list[Id] = Field(default_factory=list, max_length=100, description="recommend only items of one of these")
+    instant: bool = Field(False, description="read the user's vector from the history through the model's encoder, without fitting")
 
 
 @dataclass
@@ -619,7 +620,7 @@ def _fold_in(recommender: Recommender, raw: bytes) -> Recommendations:
     """``POST /recommendations``: its body read and its history folded in, both on a pool thread."""
     request = HistoryRequest.parse(raw)
     history = [(entry.item, entry.rating) for entry in request.history]
-    return recommender.recommend_history(history, request.k, request.exclude, request.include, request.genres)
+    return recommender.recommend_history(history, request.k, request.exclude, request.include, request.genres, instant=request.instant)
 
 
 def _body(model: type[Body]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from mtrec.data.formats import Column
 from mtrec.data.frames import backend_library
 from mtrec.data.requests import MAX_HISTORY  # noqa: F401  (re-exported: serve.py reads it here)
+from mtrec.errors import ConfigError
 from mtrec.model import MultitaskModel
 from mtrec.serving.batch import BATCH_BYTES, Batches
 from mtrec.serving.catalogue import Catalogue
@@ -103,7 +104,13 @@ class Recommender:
         with torch.inference_mode():
             unit_items = F.normalize(self.network.item_vectors().detach(), dim=1)
         spaces = {"watch": lambda: watch_space(self.network), "similar": lambda: unit_items}
-        self.retrieval = Retrieval(index or IndexConfig(), self.num_items, spaces, model_file)
+        index = index or IndexConfig()
+        if getattr(self.network, "item_item", False) and index.kind == "hnsw":
+            raise ConfigError(
+                "this model's watch score has an item-item path, which is not an inner product an HNSW graph can search: "
+                "use --index exact (auto does, for every catalogue the path allows)"
+            )
+        self.retrieval = Retrieval(index, self.num_items, spaces, model_file)
         self.ranker = Ranker(self.catalogue, self.network, self.retrieval, unit_items, self.rating_scale, self.has_ratings)
         self.cold = ColdStart(self.catalogue)
         self.batches = Batches(data, self.catalogue, self.ranker, self.cold)
@@ -178,8 +185,13 @@ class Recommender:
         exclude: Iterable[Any] = (),
         include: Iterable[Any] | None = None,
         genres: Iterable[str] = (),
+        instant: bool = False,
     ) -> Recommendations:
         """Recommendations for a user the model never saw, from their history (fold-in).
+
+        With ``instant``, the user's vector is read from the history through the model's encoder
+        without any fitting (microseconds; as good as fitting for a history-aware model, and
+        a mean user for an id-only one).
 
         ``history`` holds ``(item, rating)`` pairs, items by raw id or title and ratings None
         where unknown (then, for a history without any rating, only the watch loss fits). The
@@ -193,7 +205,7 @@ class Recommender:
         allowed = self.allowed(exclude, include, genres)
         if not history:
             return Recommendations(user=None, cold_start=True, exclude_seen=True, items=self.cold.items(k, allowed))
-        one, hidden = self.cold.fold_in(self.model, history)
+        one, hidden = self.cold.fold_in(self.model, history, instant=instant)
         with torch.inference_mode():
             users = torch.zeros(1, dtype=torch.long, device=self.device)
             ranked = self.ranker.ranked(one, users, hidden, allowed, k)

@@ -43,15 +43,17 @@ from mtrec.train.session import reference_metrics
 #: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
 Dimension = tuple
 
-#: The default search space: the settings the quality preset's measurements found to matter.
+#: The default search space: the settings the quality preset's measurements found to matter, around
+#: the preset (its own settings are the first trial).
 SEARCH_SPACE: dict[str, Dimension] = {
-    "embedding_dim": ("categorical", [16, 32, 64]),
-    "learning_rate": ("log", 0.004, 0.1),
+    "embedding_dim": ("categorical", [32, 64, 128]),
+    "learning_rate": ("log", 0.001, 0.03),
     "lr_gamma": ("float", 0.85, 1.0),
-    "l2": ("log", 1e-8, 1e-4),
-    "l2_mlp": ("log", 1e-8, 1e-3),
+    "row_l2": ("log", 1e-4, 0.1),
     "factorization_weight": ("float", 0.5, 1.0),
-    "regression_weight": ("log", 0.001, 1.0),
+    "regression_weight": ("log", 0.01, 1.0),
+    "history_dropout": ("float", 0.0, 0.8),
+    "ema": ("categorical", [0.0, 0.9, 0.97, 0.99]),
     "negatives": ("categorical", [1, 2, 4, 8]),
     "watch_loss": ("categorical", [name for name in WATCH_LOSSES if WATCH_LOSSES[name].searched]),
     "sharing": ("categorical", ["hard", "separate"]),

@@ -20,9 +20,11 @@ from torch import nn
 from mtrec.errors import ConfigError, TrainingDiverged
 from mtrec.eval.evaluation import DEFAULT_K, Evaluator, all_metrics, lower_is_better, metric_names
 from mtrec.io.fitted import EpochRecord
+from mtrec.nn.batch import first_of_each_user
 from mtrec.nn.losses import Batch
 from mtrec.nn.weighting import Fixed
 from mtrec.registry import Registry
+from mtrec.train.averaging import WeightAverage
 from mtrec.train.callbacks import CallbackLike, as_callbacks
 from mtrec.train.distributed import Distributed
 from mtrec.train.sampling import EpochSampler
@@ -194,6 +196,10 @@ class Trainer:
     distributed:
         This process's place in a distributed run (it then trains its slice of each global
         batch, and the gradients are summed over processes), or None.
+    average:
+        A moving average of the weights (:class:`~mtrec.train.averaging.WeightAverage`), updated
+        after every step: evaluation and early stopping read it, and the network ends training
+        holding it (or, under early stopping, the best evaluation's average). None: the weights as trained.
     """
 
     def __init__(
@@ -209,8 +215,10 @@ class Trainer:
         scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         distributed: Distributed | None = None,
         callbacks: Iterable[CallbackLike] | None = None,
+        average: WeightAverage | None = None,
     ) -> None:
         self.step, self.sampler, self.batch_size, self.epochs = step, sampler, batch_size, epochs
+        self.average = average
         self.evaluators, self.eval_every, self.eval_threads = evaluators, max(1, eval_every), eval_threads
         self.stopping, self.scheduler, self.distributed = stopping, scheduler, distributed
         self.callbacks = as_callbacks(callbacks)
@@ -226,23 +234,33 @@ class Trainer:
         started = time.perf_counter()
         learning_rate = step.optimizer.param_groups[0]["lr"]
         users, items, negatives, ratings = self.sampler.draw()
+        weights, log_q = self.sampler.drawn_weights, self.sampler.log_q
         width = len(step.objective.task_names) + 1  # each task's loss, and the joint loss
         sums = torch.zeros(width, dtype=torch.float64, device=users.device)
         per_step = torch.empty(-(-n // size), width, dtype=torch.float32, device=users.device)
+        marks_users = self.distributed is not None and getattr(step.objective, "row_l2", 0.0) > 0
         for index, start in enumerate(range(0, n, size)):
             stop = min(start + size, n)
-            count = None
+            count, first = None, None
             if self.distributed is not None:
                 count = stop - start  # the losses average over the global batch
+                global_start = start
                 start, stop = self.distributed.share(start, stop)
+                if marks_users:  # the row penalty counts each user of the global batch once
+                    first = first_of_each_user(users[global_start : global_start + count])[start - global_start : stop - global_start]
             batch = Batch(
                 users[start:stop],
                 items[start:stop],
                 negatives[start:stop],
                 ratings[start:stop] if ratings is not None else None,
                 count,
+                weights[start:stop] if weights is not None else None,
+                log_q,
+                first,
             )
             losses = step(batch)
+            if self.average is not None:
+                self.average.update()
             per_step[index] = losses
             sums += losses * (stop - start if count is None else count)
         if self.distributed is not None:
@@ -252,12 +270,14 @@ class Trainer:
             self.scheduler.step()
         record = self._record(epoch, (sums / n).tolist(), has_ratings=ratings is not None, learning_rate=learning_rate)
         if self.evaluators and (epoch % self.eval_every == 0 or epoch == self.epochs):
-            with torch_threads(self.eval_threads):
-                for prefix, evaluator in self.evaluators.items():
-                    record.metrics.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(network).items()})
-            if self.stopping is not None:
-                valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
-                self.stopped = self.stopping.update(epoch, valid, network)
+            averaged = self.average.applied() if self.average is not None else contextlib.nullcontext()
+            with averaged:  # the network holds the average while it is measured and kept
+                with torch_threads(self.eval_threads):
+                    for prefix, evaluator in self.evaluators.items():
+                        record.metrics.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(network).items()})
+                if self.stopping is not None:
+                    valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
+                    self.stopped = self.stopping.update(epoch, valid, network)
         record.seconds = time.perf_counter() - started
         return record
 
@@ -284,6 +304,8 @@ class Trainer:
                 self.history.append(record)
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, record)
+            if self.average is not None:
+                self.average.copy_to_network()
             if self.stopping is not None:
                 self.stopping.restore(self.step.network)
         finally:
@@ -296,13 +318,16 @@ class Trainer:
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
         """Everything needed to continue exactly where training is: tensors, and plain JSON facts."""
         step = self.step
-        tensors = {f"network.{k}": v for k, v in step.network.state_dict().items()}
+        # copies: the network goes on training (and, with a weight average, ends holding the average)
+        tensors = {f"network.{k}": v.detach().clone() for k, v in step.network.state_dict().items()}
         tensors.update({f"weighting.{k}": v for k, v in step.objective.weighting.state_dict().items()})
         optimizer = step.optimizer.state_dict()
         for index, state in optimizer["state"].items():
             for name, value in state.items():
                 tensors[f"optimizer.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
         tensors["sampler.generator"] = self.sampler.state()
+        if self.average is not None:
+            tensors.update(self.average.state())
         info = {
             "epoch": len(self.history),
             "history": [record.to_json() for record in self.history],
@@ -334,6 +359,8 @@ class Trainer:
                 state.setdefault(int(index), {})[key] = value
         step.optimizer.load_state_dict({"state": state, "param_groups": info["optimizer_groups"]})
         self.sampler.set_state(tensors["sampler.generator"])
+        if self.average is not None:
+            self.average.load(tensors)
         if self.scheduler is not None and info.get("scheduler") is not None:
             self.scheduler.load_state_dict(info["scheduler"])
         self.history = [EpochRecord.from_json(record) for record in info["history"]]

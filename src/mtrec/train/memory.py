@@ -17,7 +17,8 @@ def memory_needed(network, layer_sizes: Sequence[int], batch_size: int, negative
     ``network`` is the model's network of any size (a "meta" one allocates nothing): its declared
     tables (:meth:`~mtrec.nn.network.MultitaskNet.tables`) say how many values each user and item
     holds. Each parameter is held four times (value, gradient and Adam's two moments) in float32;
-    a batch's activations about three times per layer.
+    a batch's activations about three times per layer. The item-item path adds its items × items
+    matrix, and EASE's float64 ones while it is made.
     """
     d, hidden = layer_sizes[0] // 3, [*layer_sizes[1:], 1]
     tables = sum(getattr(network, table.name).embedding_dim for table in network.tables())
@@ -29,6 +30,9 @@ def memory_needed(network, layer_sizes: Sequence[int], batch_size: int, negative
     width = "layer_sizes" if sum(hidden) > 3 * d else "embedding_dim"
     needed[width] += 16.0 * mlp
     needed["batch_size" if rows > 10**7 else width] += 12.0 * rows * sum(sizes)
+    if getattr(network, "item_item", False):
+        # the path's float32 matrix, and EASE's float64 Gram matrix, its inverse and B while it is made
+        needed["item_item"] = 28.0 * num_items**2
     return needed
 
 

@@ -20,10 +20,13 @@ from mtrec.errors import ConfigError, DataError
 from mtrec.eval.baselines import PopularityNet
 from mtrec.eval.evaluation import Evaluator, metric_names
 from mtrec.io.fitted import EpochRecord
+from mtrec.nn.itemitem import check_item_item
 from mtrec.settings import SettingsError
+from mtrec.train.averaging import WeightAverage
 from mtrec.train.callbacks import CallbackLike
 from mtrec.train.devices import resolve_device
 from mtrec.train.distributed import Distributed
+from mtrec.train.itemitem import choose_item_item
 from mtrec.train.loop import JOINT, EarlyStopping, Trainer, check_early_stopping, make_scheduler, torch_threads
 from mtrec.train.memory import check_memory
 from mtrec.train.sampling import EpochSampler
@@ -120,6 +123,12 @@ def preflight(
             raise SettingsError([("", "early stopping needs a validation set (fit's validation; a run's {valid_fraction} or {valid_k})")])
     if len(train) == 0:
         raise DataError("the training set is empty")
+    if getattr(settings, "item_item", False):
+        check_item_item(train.num_items)
+        if validation is None and (settings.item_item_l2 is None or settings.item_item_weight is None):
+            raise ConfigError(
+                "the item-item path chooses its l2 and weight on a validation set: give a validation set, or both item_item_l2 and item_item_weight"
+            )
     device = resolve_device(settings.device)
     check_memory(settings.memory_needed(train.num_users, train.num_items), device)
     if not train.has_ratings and settings.regression_weight > 0:
@@ -139,6 +148,9 @@ class TrainingResult:
     step: str
     selected_epoch: int | None
     selection: dict[str, Any]
+    #: The returned network's own metrics (``valid_<metric>``, ``test_<metric>``) where it differs from
+    #: the selected epoch's record: with the item-item path chosen after training. Empty otherwise.
+    final_metrics: dict[str, float] = field(default_factory=dict)
 
 
 class TrainingSession:
@@ -174,16 +186,24 @@ class TrainingSession:
         self.settings, self.train, self.epochs, self.device, self.plan = settings, train, epochs, device, plan
         self.eval_every, self.distributed, self.callbacks = eval_every, distributed, callbacks
         self.network = settings.build_network(train.num_users, train.num_items, device).use_histories(*train.seen_items_csr())
+        if getattr(settings, "start_at_mean", False) and train.has_ratings:
+            self.network.start_ratings_at(float(np.mean(train.ratings, dtype=np.float64)))
 
     def _trainer(self, eval_threads: int) -> Trainer:
         settings, plan = self.settings, self.plan
         step = settings.make_step(self.network)
         scheduler = make_scheduler(step.optimizer, settings.lr_schedule, self.epochs, settings.lr_gamma, settings.lr_step)
         with_ratings = self.train.has_ratings and settings.regression_weight > 0
-        sampler = EpochSampler(self.train, settings.seed, self.device, with_ratings, settings.negatives, settings.exclude_positives)
+        sampler = EpochSampler(
+            self.train, settings.seed, self.device, with_ratings, settings.negatives, settings.exclude_positives,
+            getattr(settings, "batch_by", "pairs"), getattr(settings, "negative_sampling", "uniform"),
+            getattr(settings, "watch_weights", "none"),
+        )  # fmt: skip
+        decay = getattr(settings, "ema", 0.0)
+        average = WeightAverage(self.network, decay) if decay > 0 else None
         return Trainer(
             step, sampler, settings.batch_size, self.epochs, plan.evaluators, self.eval_every, eval_threads,
-            plan.stopping, scheduler, self.distributed, self.callbacks,
+            plan.stopping, scheduler, self.distributed, self.callbacks, average,
         )  # fmt: skip
 
     def run(self) -> TrainingResult:
@@ -195,8 +215,16 @@ class TrainingSession:
         stopping = self.plan.stopping
         last = history[-1].epoch if history else None
         selected = stopping.best_epoch if stopping is not None and stopping.best_epoch else last
-        selection = {}
+        selection: dict[str, Any] = {}
         if stopping is not None:
             references = {f"reference_{k}": v for k, v in stopping.reference.items()}
             selection = {"criterion": self.plan.criterion, "score": stopping.best_score, **references}
-        return TrainingResult(self.network, history, trainer.step.kind, selected, selection)
+        final: dict[str, float] = {}
+        if getattr(self.network, "item_item", False):
+            l2, weight = getattr(self.settings, "item_item_l2", None), getattr(self.settings, "item_item_weight", None)
+            with torch_threads(self.settings.num_threads):
+                selection.update(choose_item_item(self.network, self.plan.evaluators.get("valid"), l2, weight))
+            # the epochs' records measured the network without the path: measure the model as it is kept
+            for prefix, evaluator in self.plan.evaluators.items():
+                final.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(self.network).items()})
+        return TrainingResult(self.network, history, trainer.step.kind, selected, selection, final)

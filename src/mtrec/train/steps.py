@@ -162,10 +162,20 @@ class AutogradStep(Step):
         self.optimizer.zero_grad(set_to_none=False)
         with torch.enable_grad():
             losses, loss = self.objective(self.network, batch)
+            penalty = self.objective.row_penalty(self.network, batch) if getattr(self.objective, "row_l2", 0.0) > 0 else None
             if self.objective.weighting.gradient_method:
                 self._combined_gradients(list(losses.values()))
+                if penalty is not None:  # a regulariser of no task: added after the tasks' gradients are combined
+                    params = [p for p in self.trained if p.requires_grad]
+                    grads = [
+                        g if g is not None else torch.zeros_like(p) for p, g in zip(params, torch.autograd.grad(penalty, params, allow_unused=True))
+                    ]
+                    if self.reduce is not None:
+                        self.reduce(grads)  # every process adds the same, global penalty gradient
+                    for param, grad in zip(params, grads):
+                        param.grad += grad
             else:
-                loss.backward()
+                (loss if penalty is None else loss + penalty).backward()
         return torch.stack([*losses.values(), loss]).detach()
 
     def _combined_gradients(self, losses: list[torch.Tensor]) -> None:
@@ -268,6 +278,12 @@ class FusedStep(Step):
             return f"the objective is a {type(objective).__name__}, not a JointObjective"
         if objective.task_names != ("watch", "rating") or [type(task) for task in objective.tasks.values()] != [WatchTask, RatingTask]:
             return f"its hand-written gradients cover the library's tasks watch and rating, not {', '.join(objective.task_names)}"
+        if network.rating_reads_score:
+            return "its hand-written gradients cover a rating head of [u, q, u*q], not one that also reads the watch score"
+        if objective.row_l2 > 0:
+            return "its hand-written gradients cover weight decay, not an L2 penalty on the rows a batch reads (row_l2)"
+        if objective.watch_weights != "none":
+            return f"its hand-written gradients cover an unweighted watch loss, not one weighted by {objective.watch_weights}"
         claimed = cls.claims()
         watch, rating = (task.component() for task in objective.tasks.values())
         chosen = {"sharing": network.sharing, "user_encoder": network.user_encoder, "watch_loss": watch, "rating_loss": rating}
