@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -252,7 +252,7 @@ class Evaluator:
         if not known:
             train = test.subset(np.zeros(len(test), dtype=bool))
         else:
-            train = functools.reduce(_concat, known)
+            train = functools.reduce(Interactions.joined, known)
         self.device = torch.device(device)
         self.num_users, self.num_items = test.num_users, test.num_items
         self.test_users, self.test_items, self.test_indptr = _sorted_pairs(test, self.device)
@@ -367,21 +367,6 @@ def _ideal_dcg(counts: np.ndarray, k: int) -> torch.Tensor:
     ideal = gains[np.minimum(counts, k)]
     ideal[counts == 0] = 1.0
     return torch.as_tensor(ideal, dtype=torch.float64)
-
-
-def _concat(a: Interactions, b: Interactions) -> Interactions:
-    """Two data sets with the same id maps as one (the known items of several parts)."""
-
-    def join(x, y):
-        return None if x is None or y is None else np.concatenate([x, y])
-
-    return replace(
-        a,
-        users=np.concatenate([a.users, b.users]),
-        items=np.concatenate([a.items, b.items]),
-        ratings=join(a.ratings, b.ratings),
-        timestamps=join(a.timestamps, b.timestamps),
-    )
 
 
 def _blocks(users: np.ndarray, size: int) -> list[tuple[int, int]]:
