@@ -92,7 +92,10 @@ def test_choices_are_read_from_the_registries_when_checked(monkeypatch):
         ({"data": {"leave_k": 1}}, "data.split: leave_k applies to split user, not split random"),
         ({"data": {"split": "user", "leave_k": 1, "valid_fraction": 0.1}}, "data.split: valid_fraction does not fit a test set of K per user"),
         ({"data": {"items": "titles.csv"}}, "data.source: items applies to ratings files only"),
-        ({"data": {"split": "spring"}}, "data.split.method: must be one of random, user, temporal, u1, u2, u3, u4, u5, ua, ub, got 'spring'"),
+        (
+            {"data": {"split": "spring"}},
+            "data.split.method: must be one of random, user, temporal, cold-items, cold-users, u1, u2, u3, u4, u5, ua, ub, got 'spring'",
+        ),
         ({"epochs": 0, "k": [10, 0]}, "epochs: must be a positive whole number, got 0; k[1]: must be a positive whole number, got 0"),
         ({"early_stopping": "mrr"}, "early_stopping mrr needs a validation set: give valid_fraction (or valid_k)"),
         ({"early_stopping": "auc", "data": {"valid_fraction": 0.1}}, "early_stopping: unknown early-stopping criterion 'auc'"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-__version__ = "0.4.0"
+__version__ = "0.5.0"
 
 #: Public name -> the module that defines it.
 _EXPORTS = {

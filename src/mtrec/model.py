@@ -113,6 +113,18 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         items × items matrix, with ridge penalty ``item_item_l2``, applied to the user's training
         items and weighted by ``item_item_weight``. Either left None is chosen on the validation
         set after training (:attr:`selection_` records both); without one, both must be given.
+    features:
+        The side features the model reads: ``"none"``, ``"items"``, ``"users"`` or
+        ``"items,users"``, from the training data's feature tables (``Interactions.item_features``,
+        ``user_features``: a MovieLens release's genres, years and demographics, or your own files).
+        A user or item is its id vector plus the weighted sum of its feature vectors (LightFM's), in
+        both heads; one without training pairs is its features alone, so that a new item or user
+        with features is scored without retraining (:mod:`mtrec.data.feature_maps`).
+    id_dropout:
+        While training, the share of the users and items (of a side with features) whose id part is
+        left out at each step, so that they are read by their features alone (DropoutNet's id
+        dropout): the feature vectors then learn to stand for a user or item by themselves, as
+        they must for a cold one. 0 to below 1.
     seed:
         Seeds initialisation, shuffling and negative sampling: the same seed gives the same
         results, bit for bit, on CPU. 0 to 2**64 - 1.
@@ -164,6 +176,8 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         item_item: bool = False,
         item_item_l2: float | None = None,
         item_item_weight: float | None = None,
+        features: str = "none",
+        id_dropout: float = 0.0,
         cross_stitch_init: float = 0.9,
         seed: int = 0,
         device: str = "cpu",
@@ -202,9 +216,11 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         """Adam's weight decay per parameter group."""
         return self._check_params().weight_decay()
 
-    def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
-        """A fresh network for this many users and items, initialised from ``seed``."""
-        return self._check_params().build_network(num_users, num_items, device)
+    def build_network(
+        self, num_users: int, num_items: int, device: torch.device | str = "cpu", feature_rows: dict[str, int] | None = None
+    ) -> MultitaskNet:
+        """A fresh network for this many users and items (and feature rows), initialised from ``seed``."""
+        return self._check_params().build_network(num_users, num_items, device, feature_rows)
 
     def make_step(self, network: MultitaskNet) -> Step:
         """The training step for ``network``, as :attr:`step` asks."""
@@ -288,8 +304,8 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         device = preflight(settings, train, epochs, test, validation, early_stopping, patience, metrics, k)
         rates = train.has_ratings and self.regression_weight > 0
         plan = evaluation_plan(train, validation, test, device, metrics, k, early_stopping, patience, rates, distributed)
-        self.data_ = FittedData.from_interactions(train)
         session = TrainingSession(settings, train, epochs, device, plan, eval_every, distributed, callbacks)
+        self.data_ = FittedData.from_interactions(train, session.features)
         self.network_, self.history_ = session.network, []
         result = session.run()
         self.history_, self.step_ = result.history, result.step
@@ -331,7 +347,7 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         plan = evaluation_plan(train, None, None, device, DEFAULT_METRICS, DEFAULT_K, None, 1, rates)
         session = TrainingSession(settings, train, count, device, plan, 1, None, callbacks)
         result = session.run()
-        self.data_ = FittedData.from_interactions(train)
+        self.data_ = FittedData.from_interactions(train, session.features)
         self.network_ = result.network.eval()
         self.selection_ = {**self.selection_, "refit_epochs": int(count), "refit_rows": len(train)}
         return self

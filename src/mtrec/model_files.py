@@ -33,9 +33,13 @@ class ModelFiles:
         known = set(cls._param_names())
         model = cls(**{k: v for k, v in params.items() if k in known})
         model.data_ = record.data
-        network = model.build_network(record.data.num_users, record.data.num_items)
+        features = record.data.features
+        rows = {side: fitted.map.size for side, fitted in features.items()}
+        network = model.build_network(record.data.num_users, record.data.num_items, feature_rows=rows or None)
         network.load_state_dict(record.state)
         network.use_histories(record.data.seen_indptr, record.data.seen_indices)
+        for side, fitted in features.items():
+            network.use_features(side, fitted.bags.indptr, fitted.bags.indices, fitted.bags.weights)
         network.eval()
         model.network_ = network.to(target)
         model.history_ = list(record.history)

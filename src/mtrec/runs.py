@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 from mtrec.config import CONFIG_FILENAME, RunConfig
 from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, DataError, ModelFileError, MtrecError, RunExistsError
+from mtrec.eval.coldstart import cold_parts, cold_start_metrics
 from mtrec.eval.evaluation import Evaluator
 from mtrec.io.checkpoint import (
     CHECKPOINT_FILENAME,
@@ -347,6 +348,9 @@ def train_run(
         }
         if model.final_metrics_:  # the kept model differs from the selected epoch's record (the item-item path)
             metrics["model"] = {name: finite_or_none(value) for name, value in model.final_metrics_.items()}
+        cold = _cold_start(model, config, train, validation, test)
+        if cold:
+            metrics["cold_start"] = cold
         if config.refit:
             metrics["refit"] = _refit(model, config, train, validation, test)
         if main:
@@ -354,6 +358,20 @@ def train_run(
     if distributed is not None:
         distributed.barrier()  # the run is published before any process reports it
     return metrics
+
+
+def _cold_start(model, config: RunConfig, train: Interactions, validation: Interactions | None, test: Interactions | None) -> dict[str, Any]:
+    """The kept model's test metrics on the warm and the cold pairs apart (:func:`mtrec.eval.coldstart.cold_start_metrics`),
+    for a cold split or a model with features whose test set has cold pairs; empty otherwise."""
+    if test is None or not (config.data.split.method.startswith("cold-") or config.model.features != "none"):
+        return {}
+    parts = cold_parts(train, test)
+    if not (parts["cold_items"].any() or parts["cold_users"].any()):
+        return {}
+    device = next(model.network_.parameters()).device
+    known = [train] if validation is None else [train, validation]
+    measured = cold_start_metrics(model.network_, train, test, known, config.metrics, config.k, device)
+    return {part: {name: finite_or_none(value) for name, value in values.items()} for part, values in measured.items()}
 
 
 def _refit(model, config: RunConfig, train: Interactions, validation: Interactions | None, test: Interactions | None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mtrec.cli._args import add_option, positive_int
+from mtrec.data.features import parse_feature_types, read_feature_file
 from mtrec.data.requests import read_history, read_users
 from mtrec.errors import ConfigError, DataError, RunExistsError
 from mtrec.io.files import atomic_output
@@ -39,6 +40,11 @@ model never saw gets the most-rated items instead (cold start). --history FILE r
 new user from the items they rated (fold-in: their vector is fitted, everything else frozen).
 --all-users or --users FILE writes every user's top k to --out (Parquet or CSV), scored in blocks.
 --exclude, --include (a candidate set) and --genre filter what is recommended.
+
+With a model trained with features (--features items,users): --candidates FILE recommends among
+the items of an item features file, those the model never saw scored by their attributes alone;
+--user-features age=31 gender=F recommends for a new user by their attributes (with --history too,
+by both).
 """
 
 
@@ -146,7 +152,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_option(parser)
-    who = parser.add_mutually_exclusive_group(required=True)
+    who = parser.add_mutually_exclusive_group()
     add_option(who, "--user", help="raw user id, as in the training data")
     add_option(who, "--history", metavar="FILE", help="a new user's history: CSV or TSV of item[,rating] (ids or titles; header optional)")
     add_option(who, "--all-users", action="store_true", help="every user the model knows, to --out")
@@ -159,6 +165,27 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         action="store_true",
         help="with --history: read the new user's vector from the history through the model's encoder, without fitting "
         "(under a millisecond; ranks as well for a history-aware model, e.g. the quality preset's)",
+    )
+    add_option(
+        parser,
+        "--user-features",
+        nargs="+",
+        default=None,
+        metavar="NAME=VALUE",
+        help="a new user's attributes, for a model with user features (alone, or with --history): e.g. age=31 gender=F (a multi-valued one as a|b)",
+    )
+    add_option(
+        parser,
+        "--candidates",
+        metavar="FILE",
+        help="recommend among the items of this item features file (the model's item features' columns); "
+        "items the model never saw are scored by their attributes alone (a model with item features)",
+    )
+    add_option(
+        parser,
+        "--candidate-types",
+        metavar="TYPES",
+        help="--candidates: the kinds of its columns, e.g. year:numeric (default: as the model read its item features)",
     )
     add_option(parser, "--exclude", nargs="+", default=(), metavar="ITEM", help="items never to recommend (ids or titles)")
     add_option(parser, "--include", nargs="+", default=None, metavar="ITEM", help="recommend only among these items")
@@ -239,24 +266,66 @@ def write_all(args: argparse.Namespace, recommender: Recommender, out: Path) -> 
     return 0
 
 
+def _user_features(args: argparse.Namespace, recommender: Recommender) -> dict[str, Any] | None:
+    """``--user-features``' NAME=VALUE pairs, numbers for the model's numeric columns."""
+    if args.user_features is None:
+        return None
+    fitted = recommender.model.data_.features.get("users")
+    if fitted is None:
+        raise ConfigError("--user-features: this model was trained without user features (train it with --features users)")
+    kinds = {column["name"]: column["kind"] for column in fitted.map.columns}
+    record: dict[str, Any] = {}
+    for pair in args.user_features:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--user-features takes NAME=VALUE pairs, got {pair!r}")
+        if kinds.get(name) == "numeric":
+            try:
+                record[name] = float(value)
+            except ValueError:
+                raise ConfigError(f"--user-features: {name} is numeric, got {value!r}") from None
+        else:
+            record[name] = value
+    return record
+
+
 def run(args: argparse.Namespace) -> int:
+    if not (args.user or args.history or args.all_users or args.users or args.user_features):
+        raise ConfigError("say whom to recommend for: --user, --history, --user-features, --all-users or --users")
+    if args.user_features is not None and (args.user or args.all_users or args.users):
+        raise ConfigError("--user-features describes a new user: give it alone or with --history, not with --user, --all-users or --users")
     if args.instant and not args.history:
         raise ConfigError("--instant folds in a new user's history: give --history FILE too")
+    if args.candidate_types and not args.candidates:
+        raise ConfigError("--candidate-types describes the columns of --candidates FILE: give it too")
+    if args.candidates and args.include is not None:
+        raise ConfigError("--candidates and --include are two candidate sets: give one")
     out = check_out(args.out, args.all_users or args.users is not None, args.force)  # before any scoring
     history = read_history(args.history) if args.history else None  # before the model is loaded
+    declared = parse_feature_types(args.candidate_types)
     recommender = load_recommender(args, index_config(args))
+    if args.candidates:
+        fitted = recommender.model.data_.features.get("items")
+        if fitted is None:
+            raise ConfigError("--candidates: this model was trained without item features (train it with --features items)")
+        kinds = {column["name"]: column["kind"] for column in fitted.map.columns}  # as the model read them
+        candidates = read_feature_file(args.candidates, "item", declared, defaults=kinds)
+        recommender, args.include = recommender.with_candidates(candidates)
+    features = _user_features(args, recommender)
     if out is not None:
         return write_all(args, recommender, out)
     filters = {"exclude": args.exclude, "include": args.include, "genres": args.genres}
-    if history is not None:
+    if history is not None or features is not None:
         try:
-            result = recommender.recommend_history(history.entries, args.k, instant=args.instant, **filters)
+            result = recommender.recommend_history(history.entries if history else [], args.k, instant=args.instant, features=features, **filters)
         except RatingError as error:  # the library counts entries; the user knows the file's lines
             raise DataError(f"{args.history}, line {history.lines[error.position]}: {error.problem}") from None
     else:
         result = recommender.recommend(args.user, args.k, exclude_seen=not args.include_seen, **filters)
     rows = [{"user": result.user, "cold_start": result.cold_start, **asdict(item)} for item in result.items]
     who = f"the history in {args.history}" if history is not None else f"user {result.user}"
+    if features is not None:
+        who = f"{who} and the attributes given" if history is not None else "a new user with the attributes given"
     if result.cold_start:
         why = "an empty history" if history is not None else f"user {result.user!r} is unknown to the model"
         heading = f"{why} (cold start): the {len(rows)} most-rated items"

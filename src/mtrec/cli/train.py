@@ -194,6 +194,10 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
         mse = "n/a" if kept.get("test_mse") is None else f"{kept['test_mse']:.4f}"
         mrr = "n/a" if kept.get("test_mrr") is None else f"{kept['test_mrr']:.4f}"
         print(f"the saved model, with its item-item path: test MSE {mse}  MRR {mrr}")
+    for part, values in (metrics.get("cold_start") or {}).items():
+        scores = "  ".join(f"{name.upper()} {values[name]:.4f}" for name in ("mse", "mrr", "ndcg@10") if values.get(name) is not None)
+        among = f" among the {values['candidates']} cold items" if "candidates" in values else ""
+        print(f"  {part.replace('_', ' ')} ({values['pairs']:,} test pairs{among}): {scores}")
     refit = metrics.get("refit")
     if refit:
         mse = "n/a" if refit.get("test_mse") is None else f"{refit['test_mse']:.4f}"

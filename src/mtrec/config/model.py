@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field, model_validator
 
+from mtrec.data.feature_maps import parse_sides
 from mtrec.errors import ConfigError
 from mtrec.nn.encoders import DEFAULT_CAP
 from mtrec.nn.losses import WATCH_LOSSES
@@ -116,6 +117,14 @@ class ModelConfig(Settings):
     item_item_weight: Number | None = Field(
         None, ge=0, description="the item-item path's weight in the watch score", json_schema_extra={"none": "chosen on validation"}
     )
+    features: Text = Field(
+        "none",
+        description="side features the model reads: none, items, users or items,users (a user or item is its id vector "
+        "plus the sum of its feature vectors; one without training pairs is its features alone)",
+    )
+    id_dropout: Number = Field(
+        0.0, ge=0, lt=1, description="while training, share of the users and items with features read by their features alone (DropoutNet)"
+    )
     cross_stitch_init: Number = Field(0.9, ge=0, le=1, description="diagonal of the cross-stitch maps at the start, 1 being the identity")
     seed: Whole = Field(0, ge=0, le=MAX_SEED, description="seeds split, initialisation and sampling")
     device: Text = Field("cpu", description="cpu, cuda, cuda:N or auto (CUDA when available)")
@@ -140,6 +149,20 @@ class ModelConfig(Settings):
             if getattr(self, name) is not None and not self.item_item:
                 raise rule(f"{{{name}}} is the item-item path's, which is off: set {{item_item}} too, or leave {{{name}}} out", name)
         return self
+
+    @model_validator(mode="after")
+    def _features_are_sides(self) -> ModelConfig:
+        try:
+            sides = parse_sides(self.features)
+        except ConfigError:
+            raise rule(f"must be none, items, users or items,users; got {self.features!r}", "features") from None
+        object.__setattr__(self, "features", ",".join(sides) or "none")
+        return self
+
+    @property
+    def feature_sides(self) -> tuple[str, ...]:
+        """The sides with features: ``()``, ``("items",)``, ``("users",)`` or both."""
+        return parse_sides(self.features)
 
     @model_validator(mode="after")
     def _one_task_at_least(self) -> ModelConfig:
@@ -185,13 +208,19 @@ class ModelConfig(Settings):
         options = {option: getattr(self, f"{self.user_encoder}_{option}") for option in getattr(encoder, "options", ())}
         return {**options, "seed": self.seed} if options else {}
 
-    def build_network(self, num_users: int, num_items: int, device: torch.device | str = "cpu") -> MultitaskNet:
-        """A fresh network for this many users and items, initialised from ``seed``."""
+    def build_network(
+        self, num_users: int, num_items: int, device: torch.device | str = "cpu", feature_rows: dict[str, int] | None = None
+    ) -> MultitaskNet:
+        """A fresh network for this many users and items (and feature rows of each side with
+        features: ``{"items": F}``), initialised from ``seed``."""
+        sides = self.feature_sides
+        rows = {side: int((feature_rows or {}).get(side, 1)) for side in sides}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
             network = MultitaskNet(
                 num_users, num_items, self.embedding_dim, self.effective_layer_sizes, self.sharing, self.rating_bias,
                 self.cross_stitch_init, self.user_encoder, self.encoder_settings(), self.rating_reads_score, self.item_item,
+                rows or None, self.id_dropout if sides else 0.0, self.seed if sides else 0,
             )  # fmt: skip
         return network.to(device)
 

@@ -160,6 +160,13 @@ class RunConfig(Settings):
             raise rule("{refit} trains again for the epochs early stopping chose on validation: give {early_stopping} too", "refit")
         return self
 
+    @model_validator(mode="after")
+    def _feature_files_are_read(self) -> RunConfig:
+        for side in ("item", "user"):
+            if getattr(self.data.source, f"{side}_features", None) is not None and f"{side}s" not in self.model.feature_sides:
+                raise rule(f"{{{side}_features}} is read only by a model with {{features}} {side}s (or items,users): add it, or leave the file out")
+        return self
+
     def __eq__(self, other: object) -> bool:
         """Equal when they say the same, defaults written out or not (speed settings included)."""
         return isinstance(other, RunConfig) and self.to_json() == other.to_json()

@@ -291,6 +291,9 @@ def _read_ratings(release: Release, path: Path) -> dict[str, pa.ChunkedArray]:
 
 
 def _attach_movies(data: Interactions, release: Release, folder: Path) -> None:
+    from mtrec.data.features import movielens_features  # it reads the release's files through this module
+
+    data.item_features, data.user_features = movielens_features(release, folder)
     movies = folder / release.movies_file
     if is_file(movies):
         data.item_metadata = align_metadata(data.item_ids, read_movies(movies))

@@ -48,6 +48,9 @@ class Interactions:
         ``(lowest, highest)`` rating allowed, where known.
     name:
         A short description of the source ("ml-100k", a file name).
+    item_features, user_features:
+        The items' and the users' side features (:class:`mtrec.data.features.FeatureTable`, keyed by
+        raw id), where the data has them: what a model with ``features`` reads.
     """
 
     users: np.ndarray
@@ -61,6 +64,8 @@ class Interactions:
     item_metadata: ItemMetadata | None = None
     rating_scale: tuple[float, float] | None = None
     name: str = ""
+    item_features: Any = field(default=None, compare=False, repr=False)
+    user_features: Any = field(default=None, compare=False, repr=False)
     _user_lookup: dict | None = field(default=None, repr=False, compare=False)
     _item_lookup: dict | None = field(default=None, repr=False, compare=False)
 

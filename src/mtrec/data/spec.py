@@ -22,16 +22,32 @@ from pydantic import Discriminator, Field, Tag, model_validator
 from pydantic.fields import FieldInfo
 
 from mtrec.data.datasets import RELEASES, load_movielens
+from mtrec.data.features import parse_feature_types, read_feature_file
 from mtrec.data.interactions import Interactions
 from mtrec.data.readers import load_ratings_file
 from mtrec.data.split_methods import DEFAULT_TEST_FRACTION, SPLIT_CLASSES, SPLIT_OPTIONS, SPLITS, CanonicalSplit, RandomSplit, Split
 from mtrec.data.splits import cold_start_counts
+from mtrec.errors import ConfigError
 from mtrec.settings import Number, Settings, Text, Variant, Whole, one_of, rule
 
 __all__ = ["DEFAULT_TEST_FRACTION", "SPLITS", "DataSpec", "MovieLens", "RatingsFile", "READING_OPTIONS", "SOURCE_OPTIONS"]
 
 #: The options of a source: a release, or a ratings file and how to read it.
-SOURCE_OPTIONS = ("dataset", "ratings", "items", "user_col", "item_col", "rating_col", "time_col", "sep", "rating_scale")
+SOURCE_OPTIONS = (
+    "dataset",
+    "ratings",
+    "items",
+    "item_features",
+    "user_features",
+    "item_feature_types",
+    "user_feature_types",
+    "user_col",
+    "item_col",
+    "rating_col",
+    "time_col",
+    "sep",
+    "rating_scale",
+)
 #: How to read a ratings file; they do not apply to a MovieLens release.
 READING_OPTIONS = SOURCE_OPTIONS[2:]
 
@@ -64,6 +80,21 @@ class RatingsFile(Variant):
 
     ratings: Text = Field(description="your own ratings (CSV, TSV, '::' or Parquet); without a rating column only the watch-score head trains")
     items: Text | None = Field(None, description="item titles (and genres)")
+    item_features: Text | None = Field(
+        None, description="item attributes: a CSV/TSV/Parquet file with a header, the item id and one column per attribute"
+    )
+    user_features: Text | None = Field(None, description="user attributes, laid out as {item_features}")
+    item_feature_types: Text | None = Field(
+        None,
+        description="the kinds of {item_features}' columns, e.g. genres:multi,year:numeric (categorical; multi: values separated "
+        "by |; numeric: standardised, missing values filled with the mean)",
+        json_schema_extra={"none": "sniffed: numeric if every value is a number, multi if one holds |, else categorical"},
+    )
+    user_feature_types: Text | None = Field(
+        None,
+        description="the kinds of {user_features}' columns, as {item_feature_types}",
+        json_schema_extra={"none": "sniffed"},
+    )
     user_col: ColumnName | None = _column("user", "user/userId/user_id/uid")
     item_col: ColumnName | None = _column("item", "item/itemId/item_id/movieId/movie_id/iid")
     rating_col: ColumnName | None = _column("rating", "rating/score/stars")
@@ -76,10 +107,16 @@ class RatingsFile(Variant):
     hints: ClassVar[dict[str, str]] = {"dataset": "{dataset} and {ratings} are two data sources: give one"}
 
     def load(self, data_dir: str | os.PathLike | None, progress: bool) -> Interactions:
-        return load_ratings_file(
+        data = load_ratings_file(
             self.ratings, user_col=self.user_col, item_col=self.item_col, rating_col=self.rating_col, time_col=self.time_col,
             items_path=self.items, rating_scale=self.rating_scale, sep=self.sep,
         )  # fmt: skip
+        for side, path, types in (("item", self.item_features, self.item_feature_types), ("user", self.user_features, self.user_feature_types)):
+            if types is not None and path is None:
+                raise ConfigError(f"{side}_feature_types describes the columns of a {side} features file: give {side}_features too")
+            if path is not None:
+                setattr(data, f"{side}_features", read_feature_file(path, side, parse_feature_types(types)))
+        return data
 
 
 def _source_class(value: Any) -> str | None:
@@ -126,7 +163,8 @@ class DataSpec(Settings):
     split: Split = Field(
         default_factory=RandomSplit,
         description="random: uniformly drawn test ratings; user: per user ({test_fraction} or {leave_k}); "
-        "temporal: the latest ({test_fraction}, {cutoff} or {last_k}); u1..u5, ua, ub: MovieLens 100K's own",
+        "temporal: the latest ({test_fraction}, {cutoff} or {last_k}); cold-items, cold-users: a share of the items "
+        "(users) held out entirely ({cold_fraction}) and {test_fraction} of the other ratings; u1..u5, ua, ub: MovieLens 100K's own",
     )
     seed: Whole = Field(0, ge=0, description="seeds the random and per-user draws")
 

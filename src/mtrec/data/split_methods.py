@@ -17,14 +17,23 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BeforeValidator, Discriminator, Field, Tag, model_validator
 
 from mtrec.data.interactions import Interactions
-from mtrec.data.splits import CANONICAL_SPLITS, canonical_split, random_split, temporal_split, user_split
+from mtrec.data.splits import (
+    CANONICAL_SPLITS,
+    COLD_SPLITS,
+    DEFAULT_COLD_FRACTION,
+    canonical_split,
+    cold_split,
+    random_split,
+    temporal_split,
+    user_split,
+)
 from mtrec.errors import ConfigError
 from mtrec.settings import Number, Text, Variant, Whole, rule
 
 #: The assignment's share of held-out ratings, for the random, user and temporal splits.
 DEFAULT_TEST_FRACTION = 0.05
 #: The split options beside the method, in the order config.json writes them.
-SPLIT_OPTIONS = ("test_fraction", "leave_k", "cutoff", "last_k", "valid_fraction", "valid_k")
+SPLIT_OPTIONS = ("test_fraction", "leave_k", "cutoff", "last_k", "valid_fraction", "valid_k", "cold_fraction")
 Fraction = Annotated[Number, Field(gt=0, lt=1)]
 Count = Annotated[Whole, Field(ge=1)]
 
@@ -216,6 +225,23 @@ class TemporalLastKSplit(_ValidCount):
         return {"last_k": self.valid_k}
 
 
+class ColdSplit(_Share):
+    """A share of the items (``cold-items``) or users (``cold-users``) held out entirely, with all
+    their pairs, and a random share of the other pairs: the test set's cold pairs measure cold start,
+    its warm ones the usual case. Validation is carved the same way from the training part."""
+
+    method: Literal[COLD_SPLITS]  # type: ignore[valid-type]
+    cold_fraction: Fraction | None = Field(
+        None,
+        description="for {split} cold-items and cold-users: share of the items (users) held out with all their pairs",
+        json_schema_extra={"none": str(DEFAULT_COLD_FRACTION)},
+    )
+
+    def cut(self, data: Interactions, seed: int | tuple[int, int]) -> tuple[Interactions, Interactions]:
+        share = DEFAULT_COLD_FRACTION if self.cold_fraction is None else self.cold_fraction
+        return cold_split(data, self.method.removeprefix("cold-"), share, self.test_fraction, seed)
+
+
 class CanonicalSplit(_ValidShare):
     """One of MovieLens 100K's own splits, read from its files; validation is a random share of the base."""
 
@@ -245,10 +271,11 @@ SPLIT_CLASSES: tuple[type[SplitMethod], ...] = (
     RandomSplit,
     UserShareSplit,
     TemporalShareSplit,
+    ColdSplit,
     CanonicalSplit,
 )
 #: The split methods, in the order they are offered.
-SPLITS = ("random", "user", "temporal", *CANONICAL_SPLITS)
+SPLITS = ("random", "user", "temporal", *COLD_SPLITS, *CANONICAL_SPLITS)
 
 
 def split_class(value: Any) -> str | None:

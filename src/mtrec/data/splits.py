@@ -73,6 +73,48 @@ def random_split(data: Interactions, test_fraction: float = 0.05, seed: int | Se
     return _split_at(data, test_mask)
 
 
+#: The cold-start splits: a share of the items, or of the users, held out of training entirely.
+COLD_SPLITS = ("cold-items", "cold-users")
+#: The share of items (users) a cold split holds out by default.
+DEFAULT_COLD_FRACTION = 0.1
+
+
+def cold_split(
+    data: Interactions, side: str, cold_fraction: float = DEFAULT_COLD_FRACTION, test_fraction: float = 0.05, seed: int | Sequence[int] = 0
+) -> tuple[Interactions, Interactions]:
+    """Hold out a seeded share of the items (``side="items"``) or users (``"users"``) entirely, and a
+    random share of the other pairs: the test set has cold pairs, whose item (user) never occurs in
+    training, and warm ones.
+
+    Parameters
+    ----------
+    cold_fraction:
+        Share of the items (users) that occur in ``data`` held out with all their pairs, in (0, 1).
+    test_fraction:
+        Share of the remaining pairs held out at random, as :func:`random_split` does, in (0, 1).
+    seed:
+        Seeds both draws.
+    """
+    check_fraction("cold_fraction", cold_fraction)
+    check_fraction("test_fraction", test_fraction)
+    if side not in ("items", "users"):
+        raise ConfigError(f"a cold split holds out items or users, not {side!r}")
+    rng = np.random.default_rng(seed)
+    column = data.items if side == "items" else data.users
+    present = np.flatnonzero(np.bincount(column, minlength=data.num_items if side == "items" else data.num_users))
+    n_cold = int(round(len(present) * cold_fraction))
+    if n_cold < 1 or n_cold >= len(present):
+        raise DataError(
+            f"cold_fraction {cold_fraction:g} of the data's {len(present):,} {side} holds out {n_cold}: give a share that leaves some on each side"
+        )
+    cold = np.zeros(column.max() + 1, dtype=bool)
+    cold[rng.permutation(present)[:n_cold]] = True
+    test_mask = cold[column]
+    warm = np.flatnonzero(~test_mask)
+    test_mask[warm[rng.permutation(len(warm))[: int(round(len(warm) * test_fraction))]]] = True
+    return _split_at(data, test_mask, f"{side} held out")
+
+
 def _rank_within_user(users: np.ndarray, sort_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each row's 0-based rank within its user when ordered by ``sort_key`` descending, and counts.
 

@@ -17,9 +17,11 @@ the rest of mtrec counts its ranks. From these ranks, per user and then averaged
   (the number of held-out items ranked at or above it, divided by its rank).
 
 Cold start: test rows whose user or item never occurs in training are kept and scored like
-any other row. A cold user's vector and bias keep their initial values (no training row
-touches them); a cold item is only ever a sampled negative, so training pushes its score
-down. :func:`~mtrec.data.splits.cold_start_counts` reports how many such rows there are.
+any other row. In an id-only model a cold user's vector and bias keep their initial values (no
+training row touches them), and a cold item is only ever a sampled negative, so training pushes
+its score down; a model with features scores either by its attributes alone, and never samples a
+cold item (:mod:`mtrec.eval.coldstart` measures the warm and the cold pairs apart).
+:func:`~mtrec.data.splits.cold_start_counts` reports how many such rows there are.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from mtrec import __version__
+from mtrec.data.feature_maps import FeatureBags, FeatureMap, FittedFeatures
 from mtrec.data.files import is_file
 from mtrec.data.interactions import ids_from_json
 from mtrec.data.metadata import ItemMetadata
@@ -110,6 +111,9 @@ def save_record(record: ModelRecord, path: str | Path) -> Path:
     tensors["seen.indices"] = torch.as_tensor(data.seen_indices.astype(np.int64))
     if data.seen_ratings is not None:
         tensors["seen.ratings"] = torch.as_tensor(data.seen_ratings.astype(np.float32))
+    for side, fitted in data.features.items():
+        for name in ("indptr", "indices", "weights"):
+            tensors[f"features.{side}.{name}"] = torch.as_tensor(getattr(fitted.bags, name))
     extra: dict[str, Any] = {}
     for label, ids in (("user_ids", data.user_ids), ("item_ids", data.item_ids)):
         tensor, as_json = _ids_payload(ids)
@@ -130,6 +134,7 @@ def save_record(record: ModelRecord, path: str | Path) -> Path:
                 "has_ratings": data.has_ratings,
                 "name": data.name,
                 "item_metadata": data.item_metadata.to_json() if data.item_metadata else None,
+                "features": {side: fitted.map.to_json() for side, fitted in data.features.items()},
                 **extra,
             }
         ),
@@ -288,6 +293,13 @@ def load_record(path: str | Path) -> ModelRecord:
             has_ratings=info["has_ratings"],
             name=info["name"],
             seen_ratings=tensors["seen.ratings"].numpy() if "seen.ratings" in tensors else None,
+            features={
+                side: FittedFeatures(
+                    FeatureMap.from_json(spec),
+                    FeatureBags(*(tensors[f"features.{side}.{name}"].numpy() for name in ("indptr", "indices", "weights"))),
+                )
+                for side, spec in info.get("features", {}).items()
+            },
         )
         return ModelRecord(
             params=parse_json(metadata["config"]),

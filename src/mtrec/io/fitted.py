@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
+from mtrec.data.feature_maps import FittedFeatures
 from mtrec.data.interactions import Interactions
 from mtrec.data.metadata import ItemMetadata
 
@@ -154,9 +155,11 @@ class FittedData:
     #: Each seen item's training rating, aligned with ``seen_indices``; None for data without
     #: ratings, and for a model file saved before they were kept.
     seen_ratings: np.ndarray | None = None
+    #: The side features the model reads, by side (:class:`mtrec.data.feature_maps.FittedFeatures`).
+    features: dict[str, FittedFeatures] = field(default_factory=dict)
 
     @classmethod
-    def from_interactions(cls, data: Interactions) -> FittedData:
+    def from_interactions(cls, data: Interactions, features: dict[str, FittedFeatures] | None = None) -> FittedData:
         indptr, indices = data.seen_items_csr()
         # seen_items_csr's order: by user, then item (a user's items are distinct)
         ratings = data.ratings[np.lexsort((data.items, data.users))].astype(np.float32) if data.has_ratings else None
@@ -172,7 +175,15 @@ class FittedData:
             has_ratings=data.has_ratings,
             name=data.name,
             seen_ratings=ratings,
+            features=dict(features or {}),
         )
+
+    def known(self) -> dict[str, np.ndarray]:
+        """Which users and items have training pairs."""
+        return {
+            "users": np.diff(self.seen_indptr) > 0,
+            "items": np.bincount(self.seen_indices, minlength=self.num_items) > 0,
+        }
 
 
 class FittedModel(Protocol):

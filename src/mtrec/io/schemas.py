@@ -204,6 +204,8 @@ class MetricsSchema(Schema):
     selection: SelectionSchema | None = None
     refit: RefitSchema | None = None
     model: dict[str, float | None] | None = None
+    #: The kept model's test metrics on the warm and the cold pairs apart (a cold split, or a model with features).
+    cold_start: dict[str, dict[str, float | None]] | None = None
     oracle_best_test_mse: OracleSchema | None = None
     oracle_best_test_mrr: OracleSchema | None = None
     best_test_mse: OracleSchema | None = None

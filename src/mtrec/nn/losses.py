@@ -136,6 +136,9 @@ class FullSoftmax(WatchLoss):
     def __call__(self, network, batch: Batch) -> torch.Tensor:
         distinct, inverse = torch.unique(batch.users, return_inverse=True)
         scores = network.all_watch_scores(distinct)
+        known = getattr(network, "item_known", None)
+        if known is not None:  # an item held out of training (a model with item features) is no negative either
+            scores = scores.masked_fill(known == 0, float("-inf"))
         positive = scores[inverse, batch.positives]
         terms = torch.logsumexp(scores, 1)[inverse] - positive
         return _weighted(terms, batch).sum() / batch.denominator

@@ -41,6 +41,9 @@ class RecommenderNetwork(Protocol):
         ...
 
 
+#: The most values (entities x feature rows) a side's features are kept as a dense matrix; beyond, embedding_bag reads the bags.
+MAX_DENSE_FEATURES = 2**24
+
 #: Parameter groups a network may name for per-group weight decay; others fall in "mlp".
 PARAMETER_GROUPS = ("embeddings", "residuals", "biases", "mlp")
 
@@ -54,7 +57,7 @@ class Table:
     """
 
     name: str
-    rows: Literal["users", "items"]
+    rows: Literal["users", "items", "user_features", "item_features"]
     group: str
 
 
@@ -84,6 +87,42 @@ def check_architecture(embedding_dim: int, layer_sizes: Sequence[int]) -> list[i
     if sizes[0] != 3 * embedding_dim:
         raise ConfigError(f"layer_sizes[0] must be 3 * embedding_dim = {3 * embedding_dim} (the MLP reads [u, q, u*q]), got layer_sizes={sizes}")
     return sizes
+
+
+#: SplitMix64's constants, as signed int64 (torch's integer products wrap, as the algorithm wants).
+_GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15
+_MIX_1 = -4658895280553007687  # 0xBF58476D1CE4E5B9
+_MIX_2 = -7723592293110705685  # 0x94D049BB133111EB
+_SEED_STRIDE = 0x632BE59BD9B4E019
+_SIDE_STRIDE = 0x1000000000000
+
+
+def _wrapped(value: int) -> int:
+    """``value`` modulo 2**64, as a signed int64."""
+    return (value + 2**63) % 2**64 - 2**63
+
+
+def _uniform(key: torch.Tensor) -> torch.Tensor:
+    """A number in [0, 1) per int64 key: SplitMix64's finaliser (a different key, an unrelated number)."""
+    x = key ^ (key >> 30)
+    x = x * torch.tensor(_MIX_1, dtype=torch.long, device=key.device)
+    x = x ^ (x >> 27)
+    x = x * torch.tensor(_MIX_2, dtype=torch.long, device=key.device)
+    x = x ^ (x >> 31)
+    return (x & ((1 << 53) - 1)).double() / float(1 << 53)
+
+
+def _feature_sizes(features: dict | None) -> dict[str, int]:
+    """``{"items": rows, "users": rows}`` of the sides with features (checked)."""
+    sizes = {}
+    for side, rows in (features or {}).items():
+        if side not in ("items", "users"):
+            raise ConfigError(f"features are for items or users, not {side!r}")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ConfigError(f"the {side[:-1]} feature rows must be a whole number, got {rows!r}")
+        if rows:
+            sizes[side] = rows
+    return {side: sizes[side] for side in ("items", "users") if side in sizes}
 
 
 def build_mlp(layer_sizes: Sequence[int]) -> nn.Sequential:
@@ -293,6 +332,9 @@ class MultitaskNet(nn.Module):
         encoder_settings: dict | None = None,
         rating_reads_score: bool = False,
         item_item: bool = False,
+        features: dict | None = None,
+        id_dropout: float = 0.0,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self._structure = {
@@ -300,20 +342,25 @@ class MultitaskNet(nn.Module):
             "layer_sizes": None if layer_sizes is None else list(layer_sizes), "sharing": sharing,
             "rating_bias": bool(rating_bias), "cross_stitch_init": cross_stitch_init, "user_encoder": user_encoder,
             "encoder_settings": dict(encoder_settings or {}), "rating_reads_score": bool(rating_reads_score),
-            "item_item": bool(item_item),
+            "item_item": bool(item_item), "features": _feature_sizes(features), "id_dropout": float(id_dropout),
+            "seed": int(seed),
         }  # fmt: skip
+        if isinstance(id_dropout, bool) or not isinstance(id_dropout, (int, float)) or not 0.0 <= id_dropout < 1.0:
+            raise ConfigError(f"id_dropout must be a number from 0 to below 1, got {id_dropout!r}")
+        self.id_dropout, self.seed = float(id_dropout), int(seed)
         sizes = check_architecture(embedding_dim, [3 * embedding_dim, 64] if layer_sizes is None else layer_sizes)
         self.sharing = sharing
         self._sharing = SHARINGS[sharing]()
         self.user_encoder = user_encoder
         self._encoder = USER_ENCODERS[user_encoder](**(encoder_settings or {}))
         self._tables: list[Table] = []
-        count = {"users": num_users, "items": num_items}
+        self.feature_sizes = self._structure["features"]
+        count = {"users": num_users, "items": num_items, **{f"{side[:-1]}_features": n for side, n in self.feature_sizes.items()}}
         # the users' training items (CSR), which history encoders and the item-item path read
         self.register_buffer("history_indptr", torch.zeros(num_users + 1, dtype=torch.long), persistent=False)
         self.register_buffer("history_indices", torch.zeros(0, dtype=torch.long), persistent=False)
 
-        def table(name: str, rows: Literal["users", "items"], group: str, kind: type[nn.Embedding], width: int) -> None:
+        def table(name: str, rows: str, group: str, kind: type[nn.Embedding], width: int) -> None:
             # Every table is made here and declared once: parameter groups, the fused step's row
             # gradients and fold-in's user parameters all read the declaration.
             setattr(self, name, kind(count[rows], width))
@@ -336,6 +383,22 @@ class MultitaskNet(nn.Module):
             self.register_buffer("item_item_matrix", torch.zeros(num_items, num_items))
             self.register_buffer("item_item_weight", torch.zeros(()))
             self.register_buffer("item_item_l2", torch.zeros(()))  # the λ its matrix was made with (0: not yet)
+        for side in self.feature_sizes:
+            one = side[:-1]
+            # a user or item is its id vector plus the weighted sum of its feature vectors (LightFM's);
+            # the feature vectors and biases start at zero: an untrained feature adds nothing
+            table(f"{one}_feature_embeddings", f"{one}_features", "embeddings", ZeroEmbedding, embedding_dim)
+            table(f"{one}_feature_biases", f"{one}_features", "biases", ZeroEmbedding, 1)
+            # whose id rows trained: an entity without training pairs is its features alone
+            self.register_buffer(f"{one}_known", torch.ones(count[side]))
+            for name, dtype in (("indptr", torch.long), ("indices", torch.long), ("weights", torch.float32)):
+                size = count[side] + 1 if name == "indptr" else 0
+                self.register_buffer(f"{one}_feature_{name}", torch.zeros(size, dtype=dtype), persistent=False)
+            # the bags as a dense (entities x feature rows) matrix where it is small: a product is much
+            # faster than embedding_bag, forward and backward (empty where it would be large)
+            self.register_buffer(f"{one}_feature_dense", torch.zeros(0), persistent=False)
+        if self.feature_sizes:
+            self.register_buffer("id_draws", torch.zeros((), dtype=torch.long))
 
     @property
     def embedding_sharing(self) -> bool:
@@ -379,6 +442,135 @@ class MultitaskNet(nn.Module):
         positions = torch.arange(len(owner), device=users.device) - offsets[owner] + starts[owner]
         return self.history_indices[positions], offsets, owner
 
+    # ------------------------------------------------------------------ side features
+
+    def use_features(self, side: str, indptr, indices, weights) -> MultitaskNet:
+        """Keep each user's or item's features (``side`` ``"users"`` or ``"items"``) as CSR bags of
+        feature rows and weights (:class:`mtrec.data.feature_maps.FeatureBags`); returns the network."""
+        if side not in self.feature_sizes:
+            raise ConfigError(f"this network has no {side[:-1]} features (it was made with features={sorted(self.feature_sizes) or 'none'})")
+        one, device = side[:-1], self.item_biases.weight.device
+        indptr = torch.as_tensor(indptr, dtype=torch.long, device=device)
+        indices = torch.as_tensor(indices, dtype=torch.long, device=device)
+        weights = torch.as_tensor(weights, dtype=torch.float32, device=device)
+        count = len(getattr(self, f"{one}_known"))
+        if indptr.dim() != 1 or len(indptr) != count + 1 or len(indices) != int(indptr[-1]) or len(weights) != len(indices):
+            raise ConfigError(
+                f"the {one} features must be CSR bags of {count} {side}, got indptr {tuple(indptr.shape)}, indices {tuple(indices.shape)}"
+            )
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= self.feature_sizes[side]):
+            raise ConfigError(f"the {one} features index rows 0..{self.feature_sizes[side] - 1}, got one outside them")
+        setattr(self, f"{one}_feature_indptr", indptr)
+        setattr(self, f"{one}_feature_indices", indices)
+        setattr(self, f"{one}_feature_weights", weights)
+        dense = torch.zeros(0, device=device)
+        if count * self.feature_sizes[side] <= MAX_DENSE_FEATURES:
+            owner = torch.repeat_interleave(torch.arange(count, device=device), indptr[1:] - indptr[:-1])
+            dense = torch.zeros(count, self.feature_sizes[side], device=device).index_put_((owner, indices), weights, accumulate=True)
+        setattr(self, f"{one}_feature_dense", dense)
+        return self
+
+    @torch.no_grad()
+    def with_new_items(self, indptr, indices, weights) -> MultitaskNet:
+        """This network with more items after its own, each known by its features alone (CSR bags of
+        the new items' feature rows): their id rows are zero and do not count, the item-item path
+        has nothing for them. The item tables are copied, padded; every other trained tensor is
+        shared with this network (read the new one, do not train it); this network is not changed."""
+        if "items" not in self.feature_sizes:
+            raise ConfigError("this model was trained without item features (features=none or users): it cannot score an item it never saw")
+        n, added = self._structure["num_items"], len(indptr) - 1
+        device = self.item_biases.weight.device
+        state = self.state_dict()
+        for table in self._tables:
+            if table.rows == "items":
+                weight = state[f"{table.name}.weight"]
+                state[f"{table.name}.weight"] = torch.cat([weight, weight.new_zeros(added, weight.shape[1])])
+        state["item_known"] = torch.cat([state["item_known"], state["item_known"].new_zeros(added)])
+        if self.item_item:
+            state["item_item_matrix"] = F.pad(state["item_item_matrix"], (0, added, 0, added))
+        with torch.device("meta"):  # the structure only: every tensor is assigned below
+            bigger = self.resized(num_items=n + added)
+        bigger.load_state_dict(state, assign=True)
+        bigger.use_histories(self.history_indptr, self.history_indices)
+        indptr = torch.as_tensor(indptr, dtype=torch.long, device=device)
+        bigger.use_features(
+            "items",
+            torch.cat([self.item_feature_indptr, indptr[1:] + self.item_feature_indptr[-1]]),
+            torch.cat([self.item_feature_indices, torch.as_tensor(indices, dtype=torch.long, device=device)]),
+            torch.cat([self.item_feature_weights, torch.as_tensor(weights, dtype=torch.float32, device=device)]),
+        )
+        if "users" in self.feature_sizes:
+            bigger.use_features("users", self.user_feature_indptr, self.user_feature_indices, self.user_feature_weights)
+        return bigger.train(self.training)
+
+    @torch.no_grad()
+    def use_known(self, side: str, known) -> MultitaskNet:
+        """Mark which users or items have trained id rows (1) and which are their features alone (0)."""
+        if side in self.feature_sizes:
+            getattr(self, f"{side[:-1]}_known").copy_(torch.as_tensor(known, dtype=torch.float32))
+        return self
+
+    def _feature_sum(self, one: str, index: torch.Tensor | None, biases: bool = False) -> torch.Tensor:
+        """Σ w·F[f] over the features of each entity at ``index`` (all of them for None): their vectors,
+        or with ``biases`` their biases (shape (n,))."""
+        table = getattr(self, f"{one}_feature_biases" if biases else f"{one}_feature_embeddings").weight
+        dense = getattr(self, f"{one}_feature_dense")
+        if dense.dim() == 2:
+            summed = (dense if index is None else dense[index]) @ table
+            return summed.squeeze(-1) if biases else summed
+        indptr, indices, weights = (getattr(self, f"{one}_feature_{name}") for name in ("indptr", "indices", "weights"))
+        if index is None:
+            summed = F.embedding_bag(indices, table, indptr[:-1], mode="sum", per_sample_weights=weights)
+        else:
+            starts = indptr[index]
+            lengths = indptr[index + 1] - starts
+            offsets = torch.cumsum(lengths, 0) - lengths
+            owner = torch.repeat_interleave(torch.arange(len(index), device=index.device), lengths)
+            positions = torch.arange(len(owner), device=index.device) - offsets[owner] + starts[owner]
+            summed = F.embedding_bag(indices[positions], table, offsets, mode="sum", per_sample_weights=weights[positions])
+        return summed.squeeze(-1) if biases else summed
+
+    def begin_step(self) -> None:
+        """A training step begins: the id dropout draws its masks afresh (one per side, which every
+        head and every call of the step reads)."""
+        if self.feature_sizes and self.training and self.id_dropout > 0:
+            self.id_draws += 1
+
+    def _known(self, one: str, index: torch.Tensor | None) -> torch.Tensor:
+        """1 where the id part counts, 0 where the entity is its features alone: the entities without
+        training pairs, and while training with ``id_dropout`` a share of the others, the same for the
+        whole step (DropoutNet's id dropout: the features learn to stand alone, as they must for a
+        cold user or item). The mask is a hash of the seed, the step and the entity, so a resumed or
+        a distributed run drops what one uninterrupted process drops."""
+        known = getattr(self, f"{one}_known")
+        if index is None:
+            index = torch.arange(len(known), device=known.device)
+        known = known[index]
+        if self.training and self.id_dropout > 0:
+            offset = _wrapped(int(self.id_draws) * _GOLDEN + self.seed * _SEED_STRIDE + (1 if one == "item" else 2) * _SIDE_STRIDE)
+            known = known * (_uniform(index + offset) >= self.id_dropout).float()
+        return known
+
+    def _with_features(self, one: str, index: torch.Tensor | None, vectors: torch.Tensor) -> torch.Tensor:
+        """``vectors`` (the id part) masked where the id does not count, plus the features' sum."""
+        if f"{one}s" not in self.feature_sizes:
+            return vectors
+        return vectors * self._known(one, index).unsqueeze(-1) + self._feature_sum(one, index)
+
+    def user_bias(self, users: torch.Tensor) -> torch.Tensor:
+        """The watch head's bias a of each user, shape (n,)."""
+        a = self.user_biases(users).squeeze(-1)
+        if "users" in self.feature_sizes:
+            a = a * self._known("user", users) + self._feature_sum("user", users, biases=True)
+        return a
+
+    def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The watch head's bias b of each item (all items for None), shape (n,)."""
+        b = self.item_biases.weight.squeeze(-1) if items is None else self.item_biases(items).squeeze(-1)
+        if "items" in self.feature_sizes:
+            b = b * self._known("item", items) + self._feature_sum("item", items, biases=True)
+        return b
+
     def item_item_scores(self, users: torch.Tensor) -> torch.Tensor:
         """The item-item path's score of every item for each user, w · x_u B, shape (len(users), num_items)."""
         items, offsets, _ = self.history_bags(users)
@@ -399,16 +591,18 @@ class MultitaskNet(nn.Module):
         return self._encoder.encode(self, users)
 
     def watch_users(self, users: torch.Tensor) -> torch.Tensor:
-        """The likelihood head's user vectors."""
-        return self._sharing.watch_users(self, users)
+        """The likelihood head's user vectors (with their features' sum, for a network with user features)."""
+        return self._with_features("user", users, self._sharing.watch_users(self, users))
 
     def watch_items(self, items: torch.Tensor) -> torch.Tensor:
-        """The likelihood head's item vectors."""
-        return self._sharing.watch_items(self, items)
+        """The likelihood head's item vectors (with their features' sum, for a network with item features)."""
+        return self._with_features("item", items, self._sharing.watch_items(self, items))
 
     def rating_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The rating head's u and q of each pair."""
-        return self._sharing.rating_vectors(self, users, items)
+        """The rating head's u and q of each pair (the features' sums added as for the watch head: both
+        heads read the same feature vectors, under every sharing mode)."""
+        u, q = self._sharing.rating_vectors(self, users, items)
+        return self._with_features("user", users, u), self._with_features("item", items, q)
 
     def rating_from_embeddings(self, u: torch.Tensor, q: torch.Tensor, score: torch.Tensor | None = None) -> torch.Tensor:
         """r_hat from already looked-up rating-head embeddings (and the pairs' watch scores, for a
@@ -427,13 +621,18 @@ class MultitaskNet(nn.Module):
         score = self.factorisation_score(users, items) if self.rating_reads_score else None
         r_hat = self.rating_from_embeddings(*self.rating_vectors(users, items), score)
         if self.rating_bias:
-            r_hat = r_hat + self.rating_user_biases(users).squeeze(-1) + self.rating_item_biases(items).squeeze(-1)
+            a, b = self.rating_user_biases(users).squeeze(-1), self.rating_item_biases(items).squeeze(-1)
+            if "users" in self.feature_sizes:
+                a = a * self._known("user", users)
+            if "items" in self.feature_sizes:
+                b = b * self._known("item", items)
+            r_hat = r_hat + a + b
         return r_hat
 
     def factorisation_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """u . q + a + b for each (user, item) pair: the watch score without the item-item path."""
         u, q = self.watch_users(users), self.watch_items(items)
-        return (u * q).sum(1) + self.user_biases(users).squeeze(-1) + self.item_biases(items).squeeze(-1)
+        return (u * q).sum(1) + self.user_bias(users) + self.item_bias(items)
 
     def watch_score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """p = u . q + a + b (+ the item-item path's score, where it has a weight) for each (user, item) pair."""
@@ -445,7 +644,7 @@ class MultitaskNet(nn.Module):
         users' vectors are made once (a history-aware user is pooled once, not K times)."""
         q = self.watch_items(items.reshape(-1))
         u, q = self.watch_users(users), q.view(*items.shape, q.shape[-1])  # sizes spelled out: a share may be empty
-        scores = (u.unsqueeze(1) * q).sum(2) + self.user_biases(users) + self.item_biases(items).squeeze(-1)
+        scores = (u.unsqueeze(1) * q).sum(2) + self.user_bias(users).unsqueeze(1) + self.item_bias(items.reshape(-1)).view(items.shape)
         if self._item_item_on():
             scores = scores + self.item_item_scores(users).gather(1, items)
         return scores
@@ -457,15 +656,16 @@ class MultitaskNet(nn.Module):
     def all_watch_scores(self, users: torch.Tensor) -> torch.Tensor:
         """p for every item, one row per user: U[users] Q^T + a + b, shape (len(users), num_items)."""
         scores = self.watch_users(users) @ self.item_vectors().T
-        scores += self.user_biases(users)
-        scores += self.item_biases.weight.T
+        scores += self.user_bias(users).unsqueeze(1)
+        scores += self.item_bias().unsqueeze(0)
         if self._item_item_on():
             scores += self.item_item_scores(users)
         return scores
 
     def item_vectors(self) -> torch.Tensor:
-        """The likelihood head's item embeddings (Q, with its residual or stitch where there is one)."""
-        return self._sharing.item_vectors(self)
+        """The likelihood head's item embeddings (Q, with its residual or stitch where there is one, and
+        the items' features where the network has them)."""
+        return self._with_features("item", None, self._sharing.item_vectors(self))
 
     def tables(self) -> list[Table]:
         """Every embedding table, in the order it was made: what indexes its rows and its group."""

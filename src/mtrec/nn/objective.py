@@ -149,10 +149,14 @@ class JointObjective:
         users = torch.unique(batch.users) if batch.first_of_user is None else batch.users[batch.first_of_user]
         total = torch.zeros((), device=batch.users.device)
         for table in network.tables():
-            if table.group != "embeddings":
-                continue
+            if table.group != "embeddings" or table.rows not in ("users", "items"):
+                continue  # a feature table's rows are shared by many users or items: weight decay is theirs
             rows = getattr(network, table.name).weight[users if table.rows == "users" else batch.positives]
             total = total + rows.square().sum()
+        # a user's or item's feature part is penalised as its id row is: the sum of its feature vectors
+        for side, index in (("users", users), ("items", batch.positives)):
+            if side in getattr(network, "feature_sizes", {}):
+                total = total + network._feature_sum(side[:-1], index).square().sum()
         return self.row_l2 * total / batch.denominator
 
     def untrained(self, has_ratings: bool) -> list[str]:

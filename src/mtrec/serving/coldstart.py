@@ -58,10 +58,12 @@ class ColdStart:
             "cold_start": pa.array(np.ones(n, dtype=bool)),
         })  # fmt: skip
 
-    def fold_in(self, model, history: Sequence[tuple[Any, float | None]], instant: bool = False) -> tuple[MultitaskNet, torch.Tensor]:
+    def fold_in(
+        self, model, history: Sequence[tuple[Any, float | None]], instant: bool = False, user_features: Any = None
+    ) -> tuple[MultitaskNet, torch.Tensor]:
         """A one-user network fitted to ``history`` (``(item, rating)`` pairs, items by id or title; with
         ``instant``, read through the encoder without fitting) and the history's items (distinct,
         ascending), to leave out of its list."""
         items = [self.catalogue.item_index(item, f" (history entry {n} of {len(history)})") for n, (item, _) in enumerate(history, 1)]
-        network = fold_in_model(model, items, [rating for _, rating in history], instant=instant)
+        network = fold_in_model(model, items, [rating for _, rating in history], instant=instant, user_features=user_features)
         return network, torch.tensor(sorted(set(items)), dtype=torch.long, device=self.catalogue.device)

@@ -116,11 +116,14 @@ def head_tables(network: MultitaskNet) -> dict[str, dict[str, np.ndarray]]:
     rating_users, rating_items = network.rating_vectors(users, items)
     if network.rating_bias:
         rating_biases = (network.rating_user_biases.weight[:, 0], network.rating_item_biases.weight[:, 0])
+        for side, index in (("user", 0), ("item", 1)):  # an entity without training pairs: its id part does not count
+            if f"{side}s" in network.feature_sizes:
+                rating_biases = tuple(b * getattr(network, f"{side}_known") if i == index else b for i, b in enumerate(rating_biases))
     else:
         rating_biases = (torch.zeros(len(users)), torch.zeros(len(items)))
     tables = {
-        "user": (network.watch_users(users), network.user_biases.weight[:, 0], rating_users, rating_biases[0]),
-        "item": (network.item_vectors(), network.item_biases.weight[:, 0], rating_items, rating_biases[1]),
+        "user": (network.watch_users(users), network.user_bias(users), rating_users, rating_biases[0]),
+        "item": (network.item_vectors(), network.item_bias(), rating_items, rating_biases[1]),
     }
     return {side: {name: value.detach().float().cpu().numpy() for name, value in zip(TABLES, values)} for side, values in tables.items()}
 

@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from mtrec.data.feature_maps import FeatureBags
 from mtrec.errors import ConfigError, DataError
 from mtrec.nn.batch import Batch
 from mtrec.nn.network import MultitaskNet
@@ -91,6 +92,7 @@ def fold_in(
     learning_rate: float = LEARNING_RATE,
     seed: int = 0,
     rating_scale: tuple[float, float] | None = None,
+    user_features: Any = None,
 ) -> MultitaskNet:
     """A one-user network: ``network``'s items and heads, and a user fitted to ``items`` (and ``ratings``).
 
@@ -114,6 +116,9 @@ def fold_in(
         The fitting steps, their Adam learning rate, and the seed of the negatives.
     rating_scale:
         (lowest, highest) rating the ratings must lie in, where known.
+    user_features:
+        The user's features (:class:`~mtrec.data.feature_maps.FeatureBags` of one user), for a
+        network with user features: the user is then their fitted vector plus the features' sum.
     """
     if not len(items):
         raise ConfigError("a history needs at least one item to fold in")
@@ -122,15 +127,16 @@ def fold_in(
     device = next(network.parameters()).device
     observed = _observed(items, ratings, rating_scale, objective.weight("rating") > 0, device)
     if steps == 0:
-        return instant_user(network, items)
+        return instant_user(network, items, user_features)
     one, own = _one_user(network, device)
-    one.use_histories([0, len(set(items))], sorted(set(items)))  # a history-aware user reads it with no optimisation
+    one.use_histories([0, len(set(items))], sorted(set(items)))
+    _own_user_side(one, user_features, True)  # a history-aware user reads it with no optimisation
     one.eval()  # fitted to the whole history, as it is served (no history dropout)
     optimizer = torch.optim.Adam(own, lr=learning_rate, weight_decay=weight_decay)
     positives = torch.as_tensor(list(items), dtype=torch.long, device=device)
     users = torch.zeros_like(positives)
     generator = torch.Generator().manual_seed(seed)
-    candidates = _negative_candidates(positives, network.item_biases.num_embeddings)
+    candidates = _negative_candidates(positives, network.item_biases.num_embeddings, getattr(network, "item_known", None))
     shape = (len(positives),) if negatives == 1 else (len(positives), negatives)
     with torch.enable_grad():
         for _ in range(steps):
@@ -146,7 +152,33 @@ def fold_in(
 _TEMPLATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def instant_user(network: MultitaskNet, items: Sequence[int]) -> MultitaskNet:
+def _own_user_side(one: MultitaskNet, bags: Any, known: bool) -> MultitaskNet:
+    """Give a one-user network its user's features (``bags``: one user's, or None) and whether the
+    user's id part counts (a history to read or fit), where the network has user features; a
+    :class:`ConfigError` for features given to a network without them."""
+    if "users" not in getattr(one, "feature_sizes", {}):
+        if bags is not None:
+            raise ConfigError("this model was trained without user features (features=none or items): it cannot read a user's attributes")
+        return one
+    one._buffers = dict(one._buffers)  # its own user side; the rest stays shared
+    device = one.item_biases.weight.device
+    one._buffers["user_known"] = torch.full((1,), 1.0 if known else 0.0, device=device)
+    bags = FeatureBags.none(1) if bags is None else bags
+    return one.use_features("users", bags.indptr, bags.indices, bags.weights)
+
+
+def features_user(network: MultitaskNet, bags: Any) -> MultitaskNet:
+    """A one-user network whose user has no history: their features alone (``bags``, one user's)."""
+    template = _TEMPLATES.get(network)
+    if template is None:
+        template = _TEMPLATES[network] = _template(network)
+    one = copy.copy(template)
+    one._buffers = dict(template._buffers)
+    one.use_histories([0, 0], [])
+    return _own_user_side(one, bags, False)
+
+
+def instant_user(network: MultitaskNet, items: Sequence[int], user_features: Any = None) -> MultitaskNet:
     """A one-user network of ``network``'s heads whose user is the trained users' mean, reading the
     history ``items`` through the encoder (and the item-item path): no fitting, nothing copied.
 
@@ -165,7 +197,7 @@ def instant_user(network: MultitaskNet, items: Sequence[int]) -> MultitaskNet:
     one = copy.copy(template)
     one._buffers = dict(template._buffers)  # its own histories; everything else is shared
     distinct = sorted(set(int(item) for item in items))
-    return one.use_histories([0, len(distinct)], distinct)
+    return _own_user_side(one.use_histories([0, len(distinct)], distinct), user_features, True)
 
 
 def _template(network: MultitaskNet) -> MultitaskNet:
@@ -176,12 +208,12 @@ def _template(network: MultitaskNet) -> MultitaskNet:
     with torch.no_grad():
         for name, param in network.named_parameters():
             owner, _, leaf = name.rpartition(".")
-            value = nn.Parameter(param.mean(0, keepdim=True), requires_grad=False) if name in own else param
+            value = nn.Parameter(_trained_mean(network, param), requires_grad=False) if name in own else param
             one.get_submodule(owner)._parameters[leaf] = value
         for name, buffer in network.named_buffers():
             owner, _, leaf = name.rpartition(".")
             (one.get_submodule(owner) if owner else one)._buffers[leaf] = buffer
-    return one.eval()
+    return _own_user_side(one, None, True).eval()
 
 
 def _one_user(network: MultitaskNet, device) -> tuple[MultitaskNet, list[torch.nn.Parameter]]:
@@ -194,19 +226,35 @@ def _one_user(network: MultitaskNet, device) -> tuple[MultitaskNet, list[torch.n
     with torch.no_grad():
         for name, param in one.named_parameters():
             source = trained[name].detach()
-            param.copy_(source.mean(0, keepdim=True) if name in own else source)
+            param.copy_(_trained_mean(network, source) if name in own else source)
             param.requires_grad_(name in own)
         for name, buffer in one.named_buffers():  # the item-item path's matrix and weight
-            if name.startswith("item_item_"):
+            if name.startswith("item_item_") or name == "item_known":
                 buffer.copy_(buffers[name])
+    if "items" in getattr(network, "feature_sizes", {}):  # the items' features as they are: shared, not rebuilt
+        for name in ("indptr", "indices", "weights", "dense"):
+            one._buffers[f"item_feature_{name}"] = buffers[f"item_feature_{name}"]
     return one, [param for name, param in one.named_parameters() if name in own]
 
 
-def _negative_candidates(positives: torch.Tensor, num_items: int) -> torch.Tensor:
-    """The items negatives are drawn from (on the CPU): those outside the history, or every item when
-    the history holds them all."""
+def _trained_mean(network: MultitaskNet, rows: torch.Tensor) -> torch.Tensor:
+    """The mean of a user table's rows over the users that trained (with training pairs), shape (1, width):
+    a cold-users split leaves untrained rows at their random start, which would only blur it. Where
+    every user trained, the plain mean (the same numbers as ever)."""
+    trained = network.history_indptr[1:] > network.history_indptr[:-1]
+    if bool(trained.all()) or not bool(trained.any()):
+        return rows.mean(0, keepdim=True)
+    return rows[trained].mean(0, keepdim=True)
+
+
+def _negative_candidates(positives: torch.Tensor, num_items: int, known: torch.Tensor | None = None) -> torch.Tensor:
+    """The items negatives are drawn from (on the CPU): those outside the history (and, for a model
+    with item features, among the items that trained, as in training), or every item when the
+    history holds them all."""
     history = torch.zeros(num_items, dtype=torch.bool)
     history[positives.cpu()] = True
+    if known is not None:
+        history |= known.cpu() == 0
     candidates = torch.nonzero(~history).view(-1)
     return candidates if len(candidates) else torch.arange(num_items)
 
@@ -228,7 +276,9 @@ def _observed(
     return torch.tensor([mean if rating is None else rating for rating in checked], dtype=torch.float32, device=device)
 
 
-def fold_in_model(model, items: Sequence[int], ratings: Sequence[float | None] | None = None, instant: bool = False) -> MultitaskNet:
+def fold_in_model(
+    model, items: Sequence[int], ratings: Sequence[float | None] | None = None, instant: bool = False, user_features: Any = None
+) -> MultitaskNet:
     """:func:`fold_in` with a fitted :class:`~mtrec.model.MultitaskModel`'s own objective and settings
     (``instant``: no fitting steps, the history read through the encoder alone).
 
@@ -244,5 +294,5 @@ def fold_in_model(model, items: Sequence[int], ratings: Sequence[float | None] |
     objective = JointObjective({"watch": weight_f, "rating": weight_r}, watch_loss=model.watch_loss, rating_loss=model.rating_loss)
     return fold_in(
         model.network_, objective, items, ratings, model.negatives, model.weight_decay()["embeddings"],
-        steps=0 if instant else STEPS, seed=model.seed, rating_scale=model.data_.rating_scale,
+        steps=0 if instant else STEPS, seed=model.seed, rating_scale=model.data_.rating_scale, user_features=user_features,
     )  # fmt: skip

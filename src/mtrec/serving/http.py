@@ -44,13 +44,14 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError, model_validator
 
 from mtrec import __version__
-from mtrec.errors import AmbiguousItemError, ConfigError, UnknownItemError, UnknownUserError
+from mtrec.errors import AmbiguousItemError, ConfigError, DataError, UnknownItemError, UnknownUserError
 from mtrec.io.fitted import summarize
 from mtrec.serving.explorer import MAX_BINS, WEB_DIR, Explorer, History, ItemMatches, RatingDistribution
 from mtrec.serving.foldin import RatingError
+from mtrec.serving.newitems import candidate_table
 from mtrec.serving.recommender import MAX_HISTORY, Recommender
 from mtrec.serving.results import Prediction, Recommendations, SimilarItems
 from mtrec.serving.retrieval import IndexConfig
@@ -163,12 +164,33 @@ class HistoryEntry(Body):
 class HistoryRequest(Body):
     """A user the model never saw, by the items they rated: fold-in fits their vector."""
 
-    history: list[HistoryEntry] = Field(min_length=1, max_length=MAX_HISTORY, description=f"1 to {MAX_HISTORY:,} items the user rated (or watched)")
+    history: list[HistoryEntry] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY,
+        description=f"up to {MAX_HISTORY:,} items the user rated (or watched); at least one unless features are given",
+    )
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[int | Id] = Field(default_factory=list, max_length=MAX_HISTORY, description="items never to recommend")
     include: list[int | Id] | None = Field(None, max_length=MAX_BATCH, description="recommend only among these items")
     genres: list[Id] = Field(default_factory=list, max_length=100, description="recommend only items of one of these")
     instant: bool = Field(False, description="read the user's vector from the history through the model's encoder, without fitting")
+    features: dict[str, float | int | str | list[str]] | None = Field(
+        None, description='the user\'s attributes, for a model with user features: {"age": 31, "gender": "F"}'
+    )
+    candidates: list[dict[str, Any]] | None = Field(
+        None,
+        max_length=MAX_BATCH,
+        description='recommend among these items, each {"item": id, and its features}; those the model never saw are '
+        "scored by their features alone (a model with item features)",
+    )
+
+    @model_validator(mode="after")
+    def _someone(self) -> HistoryRequest:
+        if not self.history and self.features is None:
+            raise ValueError("give a history of at least one item, or the user's features")
+        if self.candidates is not None and self.include is not None:
+            raise ValueError("include and candidates are two candidate sets: give one")
+        return self
 
 
 @dataclass
@@ -620,7 +642,17 @@ def _fold_in(recommender: Recommender, raw: bytes) -> Recommendations:
     """``POST /recommendations``: its body read and its history folded in, both on a pool thread."""
     request = HistoryRequest.parse(raw)
     history = [(entry.item, entry.rating) for entry in request.history]
-    return recommender.recommend_history(history, request.k, request.exclude, request.include, request.genres, instant=request.instant)
+    include = request.include
+    try:
+        if request.candidates is not None:
+            recommender, include = recommender.with_candidates(candidate_table(request.candidates, recommender.model))
+        return recommender.recommend_history(
+            history, request.k, request.exclude, include, request.genres, instant=request.instant, features=request.features
+        )
+    except RatingError:
+        raise
+    except DataError as error:  # a feature value the model never saw: the request's fault
+        raise ConfigError(str(error)) from None
 
 
 def _body(model: type[Body]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ shared by several items raises :class:`AmbiguousItemError` listing them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import torch
@@ -58,7 +58,9 @@ from mtrec.model import MultitaskModel
 from mtrec.serving.batch import BATCH_BYTES, Batches
 from mtrec.serving.catalogue import Catalogue
 from mtrec.serving.coldstart import ColdStart
+from mtrec.serving.foldin import features_user
 from mtrec.serving.loading import check_fitted, load_model
+from mtrec.serving.newitems import with_new_items
 from mtrec.serving.ranker import Ranker
 from mtrec.serving.results import (  # noqa: F401  (re-exported: the answers' types were defined here)
     Prediction,
@@ -186,8 +188,10 @@ class Recommender:
         include: Iterable[Any] | None = None,
         genres: Iterable[str] = (),
         instant: bool = False,
+        features: Mapping[str, Any] | None = None,
     ) -> Recommendations:
-        """Recommendations for a user the model never saw, from their history (fold-in).
+        """Recommendations for a user the model never saw, from their history (fold-in) and, for a
+        model with user features, their attributes (``features``: ``{"age": 31, "gender": "F"}``).
 
         With ``instant``, the user's vector is read from the history through the model's encoder
         without any fitting (microseconds; as good as fitting for a history-aware model, and
@@ -203,13 +207,36 @@ class Recommender:
         """
         k = min(check_k(k), self.num_items)
         allowed = self.allowed(exclude, include, genres)
-        if not history:
+        bags = None if features is None else self.user_feature_bags(features)
+        if not history and bags is None:
             return Recommendations(user=None, cold_start=True, exclude_seen=True, items=self.cold.items(k, allowed))
-        one, hidden = self.cold.fold_in(self.model, history, instant=instant)
+        if not history:  # attributes alone: the feature encoders' user
+            one, hidden = features_user(self.network, bags), None
+        else:
+            one, hidden = self.cold.fold_in(self.model, history, instant=instant, user_features=bags)
         with torch.inference_mode():
             users = torch.zeros(1, dtype=torch.long, device=self.device)
             ranked = self.ranker.ranked(one, users, hidden, allowed, k)
         return Recommendations(user=None, cold_start=False, exclude_seen=True, items=ranked)
+
+    def with_candidates(self, table: Any) -> tuple[Recommender, list[Any]]:
+        """A recommender whose catalogue also holds the items of ``table`` (item features, as the
+        model's item features file lays them out) that the model never saw, each scored by its
+        features alone (:mod:`mtrec.serving.newitems`), and the raw ids of ``table``'s items: pass
+        them as ``include`` to recommend among them."""
+        view, candidates = with_new_items(self.model, table)
+        if view is self.model:
+            return self, candidates
+        # every item scored exactly: the candidates restrict the list anyway, and no graph is built per request
+        return Recommender(view, IndexConfig(kind="exact")), candidates
+
+    def user_feature_bags(self, features: Mapping[str, Any], where: str = "the user's features") -> Any:
+        """A new user's attributes encoded by the model's user feature map; a :class:`ConfigError`
+        for a model without user features, a :class:`~mtrec.errors.DataError` naming a bad value."""
+        fitted = self.model.data_.features.get("users")
+        if fitted is None:
+            raise ConfigError("this model was trained without user features (features=none or items): it cannot read a user's attributes")
+        return fitted.map.encode_record(features, where)
 
     def recommend_all(
         self,

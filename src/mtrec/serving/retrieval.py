@@ -213,7 +213,7 @@ class HnswIndex:
 
 def watch_space(network: MultitaskNet) -> torch.Tensor:
     """The items as ``[q, b]``: with :func:`watch_queries`' ``[u, 1]``, ``p = [u, 1]·[q, b] + a``."""
-    return torch.cat([network.item_vectors(), network.item_biases.weight], 1).detach()
+    return torch.cat([network.item_vectors(), network.item_bias().unsqueeze(1)], 1).detach()
 
 
 def watch_queries(network: MultitaskNet, users: torch.Tensor) -> torch.Tensor:
@@ -226,7 +226,8 @@ def watch_scores(network: MultitaskNet, users: torch.Tensor, items: torch.Tensor
     """The watch score ``p = u·q + a + b`` of each user's row of ``items`` (shape ``(len(users), n)``),
     as :meth:`~mtrec.nn.network.MultitaskNet.watch_score` gives it pair by pair, each user's vector read once."""
     u, q = network.watch_users(users), network.watch_items(items)
-    return (q @ u[:, :, None]).squeeze(-1) + network.user_biases(users) + network.item_biases(items).squeeze(-1)
+    biases = network.item_bias(items.reshape(-1)).view(items.shape)
+    return (q @ u[:, :, None]).squeeze(-1) + network.user_bias(users).unsqueeze(1) + biases
 
 
 class Retrieval:

@@ -21,7 +21,7 @@ def memory_needed(network, layer_sizes: Sequence[int], batch_size: int, negative
     matrix, and EASE's float64 ones while it is made.
     """
     d, hidden = layer_sizes[0] // 3, [*layer_sizes[1:], 1]
-    tables = sum(getattr(network, table.name).embedding_dim for table in network.tables())
+    tables = sum(getattr(network, table.name).embedding_dim for table in network.tables() if table.rows in ("users", "items"))
     sizes = [3 * d, *hidden]
     mlp = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
     rows = batch_size * (1 + negatives)

@@ -53,6 +53,10 @@ class EpochSampler:
     watch_weights:
         ``"none"``, or ``"rating"``: :attr:`drawn_weights` holds, after each :meth:`draw`, each
         pair's rating over the training mean, in the epoch's order.
+    drawable:
+        The items negatives are drawn from (None: all). A model with item features draws only the
+        items with training pairs: an item held out of training (a cold item) is never seen, not
+        even as a negative.
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class EpochSampler:
         batch_by: str = "pairs",
         negative_sampling: str = "uniform",
         watch_weights: str = "none",
+        drawable: np.ndarray | None = None,
     ) -> None:
         if batch_by not in BATCH_ORDERS:
             raise ConfigError(f"unknown batch order {batch_by!r}; use one of {', '.join(BATCH_ORDERS)}")
@@ -83,6 +88,8 @@ class EpochSampler:
         self._popularity: torch.Tensor | None = None
         if negative_sampling == "popularity":
             counts = torch.as_tensor(np.bincount(train.items, minlength=train.num_items) + 1, dtype=torch.float64)
+            if drawable is not None:
+                counts *= torch.as_tensor(np.isin(np.arange(train.num_items), drawable), dtype=torch.float64)
             self._popularity = counts / counts.sum()
             self.log_q = self._popularity.log().float().to(device)
         self._weights: torch.Tensor | None = None
@@ -92,6 +99,7 @@ class EpochSampler:
         #: The watch loss's weight of each pair of the last :meth:`draw`, in its order (None: unweighted).
         self.drawn_weights: torch.Tensor | None = None
         self.num_items, self.num_users = train.num_items, train.num_users
+        self._drawable = None if drawable is None else torch.as_tensor(np.asarray(drawable, dtype=np.int64))
         self.device = device
         self.users = torch.as_tensor(train.users, dtype=torch.long)
         self.items = torch.as_tensor(train.items, dtype=torch.long)
@@ -108,12 +116,16 @@ class EpochSampler:
     def _items(self, count: int) -> torch.Tensor:
         """``count`` items drawn uniformly or by popularity."""
         if self._popularity is None:
+            if self._drawable is not None:
+                return self._drawable[torch.randint(0, len(self._drawable), (count,), generator=self.generator)]
             return torch.randint(0, self.num_items, (count,), generator=self.generator)
         return torch.multinomial(self._popularity, count, replacement=True, generator=self.generator)
 
     def _draw_negatives(self, users: torch.Tensor) -> torch.Tensor:
         shape = (len(users),) if self.negatives == 1 else (len(users), self.negatives)
-        if self._popularity is None:
+        if self._popularity is None and self._drawable is not None:
+            negatives = self._items(len(users) * self.negatives).view(shape)
+        elif self._popularity is None:
             negatives = torch.randint(0, self.num_items, shape, generator=self.generator)
         else:
             negatives = self._items(len(users) * self.negatives).view(shape)

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 import torch
 
+from mtrec.data.feature_maps import fit_features, known_entities
 from mtrec.data.interactions import Interactions, check_same_ids
 from mtrec.errors import ConfigError, DataError
 from mtrec.eval.baselines import PopularityNet
@@ -129,6 +130,12 @@ def preflight(
             raise ConfigError(
                 "the item-item path chooses its l2 and weight on a validation set: give a validation set, or both item_item_l2 and item_item_weight"
             )
+    for side in getattr(settings, "feature_sides", ()):
+        if getattr(train, f"{side[:-1]}_features", None) is None:
+            raise ConfigError(
+                f"features={settings.features} needs {side[:-1]} features, and the data has none: "
+                f"give --{side[:-1]}-features FILE (a MovieLens release has them where it has the attributes)"
+            )
     device = resolve_device(settings.device)
     check_memory(settings.memory_needed(train.num_users, train.num_items), device)
     if not train.has_ratings and settings.regression_weight > 0:
@@ -185,7 +192,15 @@ class TrainingSession:
     ) -> None:
         self.settings, self.train, self.epochs, self.device, self.plan = settings, train, epochs, device, plan
         self.eval_every, self.distributed, self.callbacks = eval_every, distributed, callbacks
-        self.network = settings.build_network(train.num_users, train.num_items, device).use_histories(*train.seen_items_csr())
+        sides = getattr(settings, "feature_sides", ())
+        #: The fitted features of each side the model reads (:mod:`mtrec.data.feature_maps`).
+        self.features = fit_features(sides, train) if sides else {}
+        rows = {side: fitted.map.size for side, fitted in self.features.items()}
+        self.network = settings.build_network(train.num_users, train.num_items, device, rows or None).use_histories(*train.seen_items_csr())
+        self.known = known_entities(train)
+        for side, fitted in self.features.items():
+            self.network.use_features(side, fitted.bags.indptr, fitted.bags.indices, fitted.bags.weights)
+            self.network.use_known(side, self.known[side])
         if getattr(settings, "start_at_mean", False) and train.has_ratings:
             self.network.start_ratings_at(float(np.mean(train.ratings, dtype=np.float64)))
 
@@ -197,7 +212,7 @@ class TrainingSession:
         sampler = EpochSampler(
             self.train, settings.seed, self.device, with_ratings, settings.negatives, settings.exclude_positives,
             getattr(settings, "batch_by", "pairs"), getattr(settings, "negative_sampling", "uniform"),
-            getattr(settings, "watch_weights", "none"),
+            getattr(settings, "watch_weights", "none"), np.flatnonzero(self.known["items"]) if "items" in self.features else None,
         )  # fmt: skip
         decay = getattr(settings, "ema", 0.0)
         average = WeightAverage(self.network, decay) if decay > 0 else None

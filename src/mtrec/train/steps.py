@@ -109,6 +109,9 @@ class Step:
     reduces_itself = False
 
     def __call__(self, batch: Batch) -> torch.Tensor:
+        begin = getattr(self.network, "begin_step", None)
+        if begin is not None:
+            begin()  # per-step draws (the id dropout's masks)
         losses = self.gradients(batch)
         if self.reduce is not None and not self.reduces_itself:
             rows = self.row_gradients() if self.reduce_rows is not None else None
@@ -280,6 +283,8 @@ class FusedStep(Step):
             return f"its hand-written gradients cover the library's tasks watch and rating, not {', '.join(objective.task_names)}"
         if network.rating_reads_score:
             return "its hand-written gradients cover a rating head of [u, q, u*q], not one that also reads the watch score"
+        if getattr(network, "feature_sizes", None):
+            return "its hand-written gradients cover id embeddings, not side features"
         if objective.row_l2 > 0:
             return "its hand-written gradients cover weight decay, not an L2 penalty on the rows a batch reads (row_l2)"
         if objective.watch_weights != "none":

@@ -1,0 +1,232 @@
+"""Side features and cold start on MovieLens 100K, like for like, side by side in one run.
+
+Every system of a block sees the same split of seed k (k = 0..4), the same training rows and the
+same evaluator (mtrec.eval.coldstart: the usual metrics on the warm pairs, on the pairs of cold items
+ranked among the cold items and among all items, and on the pairs of cold users). The feature model
+is the quality preset with ``features`` (MovieLens's genres, year and decade for items; age, age
+group, gender, occupation and zip prefix for users); on the cold splits also with ``id_dropout 0.5``
+(DropoutNet: half the ids left out at each step, so the features learn to stand alone). Epochs and
+the item-item path are chosen on the validation set, carved from the training part the same way as
+the test set; nothing is chosen on test.
+
+* warm: the 95/5 random split, the id-only quality preset against the same with item features, and
+  with item and user features (which to keep is read off the validation columns);
+* cold-items: 10% of the items held out entirely (and 5% of the other ratings); popularity (which
+  knows nothing of a cold item: every cold item ties), genre popularity (an item's score is the mean
+  training popularity of its feature values), a content profile (the cosine between the user's mean
+  training-item features and the item's) and the feature model;
+* cold-users: 10% of the users held out entirely; popularity, demographic popularity (an item's
+  share among the training users who share the user's attributes) and the feature model; then
+  oracles read off the test set itself (labelled so: they are how far any list could go, never a
+  model): the test's own popularity among the cold users, and among those who share one's gender,
+  or gender and age group;
+* u1..u5: the canonical folds' test RMSE, with and without features.
+
+LightFM is not in the table: ``pip install lightfm`` (1.17) fails to build here (its setup.py breaks
+under current setuptools: "'dict' object has no attribute '__LIGHTFM_SETUP__'").
+
+    python benchmarks/features.py                 # 5 seeds and the 5 folds (about 30 minutes)
+    python benchmarks/features.py --seeds 2 --no-folds
+    python benchmarks/features.py --blocks cold-items,cold-users
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from tables import table  # benchmarks/tables.py, beside this script
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MTREC_DATA_DIR", ROOT.parent / "shared" / "data"))
+METRICS = ("mse", "mrr", "ndcg")
+
+
+def fit(split: str, seed: int, features: str, id_dropout: float = 0.0, data=None):
+    """The quality preset (with ``features``) on ``split`` of seed ``seed``: the model, its parts and seconds."""
+    from mtrec.config import preset
+
+    options = {"split": split, "seed": seed, "features": features, "id_dropout": id_dropout}
+    if split in ("u1", "u2", "u3", "u4", "u5"):
+        options["test_fraction"] = None
+    config = preset("quality").replace(**options)
+    train, validation, test = config.data.load_split(DATA_DIR, data=data)
+    model = config.build_model()
+    started = time.perf_counter()
+    model.fit(train, config.epochs, validation=validation, early_stopping=config.early_stopping, patience=config.patience, k=(10,))
+    return model, (train, validation, test), time.perf_counter() - started
+
+
+def measured(network, parts) -> dict[str, dict[str, float]]:
+    from mtrec.eval.coldstart import cold_start_metrics
+
+    train, validation, test = parts
+    return cold_start_metrics(network, train, test, [train, validation], metrics=METRICS, k=(10,))
+
+
+def cold_user_oracles(parts) -> dict:
+    """Oracles for the cold users, read off the test set itself (never a model: how far any list can
+    go): the test's own popularity among the cold users (the best single list for all of them), and
+    the popularity among the other cold test users who share one's gender, or gender and age group
+    (leave-one-out)."""
+    import torch
+
+    from mtrec.eval.coldstart import _Scores
+
+    train, _, test = parts
+    cold = np.flatnonzero(np.bincount(train.users, minlength=train.num_users) == 0)
+    counts = np.zeros((test.num_users, test.num_items))
+    np.add.at(counts, (test.users, test.items), 1.0)
+    overall = counts[cold].sum(0)
+    table = test.user_features
+    row = {int(i): r for r, i in enumerate(table.ids.tolist())}
+    values = {column.name: column.values for column in table.columns}
+    oracles = {"oracle: the test's popularity among the cold users": _Scores(torch.as_tensor(overall), test.num_users)}
+    for key in (("gender",), ("gender", "age_group")):
+        groups: dict[tuple, list[int]] = {}
+        for user in cold.tolist():
+            groups.setdefault(tuple(values[name][row[int(test.user_ids[user])]] for name in key), []).append(user)
+        scores = np.zeros((test.num_users, test.num_items))
+        for members in groups.values():
+            total = counts[members].sum(0)
+            for user in members:  # the others of the group; ties broken by the overall popularity
+                scores[user] = total - counts[user] + 1e-6 * overall
+        oracles[f"oracle: the test's popularity among cold users of the same {' and '.join(key)} (leave-one-out)"] = _Scores(
+            torch.as_tensor(scores), test.num_users
+        )
+    return oracles
+
+
+def fmt(values: list[float]) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
+    if not values:
+        return "–"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+
+
+def paired(a: list[float], b: list[float], lower_better: bool) -> str:
+    from scipy import stats
+
+    a, b = np.array(a), np.array(b)
+    if len(a) < 2:
+        return "–"
+    wins = int(((a < b) if lower_better else (a > b)).sum())
+    return f"{np.mean(a - b):+.4f}, better on {wins}/{len(a)}, p = {stats.ttest_rel(a, b).pvalue:.3f}"
+
+
+#: The warm systems: which features each reads.
+WARM = {"id only": "none", "item features": "items", "item and user features": "items,users"}
+
+
+def warm_table(seeds, data) -> None:
+    """The id-only quality preset against the same with item features, and with item and user features,
+    on the 95/5 random split; which features to keep is read off the validation columns."""
+    from mtrec.eval.evaluation import Evaluator
+
+    warm: dict[str, list] = {name: [] for name in WARM}
+    for seed in seeds:  # interleaved: the systems alternate, seed by seed
+        for name, features in WARM.items():
+            model, parts, seconds = fit("random", seed, features, data=data)
+            train, validation, _ = parts
+            valid = Evaluator(validation, [train], metrics=("mse", "mrr")).evaluate(model.network_)
+            warm[name].append(({**measured(model.network_, parts)["warm"], **{f"valid_{k}": v for k, v in valid.items()}}, seconds))
+    columns = ("valid_mse", "valid_mrr", "mse", "mrr", "ndcg@10")
+    rows = [["warm, 95/5 random split", "valid MSE", "valid MRR", "test MSE", "test MRR", "NDCG@10", "fit s"]]
+    for name, runs in warm.items():
+        values = [fmt([r[0][m] for r in runs]) for m in columns]
+        rows.append([f"quality preset, {name}", *values, f"{np.mean([r[1] for r in runs]):.1f}"])
+    print()
+    print(table(rows))
+    for name in list(WARM)[1:]:
+        for metric, lower in (("mse", True), ("mrr", False), ("ndcg@10", False)):
+            mine, theirs = [r[0][metric] for r in warm[name]], [r[0][metric] for r in warm["id only"]]
+            print(f"{name} vs id only, test {metric}: {paired(mine, theirs, lower)}")
+        seconds = [np.mean([r[1] for r in warm[key]]) for key in (name, "id only")]
+        print(f"fit time with {name} / id only: {seconds[0] / seconds[1]:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    parser.add_argument("--no-folds", action="store_true", help="skip the canonical u1..u5 folds")
+    parser.add_argument("--blocks", default="warm,cold-items,cold-users,folds", help="the tables: warm, cold-items, cold-users, folds (default all)")
+    args = parser.parse_args()
+    blocks = set(args.blocks.split(","))
+
+    from mtrec.data import load_movielens
+    from mtrec.eval.baselines import PopularityNet
+    from mtrec.eval.coldstart import ContentProfile, DemographicPopularity, FeaturePopularity
+
+    data = load_movielens("100k", data_dir=DATA_DIR)
+    seeds = range(args.seeds)
+
+    # ---------------------------------------------------------------- warm
+    print(f"MovieLens 100K, seeds 0-{args.seeds - 1} (mean ± sd over seeds)")
+    if "warm" in blocks:
+        warm_table(seeds, data)
+
+    # ---------------------------------------------------------------- cold items and cold users
+    for split, side in (("cold-items", "items"), ("cold-users", "users")):
+        if split not in blocks:
+            continue
+        results: dict[str, list] = {}
+        for seed in seeds:
+            model, parts, seconds = fit(split, seed, side, 0.5, data=data)
+            train = parts[0]
+            fitted = model.data_.features[side]
+            systems = {"popularity": PopularityNet(train)}
+            if side == "items":
+                systems["genre popularity"] = FeaturePopularity(train, fitted.bags, fitted.map.size)
+                systems["content profile"] = ContentProfile(train, fitted.bags, fitted.map.size)
+            else:
+                systems["demographic popularity"] = DemographicPopularity(train, fitted.bags, fitted.map.size)
+            systems["mtrec, quality preset with features"] = model.network_
+            if side == "users":
+                systems.update(cold_user_oracles(parts))
+            for name, network in systems.items():
+                results.setdefault(name, []).append(measured(network, parts))
+        if side == "items":
+            header = ["cold items (10% held out)", "MRR among cold", "NDCG@10 among cold", "MRR among all", "MRR among cold / mtrec"]
+            keys = [("cold_items_among_cold", "mrr"), ("cold_items_among_cold", "ndcg@10"), ("cold_items", "mrr")]
+        else:
+            header = ["cold users (10% held out)", "MRR", "NDCG@10", "warm MRR", "MRR / mtrec"]
+            keys = [("cold_users", "mrr"), ("cold_users", "ndcg@10"), ("warm", "mrr")]
+        ours = results["mtrec, quality preset with features"]
+        rows = [header]
+        for name, runs in results.items():
+            values = [fmt([r[part][metric] for r in runs]) for part, metric in keys]
+            ratio = np.mean([r[keys[0][0]][keys[0][1]] / o[keys[0][0]][keys[0][1]] for r, o in zip(runs, ours)])
+            rows.append([name, *values, f"{ratio:.3f}"])
+        print()
+        print(table(rows))
+        for name in results:
+            if name != "mtrec, quality preset with features" and not name.startswith("oracle"):
+                mine, theirs = [o[keys[0][0]][keys[0][1]] for o in ours], [r[keys[0][0]][keys[0][1]] for r in results[name]]
+                print(f"mtrec with features vs {name}, {keys[0][1]}: {np.mean(mine) / np.mean(theirs):.2f}x, {paired(mine, theirs, False)}")
+
+    # ---------------------------------------------------------------- u1..u5
+    if not args.no_folds and "folds" in blocks:
+        folds: dict[str, list[float]] = {f"quality preset, {name}": [] for name in WARM}
+        for fold in ("u1", "u2", "u3", "u4", "u5"):
+            for name, features in WARM.items():
+                model, parts, _ = fit(fold, 0, features)
+                folds[f"quality preset, {name}"].append(_rmse(model.network_, parts))
+        rows = [["canonical 5-fold (u1..u5)", "test RMSE", *(f"u{i}" for i in range(1, 6))]]
+        rows += [[name, fmt(values), *(f"{v:.4f}" for v in values)] for name, values in folds.items()]
+        print()
+        print(table(rows))
+
+
+def _rmse(network, parts) -> float:
+    """Test RMSE over every test pair (warm and cold alike), as published u1..u5 results count it."""
+    from mtrec.eval.evaluation import Evaluator
+
+    train, validation, test = parts
+    return Evaluator(test, [train, validation], metrics=("rmse",)).evaluate(network)["rmse"]
+
+
+if __name__ == "__main__":
+    main()
