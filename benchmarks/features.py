@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tables import table  # benchmarks/tables.py, beside this script
+from tables import fmt, table  # benchmarks/tables.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("MTREC_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -98,13 +98,6 @@ def cold_user_oracles(parts) -> dict:
             torch.as_tensor(scores), test.num_users
         )
     return oracles
-
-
-def fmt(values: list[float]) -> str:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if not values:
-        return "–"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
 
 
 def paired(a: list[float], b: list[float], lower_better: bool) -> str:

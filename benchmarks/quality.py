@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sparse
 import torch
-from tables import table  # benchmarks/tables.py, beside this script
+from tables import fmt, table  # benchmarks/tables.py, beside this script
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,13 +213,6 @@ def one_seed(seed: int, data, data_dir) -> dict[str, tuple[dict, float]]:
 
 
 # ---------------------------------------------------------------- the table
-def fmt(values: list[float]) -> str:
-    values = [v for v in values if v is not None and np.isfinite(v)]
-    if not values:
-        return "–"
-    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
-
-
 def paired(systems, ours: str, theirs: str, metric: str) -> None:
     """A seed-paired t-test of ``metric`` between two systems (the seeds' splits are shared)."""
     from scipy import stats

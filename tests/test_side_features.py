@@ -13,6 +13,7 @@ from mtrec.cli import main
 from mtrec.data.feature_maps import FeatureMap, fit_features
 from mtrec.data.features import FeatureColumn, FeatureTable
 from mtrec.data.interactions import Interactions
+from mtrec.data.metadata import ItemMetadata
 from mtrec.data.splits import cold_split
 from mtrec.errors import ConfigError, DataError
 from mtrec.eval.coldstart import cold_parts, cold_start_metrics
@@ -40,6 +41,9 @@ def featured(num_users: int = 40, num_items: int = 30, per_user: int = 8, seed: 
         num_users=num_users, num_items=num_items, user_ids=np.arange(num_users), item_ids=np.arange(num_items),
         rating_scale=(1.0, 5.0), name="featured",
     )  # fmt: skip
+    data.item_metadata = ItemMetadata(
+        titles=[f"film {i}" for i in range(num_items)], years=[None] * num_items, genres=[[GENRES[g]] for g in item_genre]
+    )
     data.item_features = FeatureTable(
         "item",
         np.arange(num_items, dtype=np.int64),
@@ -373,6 +377,9 @@ def test_a_candidate_file_recommends_among_its_items_new_ones_by_their_features(
     # a new user with attributes, among the new items only
     fresh = view.recommend_history([], k=2, include=[100, 101], features={"group": "g0"})
     assert sorted(int(item.item) for item in fresh.items) == [100, 101]
+    # a new item's genres are its features': a genre filter keeps it
+    dramas = view.recommend(0, k=5, include=candidates, genres=["drama"], exclude_seen=False)
+    assert [int(item.item) for item in dramas.items] == [101]
 
 
 @pytest.mark.parametrize(

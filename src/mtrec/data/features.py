@@ -27,9 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mtrec.data.files import check_readable, format_suffix, is_file, open_text, seekable, undecodable
-from mtrec.data.formats import PARQUET_SUFFIXES, SNIFFED_DELIMITERS, resolve_columns
+from mtrec.data.formats import PARQUET_SUFFIXES, SNIFFED_DELIMITERS, is_number, resolve_columns
 from mtrec.data.ids import as_integers, id_problem
-from mtrec.data.metadata import _split_rows, read_movies
+from mtrec.data.metadata import read_movies, split_rows
 from mtrec.data.parsing import parquet_ids, quoted_records
 from mtrec.errors import ConfigError, DataError
 
@@ -347,7 +347,7 @@ def _id_column(path: Path, side: str, names: list[str], id_col: str | int | None
         by_name = id_col is None or str(id_col) in names
     else:
         found, by_name = names[0], False
-    if text and not by_name and _is_number(names[0]):
+    if text and not by_name and is_number(names[0]):
         raise DataError(f"{path}: the first line must be a header naming the columns (it starts with {names[0]!r})")
     return found
 
@@ -488,14 +488,6 @@ def _raw_ids(column: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _listed(names: list[str]) -> str:
     return ", ".join(repr(name) for name in names)
 
@@ -555,7 +547,7 @@ def _movie_features(spec: Any, folder: Path, source: str) -> FeatureTable:
 
 def _read_u_user(path: Path) -> tuple[np.ndarray, list[FeatureColumn]]:
     """ML-100K's ``u.user``: ``id|age|gender|occupation|zip``."""
-    rows = _split_rows(path, "|", 5)
+    rows = split_rows(path, "|", 5)
     ages = []
     for fields in rows:
         if not fields[1].strip().isdigit():
@@ -566,7 +558,7 @@ def _read_u_user(path: Path) -> tuple[np.ndarray, list[FeatureColumn]]:
 
 def _read_users_dat(path: Path) -> tuple[np.ndarray, list[FeatureColumn]]:
     """ML-1M's ``users.dat``: ``UserID::Gender::Age::Occupation::Zip-code``, age and occupation as codes."""
-    rows = _split_rows(path, "::", 5)
+    rows = split_rows(path, "::", 5)
     ages, occupations = [], []
     for fields in rows:
         user, age, occupation = fields[0].strip(), fields[2].strip(), fields[3].strip()

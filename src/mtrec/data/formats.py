@@ -94,7 +94,7 @@ def _split_line(line: str, delimiter: str, quoted: bool) -> list[str]:
     return next(csv.reader([line], delimiter=delimiter))
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
     try:
         float(text)
     except ValueError:
@@ -134,7 +134,7 @@ def sniff_format(path: Path, sep: str | None = None, column_names: list[str] = (
     header = any(_normalise(field) in known for field in first)
     if not header and len(lines) > 1:
         second = _split_line(lines[1], sep, quoted)
-        header = sum(map(_is_number, first)) < sum(map(_is_number, second))
+        header = sum(map(is_number, first)) < sum(map(is_number, second))
     names = tuple(first) if header else tuple(str(i) for i in range(len(first)))
     if header and len(set(names)) != len(names):
         raise DataError(f"{path}, line 1: the header repeats a column name: {', '.join(names)}")

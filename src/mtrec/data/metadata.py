@@ -199,7 +199,7 @@ def _decode(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def _split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> list[list[str]]:
+def split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> list[list[str]]:
     """The non-empty lines of a small metadata file, split into ``width`` fields with a numeric id."""
     with open_binary(path) as stream:
         text = _decode(stream.read())
@@ -217,8 +217,8 @@ def _split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> li
 
 
 def _read_u_item(path: Path) -> ItemTable:
-    genre_names = [fields[0] for fields in _split_rows(path.with_name("u.genre"), "|", 2, id_field=1)]
-    rows = _split_rows(path, "|", 5 + len(genre_names))
+    genre_names = [fields[0] for fields in split_rows(path.with_name("u.genre"), "|", 2, id_field=1)]
+    rows = split_rows(path, "|", 5 + len(genre_names))
     for fields in rows:
         if any(flag not in ("0", "1") for flag in fields[5:]):
             raise DataError(f"{path}, item {fields[0]}: genre flags must be 0 or 1, found {'|'.join(fields[5:])!r}")
@@ -235,7 +235,7 @@ def _read_u_item(path: Path) -> ItemTable:
 
 
 def _read_movies_dat(path: Path) -> ItemTable:
-    rows = _split_rows(path, "::", 3)
+    rows = split_rows(path, "::", 3)
     titles = [fields[1].strip() for fields in rows]
     return ItemTable(
         ids=np.array([int(fields[0]) for fields in rows], dtype=np.int64),

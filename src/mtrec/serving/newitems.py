@@ -64,11 +64,12 @@ def with_new_items(model: Any, table: Any) -> tuple[Any, list[Any]]:
     else:
         item_ids = np.concatenate([data.item_ids.astype(str).astype(object), new_ids.astype(str).astype(object)])
     metadata = data.item_metadata
-    if metadata is not None:
+    if metadata is not None:  # a new item's title is its id; its genres, where the features have them, are --genre's
+        genres = next((column for column in table.columns if column.name == "genres" and column.kind == "multi"), None)
         metadata = ItemMetadata(
             titles=[*metadata.titles, *(str(i) for i in new_ids)],
             years=[*metadata.years, *(None for _ in new_ids)],
-            genres=[*metadata.genres, *([] for _ in new_ids)],
+            genres=[*metadata.genres, *(list(genres.values[row]) if genres is not None else [] for row in new)],
         )
     features = dict(data.features)
     features["items"] = FittedFeatures(fitted.map, fitted.bags.concatenated(bags))
