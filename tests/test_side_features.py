@@ -21,6 +21,9 @@ from mtrec.nn.network import MultitaskNet
 from mtrec.serving.recommender import Recommender
 from mtrec.train.sampling import EpochSampler
 
+# featured()'s items miss some years on purpose: what fitting says of them is tested once, below
+pytestmark = pytest.mark.filterwarnings("ignore:items.csv. column 'year' misses:UserWarning")
+
 GENRES = ["action", "comedy", "drama"]
 
 
@@ -81,6 +84,11 @@ def test_a_map_gives_each_value_a_row_and_numeric_columns_a_standardised_weight(
     assert any("misses 6 values" in note for note in items.map.notes)
     again = FeatureMap.from_json(items.map.to_json())
     assert again.row_names() == items.map.row_names() and again.columns == items.map.columns
+
+
+def test_fitting_says_what_it_fills_in_once_per_fit():
+    with pytest.warns(UserWarning, match=r"items.csv: column 'year' misses 6 values; its mean \(2005\) stands in for them"):
+        fit_features(["items"], featured())
 
 
 def test_rows_whose_ids_are_not_in_the_ratings_are_ignored_and_said():
@@ -480,7 +488,8 @@ def test_a_cold_items_run_on_movielens_reports_warm_and_cold_pairs_apart(tmp_pat
 def test_movielens_gives_its_attributes_to_the_data(ml100k):
     assert ml100k.item_features.names == ["genres", "year", "decade"] and len(ml100k.item_features) == 1682
     assert ml100k.user_features.names == ["age", "age_group", "gender", "occupation", "zip1"]
-    fitted = fit_features(["items", "users"], ml100k)
+    with pytest.warns(UserWarning, match=r"MovieLens 100K u.item: column 'year' misses 1 values; its mean \(1989.07\) stands in"):
+        fitted = fit_features(["items", "users"], ml100k)
     # age; 7 age groups, 2 genders, 21 occupations, 19 zip prefixes (ten digits and nine letters of Canadian codes)
     assert fitted["users"].map.size == 1 + 7 + 2 + 21 + 19
 
