@@ -579,3 +579,13 @@ def test_candidate_columns_are_read_as_the_model_read_them(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert sorted(item["item"] for item in json.loads(out)["items"]) == [100, 101]
+
+
+def test_a_candidate_file_without_one_of_the_model_s_columns_reads_it_as_missing(tmp_path):
+    from mtrec.data.features import read_feature_file
+
+    recommender = Recommender(_item_model())
+    (tmp_path / "new.csv").write_text("item,genres\n100,action\n")
+    with pytest.warns(UserWarning, match="new.csv lacks the model's items feature column.s. year: read as missing in every row"):
+        view, candidates = recommender.with_candidates(read_feature_file(tmp_path / "new.csv", "item", {"genres": "multi"}))
+    assert candidates == [100] and view.num_items == 31

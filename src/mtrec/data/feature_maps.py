@@ -160,20 +160,27 @@ class FeatureMap:
         """The bags of ``table``'s rows at ``positions`` (all by default), in that order.
 
         With ``strict``, a categorical value the map has never seen is a :class:`DataError` naming
-        the row, the column and the value (a new item whose genre training never saw); else it is
-        left out. A column the map has that the table lacks is an error either way.
+        the row, the column and the value (a new item whose genre training never saw), and so is a
+        column the map does not have; else they are left out. A column the map has that the table
+        lacks is read as missing in every row, and a warning says so.
         """
         rows = np.arange(len(table.ids)) if positions is None else np.asarray(positions, dtype=np.int64)
         by_name = {column.name: column for column in table.columns}
         missing = [name for name in self.names if name not in by_name]
         if missing:
-            raise DataError(f"{table.source}: the model's {self.side} features need the column(s) {', '.join(missing)}, which it lacks")
+            warnings.warn(
+                f"{table.source} lacks the model's {self.side} feature column(s) {', '.join(missing)}: read as missing in every row",
+                UserWarning,
+                stacklevel=2,
+            )
         extra = [name for name in by_name if name not in self.names]
         if extra and strict:
             raise DataError(f"{table.source}: column(s) {', '.join(extra)} are not among the model's {self.side} features ({', '.join(self.names)})")
         entries: list[list[tuple[int, float]]] = [[] for _ in rows]
         for spec, offset, lookup in zip(self.columns, self._offsets, self._lookup):
-            column = by_name[spec["name"]]
+            column = by_name.get(spec["name"])
+            if column is None:
+                continue
             if (column.kind == "numeric") != (spec["kind"] == "numeric"):
                 raise DataError(f"{table.source}: column {spec['name']!r} is {column.kind} here, but the model read it as {spec['kind']}")
             for slot, row in enumerate(rows.tolist()):
