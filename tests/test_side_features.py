@@ -5,6 +5,8 @@ Small synthetic data with feature tables (the data layer's own tests are test_fe
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -589,3 +591,20 @@ def test_a_candidate_file_without_one_of_the_model_s_columns_reads_it_as_missing
     with pytest.warns(UserWarning, match="new.csv lacks the model's items feature column.s. year: read as missing in every row"):
         view, candidates = recommender.with_candidates(read_feature_file(tmp_path / "new.csv", "item", {"genres": "multi"}))
     assert candidates == [100] and view.num_items == 31
+
+
+def test_a_user_held_out_of_training_gets_the_cold_start_list_from_an_id_only_model():
+    data = featured()
+    train, _ = cold_split(data, "users", 0.2, 0.05, seed=0)
+    held_out = np.flatnonzero(np.bincount(train.users, minlength=train.num_users) == 0)
+    user = int(train.user_ids[held_out[0]])
+    plain = Recommender(MultitaskModel(embedding_dim=8, batch_size=64).fit(train, 1))
+    answer = plain.recommend(user, k=3)
+    assert answer.cold_start and [item.watch_score for item in answer.items] == [None] * 3  # popularity, not an untrained row
+    table = pa.concat_tables(list(plain.recommend_all(None, k=3)))
+    rows = table.filter(pc.equal(table.column("user"), str(user)))
+    assert rows.num_rows == 3 and all(rows.column("cold_start").to_pylist())
+    assert table.num_rows == 3 * data.num_users  # everyone has a list
+    # a model that reads the users' attributes ranks for them
+    featured_model = MultitaskModel(embedding_dim=8, batch_size=64, features="users", id_dropout=0.5).fit(train, 1)
+    assert not Recommender(featured_model).recommend(user, k=3).cold_start

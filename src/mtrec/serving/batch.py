@@ -59,9 +59,10 @@ class Batches:
         :meth:`~mtrec.serving.recommender.Recommender.recommend_all`."""
         catalogue = self.catalogue
         if users is None:
-            known, cold = np.arange(len(catalogue.user_ids)), []
+            known = np.flatnonzero(catalogue.rankable)
+            cold = [catalogue.user_ids[i] for i in np.flatnonzero(~catalogue.rankable).tolist()]
         else:
-            indices = [catalogue.user_index(user) for user in users]
+            indices = [catalogue.ranked_user_index(user) for user in users]
             known = np.array([i for i in indices if i is not None], dtype=np.int64)
             cold = [user for user, i in zip(users, indices) if i is None]
         block = max(1, budget_bytes // self._bytes_per_user(k, allowed))

@@ -71,6 +71,12 @@ class Catalogue:
         #: Per item, its training ratings (or interactions).
         self.popularity = np.bincount(data.seen_indices, minlength=data.num_items)
         self.num_ratings = self.popularity.tolist()
+        #: Per user, whether the model can rank for them: they trained (have training pairs), or the
+        #: model reads users' attributes. A user held out of training (a cold-users split) by an
+        #: id-only model has only an untrained row: they get the cold-start list instead.
+        self.rankable = np.diff(np.asarray(data.seen_indptr)) > 0
+        if "users" in getattr(data, "features", {}):
+            self.rankable[:] = True
 
     def user_index(self, user: Any) -> int | None:
         """The index of the user the data calls ``user``; ``None`` if the model never saw them."""
@@ -78,6 +84,11 @@ class Catalogue:
             return lookup_id(self._user_lookup, user)
         except KeyError:
             return None
+
+    def ranked_user_index(self, user: Any) -> int | None:
+        """The index of ``user`` if the model can rank for them (:attr:`rankable`), else None (cold start)."""
+        index = self.user_index(user)
+        return index if index is not None and self.rankable[index] else None
 
     def known_user(self, user: Any, where: str = "") -> int:
         """The index of ``user``; :class:`UnknownUserError` (saying ``where``) if the model never saw them."""

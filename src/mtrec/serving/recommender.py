@@ -166,12 +166,13 @@ class Recommender:
         Ranks the whole catalogue with one matrix product. With ``exclude_seen`` the user's
         training items are left out (so fewer than ``k`` come back if few are unseen);
         ``exclude``, ``include`` and ``genres`` filter further (:meth:`allowed`): a filter that
-        leaves nothing gives an empty list. An unknown user gets the ``k`` most-rated training
-        items (that pass the filters) with ``cold_start=True``.
+        leaves nothing gives an empty list. An unknown user, or one the model has no trained vector
+        for (held out of training, and no user features to read), gets the ``k`` most-rated
+        training items (that pass the filters) with ``cold_start=True``.
         """
         k = min(check_k(k), self.num_items)
         allowed = self.allowed(exclude, include, genres)
-        index = self.user_index(user)
+        index = self.catalogue.ranked_user_index(user)
         if index is None:
             return Recommendations(user=user, cold_start=True, exclude_seen=exclude_seen, items=self.cold.items(k, allowed))
         with torch.inference_mode():
