@@ -185,27 +185,27 @@ def _train(args: argparse.Namespace, config: RunConfig, distributed: Distributed
     if not main:
         return 0
     selected = metrics["selected"]
-    mse = "n/a" if selected.get("test_mse") is None else f"{selected['test_mse']:.4f}"
-    mrr = "n/a" if selected.get("test_mrr") is None else f"{selected['test_mrr']:.4f}"
     how = "chosen on validation" if config.early_stopping else "the last"
-    print(f"epoch {selected['epoch']} ({how}): test MSE {mse}  MRR {mrr}  (run saved in {logdir})")
+    print(f"epoch {selected['epoch']} ({how}): {_test_scores(selected)}  (run saved in {logdir})")
     kept = metrics.get("model")
     if kept:
-        mse = "n/a" if kept.get("test_mse") is None else f"{kept['test_mse']:.4f}"
-        mrr = "n/a" if kept.get("test_mrr") is None else f"{kept['test_mrr']:.4f}"
-        print(f"the saved model, with its item-item path: test MSE {mse}  MRR {mrr}")
+        print(f"the saved model, with its item-item path: {_test_scores(kept)}")
     for part, values in (metrics.get("cold_start") or {}).items():
         scores = "  ".join(f"{name.upper()} {values[name]:.4f}" for name in ("mse", "mrr", "ndcg@10") if values.get(name) is not None)
         among = f" among the {values['candidates']} cold items" if "candidates" in values else ""
         print(f"  {part.replace('_', ' ')} ({values['pairs']:,} test pairs{among}): {scores}")
     refit = metrics.get("refit")
     if refit:
-        mse = "n/a" if refit.get("test_mse") is None else f"{refit['test_mse']:.4f}"
-        mrr = "n/a" if refit.get("test_mrr") is None else f"{refit['test_mrr']:.4f}"
-        print(f"refit on train + validation for {refit['epochs']} epochs, the saved model: test MSE {mse}  MRR {mrr}")
+        print(f"refit on train + validation for {refit['epochs']} epochs, the saved model: {_test_scores(refit)}")
     if tracker is not None:
         print(f"tracked in MLflow: {tracker.uri}")
     return 0
+
+
+def _test_scores(measured: dict) -> str:
+    """``test MSE 0.8058  MRR 0.1516`` of a metrics.json block (n/a where one was not measured)."""
+    shown = {name: "n/a" if measured.get(f"test_{name}") is None else f"{measured[f'test_{name}']:.4f}" for name in ("mse", "mrr")}
+    return f"test MSE {shown['mse']}  MRR {shown['mrr']}"
 
 
 def _logdir(args: argparse.Namespace, config: RunConfig) -> Path:

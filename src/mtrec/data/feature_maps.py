@@ -41,10 +41,6 @@ class FeatureBags:
     def __len__(self) -> int:
         return len(self.indptr) - 1
 
-    def empty(self) -> np.ndarray:
-        """Whether each entity has no feature row at all."""
-        return np.diff(self.indptr) == 0
-
     def concatenated(self, other: FeatureBags) -> FeatureBags:
         """These entities, then ``other``'s."""
         return FeatureBags(

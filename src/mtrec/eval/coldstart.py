@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mtrec.data.feature_maps import FeatureBags
+from mtrec.data.feature_maps import FeatureBags, known_entities
 from mtrec.data.interactions import Interactions
 from mtrec.eval.evaluation import DEFAULT_K, DEFAULT_METRICS, Evaluator
 
@@ -54,9 +54,8 @@ class AmongItems(nn.Module):
 def cold_parts(train: Interactions, test: Interactions) -> dict[str, np.ndarray]:
     """Boolean masks over ``test``'s pairs: ``warm``, ``cold_items`` (item without training pairs) and
     ``cold_users`` (user without training pairs)."""
-    known_users = np.bincount(train.users, minlength=train.num_users) > 0
-    known_items = np.bincount(train.items, minlength=train.num_items) > 0
-    cold_items, cold_users = ~known_items[test.items], ~known_users[test.users]
+    known = known_entities(train)
+    cold_items, cold_users = ~known["items"][test.items], ~known["users"][test.users]
     return {"warm": ~cold_items & ~cold_users, "cold_items": cold_items, "cold_users": cold_users}
 
 

@@ -178,13 +178,6 @@ class FittedData:
             features=dict(features or {}),
         )
 
-    def known(self) -> dict[str, np.ndarray]:
-        """Which users and items have training pairs."""
-        return {
-            "users": np.diff(self.seen_indptr) > 0,
-            "items": np.bincount(self.seen_indices, minlength=self.num_items) > 0,
-        }
-
 
 class FittedModel(Protocol):
     """What evaluation and serving need of a fitted estimator: its network and its data's description."""
