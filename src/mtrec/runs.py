@@ -432,3 +432,73 @@ def _claim(
     if refusal is not None:
         raise refusal
     return staging, state
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """One run of a job of several (:func:`train_runs`): its name, config, data and directory, and
+    what :func:`train_run` is given besides."""
+
+    name: str
+    config: RunConfig
+    train: Interactions
+    validation: Interactions | None
+    test: Interactions | None
+    logdir: Path
+    summary: dict[str, Any] | None = None
+    #: ``() -> context manager`` giving the run's epoch callback (a tracker's run, a progress bar); None: none.
+    callbacks: Callable[[], contextlib.AbstractContextManager] | None = None
+
+
+def train_runs(
+    jobs: list[RunJob],
+    stack: int | None = None,
+    *,
+    force: bool = False,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    on_note: Callable[[str], None] | None = None,
+    on_group: Callable[[list[RunJob]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Train ``jobs``, runs of one architecture and batch size stacked as one computation
+    (:mod:`mtrec.train.stacked`); returns each run's metrics, in order.
+
+    ``stack`` is the most runs per group (None: as many as memory holds; 1: one at a time). Runs
+    that cannot stack (another shape, or a model the fused step does not train) are put in
+    separate groups, never changed, and ``on_note`` is told how. Each run is exactly a
+    :func:`train_run` of its own, with ``force``, ``checkpoint_every`` and ``resume``: its
+    directory, checkpoints and metrics are what training it alone gives, its metrics to about
+    1e-6. ``on_group`` is called with each group's jobs before it trains. A run that fails does
+    not stop the others of its group; the first failure is raised once they have finished.
+    """
+    from mtrec.train.stacked import plan_groups, run_group
+
+    groups, notes = plan_groups([job.name for job in jobs], [job.config for job in jobs], [job.train for job in jobs], stack)
+    for note in notes:
+        if on_note is not None:
+            on_note(note)
+    results: list[Any] = [None] * len(jobs)
+
+    def runner(job: RunJob) -> Callable[[], dict[str, Any]]:
+        def run() -> dict[str, Any]:
+            with job.callbacks() if job.callbacks is not None else contextlib.nullcontext() as callback:
+                return train_run(
+                    job.config, job.train, job.validation, job.test, job.logdir, job.summary, callback, force=force,
+                    checkpoint_every=checkpoint_every, resume=resume,
+                )  # fmt: skip
+
+        return run
+
+    for group in groups:
+        if on_group is not None:
+            on_group([jobs[i] for i in group])
+        if len(group) == 1:
+            results[group[0]] = runner(jobs[group[0]])()
+            continue
+        outcomes, _ = run_group([runner(jobs[i]) for i in group], jobs[group[0]].config.model.num_threads)
+        for index, outcome in zip(group, outcomes):
+            results[index] = outcome
+        failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failed:
+            raise failed[0]
+    return results

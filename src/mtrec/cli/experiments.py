@@ -9,7 +9,7 @@ from pathlib import Path
 from mtrec.cli._args import add_option
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.cli.report import describe
-from mtrec.cli.train import epoch_summary
+from mtrec.cli.train import epoch_summary, stack_size
 from mtrec.config import RunConfig
 from mtrec.studies.experiments import (
     CONFIGURATIONS,
@@ -85,6 +85,16 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train again runs that are already finished (also those made with other settings, which are otherwise an error)",
     )
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    add_option(
+        parser,
+        "--stack",
+        type=stack_size,
+        default="auto",
+        metavar="K",
+        help="train up to K runs at once as one batched computation (auto, the default: as many as memory holds; 1: one at a "
+        "time). Runs of different shapes (shared and separate sharing), or whose step is not the fused one, train in "
+        "separate groups, and a note says so; each run's directory and metrics are what it gives alone",
+    )
     add_run_arguments(parser)
     parser.set_defaults(handler=run)
     return parser
@@ -117,7 +127,7 @@ def _train_runs(args: argparse.Namespace, base: RunConfig, runs: list[PlannedRun
 
     def on_run(planned, action) -> None:
         position = f"[{runs.index(planned) + 1}/{len(runs)}]"
-        bar.n = runs.index(planned) * base.epochs  # early-stopped runs end before their budget
+        bar.n = max(bar.n, runs.index(planned) * base.epochs)  # early-stopped runs end before their budget
         bar.set_description_str(f"{position} {planned.configuration.name} seed {planned.seed}")
         if action.reason:
             bar.write(f"mtrec experiments: {action.reason}", file=sys.stderr)
@@ -141,6 +151,8 @@ def _train_runs(args: argparse.Namespace, base: RunConfig, runs: list[PlannedRun
             on_run=on_run,
             on_epoch=on_epoch,
             tracker=tracker,
+            stack=None if args.stack == "auto" else args.stack,
+            on_note=lambda note: bar.write(f"mtrec experiments: {note}", file=sys.stderr),
         )
     finally:
         bar.close()

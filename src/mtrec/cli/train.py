@@ -11,6 +11,7 @@ from pathlib import Path
 from mtrec.cli._args import add_option, non_negative_int, positive_float
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.config import RunConfig
+from mtrec.errors import ConfigError
 from mtrec.runs import train_run
 from mtrec.tracking import connect, tracked_training
 from mtrec.train.devices import resolve_device
@@ -67,6 +68,25 @@ def add_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
         "discarding the checkpoint of an unfinished run there",
     )
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    many = parser.add_argument_group("several seeds as one job")
+    add_option(
+        many,
+        "--seeds",
+        type=seed_list,
+        default=None,
+        metavar="SEEDS",
+        help="train one run per seed (0-4, 0,2,7 or 3; each seeds the split, the initialisation and the draws, as "
+        "--seed does), in LOGDIR/seed-<k>, and print each test metric's mean ± sd over the seeds",
+    )
+    add_option(
+        many,
+        "--stack",
+        type=stack_size,
+        default="auto",
+        metavar="K",
+        help="with --seeds: train up to K runs at once as one batched computation (auto: as many as memory holds; 1: one "
+        "at a time). Runs whose shapes differ, or whose step is not the fused one, train in separate groups, and a note says so",
+    )
     runs = parser.add_argument_group("checkpoints and distributed training (torchrun)")
     add_option(
         runs,
@@ -107,6 +127,36 @@ def add_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
     parser.set_defaults(handler=run)
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: ``0-4``, ``0,2,7`` or ``3`` as the distinct seeds, in order."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            low, dash, high = part.strip().partition("-")
+            first, last = int(low), int(high) if dash else int(low)
+            if first < 0 or last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of seeds: write 0-4, 0,2,7 or 3 (whole numbers, 0 or more)") from None
+    if len(seeds) > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} asks for {len(seeds)} seeds: at most 1000")
+    return list(dict.fromkeys(seeds))
+
+
+def stack_size(text: str) -> str | int:
+    """``--stack``: ``auto`` or a positive whole number."""
+    if text == "auto":
+        return text
+    try:
+        size = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of runs: give a whole number of 1 or more, or auto") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{size} runs per group: give at least 1 (1 trains one run at a time), or auto")
+    return size
+
+
 def default_logdir(preset: str | None, sharing: str, factorization_weight: float, regression_weight: float) -> Path:
     """The assignment's naming, run/shared=True_LF=0.99_LR=0.01 (other sharings by name:
     run/sharing=residual_...), after the preset's name unless the run starts from the seed preset
@@ -137,6 +187,12 @@ def run(args: argparse.Namespace) -> int:
     base = RunConfig.load(args.config) if args.config else None
     config = run_config(args, base)
     distributed = None
+    if args.seeds is not None:
+        if launched_by_torchrun():
+            raise ConfigError("--seeds trains several runs in one process: under torchrun train one seed at a time (--seed)")
+        from mtrec.cli.seeds import train_seeds
+
+        return train_seeds(args, config, _logdir(args, config), tqdm)
     if launched_by_torchrun():
         device = local_device(resolve_device(config.model.device))
         distributed = Distributed.start(args.dist_backend, device, args.dist_timeout, args.dist_exchange)

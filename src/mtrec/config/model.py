@@ -215,7 +215,9 @@ class ModelConfig(Settings):
         features: ``{"items": F}``), initialised from ``seed``."""
         sides = self.feature_sides
         rows = {side: int((feature_rows or {}).get(side, 1)) for side in sides}
-        with torch.random.fork_rng(devices=[]):
+        from mtrec.train.stacked import build_lock
+
+        with build_lock(), torch.random.fork_rng(devices=[]):  # runs of a stacked group build in threads
             torch.manual_seed(self.seed)
             network = MultitaskNet(
                 num_users, num_items, self.embedding_dim, self.effective_layer_sizes, self.sharing, self.rating_bias,

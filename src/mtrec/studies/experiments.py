@@ -24,7 +24,7 @@ from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, RunExistsError
 from mtrec.io.files import directory_lock
 from mtrec.io.fitted import EpochRecord
-from mtrec.runs import inspect_run, train_run
+from mtrec.runs import RunJob, inspect_run, train_run, train_runs
 from mtrec.tracking import TrackedRun, Tracker, tracked, tracked_training
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
@@ -204,6 +204,8 @@ def run_experiment(
     on_run: Callable[[PlannedRun, RunAction], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     tracker: Tracker | None = None,
+    stack: int | None = 1,
+    on_note: Callable[[str], None] | None = None,
 ) -> list[PlannedRun]:
     """Train every planned run that is not already finished with the same settings.
 
@@ -229,6 +231,12 @@ def run_experiment(
         Where to record the runs trained besides their directories (:mod:`mtrec.tracking`): each
         as a run named ``<configuration>/seed-<k>``, nested under one run for the experiment,
         ``experiments <root>`` (none when every run is reused).
+    stack:
+        The most runs trained at once as one stacked computation (:func:`mtrec.runs.train_runs`;
+        None: as many as memory holds; 1, the default: one at a time). Each run's directory and
+        metrics are what it gives alone.
+    on_note:
+        Told how the runs were grouped, and why any could not stack.
 
     Returns
     -------
@@ -242,19 +250,55 @@ def run_experiment(
         When another process holds the root's lock: nothing is inspected or trained.
     """
     root = runs[0].path.parents[1]  # plan_runs' root/<configuration>/seed-<k>
-    split_of = functools.lru_cache(maxsize=1)(load_split)  # called once per seed; one split in memory at a time
     trained = []
     with directory_lock(root):
         actions = plan_actions(runs, config_of, force)
         training = any(not action.reuse for action in actions)
         with tracked(tracker if training else None, f"experiments {root}") as experiment:
+            if stack == 1:
+                split_of = functools.lru_cache(maxsize=1)(load_split)  # called once per seed; one split in memory at a time
+                for run, action in zip(runs, actions):
+                    if on_run is not None:
+                        on_run(run, action)
+                    if not action.reuse:
+                        _train_planned(run, split_of(run.seed), config_of(run), root, on_epoch, tracker, experiment)
+                        trained.append(run)
+                return trained
             for run, action in zip(runs, actions):
-                if on_run is not None:
+                if action.reuse and on_run is not None:
                     on_run(run, action)
-                if not action.reuse:
-                    _train_planned(run, split_of(run.seed), config_of(run), root, on_epoch, tracker, experiment)
-                    trained.append(run)
+            todo = [(run, action) for run, action in zip(runs, actions) if not action.reuse]
+            splits = {seed: load_split(seed) for seed in dict.fromkeys(run.seed for run, _ in todo)}  # every seed's split at once
+            jobs = [_job(run, splits[run.seed], config_of(run), root, on_epoch, tracker, experiment) for run, _ in todo]
+            by_job = {id(job): (run, action) for job, (run, action) in zip(jobs, todo)}
+
+            def on_group(group: list[RunJob]) -> None:
+                for job in group:
+                    if on_run is not None:
+                        on_run(*by_job[id(job)])
+
+            train_runs(jobs, stack, force=True, on_note=on_note, on_group=on_group)
+            trained = [run for run, _ in todo]
     return trained
+
+
+def _job(
+    run: PlannedRun,
+    split: Split,
+    config: RunConfig,
+    root: Path,
+    on_epoch: Callable[[EpochRecord], None] | None,
+    tracker: Tracker | None,
+    experiment: TrackedRun,
+) -> RunJob:
+    """``run`` as one job of :func:`mtrec.runs.train_runs`, tracked as :func:`_train_planned` tracks it."""
+    train, validation, test, summary = split
+    name = run.path.relative_to(root).as_posix()
+
+    def callbacks() -> Any:
+        return tracked_training(tracker, config, run.path, on_epoch, name=name, parent=experiment)
+
+    return RunJob(name, config, train, validation, test, run.path, summary, callbacks)
 
 
 def _train_planned(

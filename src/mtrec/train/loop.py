@@ -229,10 +229,10 @@ class Trainer:
             if distributed.exchange == "rows":
                 step.reduce_rows = distributed.sum_rows
 
-    def _epoch(self, epoch: int) -> EpochRecord:
-        step, network, n, size = self.step, self.step.network, len(self.sampler), self.batch_size
-        started = time.perf_counter()
-        learning_rate = step.optimizer.param_groups[0]["lr"]
+    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """One epoch of steps over the sampler's draw: the sums of the losses over the pairs (each task's,
+        then the joint loss), each step's losses, and whether the batches had ratings."""
+        step, n, size = self.step, len(self.sampler), self.batch_size
         users, items, negatives, ratings = self.sampler.draw()
         weights, log_q = self.sampler.drawn_weights, self.sampler.log_q
         width = len(step.objective.task_names) + 1  # each task's loss, and the joint loss
@@ -265,21 +265,39 @@ class Trainer:
             sums += losses * (stop - start if count is None else count)
         if self.distributed is not None:
             self.distributed.sum([sums, per_step])  # each process's part of every global batch's loss
+        return sums, per_step, ratings is not None
+
+    def _epoch(self, epoch: int) -> EpochRecord:
+        step, network = self.step, self.step.network
+        started = time.perf_counter()
+        learning_rate = step.optimizer.param_groups[0]["lr"]
+        group = getattr(step, "group", None)  # a stacked group trains this run's epoch with the others' (mtrec.train.stacked)
+        sums, per_step, has_ratings = group.train_epoch(self) if group is not None else self.train_epoch()
+        n = len(self.sampler)
         _check_finite(epoch, sums, per_step, network, step)
         if self.scheduler is not None:
             self.scheduler.step()
-        record = self._record(epoch, (sums / n).tolist(), has_ratings=ratings is not None, learning_rate=learning_rate)
+        record = self._record(epoch, (sums / n).tolist(), has_ratings=has_ratings, learning_rate=learning_rate)
         if self.evaluators and (epoch % self.eval_every == 0 or epoch == self.epochs):
-            averaged = self.average.applied() if self.average is not None else contextlib.nullcontext()
-            with averaged:  # the network holds the average while it is measured and kept
-                with torch_threads(self.eval_threads):
-                    for prefix, evaluator in self.evaluators.items():
-                        record.metrics.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(network).items()})
-                if self.stopping is not None:
-                    valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
-                    self.stopped = self.stopping.update(epoch, valid, network)
+            if group is not None:  # on the group's thread, with its threads: its tensor work runs fastest there
+                group.call(self._evaluate, epoch, record, None)
+            else:
+                self._evaluate(epoch, record)
         record.seconds = time.perf_counter() - started
         return record
+
+    def _evaluate(self, epoch: int, record: EpochRecord, threads: int | None = -1) -> None:
+        """Add the evaluators' metrics to the epoch's ``record`` (computed with ``threads`` intra-op
+        threads: -1 for :attr:`eval_threads`, None for the caller's); update early stopping."""
+        network = self.step.network
+        averaged = self.average.applied() if self.average is not None else contextlib.nullcontext()
+        with averaged:  # the network holds the average while it is measured and kept
+            with torch_threads(self.eval_threads if threads == -1 else threads):
+                for prefix, evaluator in self.evaluators.items():
+                    record.metrics.update({f"{prefix}_{k}": v for k, v in evaluator.evaluate(network).items()})
+            if self.stopping is not None:
+                valid = {k.removeprefix("valid_"): v for k, v in record.metrics.items() if k.startswith("valid_")}
+                self.stopped = self.stopping.update(epoch, valid, network)
 
     def _record(self, epoch: int, means: list[float], has_ratings: bool, learning_rate: float) -> EpochRecord:
         """The epoch's record of its mean losses (each task's, then the joint loss), before evaluation."""
@@ -304,14 +322,22 @@ class Trainer:
                 self.history.append(record)
                 for callback in self.callbacks:
                     callback.on_epoch_end(self, record)
+            self._leave_group()
             if self.average is not None:
                 self.average.copy_to_network()
             if self.stopping is not None:
                 self.stopping.restore(self.step.network)
         finally:
+            self._leave_group()
             for callback in self.callbacks:
                 callback.on_train_end(self)
         return self.history
+
+    def _leave_group(self) -> None:
+        """A run of a stacked group trains no more epochs: the others go on without it."""
+        group = getattr(self.step, "group", None)
+        if group is not None:
+            group.leave(self.step)
 
     # ------------------------------------------------------------------ checkpoints
 
