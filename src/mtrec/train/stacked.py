@@ -25,9 +25,16 @@ of the group has asked for its next epoch, one of them trains all those epochs t
 (:meth:`StackGroup.train_epoch`), each run's batches drawn by its own sampler, exactly as alone.
 Each run's network and Adam state are its own tensors, views of the group's buffers, in the
 layout of a single run's :class:`~mtrec.train.steps.FusedStep` (checkpoints are the same). The
-stacked gradients are the fused step's, with a leading K dimension; they differ from one run's
-only by the rounding of the batched products, so the metrics agree to about 1e-6
-(``tests/test_stacked.py``).
+stacked gradients are the fused step's, with a leading K dimension, computed so that each run's
+are its own bit for bit: products that round alike (the one-output layer, a matrix-vector
+product, run by run), each run's row of the buffers 64-byte aligned, element-wise kernels on rows
+of whole vectors (else run by run), scale factors rounded once as the fused step rounds them. So a stacked run trains exactly as
+it trains alone (``tests/test_stacked.py`` checks the metrics within 1e-5, the bound promised
+on any machine, and the models).
+
+The group's tensor work runs in the thread that started it (:func:`run_group`'s caller): PyTorch's
+parallel operations run several times slower in other threads, and the runs' threads compute on
+one core each and hand their evaluations to it too.
 
 A run that stops (early stopping, its last epoch, an error) leaves the group; the others are
 packed again into smaller buffers, so it no longer costs time, and its weights no longer change.
@@ -51,11 +58,15 @@ from torch import nn
 from mtrec.errors import ConfigError
 from mtrec.nn.network import MultitaskNet
 from mtrec.nn.objective import JointObjective
-from mtrec.train.steps import FUSED_WATCH_LOSSES, FusedStep, watch_terms, weight_decay_groups
+from mtrec.train.steps import FUSED_WATCH_LOSSES, FusedStep, weight_decay_groups
 
 T = TypeVar("T")
 
 _local = threading.local()
+
+#: Elements a row must hold for an element-wise kernel to compute all of it in whole vectors (two
+#: AVX-512 registers of float32 per loop step, twice): rows of other lengths are computed run by run.
+WHOLE_VECTORS = 64
 
 
 def stack_key(config: Any, train: Any) -> tuple | None:
@@ -542,9 +553,7 @@ class _StackedEpoch:
         else:
             q_diff = q_pos - q_neg.view(K, size, d)
             margin = (q_diff * u).sum(2) + bias_pos - bias_neg.view(K, size)
-        terms_f, d_terms = watch_terms(self.terms, margin.reshape(K, -1))
-        terms_f, d_terms = terms_f.view_as(margin), d_terms.view_as(margin)
-        loss_f = terms_f.reshape(K, -1).mean(1)
+        terms_f, d_terms, loss_f = self._watch_terms(margin)
         if several:
             d_margin = d_terms * self.scale("watch", 1.0, size * k).unsqueeze(2)
             d_u = (d_margin.unsqueeze(3) * q_diff).sum(2)
@@ -582,6 +591,23 @@ class _StackedEpoch:
         loss = self.weight_f.view(-1) * loss_f + self.weight_r.view(-1) * loss_r
         return torch.stack([loss_f, loss_r, loss], dim=1)
 
+    def _watch_terms(self, margin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The watch loss's terms and derivatives of every run's margins, and each run's mean term (K,).
+
+        A vectorised sigmoid computes a tensor's last few elements one by one, which rounds them
+        otherwise: each run's terms are its own bit for bit only where its row of margins is whole
+        vectors (every full batch at the usual sizes), computed at once; otherwise run by run, as
+        the fused step computes them.
+        """
+        K = margin.shape[0]
+        rows = margin.reshape(K, -1)
+        if rows.shape[1] % WHOLE_VECTORS == 0:
+            terms, derivatives = self.terms(rows, torch.sigmoid(rows))
+            return terms.view_as(margin), derivatives.view_as(margin), terms.mean(1)
+        each = [self.terms(row, torch.sigmoid(row)) for row in rows]
+        terms = torch.stack([t for t, _ in each])
+        return terms.view_as(margin), torch.stack([d for _, d in each]).view_as(margin), torch.stack([t.mean() for t, _ in each])
+
     def _rating(self, u: torch.Tensor, q: torch.Tensor, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor):
         """L_R of each run (K,) and its gradients: the MLP's and the rating biases' (into the buffers), and u's and q's."""
         layout, net = self.layout, self.net
@@ -591,8 +617,10 @@ class _StackedEpoch:
         weights = [layout.stacked(f"{name}.weight") for name in self.linears]
         biases = [layout.stacked(f"{name}.bias") for name in self.linears]
         for index, ((weight, _), (bias, _)) in enumerate(zip(weights, biases)):
-            if weight.shape[1] == 1:  # as the fused step computes a one-output layer
-                pre = (inputs[-1] * weight).sum(2, keepdim=True) + bias.unsqueeze(1)
+            if weight.shape[1] == 1:
+                # A one-output layer is a matrix-vector product, which rounds otherwise than a batched
+                # one: run by run, as the fused step computes it.
+                pre = torch.stack([torch.addmm(bias[r], inputs[-1][r], weight[r].T) for r in range(K)])
             else:
                 pre = torch.baddbmm(bias.unsqueeze(1), inputs[-1], weight.transpose(1, 2))
             pre_activations.append(pre)
@@ -607,15 +635,20 @@ class _StackedEpoch:
             r_hat = r_hat + user_bias_rows.view(-1).index_select(0, user_bias_index).view(K, size)
             r_hat = r_hat + item_bias_rows.view(-1).index_select(0, item_bias_index).view(K, size)
         error = r_hat - ratings
-        loss_r = error.square().mean(1)
+        loss_r = error.square().mean(1) if size % WHOLE_VECTORS == 0 else torch.stack([e.square().mean() for e in error])
         grad = (error * self.scale("rating", 2.0, size)).unsqueeze(2)
         if net.rating_bias:
             user_bias_grads.view(-1).index_add_(0, user_bias_index, grad.reshape(-1))
             item_bias_grads.view(-1).index_add_(0, item_bias_index, grad.reshape(-1))
         for index in range(len(self.linears) - 1, -1, -1):
             (weight, weight_grad), (_, bias_grad) = weights[index], biases[index]
-            weight_grad.copy_(torch.bmm(grad.transpose(1, 2), inputs[index]))
-            bias_grad.copy_(grad.sum(1))
+            if weight.shape[1] == 1:  # one output: run by run, into the gradients, as the fused step does
+                for r in range(K):
+                    torch.mm(grad[r].T, inputs[index][r], out=weight_grad[r])
+                    torch.sum(grad[r], 0, out=bias_grad[r])
+            else:
+                weight_grad.copy_(torch.bmm(grad.transpose(1, 2), inputs[index]))
+                bias_grad.copy_(grad.sum(1))
             grad = grad * weight if weight.shape[1] == 1 else torch.bmm(grad, weight)
             if index > 0:
                 grad = torch.ops.aten.threshold_backward(grad, inputs[index], 0.0)

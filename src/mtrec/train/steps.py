@@ -263,25 +263,6 @@ FUSED_WATCH_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], tuple[torch
 }
 
 
-#: Elements per row that the watch terms are computed over at once (:func:`watch_terms`).
-TERMS_ROW = 64
-
-
-def watch_terms(
-    terms: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], margins: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A watch loss's terms and derivatives of ``margins`` (runs × pairs), every row padded to a
-    multiple of :data:`TERMS_ROW` elements: a vectorised sigmoid rounds a row's last few elements
-    (computed one by one) otherwise than the rest, so a run's terms would depend on where its row
-    lies. Padded, the fused step (one row) and the stacked step (K rows) give each run the same bits."""
-    width = margins.shape[1]
-    padded = -(-width // TERMS_ROW) * TERMS_ROW
-    if padded != width:
-        margins = F.pad(margins, (0, padded - width))
-    values, derivatives = terms(margins, torch.sigmoid(margins))
-    return values[:, :width], derivatives[:, :width]
-
-
 class FusedStep(Step):
     """The seed's objective on :class:`~mtrec.nn.network.MultitaskNet`, with hand-written gradients.
 
@@ -394,10 +375,10 @@ class FusedStep(Step):
         else:
             q_diff = q_pos - q_neg
             margin = (q_diff * u).sum(1) + item_bias[:size] - item_bias[size:]
-        terms_f, d_terms = watch_terms(FUSED_WATCH_LOSSES[objective.tasks["watch"].component()], margin.reshape(1, -1))
-        terms_f, d_terms = terms_f.view_as(margin), d_terms.view_as(margin)
+        sigma = torch.sigmoid(margin)
+        terms_f, d_terms = FUSED_WATCH_LOSSES[objective.tasks["watch"].component()](margin, sigma)
         d_margin = d_terms * (weight_f / (count * k))
-        loss_f = terms_f.reshape(1, -1).mean(1)[0] if batch.count is None else terms_f.sum() / (count * k)
+        loss_f = terms_f.mean() if batch.count is None else terms_f.sum() / (count * k)
 
         flat.zero_grad()
         if several:
@@ -467,12 +448,7 @@ class FusedStep(Step):
         inputs = [torch.cat([u, q, u * q], dim=1)]
         pre_activations = []
         for index, layer in enumerate(self.linears):
-            if layer.weight.shape[0] == 1:
-                # A one-output layer as a product and a sum over its inputs: the same arithmetic, in the
-                # same order, as the stacked step's (mtrec.train.stacked), which a matrix-vector product is not.
-                pre = (inputs[-1] * layer.weight).sum(1, keepdim=True) + layer.bias
-            else:
-                pre = torch.addmm(layer.bias, inputs[-1], layer.weight.T)
+            pre = torch.addmm(layer.bias, inputs[-1], layer.weight.T)
             pre_activations.append(pre)
             if index < len(self.linears) - 1:
                 inputs.append(pre.clamp_min(0.0))
@@ -481,17 +457,15 @@ class FusedStep(Step):
             user_bias, item_bias = net.rating_user_biases.weight.view(-1), net.rating_item_biases.weight.view(-1)
             r_hat = r_hat + user_bias.index_select(0, users) + item_bias.index_select(0, items)
         error = r_hat - ratings
-        loss_r = error.square().reshape(1, -1).mean(1)[0] if local else error.square().sum() / count
+        loss_r = error.square().mean() if local else error.square().sum() / count
         grad = (error * (2.0 * self.objective.weight("rating") / count)).unsqueeze(1)
         if net.rating_bias:
             self.flat.grad_of(net.rating_user_biases.weight).view(-1).index_add_(0, users, grad.view(-1))
             self.flat.grad_of(net.rating_item_biases.weight).view(-1).index_add_(0, items, grad.view(-1))
         for index in range(len(self.linears) - 1, -1, -1):
             layer = self.linears[index]
-            # Not mm(..., out=): with out= a one-row product takes another kernel, which rounds
-            # differently from the plain (and the batched) product the stacked step computes.
-            self.flat.grad_of(layer.weight).copy_(torch.mm(grad.T, inputs[index]))
-            self.flat.grad_of(layer.bias).copy_(grad.sum(0))
+            torch.mm(grad.T, inputs[index], out=self.flat.grad_of(layer.weight))
+            torch.sum(grad, 0, out=self.flat.grad_of(layer.bias))
             # A one-output layer's input gradient is an outer product: a broadcast, not a matmul.
             grad = grad * layer.weight if layer.weight.shape[0] == 1 else grad @ layer.weight
             if index > 0:
