@@ -58,10 +58,10 @@ timed() {  # timed NAME ARGS...: one mtrec train, its wall seconds appended to $
 QUALITY=(--preset quality --epochs "$EPOCHS_QUALITY")
 STACKED=(--preset seed --epochs "$EPOCHS_STACKED" --seeds "$SEEDS")
 timed quality-cpu "${QUALITY[@]}" --device cpu
-timed quality-$DEVICE "${QUALITY[@]}" --device "$DEVICE"
+timed quality-device "${QUALITY[@]}" --device "$DEVICE"
 timed stacked-cpu "${STACKED[@]}" --stack auto --device cpu
-timed stacked-$DEVICE "${STACKED[@]}" --stack auto --device "$DEVICE"
-timed sequential-$DEVICE "${STACKED[@]}" --stack 1 --device "$DEVICE"
+timed stacked-device "${STACKED[@]}" --stack auto --device "$DEVICE"
+timed sequential-device "${STACKED[@]}" --stack 1 --device "$DEVICE"
 
 "$PYTHON" - "$OUT" "$WORK/times" "$DEVICE" "$EPOCHS_QUALITY" "$EPOCHS_STACKED" <<'EOF' | tee "$OUT/device_check.txt"
 import json, sys
@@ -76,9 +76,10 @@ def runs(name):
         found[str(path.parent.relative_to(out / name))] = {k: v for k, v in chosen.items() if k.startswith("test_") and isinstance(v, float)}
     return found
 failed = False
+print(f"device: {device} ('-device' rows)")
 print(f"{'what':<22} {'runs':>4} {'seconds':>8} {'run-epochs/s':>13} {'max |Δ| vs cpu':>15}")
 for what, reference, epochs in (("quality", "quality-cpu", epochs_q), ("stacked", "stacked-cpu", epochs_s), ("sequential", "stacked-cpu", epochs_s)):
-    for name in ([f"{what}-cpu"] if what != "sequential" else []) + [f"{what}-{device}"]:
+    for name in ([f"{what}-cpu"] if what != "sequential" else []) + [f"{what}-device"]:
         if name not in seconds:
             continue
         got, ref = runs(name), runs(reference)

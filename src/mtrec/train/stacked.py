@@ -58,11 +58,10 @@ from torch import nn
 from mtrec.errors import ConfigError
 from mtrec.nn.network import MultitaskNet
 from mtrec.nn.objective import JointObjective
-from mtrec.train.steps import FUSED_WATCH_LOSSES, FusedStep, weight_decay_groups
+from mtrec.train.steps import FUSED_WATCH_LOSSES, FusedStep, current_seat, stack_seats, weight_decay_groups
 
 T = TypeVar("T")
 
-_local = threading.local()
 
 #: Elements a row must hold for an element-wise kernel to compute all of it in whole vectors (two
 #: AVX-512 registers of float32 per loop step, twice): rows of other lengths are computed run by run.
@@ -81,19 +80,6 @@ def stack_key(config: Any, train: Any) -> tuple | None:
         model.negatives, model.batch_size, model.exclude_positives, model.negative_sampling, with_ratings, model.device,
         train.num_users, train.num_items, len(train), model.num_threads,
     )  # fmt: skip
-
-
-def parse_stack(value: str | int | None) -> int | None:
-    """``--stack``: a positive whole number of runs per group, or ``auto`` (None: as many as memory holds)."""
-    if value is None or value == "auto":
-        return None
-    try:
-        size = int(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"--stack must be a positive whole number of runs or auto, got {value!r}") from None
-    if size < 1:
-        raise ConfigError(f"--stack must be at least 1 run per group, got {size}")
-    return size
 
 
 def group_runs(keys: Sequence[tuple | None], size: int | None, limit: int) -> list[list[int]]:
@@ -346,7 +332,7 @@ class StackGroup:
     @contextlib.contextmanager
     def seat(self, order: int = 0) -> Iterator[None]:
         """Run the body (one run, the ``order``-th of the group) as a seat of this group, in this thread."""
-        _local.seat = seat = _Seat(self, order)
+        stack_seats.seat = seat = _Seat(self, order)
         if threading.current_thread() is not self._owner:
             # A thread that has run parallel operations keeps its own pool of workers, and K idle
             # pools slow the group's thread several-fold: a run's thread computes on one core, and
@@ -355,7 +341,7 @@ class StackGroup:
         try:
             yield
         finally:
-            _local.seat = None
+            stack_seats.seat = None
             seat.release()
 
     def join(self, seat: _Seat, step: StackedStep) -> None:
@@ -456,15 +442,9 @@ class _Seat:
         self.state = "released"
 
 
-def current_seat() -> _Seat | None:
-    """The stack seat of this thread's run, if it is pending (its step not made yet)."""
-    seat = getattr(_local, "seat", None)
-    return seat if seat is not None and seat.state == "pending" else None
-
-
 def build_lock() -> contextlib.AbstractContextManager:
     """Held while a network is initialised in a thread of a group (the initialisation seeds torch's global generator)."""
-    seat = getattr(_local, "seat", None)
+    seat = getattr(stack_seats, "seat", None)
     return seat.group.build_lock if seat is not None else contextlib.nullcontext()
 
 
@@ -761,4 +741,4 @@ def _run_threads(group: StackGroup, work: Callable[[int], None], count: int) -> 
         raise KeyboardInterrupt
 
 
-__all__ = ["StackGroup", "StackedStep", "current_seat", "group_runs", "memory_limit", "parse_stack", "plan_groups", "run_group", "stack_key"]
+__all__ = ["StackGroup", "StackedStep", "current_seat", "group_runs", "memory_limit", "plan_groups", "run_group", "stack_key"]

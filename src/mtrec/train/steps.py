@@ -19,6 +19,7 @@ only changes speed.
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Callable, Iterable
 
 import torch
@@ -33,6 +34,15 @@ from mtrec.nn.tasks import RatingTask, WatchTask
 
 #: The choices of training step.
 STEPS = ("auto", "fused", "autograd")
+
+#: This thread's seat in a stacked group (:mod:`mtrec.train.stacked` sets ``seat``), if its run is one.
+stack_seats = threading.local()
+
+
+def current_seat():
+    """The stacked group's seat of this thread's run while its step is not made yet, else None."""
+    seat = getattr(stack_seats, "seat", None)
+    return seat if seat is not None and seat.state == "pending" else None
 
 
 def weight_decay_groups(network: nn.Module, weight_decay: float | dict[str, float]) -> list[tuple[list[nn.Parameter], float]]:
@@ -497,8 +507,6 @@ def make_step(
     In a run of a stacked group (:mod:`mtrec.train.stacked`) the fused step joins the group; a run
     whose step is the autograd one trains alone.
     """
-    from mtrec.train.stacked import current_seat
-
     seat = current_seat()
     if resolve_step(kind, network, objective) == "autograd":
         if seat is not None:
