@@ -3,7 +3,8 @@
     python -c "import faults; faults.run('save', 2, 'KILL', ['train', ...])"
 
 ``save`` N: the N-th atomic write, after its temporary file is written and before it replaces the
-target (the most fragile moment of a save). ``step`` N: the N-th training step. The signal is
+target (the most fragile moment of a save). ``step`` N: the N-th training step (a stacked group's
+step, which trains all its runs, counts once). The signal is
 SIGKILL (nothing runs after it), SIGINT (Ctrl-C) or HANG (the process sleeps, answering nothing).
 
 Under torchrun, ``MTREC_FAULT_RANK`` limits the fault to one process, and the fault fires only in
@@ -53,6 +54,15 @@ def run(point: str, count: int, name: str, argv: list[str]) -> None:
             return real_call(self, batch)
 
         training.Step.__call__ = faulty_call
+        import mtrec.train.stacked as stacked  # a stacked group's step, one for all its runs
+
+        real_gradients = stacked._StackedEpoch.gradients
+
+        def faulty_gradients(self, *args):
+            hit()
+            return real_gradients(self, *args)
+
+        stacked._StackedEpoch.gradients = faulty_gradients
     from mtrec.cli import main
 
     sys.exit(main(argv))
