@@ -24,7 +24,7 @@ from mtrec.data.interactions import Interactions
 from mtrec.errors import ConfigError, RunExistsError
 from mtrec.io.files import directory_lock
 from mtrec.io.fitted import EpochRecord
-from mtrec.runs import RunJob, inspect_run, train_run, train_runs
+from mtrec.runs import RunJob, inspect_run, train_runs
 from mtrec.tracking import TrackedRun, Tracker, tracked, tracked_training
 
 #: Folder below the experiment root that holds the runs of the λ sweep.
@@ -261,7 +261,7 @@ def run_experiment(
                     if on_run is not None:
                         on_run(run, action)
                     if not action.reuse:
-                        _train_planned(run, split_of(run.seed), config_of(run), root, on_epoch, tracker, experiment)
+                        train_runs([_job(run, split_of(run.seed), config_of(run), root, on_epoch, tracker, experiment)], 1, force=True)
                         trained.append(run)
                 return trained
             for run, action in zip(runs, actions):
@@ -291,7 +291,8 @@ def _job(
     tracker: Tracker | None,
     experiment: TrackedRun,
 ) -> RunJob:
-    """``run`` as one job of :func:`mtrec.runs.train_runs`, tracked as :func:`_train_planned` tracks it."""
+    """``run`` as one job of :func:`mtrec.runs.train_runs`, in its directory (replacing whatever is there), tracked
+    as ``<configuration>/seed-<k>`` (its path below ``root``) under the ``experiment``'s run."""
     train, validation, test, summary = split
     name = run.path.relative_to(root).as_posix()
 
@@ -299,20 +300,3 @@ def _job(
         return tracked_training(tracker, config, run.path, on_epoch, name=name, parent=experiment)
 
     return RunJob(name, config, train, validation, test, run.path, summary, callbacks)
-
-
-def _train_planned(
-    run: PlannedRun,
-    split: Split,
-    config: RunConfig,
-    root: Path,
-    on_epoch: Callable[[EpochRecord], None] | None,
-    tracker: Tracker | None,
-    experiment: TrackedRun,
-) -> None:
-    """Train ``run`` on its seed's ``split`` in its directory, replacing whatever is there, tracked as
-    ``<configuration>/seed-<k>`` (its path below ``root``) under the ``experiment``'s run."""
-    train, validation, test, summary = split
-    name = run.path.relative_to(root).as_posix()
-    with tracked_training(tracker, config, run.path, on_epoch, name=name, parent=experiment) as callback:
-        train_run(config, train, validation, test, run.path, summary, callback, force=True)

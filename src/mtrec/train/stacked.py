@@ -415,10 +415,8 @@ class StackGroup:
             torch.set_num_threads(self._threads)
         members = sorted(arrived, key=lambda step: step.order)
         if self._layout is None or self._layout.members != members:
-            if self._layout is not None:
-                for step in self._layout.members:
-                    if step not in arrived:
-                        step.detach_from(self._layout)
+            # A run that left was given storage of its own by leave(), in its own thread, which may
+            # be restoring or saving its weights now: never touch its tensors here.
             self._layout = _pack(members)
         self.widest = max(self.widest, len(members))
         self.epochs += 1
