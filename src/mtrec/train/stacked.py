@@ -172,12 +172,17 @@ class _Layout:
     #: where each parameter of the network lies: name -> (group, offset, shape)
     places: dict[str, tuple[int, int, torch.Size]] = field(default_factory=dict)
 
+    #: (name, width) -> rows() (made once per layout: a step reads them several times)
+    _rows: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
     def rows(self, name: str, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A table's values and gradients as rows of ``width`` over all K runs, and each run's first row (K, 1)."""
-        group, offset, _ = self.places[name]
-        padded = self.values[group].shape[1]
-        base = (torch.arange(len(self.members), device=self.values[group].device) * padded + offset) // width
-        return self.values[group].view(-1, width), self.grads[group].view(-1, width), base.unsqueeze(1)
+        if (name, width) not in self._rows:
+            group, offset, _ = self.places[name]
+            padded = self.values[group].shape[1]
+            base = (torch.arange(len(self.members), device=self.values[group].device) * padded + offset) // width
+            self._rows[name, width] = (self.values[group].view(-1, width), self.grads[group].view(-1, width), base.unsqueeze(1))
+        return self._rows[name, width]
 
     def stacked(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A parameter of every run as one (K, *shape) view, with its gradient."""
@@ -649,6 +654,8 @@ class _GroupedAdam:
 
     def __init__(self, steps: Sequence[StackedStep]) -> None:
         self.optimizers = [step.optimizer for step in steps]
+        for optimizer in self.optimizers:
+            optimizer._opt_called = True  # as Optimizer.step marks it (a learning-rate scheduler reads it after the epoch)
         self.calls: list[tuple[dict[str, Any], list[list[torch.Tensor]]]] | None = None
         grouped: dict[tuple, list[list[torch.Tensor]]] = {}
         settings: dict[tuple, dict[str, Any]] = {}
@@ -675,8 +682,6 @@ class _GroupedAdam:
         self.calls = [(settings[key], lists) for key, lists in grouped.items()]
 
     def step(self) -> None:
-        for optimizer in self.optimizers:
-            optimizer._opt_called = True  # as Optimizer.step marks it (a learning-rate scheduler reads it)
         if self.calls is None:
             for optimizer in self.optimizers:
                 optimizer.step()
