@@ -14,7 +14,16 @@ Items (``--items``, comma separated):
   without ratings, so it makes groups of its own);
 * ``seeds``: 5 seeds of mtrec 0.3's quality preset (fused step), ``mtrec train --preset quality-0.3 --seeds 0-4``;
 * ``quality``: 5 seeds of the quality preset, ``mtrec train --seeds 0-4`` (the autograd step: these
-  runs do not stack, and the job trains them one at a time, saying so).
+  runs do not stack, and the job trains them one at a time, saying so);
+* ``study``: the multi-task study, ``mtrec experiments --study multitask --preset quality-0.3
+  --seeds 3`` (28 configurations × 3 seeds at batch 4,096: the fixed weights stack, the learned
+  weightings train alone);
+* ``tune``: a 50-trial search of the settings stacked runs may vary (learning rate and decay, loss
+  weights, EMA) from the seed preset with a validation set, 15 epochs a trial,
+  ``mtrec tune --trials 50 --preset seed --search ... --tune-seed R``: ``--stack auto`` asks for 10
+  trials at a time. Round R searches with tuner seed R. The two searches pick different trials
+  after the sampler's first 10, so instead of the largest difference the table shows each path's
+  best validation criterion, averaged over the rounds (run it with ``--rounds 3``).
 
 * ``steps``: why the speed-up is bounded on a CPU: one fused step of the seed's network at batches
   256, 6 × 256 and 12 × 256 (the same number of operations, 1, 6 and 12 times the arithmetic), in
@@ -26,6 +35,8 @@ Items (``--items``, comma separated):
 
     python benchmarks/stacked.py                          # experiments and seeds: about 25 minutes
     python benchmarks/stacked.py --items sweep --epochs 50
+    python benchmarks/stacked.py --items tune --rounds 3   # about 17 minutes
+    python benchmarks/stacked.py --items study --epochs 10 # about 12 minutes
 """
 
 from __future__ import annotations
@@ -49,11 +60,14 @@ ITEMS = {
     "sweep": ["experiments", "--sweep", "--seeds", "1", "--root", "{out}/run", "--out", "{out}/report"],
     "seeds": ["train", "--preset", "quality-0.3", "--seeds", "0-4", "--logdir", "{out}/run"],
     "quality": ["train", "--seeds", "0-4", "--logdir", "{out}/run"],
-}
+    "study": ["experiments", "--study", "multitask", "--preset", "quality-0.3", "--seeds", "3", "--root", "{out}/run", "--out", "{out}/report"],
+    "tune": ["tune", "--trials", "50", "--preset", "seed", "--valid-fraction", "0.05", "--lr-schedule", "exponential", "--epochs", "15",
+             "--search", "learning_rate,lr_gamma,factorization_weight,regression_weight,ema", "--root", "{out}/run"],
+}  # fmt: skip
 
 
-def _command(item: str, out: Path, stack: str, epochs: int | None) -> list[str]:
-    args = [part.format(out=out) for part in ITEMS[item]]
+def _command(item: str, out: Path, stack: str, epochs: int | None, round_: int = 0) -> list[str]:
+    args = [part.format(out=out) for part in ITEMS[item]] + (["--tune-seed", str(round_)] if item == "tune" else [])
     extra = ["--stack", stack, "--no-progress", "--data-dir", str(DATA_DIR)]
     if epochs:
         extra += ["--epochs", str(epochs)]
@@ -61,7 +75,12 @@ def _command(item: str, out: Path, stack: str, epochs: int | None) -> list[str]:
 
 
 def _selected(root: Path) -> dict[str, dict[str, float]]:
-    """Every run's selected test metrics under ``root``, by its path."""
+    """Every run's selected test metrics under ``root``, by its path (a search: its best validation value)."""
+    if (root / "study.db").is_file():
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        return {"best": {"valid": optuna.load_study(study_name="mtrec", storage=f"sqlite:///{root / 'study.db'}").best_value}}
     found = {}
     for path in sorted(root.rglob("metrics.json")):
         metrics = json.loads(path.read_text())
@@ -70,11 +89,11 @@ def _selected(root: Path) -> dict[str, dict[str, float]]:
     return found
 
 
-def _run(item: str, stack: str, epochs: int | None) -> tuple[float, dict[str, dict[str, float]]]:
+def _run(item: str, stack: str, epochs: int | None, round_: int) -> tuple[float, dict[str, dict[str, float]]]:
     out = Path(tempfile.mkdtemp(prefix=f"mtrec-stacked-{item}-"))
     try:
         began = time.perf_counter()
-        subprocess.run(_command(item, out, stack, epochs), check=True, stdout=subprocess.DEVNULL, cwd=out)
+        subprocess.run(_command(item, out, stack, epochs, round_), check=True, stdout=subprocess.DEVNULL, cwd=out)
         return time.perf_counter() - began, _selected(out / "run")
     finally:
         shutil.rmtree(out, ignore_errors=True)
@@ -137,19 +156,26 @@ def main() -> None:
     for item in items:
         times: dict[str, list[float]] = {"1": [], "auto": []}
         metrics: dict[str, dict] = {}
+        best: dict[str, list[float]] = {"1": [], "auto": []}
         for round_ in range(args.rounds):
             for stack in ("1", "auto") if round_ % 2 == 0 else ("auto", "1"):
-                seconds, metrics[stack] = _run(item, stack, args.epochs)
+                seconds, metrics[stack] = _run(item, stack, args.epochs, round_)
                 times[stack].append(seconds)
-                print(f"  {item} --stack {stack}: {seconds:.1f} s", file=sys.stderr, flush=True)
-        runs = len(metrics["1"])
+                extra = f", best validation {metrics[stack]['best']['valid']:.4f}" if item == "tune" else ""
+                print(f"  {item} --stack {stack}: {seconds:.1f} s{extra}", file=sys.stderr, flush=True)
+                if item == "tune":
+                    best[stack].append(metrics[stack]["best"]["valid"])
+        runs = 50 if item == "tune" else len(metrics["1"])
         assert metrics["1"].keys() == metrics["auto"].keys(), "the two paths trained different runs"
-        worst = max((abs(a[k] - metrics["auto"][run][k]) for run, a in metrics["1"].items() for k in a), default=0.0)
+        if item == "tune":  # each path's best validation criterion, the mean over the rounds
+            worst = f"{statistics.mean(best['1']):.4f} / {statistics.mean(best['auto']):.4f}"
+        else:
+            worst = f"{max((abs(a[k] - metrics['auto'][run][k]) for run, a in metrics['1'].items() for k in a), default=0.0):.2g}"
         sequential, stacked = statistics.median(times["1"]), statistics.median(times["auto"])
         rows.append((item, runs, sequential, stacked, sequential / stacked, worst))
-    print(f"{'item':<12} {'runs':>5} {'sequential s':>13} {'stacked s':>10} {'speed-up':>9} {'max |Δ metric|':>15}")
+    print(f"{'item':<12} {'runs':>5} {'sequential s':>13} {'stacked s':>10} {'speed-up':>9} {'max |Δ metric| (tune: best valid)':>34}")
     for item, runs, sequential, stacked, ratio, worst in rows:
-        print(f"{item:<12} {runs:>5} {sequential:>13.1f} {stacked:>10.1f} {ratio:>8.2f}× {worst:>15.2g}")
+        print(f"{item:<12} {runs:>5} {sequential:>13.1f} {stacked:>10.1f} {ratio:>8.2f}× {worst:>34}")
 
 
 if __name__ == "__main__":

@@ -226,3 +226,137 @@ def test_train_seeds_trains_each_seed_as_train_seed_does_and_prints_mean_and_sd(
     assert main(["train", *common, "--seed", "1", "--logdir", str(tmp_path / "one")]) == 0
     alone = json.loads((tmp_path / "one" / "metrics.json").read_text())
     _assert_same(alone, json.loads((tmp_path / "seeds" / "seed-1" / "metrics.json").read_text()))
+
+
+# ---------------------------------------------------------------------------------------------
+# mtrec tune --stack: K trials asked at a time, trained stacked, pruned one by one
+
+
+TUNE_SEARCH = "learning_rate,factorization_weight,regression_weight,ema"
+
+
+def _tune_argv(ratings, root, trials: int, stack: str, search: str = TUNE_SEARCH) -> list[str]:
+    return ["tune", "--ratings", str(ratings), "--preset", "seed", "--valid-fraction", "0.1", "--epochs", "4", "--embedding-dim", "8",
+            "--batch-size", "64", "--trials", str(trials), "--search", search, "--stack", stack, "--root", str(root), "--no-progress"]  # fmt: skip
+
+
+def _study(root) -> list:
+    import optuna
+
+    return optuna.load_study(study_name="mtrec", storage=f"sqlite:///{root / 'study.db'}").trials
+
+
+def _same_trials(alone: list, stacked: list) -> None:
+    """The same settings, states and values (to 1e-6), trial by trial."""
+    assert [t.params for t in alone] == [t.params for t in stacked]
+    assert [t.state.name for t in alone] == [t.state.name for t in stacked]
+    for a, b in zip(alone, stacked):
+        assert b.value == pytest.approx(a.value, rel=1e-6, abs=1e-9), a.number
+        assert b.intermediate_values.keys() == a.intermediate_values.keys()
+
+
+def test_a_stacked_tune_trains_the_trials_the_sequential_tune_trains(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    ratings = _ratings_file(tmp_path)
+    assert main(_tune_argv(ratings, tmp_path / "alone", 6, "1")) == 0
+    assert "trained stacked" not in capsys.readouterr().out
+    assert main(_tune_argv(ratings, tmp_path / "stacked", 6, "3")) == 0
+    out = capsys.readouterr().out
+    assert "6 trials in the study (6 of this run's trained stacked; 0 pruned)" in out
+    alone, stacked = _study(tmp_path / "alone"), _study(tmp_path / "stacked")
+    # the sampler's first trials are its random start-up ones, drawn alike one or three at a time
+    assert len({t.params["learning_rate"] for t in stacked}) == 6
+    _same_trials(alone, stacked)
+    for n in range(6):
+        _assert_same(*(json.loads((tmp_path / where / f"trial-{n:04d}" / "metrics.json").read_text()) for where in ("alone", "stacked")))
+    best = RunConfig.load(tmp_path / "stacked" / "best" / "config.json")
+    assert best.model.learning_rate == pytest.approx(max(stacked, key=lambda t: t.value).params["learning_rate"])
+
+
+def test_a_slice_shares_the_shape_settings_of_its_first_trial_and_the_sampler_picks_the_rest(tmp_path):
+    pytest.importorskip("optuna")
+    from mtrec.studies.tuning import tune
+
+    train, valid_train, valid, _ = _data()
+    base = _config(valid_fraction=0.1)
+    space = {
+        "embedding_dim": ("categorical", [4, 8]),
+        "negatives": ("categorical", [1, 2]),
+        "sharing": ("categorical", ["hard", "separate"]),
+        "learning_rate": ("log", 0.001, 0.03),
+        "ema": ("categorical", [0.0, 0.9]),
+    }
+    result = tune(base, valid_train, valid, tmp_path / "t", trials=7, seed=3, space=space, stack=3)
+    trials = _study(tmp_path / "t")
+    assert result.trials == 7 and result.stacked == 6  # slices of 3, 3 and 1 (a last trial alone)
+    for first, size in ((0, 3), (3, 3)):
+        block = trials[first : first + size]
+        for name in ("embedding_dim", "negatives", "sharing"):
+            assert len({t.params[name] for t in block}) == 1, name
+        assert len({t.params["learning_rate"] for t in block}) == size
+    assert trials[0].params == {"embedding_dim": 8, "negatives": 1, "sharing": "hard", "learning_rate": 0.001, "ema": 0.0}  # the base
+
+
+def test_a_pruned_trial_leaves_its_slice_and_the_others_finish_as_they_would_alone(tmp_path, monkeypatch, capsys):
+    optuna = pytest.importorskip("optuna")
+
+    class PruneTrialOne(optuna.pruners.BasePruner):
+        """Prunes trial 1 at its second epoch, and nothing else."""
+
+        def prune(self, study, trial) -> bool:
+            return trial.number == 1 and trial.last_step is not None and trial.last_step >= 2
+
+    monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **_: PruneTrialOne())
+    ratings = _ratings_file(tmp_path)
+    assert main(_tune_argv(ratings, tmp_path / "alone", 3, "1")) == 0
+    assert main(_tune_argv(ratings, tmp_path / "stacked", 3, "3")) == 0
+    assert "3 trials in the study (3 of this run's trained stacked; 1 pruned)" in capsys.readouterr().out
+    alone, stacked = _study(tmp_path / "alone"), _study(tmp_path / "stacked")
+    assert [t.state.name for t in stacked] == ["COMPLETE", "PRUNED", "COMPLETE"]
+    assert sorted(stacked[1].intermediate_values) == [1, 2]  # it stopped at epoch 2 while the others went on
+    _same_trials(alone, stacked)
+    assert not (tmp_path / "stacked" / "trial-0001").exists() and not (tmp_path / "alone" / "trial-0001").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--stack", "0"], "0 runs per group: give at least 1"),
+        (["--stack", "x"], "'x' is not a number of runs"),
+        (["--search", "learning_rate,depth"], "'depth' is not a searched setting: choose from embedding_dim, learning_rate"),
+        (["--search", ","], "nothing is not a searched setting"),
+        (["--stack", str(10**9)], f"--stack {10**9} does not fit in memory: at most"),
+    ],
+)
+def test_bad_tune_stack_and_search_are_one_line_errors(option, message, tmp_path, capsys):
+    pytest.importorskip("optuna")
+    argv = [*_tune_argv(_ratings_file(tmp_path), tmp_path / "t", 2, "auto"), *option]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    assert not (tmp_path / "t").exists()
+
+
+def test_ctrl_c_in_a_stacked_tune_keeps_the_finished_slice_and_a_rerun_continues(tmp_path):
+    pytest.importorskip("optuna")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    ratings, root = _ratings_file(tmp_path), tmp_path / "t"
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{tests.parent / 'src'}", "OMP_NUM_THREADS": "1"}
+    argv = [*_tune_argv(ratings, root, 6, "2"), "--threads", "1"]
+    # 1,215 training pairs in batches of 64: 19 group steps an epoch, 76 a slice; Ctrl-C in the second slice
+    code = f"import faults; faults.run('step', 100, 'INT', {argv!r})"
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 130, result.stderr
+    assert f"the trials that finished (2 in this run) stay in {root / 'study.db'}" in result.stderr
+    assert [t.state.name for t in _study(root)] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]
+    assert sorted(p.name for p in root.glob("trial-*")) == ["trial-0000", "trial-0001"]
+    again = [*_tune_argv(ratings, root, 2, "2"), "--threads", "1"]
+    rerun = subprocess.run([sys.executable, "-m", "mtrec", *again], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "6 trials in the study" in rerun.stdout
+    assert [t.state.name for t in _study(root)][4:] == ["COMPLETE", "COMPLETE"]

@@ -459,7 +459,8 @@ def train_runs(
     resume: bool = False,
     on_note: Callable[[str], None] | None = None,
     on_group: Callable[[list[RunJob]], None] | None = None,
-) -> list[dict[str, Any]]:
+    keep_going: bool = False,
+) -> list[dict[str, Any] | Exception]:
     """Train ``jobs``, runs of one architecture and batch size stacked as one computation
     (:mod:`mtrec.train.stacked`); returns each run's metrics, in order.
 
@@ -469,7 +470,9 @@ def train_runs(
     :func:`train_run` of its own, with ``force``, ``checkpoint_every`` and ``resume``: its
     directory, checkpoints and metrics are what training it alone gives, its metrics to about
     1e-6. ``on_group`` is called with each group's jobs before it trains. A run that fails does
-    not stop the others of its group; the first failure is raised once they have finished.
+    not stop the others of its group; the first failure is raised once they have finished, unless
+    ``keep_going``: then every group trains, and a failed run's entry is its error (an interrupt is
+    raised all the same, once the runs of its group have stopped).
     """
     from mtrec.train.stacked import plan_groups, run_group
 
@@ -493,12 +496,17 @@ def train_runs(
         if on_group is not None:
             on_group([jobs[i] for i in group])
         if len(group) == 1:
-            results[group[0]] = runner(jobs[group[0]])()
+            try:
+                results[group[0]] = runner(jobs[group[0]])()
+            except Exception as error:
+                if not keep_going:
+                    raise
+                results[group[0]] = error
             continue
         outcomes, _ = run_group([runner(jobs[i]) for i in group], jobs[group[0]].config.model.num_threads)
         for index, outcome in zip(group, outcomes):
             results[index] = outcome
         failed = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
-        if failed:
+        if failed and not (keep_going and all(isinstance(error, Exception) for error in failed)):
             raise failed[0]
     return results

@@ -8,8 +8,9 @@ import sys
 
 from mtrec.cli._args import add_option, positive_float, positive_int
 from mtrec.cli.options import add_run_arguments, run_config
-from mtrec.cli.train import epoch_summary
+from mtrec.cli.train import epoch_summary, stack_size
 from mtrec.errors import ConfigError
+from mtrec.studies.tuning import AUTO_SLICE, SEARCH_SPACE
 from mtrec.tracking import connect
 
 DESCRIPTION = """\
@@ -22,12 +23,21 @@ a run directory ROOT/trial-NNNN. The best settings are written to ROOT/best/conf
 ROOT/study.db, so running the same command again adds trials to it and continues the search
 (Ctrl-C keeps the trials that finished). One search at a time works in a ROOT. Needs Optuna
 (pip install -e ".[tune]").
+
+--stack K asks the sampler for K trials at a time and trains them side by side as one batched
+computation, when the first trial's model is one the stacked trainer takes (the fused step's:
+id users, fixed weights, no row penalty, no features; the quality preset's model is not, so its
+trials train one at a time). The K trials share the first's shape settings (embedding size,
+negatives, watch loss, sharing, rating bias) and the sampler picks the rest (learning rate and
+decay, loss weights, weight decay, EMA) for each; each is pruned on its own, and a pruned trial
+stops costing time. --search names the settings searched, the others staying as given.
 """
 
 EXAMPLES = """\
 examples:
   mtrec tune --trials 50
   mtrec tune --trials 20 --root tune/ml1m --dataset 1m --early-stopping ndcg@10
+  mtrec tune --trials 50 --preset seed --search learning_rate,lr_gamma,factorization_weight,regression_weight,ema
   mtrec train --config tune/best/config.json --logdir run/tuned
 """
 
@@ -45,9 +55,38 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_option(parser, "--root", default="tune", help="folder of the trials, the study and best/ (default tune/)")
     add_option(parser, "--tune-seed", type=int, default=0, help="seeds the sampler (default 0)")
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
+    add_option(
+        parser,
+        "--search",
+        type=searched_settings,
+        default=None,
+        metavar="NAMES",
+        help=f"the settings searched, comma-separated (default all: {','.join(SEARCH_SPACE)})",
+    )
+    add_option(
+        parser,
+        "--stack",
+        type=stack_size,
+        default="auto",
+        metavar="K",
+        help=f"ask for K trials at a time and train them stacked, as one batched computation (auto, the default: as many "
+        f"as memory holds, at most {AUTO_SLICE}; 1: one at a time). Only trials of the fused step's model stack; others "
+        "train one at a time",
+    )
     add_run_arguments(parser, default_preset="quality")
     parser.set_defaults(handler=run)
     return parser
+
+
+def searched_settings(text: str) -> list[str]:
+    """``--search``: names of the default search space's settings, comma-separated."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in SEARCH_SPACE]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(repr(n) for n in unknown) or 'nothing'} is not a searched setting: choose from {', '.join(SEARCH_SPACE)}"
+        )
+    return list(dict.fromkeys(names))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,8 +117,10 @@ def run(args: argparse.Namespace) -> int:
     with bar:  # closed before anything more is printed
         try:
             result = tune(
-                config, train, validation, args.root, args.trials, args.tune_seed, args.timeout, on_trial=on_trial, on_epoch=on_epoch, tracker=tracker
-            )
+                config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
+                space=None if args.search is None else {name: SEARCH_SPACE[name] for name in args.search},
+                on_trial=on_trial, on_epoch=on_epoch, tracker=tracker, stack=None if args.stack == "auto" else args.stack,
+            )  # fmt: skip
         except KeyboardInterrupt:
             result = None
     if result is None:
@@ -90,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 130
     settings = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    stacked = f"{result.stacked} of this run's trained stacked; " if result.stacked else ""
     print(
-        f"{result.trials} trials in the study ({result.pruned} pruned); best trial {result.best_trial}, validation "
+        f"{result.trials} trials in the study ({stacked}{result.pruned} pruned); best trial {result.best_trial}, validation "
         f"{config.early_stopping or 'joint'} {result.best_value:.4f}: {settings}\n"
         f"best config: {result.config_path}  (train it: mtrec train --config {result.config_path})"
     )

@@ -14,15 +14,22 @@ the study already holds, so the trials a rerun adds continue the search instead 
 first draws. One search at a time works in a root: it holds the root's lock
 (:func:`mtrec.io.files.directory_lock`). A trial that fails (or that Ctrl-C ends) ends the search
 with its error; the trials finished before it stay in the study.
+
+Trials are asked for and told in slices (Optuna's ask and tell): one at a time, or with ``stack``
+several whose runs train stacked as one computation (:mod:`mtrec.train.stacked`). The trials of
+a slice share the shape settings of its first (those in :func:`~mtrec.train.stacked.stack_key`),
+and the sampler, told of the slice's running trials (``constant_liar``), picks the others for
+each. Each trial reports and is pruned on its own; a pruned trial leaves its group.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
-import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -35,10 +42,11 @@ from mtrec.eval.evaluation import Evaluator
 from mtrec.io.files import atomic_write_text, directory_lock
 from mtrec.io.fitted import EpochRecord
 from mtrec.nn.losses import WATCH_LOSSES
-from mtrec.runs import train_run
+from mtrec.runs import RunJob, train_runs
 from mtrec.tracking import TrackedRun, Tracker, tracked, tracked_training
 from mtrec.train.loop import EarlyStopping
 from mtrec.train.session import reference_metrics
+from mtrec.train.stacked import VARYING, memory_limit, stack_key
 
 #: A dimension of the search: ("categorical", choices), ("float", low, high) or ("log", low, high).
 Dimension = tuple
@@ -111,6 +119,16 @@ class TuningResult:
     config_path: Path
     trials: int
     pruned: int
+    #: how many of this search's trials trained stacked
+    stacked: int = 0
+
+
+#: The most trials ``stack=None`` (``--stack auto``) asks for at a time: the sampler learns from
+#: each slice before it picks the next.
+AUTO_SLICE = 10
+
+#: The outcome of a trial of a slice that did not train (another trial's settings were not valid).
+_NOT_RUN = MtrecError("not trained")
 
 
 class _Pruned(MtrecError):
@@ -120,29 +138,6 @@ class _Pruned(MtrecError):
 def sampler_seed(seed: int, done: int) -> int:
     """The sampler's seed for a study that holds ``done`` trials: each continuation draws anew."""
     return int(np.random.SeedSequence([seed, done]).generate_state(1)[0])
-
-
-class _WithoutFailedTrials(logging.Filter):
-    """Leaves out the warnings of Optuna's optimisation loop: its reports of a failed trial (the
-    first with the whole traceback)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.name == "optuna.study._optimize" and record.levelno >= logging.WARNING)
-
-
-@contextlib.contextmanager
-def _failures_unlogged() -> Iterator[None]:
-    """Optuna logs a failed trial before its error (or Ctrl-C) reaches the caller of :func:`tune`,
-    which reports it (no failure is caught); for the block, that log is left out."""
-    handlers = logging.getLogger("optuna").handlers
-    quiet = _WithoutFailedTrials()
-    for handler in handlers:
-        handler.addFilter(quiet)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
 
 
 def tune(
@@ -157,6 +152,7 @@ def tune(
     on_trial: Callable[[int, float | None, bool], None] | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     tracker: Tracker | None = None,
+    stack: int | None = 1,
 ) -> TuningResult:
     """Search ``space`` around ``base`` for the best validation criterion.
 
@@ -174,7 +170,7 @@ def tune(
     seed:
         Seeds the sampler, with the number of trials already in the study (:func:`sampler_seed`).
     timeout:
-        Stop starting trials after this many seconds.
+        Stop starting trials (slices of trials, with ``stack``) after this many seconds.
     space:
         The search space (default :data:`SEARCH_SPACE`).
     on_trial:
@@ -186,6 +182,12 @@ def tune(
         (the base settings and the search's as parameters, each finished trial's value as
         ``trial_value`` at step = trial number, ``best_value`` and ``best_trial``, and the best
         config.json as an artifact), each trial a training run nested under it.
+    stack:
+        How many trials to ask for at a time, to train stacked (:mod:`mtrec.train.stacked`); None:
+        as many as memory holds, at most :data:`AUTO_SLICE`; 1: one at a time. A slice's trials
+        share the settings stacked runs must share (:meth:`_Search.ask_slice`), so a slice whose
+        first trial the fused step does not train is that trial alone. Pruning is per trial: a
+        pruned trial leaves its group, the others go on.
     """
     optuna = _optuna()
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -193,8 +195,12 @@ def tune(
     space = _checked_space(SEARCH_SPACE if space is None else space)
     base = base.replace(early_stopping=base.early_stopping or "joint").check()
     root = Path(root)
+    if stack is not None and (isinstance(stack, bool) or not isinstance(stack, int) or stack < 1):
+        raise ConfigError(f"stack must be a positive whole number or None, got {stack!r}")
+    if stack is not None and stack > 1 and stack_key(base, train) is not None and stack > (limit := memory_limit(base, train)):
+        raise ConfigError(f"--stack {stack} does not fit in memory: at most {limit} of these trials fit at once")
     scorer = _validation_scorer(base, train, validation)
-    search = _Search(optuna, base, space, train, validation, root, scorer, on_trial=on_trial, on_epoch=on_epoch, tracker=tracker)
+    search = _Search(optuna, base, space, train, validation, root, scorer, on_trial, on_epoch, tracker, stack)
     return search.run(trials, seed, timeout)
 
 
@@ -249,6 +255,10 @@ class _Search:
     on_trial: Callable[[int, float | None, bool], None] | None
     on_epoch: Callable[[EpochRecord], None] | None
     tracker: Tracker | None
+    #: trials asked at a time (None: as many as memory holds, at most :data:`AUTO_SLICE`)
+    stack: int | None = 1
+    #: the trials of this search that trained stacked (their names)
+    stacked: list[str] = field(default_factory=list)
 
     def run(self, trials: int, seed: int, timeout: float | None) -> TuningResult:
         """Run ``trials`` more trials under the root's lock, tracked, and write the best config."""
@@ -256,15 +266,10 @@ class _Search:
             study_run.log_config(self.base.to_json())
             study_run.log_params({"tune.trials": trials, "tune.seed": seed, "tune.criterion": self.base.early_stopping})
             study = self.open_study(seed)
-            with _failures_unlogged():
-                study.optimize(
-                    functools.partial(self.objective, parent=study_run),
-                    n_trials=trials,
-                    timeout=timeout,
-                    callbacks=[functools.partial(self.after, parent=study_run)],
-                    catch=(),
-                )
-            result = _conclude(self.optuna, study, self.base, self.root)
+            started, done = time.monotonic(), 0
+            while done < trials and (timeout is None or time.monotonic() - started < timeout):
+                done += self.train_slice(study, self.ask_slice(study, trials - done), study_run)
+            result = dataclasses.replace(_conclude(self.optuna, study, self.base, self.root), stacked=len(self.stacked))
             study_run.log_metrics({"best_value": result.best_value, "best_trial": result.best_trial}, result.best_trial)
             study_run.log_artifacts(result.config_path.parent)
             return result
@@ -280,25 +285,96 @@ class _Search:
             direction="maximize",
             pruner=optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=10),
         )
-        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)))
+        # constant_liar: the trials of a slice, asked before any is told, keep apart from each other.
+        study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)), constant_liar=True)
         if not study.trials:
             # The first trial of a new study is the base config itself, so the search can only find something better.
             study.enqueue_trial(_point_of(self.base, self.space))
         return study
 
-    def objective(self, trial, parent: TrackedRun) -> float:
-        """Train the settings ``trial`` picks, nested under ``parent``: the best criterion over its epochs."""
-        config = self.base.replace(**suggest(trial, self.space)).check()
-        progress = _TrialProgress(trial, self.scorer, self.on_epoch)
-        name = f"trial-{trial.number:04d}"
+    def ask_slice(self, study, most: int) -> list[tuple[Any, RunConfig | ConfigError]]:
+        """The next trials, each with its settings (or why they are not valid): one, or up to
+        ``most`` that train stacked (:mod:`mtrec.train.stacked`) when the first of them can.
+
+        The first trial is the sampler's. The others share its settings that stacked runs must
+        share, and the sampler picks the rest (:data:`~mtrec.train.stacked.VARYING`: the loss
+        weights, learning rate and schedule, weight decays, EMA); a space of only those settings
+        searches exactly as one trial at a time would, K trials per round of the sampler.
+        """
+        first = study.ask()
+        trials = [(first, self.settings(first))]
+        config = trials[0][1]
+        if self.stack == 1 or most == 1 or isinstance(config, ConfigError) or stack_key(config, self.train) is None:
+            return trials
+        size = min(most, self.stack or AUTO_SLICE, memory_limit(config, self.train))
+        shared = {name: value for name, value in first.params.items() if name not in VARYING}
+        for _ in range(size - 1):
+            study.enqueue_trial(shared)  # the sampler picks the rest
+            trial = study.ask()
+            trials.append((trial, self.settings(trial)))
+        return trials
+
+    def settings(self, trial) -> RunConfig | ConfigError:
+        """The run settings ``trial`` picks, or why they are not valid."""
+        try:
+            return self.base.replace(**suggest(trial, self.space)).check()
+        except ConfigError as error:
+            return error
+
+    def train_slice(self, study, trials: list[tuple[Any, RunConfig | ConfigError]], parent: TrackedRun) -> int:
+        """Train ``trials`` (stacked where they can), tell the study how each ended, and tell
+        ``on_trial``; the number of trials. A trial that fails, or Ctrl-C, ends the search with its
+        error once the slice has stopped and every trial of it is told (its finished trials kept)."""
+        ended: dict[int, BaseException | None] = {}
+        progress = {trial.number: _TrialProgress(trial, self.scorer, self.on_epoch) for trial, _ in trials}
+        jobs = []
+        for trial, config in trials:
+            if isinstance(config, ConfigError):
+                ended[trial.number] = config
+                continue
+            name = f"trial-{trial.number:04d}"
+            callbacks = functools.partial(self._trial_callback, config, name, progress[trial.number], parent, ended, trial.number)
+            jobs.append(RunJob(name, config, self.train, self.validation, None, self.root / name, callbacks=callbacks))
+        try:
+            if len(jobs) == len(trials):  # a slice with invalid settings fails before any trial trains
+                train_runs(jobs, None if len(jobs) > 1 else 1, keep_going=True, on_group=self._count_stacked)
+        finally:
+            failure = None
+            for trial, _ in trials:
+                outcome = ended.get(trial.number, _NOT_RUN)
+                if outcome is None:
+                    frozen = study.tell(trial, progress[trial.number].best)
+                elif isinstance(outcome, _Pruned):
+                    frozen = study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+                else:
+                    study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+                    if outcome is not _NOT_RUN:
+                        failure = failure or outcome
+                    continue
+                self.after(frozen, parent)
+        if failure is not None and not isinstance(failure, KeyboardInterrupt):
+            raise failure
+        return len(trials)
+
+    def _count_stacked(self, group: list[RunJob]) -> None:
+        if len(group) > 1:
+            self.stacked.extend(job.name for job in group)
+
+    @contextlib.contextmanager
+    def _trial_callback(
+        self, config: RunConfig, name: str, progress: _TrialProgress, parent: TrackedRun, ended: dict[int, BaseException | None], number: int
+    ) -> Iterator[Any]:
+        """The epoch callback of one trial's training (tracked, nested under ``parent``); records
+        in ``ended`` how the training ended."""
         try:
             with tracked_training(self.tracker, config, self.root / name, progress, name=name, parent=parent, stopped=(_Pruned,)) as callback:
-                train_run(config, self.train, self.validation, None, self.root / name, callbacks=[callback])
-        except _Pruned:
-            raise self.optuna.TrialPruned() from None
-        return progress.best
+                yield callback
+        except BaseException as error:
+            ended[number] = error
+            raise
+        ended[number] = None
 
-    def after(self, study, trial, parent: TrackedRun) -> None:
+    def after(self, trial, parent: TrackedRun) -> None:
         """Record a finished trial's value in ``parent`` and tell ``on_trial``."""
         pruned = trial.state == self.optuna.trial.TrialState.PRUNED
         if not pruned:

@@ -109,6 +109,15 @@ KEY_PARTS = (
 )  # fmt: skip
 
 
+#: The model and run settings that may differ between the runs of one group (everything else a
+#: run's :func:`stack_key` is built from must be equal); a tuner that asks for several trials at a
+#: time lets these vary within a slice and shares the others (:func:`mtrec.studies.tuning.tune`).
+VARYING = (
+    "seed", "factorization_weight", "regression_weight", "learning_rate", "l2", "l2_embeddings", "l2_residuals",
+    "l2_biases", "l2_mlp", "lr_schedule", "lr_gamma", "lr_step", "ema", "epochs", "early_stopping", "patience",
+)  # fmt: skip
+
+
 def plan_groups(names: Sequence[str], configs: Sequence[Any], trains: Sequence[Any], stack: int | None) -> tuple[list[list[int]], list[str]]:
     """The runs of one job (``names``, with their configs and training data) in stacked groups, and
     the notes that say how they were grouped and why any could not stack.
@@ -744,4 +753,4 @@ def _run_threads(group: StackGroup, work: Callable[[int], None], count: int) -> 
         raise KeyboardInterrupt
 
 
-__all__ = ["StackGroup", "StackedStep", "current_seat", "group_runs", "memory_limit", "plan_groups", "run_group", "stack_key"]
+__all__ = ["VARYING", "StackGroup", "StackedStep", "current_seat", "group_runs", "memory_limit", "plan_groups", "run_group", "stack_key"]
