@@ -501,15 +501,14 @@ class _StackedEpoch:
         width = len(self.objective.task_names) + 1
         sums = torch.zeros(K, width, dtype=torch.float64, device=users.device)
         per_step = torch.empty(K, -(-n // size), width, dtype=torch.float32, device=users.device)
-        averages = [t.average for t in trainers if t.average is not None]
+        averages = _Averages([t.average for t in trainers if t.average is not None])
         adam = _GroupedAdam(self.steps)
         for index, start in enumerate(range(0, n, size)):
             stop = min(start + size, n)
             batch_ratings = ratings[:, start:stop] if ratings is not None else None
             losses = self.gradients(users[:, start:stop], items[:, start:stop], negatives[:, start:stop], batch_ratings)
             adam.step()
-            for average in averages:
-                average.update()
+            averages.update()
             per_step[:, index] = losses
             sums += losses * (stop - start)
         return {step: (sums[k], per_step[k], has_ratings) for k, step in enumerate(self.steps)}
@@ -688,15 +687,62 @@ class _GroupedAdam:
                         _init_state(state, param, group)
                     for target, value in zip(lists, (param, param.grad, state["exp_avg"], state["exp_avg_sq"], state["step"])):
                         target.append(value)
-        self.calls = [(settings[key], lists) for key, lists in grouped.items()]
+        self.calls = [(settings[key], lists, _direct_kernel(settings[key], lists[0])) for key, lists in grouped.items()]
 
     def step(self) -> None:
         if self.calls is None:
             for optimizer in self.optimizers:
                 optimizer.step()
             return
-        for settings, (params, grads, exp_avgs, exp_avg_sqs, steps) in self.calls:
-            torch_adam.adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, **settings)
+        for settings, (params, grads, exp_avgs, exp_avg_sqs, steps), kernel in self.calls:
+            if kernel is None:
+                torch_adam.adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, **settings)
+                continue
+            # What torch.optim.adam's fused path does for tensors of one device and dtype, without its
+            # per-call grouping: count the step, then the fused kernel.
+            torch._foreach_add_(steps, 1)
+            kernel(
+                params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False, lr=float(settings["lr"]), beta1=float(settings["beta1"]),
+                beta2=float(settings["beta2"]), weight_decay=float(settings["weight_decay"]), eps=float(settings["eps"]), maximize=False,
+            )  # fmt: skip
+
+
+def _direct_kernel(settings: dict[str, Any], params: list[torch.Tensor]) -> Callable[..., None] | None:
+    """The fused Adam kernel a call of ``settings`` runs, where it can be called directly: a fused
+    optimizer whose tensors share one device and dtype, with a Python learning rate (None: through
+    ``torch.optim.adam``)."""
+    name = "_fused_adamw_" if settings.get("decoupled_weight_decay") else "_fused_adam_"
+    if not settings.get("fused") or isinstance(settings["lr"], torch.Tensor) or not hasattr(torch, name):
+        return None
+    if len({(param.device, param.dtype) for param in params}) != 1:
+        return None
+    return getattr(torch, name)
+
+
+class _Averages:
+    """The moving averages of the weights of a group's runs, moved a step together: one
+    ``_foreach_lerp_`` with each tensor's own weight, the same arithmetic as each average's
+    :meth:`~mtrec.train.averaging.WeightAverage.update` (one call per run where this PyTorch has no
+    list of weights)."""
+
+    together: bool | None = None  # whether this PyTorch's _foreach_lerp_ takes a list of weights
+
+    def __init__(self, averages: Sequence[Any]) -> None:
+        self.averages = list(averages)
+        self.targets = [value for average in self.averages for value in average.average]
+        self.sources = [param.detach() for average in self.averages for param in average.parameters]
+        self.weights = [1.0 - average.decay for average in self.averages for _ in average.average]
+        if _Averages.together is None:
+            _Averages.together = any("Scalar[] weight" in str(schema) for schema in torch._C._jit_get_schemas_for_operator("aten::_foreach_lerp_"))
+
+    def update(self) -> None:
+        if not self.targets:
+            return
+        if _Averages.together:
+            torch._foreach_lerp_(self.targets, self.sources, self.weights)
+        else:
+            for average in self.averages:
+                average.update()
 
 
 def _init_state(state: dict, param: torch.Tensor, group: dict) -> None:
