@@ -360,3 +360,39 @@ def test_ctrl_c_in_a_stacked_tune_keeps_the_finished_slice_and_a_rerun_continues
     assert rerun.returncode == 0, rerun.stderr
     assert "6 trials in the study" in rerun.stdout
     assert [t.state.name for t in _study(root)][4:] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_killed_search_s_running_trials_are_failed_when_the_next_opens(tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    ratings, root = _ratings_file(tmp_path), tmp_path / "t"
+    assert main(_tune_argv(ratings, root, 2, "2")) == 0
+    # a search killed in its slice leaves its trials running (nothing told them)
+    study = optuna.load_study(study_name="mtrec", storage=f"sqlite:///{root / 'study.db'}")
+    study.ask(), study.ask()
+    assert [t.state.name for t in _study(root)] == ["COMPLETE", "COMPLETE", "RUNNING", "RUNNING"]
+    capsys.readouterr()
+    assert main(_tune_argv(ratings, root, 2, "2")) == 0
+    assert "6 trials in the study" in capsys.readouterr().out
+    assert [t.state.name for t in _study(root)] == ["COMPLETE", "COMPLETE", "FAIL", "FAIL", "COMPLETE", "COMPLETE"]
+
+
+def test_ctrl_c_while_the_sampler_picks_a_slice_leaves_no_trial_running(tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    from mtrec.studies import tuning
+
+    train, valid_train, valid, _ = _data()
+    base = _config(valid_fraction=0.1)
+    space = {"learning_rate": ("log", 0.001, 0.03), "ema": ("categorical", [0.0, 0.9])}
+    picked = []
+    settings = tuning._Search.settings
+
+    def interrupted(self, trial):
+        picked.append(trial.number)
+        if len(picked) == 2:  # the second trial of the first slice
+            raise KeyboardInterrupt
+        return settings(self, trial)
+
+    monkeypatch.setattr(tuning._Search, "settings", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tuning.tune(base, valid_train, valid, tmp_path / "t", trials=3, seed=0, space=space, stack=3)
+    assert [t.state.name for t in _study(tmp_path / "t")] == ["FAIL", "FAIL"]

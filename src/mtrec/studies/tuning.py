@@ -287,6 +287,10 @@ class _Search:
         )
         # constant_liar: the trials of a slice, asked before any is told, keep apart from each other.
         study.sampler = optuna.samplers.TPESampler(seed=sampler_seed(seed, len(study.trials)), constant_liar=True)
+        # A trial still running belongs to a search that was killed (one search at a time holds the
+        # root's lock): it failed, and the sampler must not count it as running (constant_liar).
+        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
         if not study.trials:
             # The first trial of a new study is the base config itself, so the search can only find something better.
             study.enqueue_trial(_point_of(self.base, self.space))
@@ -301,18 +305,24 @@ class _Search:
         weights, learning rate and schedule, weight decays, EMA); a space of only those settings
         searches exactly as one trial at a time would, K trials per round of the sampler.
         """
-        first = study.ask()
-        trials = [(first, self.settings(first))]
-        config = trials[0][1]
-        if self.stack == 1 or most == 1 or isinstance(config, ConfigError) or stack_key(config, self.train) is None:
+        asked: list[Any] = []
+        try:
+            asked.append(first := study.ask())
+            trials = [(first, self.settings(first))]
+            config = trials[0][1]
+            if self.stack == 1 or most == 1 or isinstance(config, ConfigError) or stack_key(config, self.train) is None:
+                return trials
+            size = min(most, self.stack or AUTO_SLICE, memory_limit(config, self.train))
+            shared = {name: value for name, value in first.params.items() if name not in VARYING}
+            for _ in range(size - 1):
+                study.enqueue_trial(shared)  # the sampler picks the rest
+                asked.append(trial := study.ask())
+                trials.append((trial, self.settings(trial)))
             return trials
-        size = min(most, self.stack or AUTO_SLICE, memory_limit(config, self.train))
-        shared = {name: value for name, value in first.params.items() if name not in VARYING}
-        for _ in range(size - 1):
-            study.enqueue_trial(shared)  # the sampler picks the rest
-            trial = study.ask()
-            trials.append((trial, self.settings(trial)))
-        return trials
+        except BaseException:  # Ctrl-C while the sampler picks: no trial of the slice stays running
+            for trial in asked:
+                study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
+            raise
 
     def settings(self, trial) -> RunConfig | ConfigError:
         """The run settings ``trial`` picks, or why they are not valid."""
@@ -339,18 +349,18 @@ class _Search:
             if len(jobs) == len(trials):  # a slice with invalid settings fails before any trial trains
                 train_runs(jobs, None if len(jobs) > 1 else 1, keep_going=True, on_group=self._count_stacked)
         finally:
-            failure = None
-            for trial, _ in trials:
+            failure, told = None, []
+            for trial, _ in trials:  # every trial is told before anything else can fail
                 outcome = ended.get(trial.number, _NOT_RUN)
                 if outcome is None:
-                    frozen = study.tell(trial, progress[trial.number].best)
+                    told.append(study.tell(trial, progress[trial.number].best))
                 elif isinstance(outcome, _Pruned):
-                    frozen = study.tell(trial, state=self.optuna.trial.TrialState.PRUNED)
+                    told.append(study.tell(trial, state=self.optuna.trial.TrialState.PRUNED))
                 else:
                     study.tell(trial, state=self.optuna.trial.TrialState.FAIL)
                     if outcome is not _NOT_RUN:
                         failure = failure or outcome
-                    continue
+            for frozen in told:
                 self.after(frozen, parent)
         if failure is not None and not isinstance(failure, KeyboardInterrupt):
             raise failure
