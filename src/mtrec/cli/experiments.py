@@ -9,7 +9,7 @@ from pathlib import Path
 from mtrec.cli._args import add_option
 from mtrec.cli.options import add_run_arguments, run_config
 from mtrec.cli.report import describe
-from mtrec.cli.train import epoch_summary, stack_size
+from mtrec.cli.train import add_stack_option, epoch_summary
 from mtrec.config import RunConfig
 from mtrec.studies.experiments import (
     CONFIGURATIONS,
@@ -85,13 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="train again runs that are already finished (also those made with other settings, which are otherwise an error)",
     )
     add_option(parser, "--no-progress", action="store_true", help="no progress bar")
-    add_option(
+    add_stack_option(
         parser,
-        "--stack",
-        type=stack_size,
-        default="auto",
-        metavar="K",
-        help="train up to K runs at once as one batched computation (auto, the default: as many as memory holds; 1: one at a "
+        "train up to K runs at once as one batched computation (auto, the default: as many as memory holds; 1: one at a "
         "time). Runs of different shapes (shared and separate sharing), or whose step is not the fused one, train in "
         "separate groups, and a note says so; each run's directory and metrics are what it gives alone",
     )

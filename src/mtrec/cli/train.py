@@ -78,13 +78,9 @@ def add_arguments(parser: argparse.ArgumentParser, default_preset: str) -> None:
         help="train one run per seed (0-4, 0,2,7 or 3; each seeds the split, the initialisation and the draws, as "
         "--seed does), in LOGDIR/seed-<k>, and print each test metric's mean ± sd over the seeds",
     )
-    add_option(
+    add_stack_option(
         many,
-        "--stack",
-        type=stack_size,
-        default="auto",
-        metavar="K",
-        help="with --seeds: train up to K runs at once as one batched computation (auto: as many as memory holds; 1: one "
+        "with --seeds: train up to K runs at once as one batched computation (auto: as many as memory holds; 1: one "
         "at a time). Runs whose shapes differ, or whose step is not the fused one, train in separate groups, and a note says so",
     )
     runs = parser.add_argument_group("checkpoints and distributed training (torchrun)")
@@ -142,6 +138,11 @@ def seed_list(text: str) -> list[int]:
     if len(seeds) > 1000:
         raise argparse.ArgumentTypeError(f"{text!r} asks for {len(seeds)} seeds: at most 1000")
     return list(dict.fromkeys(seeds))
+
+
+def add_stack_option(parser, help: str) -> None:
+    """``--stack K|auto`` (default auto, read by :func:`stack_size`) on ``parser``, with ``help``."""
+    add_option(parser, "--stack", type=stack_size, default="auto", metavar="K", help=help)
 
 
 def stack_size(text: str) -> str | int:

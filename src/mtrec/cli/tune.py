@@ -8,7 +8,7 @@ import sys
 
 from mtrec.cli._args import add_option, positive_float, positive_int
 from mtrec.cli.options import add_run_arguments, run_config
-from mtrec.cli.train import epoch_summary, stack_size
+from mtrec.cli.train import add_stack_option, epoch_summary
 from mtrec.errors import ConfigError
 from mtrec.studies.tuning import AUTO_SLICE, SEARCH_SPACE
 from mtrec.tracking import connect
@@ -63,13 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
         metavar="NAMES",
         help=f"the settings searched, comma-separated (default all: {','.join(SEARCH_SPACE)})",
     )
-    add_option(
+    add_stack_option(
         parser,
-        "--stack",
-        type=stack_size,
-        default="auto",
-        metavar="K",
-        help=f"ask for K trials at a time and train them stacked, as one batched computation (auto, the default: as many "
+        f"ask for K trials at a time and train them stacked, as one batched computation (auto, the default: as many "
         f"as memory holds, at most {AUTO_SLICE}; 1: one at a time). Only trials of the fused step's model stack; others "
         "train one at a time",
     )

@@ -733,7 +733,7 @@ class _Averages:
         self.sources = [param.detach() for average in self.averages for param in average.parameters]
         self.weights = [1.0 - average.decay for average in self.averages for _ in average.average]
         if _Averages.together is None:
-            _Averages.together = any("Scalar[] weight" in str(schema) for schema in torch._C._jit_get_schemas_for_operator("aten::_foreach_lerp_"))
+            _Averages.together = "ScalarList" in torch.ops.aten._foreach_lerp_.overloads()
 
     def update(self) -> None:
         if not self.targets:
