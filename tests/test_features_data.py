@@ -163,7 +163,9 @@ def test_missing_values_in_every_kind(tmp_path):
 
 def test_rows_and_column_lookup(tmp_path):
     table = read_feature_file(write(tmp_path / "items.csv", ITEMS_CSV), "item")
+    table.columns[0].optional = True
     part = table.rows(np.array([2, 0]))
+    assert part.columns[0].optional and not part.columns[1].optional  # an optional column stays optional
     assert part.ids.tolist() == [30, 10] and part.lines.tolist() == [4, 2] and part.names == table.names
     assert part.column("genres").values == [[], ["Comedy", "Drama"]]
     assert np.isnan(part.column("year").values[0]) and part.column("year").values[1] == 1995.0
@@ -331,12 +333,17 @@ def test_every_message_is_one_line(tmp_path):
 
 def test_movielens_100k(data_dir):
     items, users = movielens_features(get_release("100k"), data_dir / "ml-100k")
-    assert len(items) == 1682 and items.names == ["genres", "year", "decade"] and items.side == "item"
-    assert [items.column(name).kind for name in items.names] == ["multi", "numeric", "categorical"]
+    assert len(items) == 1682 and items.names == ["genres", "year", "decade", "released"] and items.side == "item"
+    assert [items.column(name).kind for name in items.names] == ["multi", "numeric", "categorical", "categorical"]
+    assert [items.column(name).optional for name in items.names] == [False, False, False, True]
     toy_story = int(np.flatnonzero(items.ids == 1)[0])
     assert items.column("genres").values[toy_story] == ["Animation", "Children's", "Comedy"]
     assert items.column("year").values[toy_story] == 1995.0 and items.column("decade").values[toy_story] == "1990s"
-    assert items.column("year").missing() == items.column("decade").missing() == 1
+    assert items.column("year").missing() == items.column("decade").missing() == items.column("released").missing() == 1
+    # u.item's release dates by month (Toy Story: 01-Jan-1995), 109 months from 1922-01 to 1998-10
+    assert items.column("released").values[toy_story] == "1995-01"
+    months = items.column("released").values
+    assert len({m for m in months if m}) == 109 and max(m for m in months if m) == "1998-10"
     assert items.source == "MovieLens 100K u.item" and items.lines is None
     assert len(users) == 943 and users.names == ["age", "age_group", "gender", "occupation", "zip1"] and users.side == "user"
     assert [users.column(name).kind for name in users.names] == ["numeric", "categorical", "categorical", "categorical", "categorical"]

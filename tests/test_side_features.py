@@ -485,10 +485,11 @@ def test_a_cold_items_run_on_movielens_reports_warm_and_cold_pairs_apart(tmp_pat
     assert f"cold items among cold ({cold['cold_items']['pairs']:,} test pairs among the" in out
     model = MultitaskModel.load(tmp_path / "run")
     assert model.data_.features["items"].map.names == ["genres", "year", "decade"]
+    assert model.data_.features["items"].map.skipped == ["released"]
 
 
 def test_movielens_gives_its_attributes_to_the_data(ml100k):
-    assert ml100k.item_features.names == ["genres", "year", "decade"] and len(ml100k.item_features) == 1682
+    assert ml100k.item_features.names == ["genres", "year", "decade", "released"] and len(ml100k.item_features) == 1682
     assert ml100k.user_features.names == ["age", "age_group", "gender", "occupation", "zip1"]
     with pytest.warns(UserWarning, match=r"MovieLens 100K u.item: column 'year' misses 1 values; its mean \(1989.07\) stands in"):
         fitted = fit_features(["items", "users"], ml100k)
@@ -608,3 +609,86 @@ def test_a_user_held_out_of_training_gets_the_cold_start_list_from_an_id_only_mo
     # a model that reads the users' attributes ranks for them
     featured_model = MultitaskModel(embedding_dim=8, batch_size=64, features="users", id_dropout=0.5).fit(train, 1)
     assert not Recommender(featured_model).recommend(user, k=3).cold_start
+
+
+# --- choosing the columns a model reads -----------------------------------------------------------
+
+
+def _with_optional_month(data: Interactions) -> Interactions:
+    """featured() with an optional ``released`` column, as MovieLens 100K's release month."""
+    months = [f"199{i % 3}-0{1 + i % 4}" for i in range(data.num_items)]
+    data.item_features.columns.append(FeatureColumn("released", "categorical", months, optional=True))
+    return data
+
+
+def test_optional_columns_are_read_only_when_named_and_the_map_remembers_the_rest(tmp_path):
+    data = _with_optional_month(featured())
+    default = MultitaskModel(embedding_dim=8, features="items", batch_size=64).fit(data, 1)
+    fitted = default.data_.features["items"].map
+    assert fitted.names == ["genres", "year"] and fitted.skipped == ["released"] and fitted.size == 3 + 1
+    chosen = MultitaskModel(embedding_dim=8, features="items", item_feature_columns="released, genres", batch_size=64).fit(data, 1)
+    fitted = chosen.data_.features["items"].map
+    assert chosen.item_feature_columns == "released, genres" and chosen.get_params()["item_feature_columns"] == "released, genres"
+    assert fitted.names == ["released", "genres"] and fitted.skipped == ["year"] and fitted.size == 12 + 3
+    chosen.save(tmp_path / "m")
+    loaded = MultitaskModel.load(tmp_path / "m")
+    assert loaded.data_.features["items"].map.skipped == ["year"] and loaded.data_.features["items"].map.names == ["released", "genres"]
+    # a file with a column the model skipped is still taken (the column passed over); one it never had is refused
+    new = _new_items(tmp_path, "100,action,1990\n")
+    with pytest.warns(UserWarning, match=r"new.csv lacks the model's items feature column\(s\) released: read as missing"):
+        assert Recommender(loaded).with_candidates(new) is not None
+    assert fitted.encode_record({"genres": "action", "year": 1990}).indices.tolist() == [12 + 0]
+    with pytest.raises(DataError, match="mood are not among the model's items features"):
+        fitted.encode_record({"genres": "action", "mood": "sad"})
+    # the service's candidates pass it over too
+    from mtrec.serving.newitems import candidate_table
+
+    table = candidate_table([{"item": "n1", "genres": ["action"], "released": "1990-01", "year": 1991}], loaded)
+    assert table.names == ["released", "genres"] and table.column("released").values == ["1990-01"]
+    with pytest.raises(ConfigError, match="mood are not among the model's item features"):
+        candidate_table([{"item": "n1", "genres": ["action"], "mood": "sad"}], loaded)
+
+
+def test_a_model_from_before_an_optional_column_takes_the_table_that_has_it():
+    data = featured()
+    old = MultitaskModel(embedding_dim=8, features="items", batch_size=64).fit(data, 1)
+    old_map = FeatureMap.from_json({k: v for k, v in old.data_.features["items"].map.to_json().items() if k != "skipped"})
+    assert old_map.skipped == []
+    table = _with_optional_month(featured()).item_features
+    assert torch.equal(torch.as_tensor(old_map.encode(table).indices), torch.as_tensor(old.data_.features["items"].bags.indices))
+    table.columns[-1].optional = False  # a column of the user's own, the model never had: refused
+    with pytest.raises(DataError, match=r"column\(s\) released are not among the model's items features"):
+        old_map.encode(table)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--features", "items", "--item-feature-columns", "genre"],
+            "MovieLens 100K u.item: no feature column 'genre'; the columns are 'genres', 'year', 'decade', 'released'",
+        ),
+        (
+            ["--item-feature-columns", "genres"],
+            "--item-feature-columns picks the columns of the item features, which the model does not read: add items to --features",
+        ),
+        (["--features", "items", "--item-feature-columns", "genres,,year"], "name the feature columns separated by commas"),
+        (["--features", "users", "--user-feature-columns", "age,age"], "feature column(s) age named twice"),
+    ],
+)
+def test_bad_feature_columns_are_one_line_before_anything_is_written(tmp_path, capsys, data_dir, args, message):
+    code = main(["train", "--no-progress", "--data-dir", str(data_dir), "--epochs", "1", "--logdir", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_release_date_of_another_form_is_refused_naming_the_item(tmp_path):
+    from mtrec.data.metadata import release_months
+
+    (tmp_path / "u.genre").write_text("unknown|0\nAction|1\n")
+    (tmp_path / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||url|0|1\n2|Heat (1995)|||url|0|1\n3|Odd (1996)|1996/05/01||url|0|1\n")
+    with pytest.raises(DataError, match=r"u.item, item 3: release date '1996/05/01' is not DD-Mon-YYYY"):
+        release_months(tmp_path / "u.item")
+    (tmp_path / "u.item").write_text("1|Toy Story (1995)|01-Jan-1995||url|0|1\n2|Heat (1995)|||url|0|1\n3|Fargo (1996)|14-Feb-1996||url|0|1\n")
+    assert release_months(tmp_path / "u.item") == ["1995-01", None, "1996-02"]

@@ -120,6 +120,11 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         A user or item is its id vector plus the weighted sum of its feature vectors (LightFM's), in
         both heads; one without training pairs is its features alone, so that a new item or user
         with features is scored without retraining (:mod:`mtrec.data.feature_maps`).
+    item_feature_columns, user_feature_columns:
+        The feature columns the model reads, by name (``"genres,year,released"``); None reads every
+        column of the table but its optional ones (MovieLens 100K's release month, ``released``,
+        is read only when named). The fitted map remembers the columns left out, so that a file
+        that has them may still be given to score new items or users.
     id_dropout:
         While training, the share of the users and items (of a side with features) whose id part is
         left out at each step, so that they are read by their features alone (DropoutNet's id
@@ -177,6 +182,8 @@ class MultitaskModel(Hyperparameters, Predictions, ModelFiles):
         item_item_l2: float | None = None,
         item_item_weight: float | None = None,
         features: str = "none",
+        item_feature_columns: str | None = None,
+        user_feature_columns: str | None = None,
         id_dropout: float = 0.0,
         cross_stitch_init: float = 0.9,
         seed: int = 0,

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import torch
 from pydantic import Field, model_validator
 
-from mtrec.data.feature_maps import parse_sides
+from mtrec.data.feature_maps import parse_columns, parse_sides
 from mtrec.errors import ConfigError
 from mtrec.nn.encoders import DEFAULT_CAP
 from mtrec.nn.losses import WATCH_LOSSES
@@ -122,6 +122,14 @@ class ModelConfig(Settings):
         description="side features the model reads: none, items, users or items,users (a user or item is its id vector "
         "plus the sum of its feature vectors; one without training pairs is its features alone)",
     )
+    item_feature_columns: Text | None = Field(
+        None,
+        description="the item feature columns the model reads, separated by commas (e.g. genres,year,released)",
+        json_schema_extra={"none": "every column but the optional ones, such as MovieLens 100K's release month, released"},
+    )
+    user_feature_columns: Text | None = Field(
+        None, description="the user feature columns the model reads, as {item_feature_columns}", json_schema_extra={"none": "every column"}
+    )
     id_dropout: Number = Field(
         0.0, ge=0, lt=1, description="while training, share of the users and items with features read by their features alone (DropoutNet)"
     )
@@ -158,6 +166,25 @@ class ModelConfig(Settings):
             raise rule(f"must be none, items, users or items,users; got {self.features!r}", "features") from None
         object.__setattr__(self, "features", ",".join(sides) or "none")
         return self
+
+    @model_validator(mode="after")
+    def _feature_columns_of_a_side_read(self) -> ModelConfig:
+        for side in ("item", "user"):
+            name = f"{side}_feature_columns"
+            try:
+                columns = parse_columns(getattr(self, name))
+            except ConfigError as error:
+                raise rule(str(error), name) from None
+            if columns is None:
+                continue
+            if f"{side}s" not in self.feature_sides:
+                raise rule(f"{{{name}}} picks the columns of the {side} features, which the model does not read: add {side}s to {{features}}", name)
+            object.__setattr__(self, name, ",".join(columns))
+        return self
+
+    def feature_columns(self) -> dict[str, tuple[str, ...] | None]:
+        """The columns each side reads (None: the table's default columns)."""
+        return {"items": parse_columns(self.item_feature_columns), "users": parse_columns(self.user_feature_columns)}
 
     @property
     def feature_sides(self) -> tuple[str, ...]:

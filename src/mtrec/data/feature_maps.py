@@ -64,17 +64,21 @@ class FeatureMap:
     side:
         ``"items"`` or ``"users"``.
     columns:
-        Per column, in the table's order: ``{"name", "kind", "values": [...]}`` for a categorical or
+        Per column read, in the order chosen (the table's unless named otherwise): ``{"name", "kind", "values": [...]}`` for a categorical or
         multi-valued column (its values, each one row, in sorted order), ``{"name", "kind": "numeric",
         "mean", "sd"}`` for a numeric one (one row).
     notes:
         What fitting decided that a user should know (missing values filled with the mean, rows
         whose ids are not in the data).
+    skipped:
+        The columns of the training table the model does not read (left out of its chosen columns,
+        or optional and not chosen): a file that has them may still be given, and they are passed over.
     """
 
     side: str
     columns: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._offsets: list[int] = []
@@ -109,12 +113,19 @@ class FeatureMap:
     # ------------------------------------------------------------------ fitting
 
     @classmethod
-    def fit(cls, table: Any, ids: np.ndarray, side: str) -> FeatureMap:
+    def fit(cls, table: Any, ids: np.ndarray, side: str, columns: Sequence[str] | None = None) -> FeatureMap:
         """The map of ``table``'s rows whose ids are among ``ids`` (the data's raw ids of this side).
 
-        Rows whose ids the data does not hold are ignored (a note says how many); the values and the
-        numeric columns' mean and sd are those of the rows kept.
+        ``columns`` names the columns read, in that order (None: every column that is not optional);
+        a name the table lacks is a :class:`ConfigError` listing those it has. Rows whose ids the data
+        does not hold are ignored (a note says how many); the values and the numeric columns' mean
+        and sd are those of the rows kept.
         """
+        if columns is None:
+            chosen = [column for column in table.columns if not getattr(column, "optional", False)]
+        else:
+            chosen = [table.column(name) for name in columns]
+        skipped = [name for name in table.names if name not in {column.name for column in chosen}]
         positions, found = _match(table.ids, ids)
         kept = np.flatnonzero(found)
         notes = []
@@ -124,8 +135,8 @@ class FeatureMap:
             )
         if not len(kept):
             raise DataError(f"{table.source}: none of its {side[:-1]} ids is in the ratings (do its ids name the same {side}?)")
-        columns = []
-        for column in table.columns:
+        specs = []
+        for column in chosen:
             values = column.values
             if column.kind == "numeric":
                 kept_values = np.asarray(values, dtype=np.float64)[kept]
@@ -133,7 +144,7 @@ class FeatureMap:
                 if not len(present):
                     raise DataError(f"{table.source}: column {column.name!r} has no values for the {side} in the ratings")
                 mean, sd = float(present.mean()), float(present.std())
-                columns.append({"name": column.name, "kind": "numeric", "mean": mean, "sd": sd if sd > 0 else 1.0})
+                specs.append({"name": column.name, "kind": "numeric", "mean": mean, "sd": sd if sd > 0 else 1.0})
                 missing = len(kept_values) - len(present)
                 if missing:
                     notes.append(f"{table.source}: column {column.name!r} misses {missing:,} values; its mean ({mean:g}) stands in for them")
@@ -147,8 +158,8 @@ class FeatureMap:
                         seen.add(value)
                 if not seen:
                     raise DataError(f"{table.source}: column {column.name!r} has no values for the {side} in the ratings")
-                columns.append({"name": column.name, "kind": column.kind, "values": sorted(seen)})
-        return cls(side, columns, notes)
+                specs.append({"name": column.name, "kind": column.kind, "values": sorted(seen)})
+        return cls(side, specs, notes, skipped)
 
     # ------------------------------------------------------------------ encoding
 
@@ -157,7 +168,7 @@ class FeatureMap:
 
         With ``strict``, a categorical value the map has never seen is a :class:`DataError` naming
         the row, the column and the value (a new item whose genre training never saw), and so is a
-        column the map does not have; else they are left out. A column the map has that the table
+        column the map does not have (unless the model skipped it: :attr:`skipped`); else they are left out. A column the map has that the table
         lacks is read as missing in every row, and a warning says so.
         """
         rows = np.arange(len(table.ids)) if positions is None else np.asarray(positions, dtype=np.int64)
@@ -169,7 +180,10 @@ class FeatureMap:
                 UserWarning,
                 stacklevel=2,
             )
-        extra = [name for name in by_name if name not in self.names]
+        # a column the model skipped, or one its table marks optional (a release's, which a model saved
+        # before the column existed never read), is passed over
+        passed_over = {*self.names, *self.skipped, *(name for name, column in by_name.items() if getattr(column, "optional", False))}
+        extra = [name for name in by_name if name not in passed_over]
         if extra and strict:
             raise DataError(f"{table.source}: column(s) {', '.join(extra)} are not among the model's {self.side} features ({', '.join(self.names)})")
         entries: list[list[tuple[int, float]]] = [[] for _ in rows]
@@ -210,11 +224,12 @@ class FeatureMap:
     def encode_record(self, record: Mapping[str, Any], where: str = "the features") -> FeatureBags:
         """One user's or item's features given as ``{column: value}`` (a request's): categorical values
         as text, multi-valued ones as a list or ``|``-separated text, numeric ones as numbers; a
-        column left out is missing. An unknown column, a value training never saw, a number that
-        is not finite or text in a numeric column is a :class:`DataError` naming it."""
+        column left out is missing, and a column the model skipped (:attr:`skipped`) is passed over.
+        An unknown column, a value training never saw, a number that is not finite or text in a
+        numeric column is a :class:`DataError` naming it."""
         if not isinstance(record, Mapping):
             raise DataError(f"{where}: give the {self.side[:-1]}'s features as an object of column: value, got {type(record).__name__}")
-        unknown = [str(name) for name in record if name not in self.names]
+        unknown = [str(name) for name in record if name not in self.names and name not in self.skipped]
         if unknown:
             raise DataError(f"{where}: {', '.join(unknown)} are not among the model's {self.side} features ({', '.join(self.names)})")
         entries: list[tuple[int, float]] = []
@@ -259,11 +274,11 @@ class FeatureMap:
     # ------------------------------------------------------------------ on disk
 
     def to_json(self) -> dict[str, Any]:
-        return {"side": self.side, "columns": self.columns, "notes": self.notes}
+        return {"side": self.side, "columns": self.columns, "notes": self.notes, "skipped": self.skipped}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeatureMap:
-        return cls(str(data["side"]), [dict(column) for column in data["columns"]], list(data.get("notes", [])))
+        return cls(str(data["side"]), [dict(column) for column in data["columns"]], list(data.get("notes", [])), list(data.get("skipped", [])))
 
 
 def _finite(value: float) -> bool:
@@ -314,10 +329,25 @@ class FittedFeatures:
     bags: FeatureBags
 
 
-def fit_features(sides: Sequence[str], data: Any) -> dict[str, FittedFeatures]:
+def parse_columns(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """``"genres,year,released"`` (or a list) as column names; None for None. An empty name in the
+    list, or one named twice, is a :class:`ConfigError`."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in (value.split(",") if isinstance(value, str) else value)]
+    if not parts or any(not p for p in parts):
+        raise ConfigError(f"name the feature columns separated by commas (e.g. genres,year,released); got {value!r}")
+    twice = sorted({p for p in parts if parts.count(p) > 1})
+    if twice:
+        raise ConfigError(f"feature column(s) {', '.join(twice)} named twice")
+    return tuple(parts)
+
+
+def fit_features(sides: Sequence[str], data: Any, columns: Mapping[str, Sequence[str] | None] | None = None) -> dict[str, FittedFeatures]:
     """The maps and bags of ``sides`` (``"items"``, ``"users"``) for ``data`` (interactions whose
-    ``item_features`` / ``user_features`` hold the tables); a :class:`ConfigError` for a side asked
-    for whose table the data lacks."""
+    ``item_features`` / ``user_features`` hold the tables), each reading the columns ``columns``
+    names for its side (default: the table's columns that are not optional); a
+    :class:`ConfigError` for a side asked for whose table the data lacks, or for a column it lacks."""
     fitted = {}
     for side in sides:
         table = getattr(data, f"{side[:-1]}_features", None)
@@ -327,7 +357,7 @@ def fit_features(sides: Sequence[str], data: Any) -> dict[str, FittedFeatures]:
                 f"features={side} needs {side[:-1]} features, and the data has none: give {flag} (the MovieLens releases have them where they exist)"
             )
         ids = data.item_ids if side == "items" else data.user_ids
-        feature_map = FeatureMap.fit(table, ids, side)
+        feature_map = FeatureMap.fit(table, ids, side, (columns or {}).get(side))
         for note in feature_map.notes:  # said once per fit: ids not in the ratings, missing values filled
             warnings.warn(note, UserWarning, stacklevel=3)
         fitted[side] = FittedFeatures(feature_map, feature_map.aligned(table, ids))

@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from mtrec.data.files import check_readable, format_suffix, is_file, open_text, seekable, undecodable
 from mtrec.data.formats import PARQUET_SUFFIXES, SNIFFED_DELIMITERS, is_number, resolve_columns
 from mtrec.data.ids import as_integers, id_problem
-from mtrec.data.metadata import read_movies, split_rows
+from mtrec.data.metadata import read_movies, release_months, split_rows
 from mtrec.data.parsing import parquet_ids, quoted_records
 from mtrec.errors import ConfigError, DataError
 
@@ -90,12 +90,16 @@ class FeatureColumn:
         empty where missing. Numeric: a float64 array, NaN where missing.
     separator:
         What separated the values of a multi-valued column in the file.
+    optional:
+        Read by a model only when named (``--item-feature-columns``); a file's columns are never
+        optional, a release's may be (ML-100K's ``released``).
     """
 
     name: str
     kind: str
     values: list | np.ndarray
     separator: str = "|"
+    optional: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
@@ -120,7 +124,7 @@ class FeatureColumn:
             values = self.values[positions]
         else:
             values = [self.values[i] for i in positions.tolist()]
-        return FeatureColumn(name=self.name, kind=self.kind, values=values, separator=self.separator)
+        return FeatureColumn(name=self.name, kind=self.kind, values=values, separator=self.separator, optional=self.optional)
 
 
 @dataclass
@@ -496,7 +500,9 @@ def movielens_features(release: Any, folder: Path) -> tuple[FeatureTable | None,
     """The item features and user features of a MovieLens release in ``folder``.
 
     Items (every release): ``genres`` (multi), ``year`` (numeric, the release year, NaN where
-    unknown) and ``decade`` (categorical, ``"1990s"``). Users, where the release has them
+    unknown) and ``decade`` (categorical, ``"1990s"``); ML-100K's ``u.item`` also gives the release
+    date, read as ``released`` (categorical, its month: ``"1997-05"``), an optional column a model
+    reads only when it names it (``item_feature_columns``). Users, where the release has them
     (ML-100K's ``u.user``, ML-1M's ``users.dat``): ``age`` (numeric; ML-1M gives only the group,
     as its lowest age, 1 for under 18), ``age_group`` (categorical, ``"25-34"``), ``gender``,
     ``occupation`` and ``zip1`` (the first character of the zip code), all categorical. Either is
@@ -526,21 +532,20 @@ def movielens_features(release: Any, folder: Path) -> tuple[FeatureTable | None,
 
 
 def _movie_features(spec: Any, folder: Path, source: str) -> FeatureTable:
-    """Genres, year and decade of the release's movies file (with ``u.genre`` for ``u.item``)."""
+    """Genres, year and decade of the release's movies file (with ``u.genre`` for ``u.item``), and
+    the release month where the file has dates (``u.item``)."""
     movies = read_movies(folder / spec.movies_file)
     spec.verify(folder, spec.movies_file, "u.genre")
     years = np.array([np.nan if year is None else float(year) for year in movies.metadata.years])
     decades = [None if year is None else f"{year // 10 * 10}s" for year in movies.metadata.years]
-    table = FeatureTable(
-        side="item",
-        ids=movies.ids,
-        columns=[
-            FeatureColumn(name="genres", kind="multi", values=[list(genres) for genres in movies.metadata.genres]),
-            FeatureColumn(name="year", kind="numeric", values=years),
-            FeatureColumn(name="decade", kind="categorical", values=decades),
-        ],
-        source=source,
-    )
+    columns = [
+        FeatureColumn(name="genres", kind="multi", values=[list(genres) for genres in movies.metadata.genres]),
+        FeatureColumn(name="year", kind="numeric", values=years),
+        FeatureColumn(name="decade", kind="categorical", values=decades),
+    ]
+    if spec.movies_file == "u.item":
+        columns.append(FeatureColumn(name="released", kind="categorical", values=release_months(folder / spec.movies_file), optional=True))
+    table = FeatureTable(side="item", ids=movies.ids, columns=columns, source=source)
     _check_unique(table)
     return table
 

@@ -234,6 +234,27 @@ def _read_u_item(path: Path) -> ItemTable:
     )
 
 
+_MONTHS = {name: number for number, name in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+
+def release_months(path: Path) -> list[str | None]:
+    """The release month (``"1997-05"``) of each movie of ``u.item``, in file order, from its release
+    date (``"01-May-1997"``); ``None`` where the date is empty. A date of another form is a
+    :class:`DataError` naming the item."""
+    genres = len(split_rows(path.with_name("u.genre"), "|", 2, id_field=1))
+    months: list[str | None] = []
+    for fields in split_rows(path, "|", 5 + genres):
+        date = fields[2].strip()
+        if not date:
+            months.append(None)
+            continue
+        match = re.fullmatch(r"\d{1,2}-([A-Za-z]{3})-(\d{4})", date)
+        if match is None or match.group(1).title() not in _MONTHS:
+            raise DataError(f"{path}, item {fields[0]}: release date {date!r} is not DD-Mon-YYYY")
+        months.append(f"{match.group(2)}-{_MONTHS[match.group(1).title()]:02d}")
+    return months
+
+
 def _read_movies_dat(path: Path) -> ItemTable:
     rows = split_rows(path, "::", 3)
     titles = [fields[1].strip() for fields in rows]

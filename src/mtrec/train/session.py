@@ -131,11 +131,14 @@ def preflight(
                 "the item-item path chooses its l2 and weight on a validation set: give a validation set, or both item_item_l2 and item_item_weight"
             )
     for side in getattr(settings, "feature_sides", ()):
-        if getattr(train, f"{side[:-1]}_features", None) is None:
+        table = getattr(train, f"{side[:-1]}_features", None)
+        if table is None:
             raise ConfigError(
                 f"features={settings.features} needs {side[:-1]} features, and the data has none: "
                 f"give --{side[:-1]}-features FILE (a MovieLens release has them where it has the attributes)"
             )
+        for name in settings.feature_columns()[side] or ():
+            table.column(name)  # a column the table lacks: an error naming those it has, before anything is written
     device = resolve_device(settings.device)
     check_memory(settings.memory_needed(train.num_users, train.num_items), device)
     if not train.has_ratings and settings.regression_weight > 0:
@@ -194,7 +197,7 @@ class TrainingSession:
         self.eval_every, self.distributed, self.callbacks = eval_every, distributed, callbacks
         sides = getattr(settings, "feature_sides", ())
         #: The fitted features of each side the model reads (:mod:`mtrec.data.feature_maps`).
-        self.features = fit_features(sides, train) if sides else {}
+        self.features = fit_features(sides, train, settings.feature_columns()) if sides else {}
         rows = {side: fitted.map.size for side, fitted in self.features.items()}
         self.network = settings.build_network(train.num_users, train.num_items, device, rows or None).use_histories(*train.seen_items_csr())
         self.known = known_entities(train)
