@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -335,6 +336,26 @@ def test_bad_tune_stack_and_search_are_one_line_errors(option, message, tmp_path
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
     assert not (tmp_path / "t").exists()
+
+
+def test_a_slice_that_memory_cuts_below_stack_says_so_once(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("optuna")
+    import mtrec.studies.tuning as tuning
+
+    # the base config (checked first) fits 100 at once; the trials' learning rates, as the sampler gives them, fit only 2
+    base_rate: list[float] = []
+
+    def limit(config, train) -> int:
+        base_rate[:] = base_rate or [config.model.learning_rate]
+        return 100 if config.model.learning_rate == base_rate[0] else 2
+
+    monkeypatch.setattr(tuning, "memory_limit", limit)
+    assert main(_tune_argv(_ratings_file(tmp_path), tmp_path / "t", 7, "3", search="learning_rate")) == 0
+    err = capsys.readouterr().err
+    assert err.count("fit only 2 trials in memory at once, so its slice trains 2") == 1
+    assert re.search(r"mtrec: warning: --stack 3: trial \d+'s settings fit only 2", err)
+    trials = _study(tmp_path / "t")
+    assert len(trials) == 7 and all(t.state.name == "COMPLETE" for t in trials)
 
 
 def test_ctrl_c_in_a_stacked_tune_keeps_the_finished_slice_and_a_rerun_continues(tmp_path):

@@ -29,6 +29,7 @@ import dataclasses
 import functools
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -259,6 +260,8 @@ class _Search:
     stack: int | None = 1
     #: the trials of this search that trained stacked (their names)
     stacked: list[str] = field(default_factory=list)
+    #: what the search has said once (``"memory"``: that memory cut a slice below ``stack``)
+    said: set[str] = field(default_factory=set)
 
     def run(self, trials: int, seed: int, timeout: float | None) -> TuningResult:
         """Run ``trials`` more trials under the root's lock, tracked, and write the best config."""
@@ -312,7 +315,17 @@ class _Search:
             config = trials[0][1]
             if self.stack == 1 or most == 1 or isinstance(config, ConfigError) or stack_key(config, self.train) is None:
                 return trials
-            size = min(most, self.stack or AUTO_SLICE, memory_limit(config, self.train))
+            limit = memory_limit(config, self.train)
+            if self.stack is not None and limit < min(most, self.stack) and "memory" not in self.said:
+                # the group size is cut, never a trial's settings: said once a search
+                self.said.add("memory")
+                warnings.warn(
+                    f"--stack {self.stack}: trial {first.number}'s settings fit only {limit} trials in memory at once, "
+                    f"so its slice trains {limit} (and so does any other slice memory cuts)",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            size = min(most, self.stack or AUTO_SLICE, limit)
             shared = {name: value for name, value in first.params.items() if name not in VARYING}
             for _ in range(size - 1):
                 study.enqueue_trial(shared)  # the sampler picks the rest
