@@ -338,6 +338,14 @@ def test_bad_tune_stack_and_search_are_one_line_errors(option, message, tmp_path
     assert not (tmp_path / "t").exists()
 
 
+def test_a_refused_tune_shows_no_progress_bar_before_its_error(tmp_path, capsys):
+    pytest.importorskip("optuna")
+    argv = [a for a in _tune_argv(_ratings_file(tmp_path), tmp_path / "t", 2, str(10**9)) if a != "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"mtrec tune: error: --stack {10**9} does not fit in memory") and len(err.splitlines()) == 1 and "trial/s" not in err
+
+
 def test_a_slice_that_memory_cuts_below_stack_says_so_once(tmp_path, capsys, monkeypatch):
     pytest.importorskip("optuna")
     import mtrec.studies.tuning as tuning

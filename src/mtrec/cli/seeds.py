@@ -30,7 +30,7 @@ def train_seeds(args: argparse.Namespace, config: RunConfig, root: Path, tqdm) -
     def on_epoch(record) -> None:
         bar.update(1)
 
-    with tracked(tracker if tracker is not None else None, f"seeds {root}") as parent:
+    with tracked(tracker, f"seeds {root}") as parent:
         for seed in seeds:
             train, validation, test, summary = load(seed)
             run_config = config.replace(seed=seed).for_data(train)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
 from mtrec.cli._args import add_option, positive_float, positive_int
 from mtrec.cli.options import add_run_arguments, run_config
@@ -96,29 +97,36 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("mtrec tune chooses on a validation set: give --valid-fraction (or --valid-k)")
     tracker = connect(args.tracker, args.tracking_uri, args.root)  # before any work
     train, validation, _ = config.data.load_split(args.data_dir, progress=not args.no_progress)
-    bar = tqdm(total=args.trials, desc="tune", unit="trial", disable=args.no_progress, file=sys.stderr)
+    bars: list[Any] = []  # the bar, made when the first epoch is reported: a refused search shows none
     best: list[float] = []
     finished: list[int] = []
+
+    def bar() -> Any:
+        if not bars:
+            bars.append(tqdm(total=args.trials, desc="tune", unit="trial", disable=args.no_progress, file=sys.stderr))
+        return bars[0]
 
     def on_trial(number: int, value: float | None, pruned: bool) -> None:
         finished.append(number)
         if value is not None:
             best.append(value)
-        bar.set_postfix_str(f"trial {number}: {'pruned' if pruned else f'{value:.4f}'}  best {max(best, default=float('nan')):.4f}")
-        bar.update(1)
+        bar().set_postfix_str(f"trial {number}: {'pruned' if pruned else f'{value:.4f}'}  best {max(best, default=float('nan')):.4f}")
+        bar().update(1)
 
     def on_epoch(record) -> None:
-        bar.set_description_str(f"tune (epoch {record.epoch}: {epoch_summary(record)})", refresh=False)
+        bar().set_description_str(f"tune (epoch {record.epoch}: {epoch_summary(record)})", refresh=False)
 
-    with bar:  # closed before anything more is printed
-        try:
-            result = tune(
-                config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
-                space=None if args.search is None else {name: SEARCH_SPACE[name] for name in args.search},
-                on_trial=on_trial, on_epoch=on_epoch, tracker=tracker, stack=None if args.stack == "auto" else args.stack,
-            )  # fmt: skip
-        except KeyboardInterrupt:
-            result = None
+    try:
+        result = tune(
+            config, train, validation, args.root, args.trials, args.tune_seed, args.timeout,
+            space=None if args.search is None else {name: SEARCH_SPACE[name] for name in args.search},
+            on_trial=on_trial, on_epoch=on_epoch, tracker=tracker, stack=None if args.stack == "auto" else args.stack,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        result = None
+    finally:  # closed before anything more is printed
+        for made in bars:
+            made.close()
     if result is None:
         print(
             f"mtrec tune: interrupted; the trials that finished ({len(finished)} in this run) stay in "
