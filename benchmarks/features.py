@@ -16,7 +16,9 @@ the test set; nothing is chosen on test.
   training popularity of its feature values), a content profile (the cosine between the user's mean
   training-item features and the item's) and the feature model, each also with MovieLens 100K's
   release month (an optional column); the feature model compared is the one of the two that the
-  validation's cold items choose (MRR among them);
+  validation's cold items choose (MRR among them); then an oracle read off the test set (labelled
+  so): each cold item scored by the test's popularity of its attribute group (items with equal
+  feature vectors): the single list that knows how popular each attribute group is in the test;
 * cold-users: 10% of the users held out entirely; popularity, demographic popularity (an item's
   share among the training users who share the user's attributes) and the feature model; then
   oracles read off the test set itself (labelled so: they are how far any list could go, never a
@@ -70,6 +72,26 @@ def measured(network, parts) -> dict[str, dict[str, float]]:
 
     train, validation, test = parts
     return cold_start_metrics(network, train, test, [train, validation], metrics=METRICS, k=(10,))
+
+
+def cold_item_oracle(parts, fitted) -> object:
+    """An oracle for the cold items, read off the test set itself (never a model): each cold item
+    scored by the test's popularity of its attribute group (the items whose feature vectors are
+    equal, which no ranking from these attributes can tell apart), per item of the group; the same
+    list for every user: what knowing how popular each group is would give."""
+    import torch
+
+    from mtrec.eval.coldstart import _Scores, dense_features
+
+    train, _, test = parts
+    features = dense_features(fitted.bags, fitted.map.size).numpy()
+    keys: dict[bytes, int] = {}
+    group = np.array([keys.setdefault(row.tobytes(), len(keys)) for row in features])
+    cold = np.bincount(train.items, minlength=train.num_items) == 0
+    pairs = cold[test.items]
+    counts = np.bincount(group[test.items[pairs]], minlength=len(keys)).astype(float)
+    sizes = np.bincount(group[cold], minlength=len(keys)).clip(1)
+    return _Scores(torch.as_tensor(counts[group] / sizes[group]), test.num_users)
 
 
 def cold_user_oracles(parts) -> dict:
@@ -187,6 +209,8 @@ def main() -> None:
                 systems[MONTH_MODEL] = month.network_
                 for name in ("mtrec, quality preset with features", MONTH_MODEL):
                     valid.setdefault(name, []).append(_valid_cold_mrr(systems[name], parts))
+                systems["oracle: the test's popularity of the item's attribute group"] = cold_item_oracle(parts, fitted)
+                systems["oracle: the same, with the release month"] = cold_item_oracle(parts, with_month)
             else:
                 systems["demographic popularity"] = DemographicPopularity(train, fitted.bags, fitted.map.size)
                 systems["mtrec, quality preset with features"] = model.network_
