@@ -103,6 +103,11 @@ class FeatureMap:
     def names(self) -> list[str]:
         return [column["name"] for column in self.columns]
 
+    def unknown(self, names: Sequence[str], optional: Sequence[str] = ()) -> list[str]:
+        """Those of ``names`` the map neither reads nor passes over: its skipped columns, and
+        ``optional`` ones (a table's optional columns, which a model saved before they existed never read)."""
+        return [str(name) for name in names if name not in self.names and name not in self.skipped and name not in optional]
+
     def row_names(self) -> list[str]:
         """Each feature row's name: ``column=value``, or the numeric column's name."""
         names: list[str] = []
@@ -122,7 +127,7 @@ class FeatureMap:
         and sd are those of the rows kept.
         """
         if columns is None:
-            chosen = [column for column in table.columns if not getattr(column, "optional", False)]
+            chosen = [column for column in table.columns if not column.optional]
         else:
             chosen = [table.column(name) for name in columns]
         skipped = [name for name in table.names if name not in {column.name for column in chosen}]
@@ -180,10 +185,7 @@ class FeatureMap:
                 UserWarning,
                 stacklevel=2,
             )
-        # a column the model skipped, or one its table marks optional (a release's, which a model saved
-        # before the column existed never read), is passed over
-        passed_over = {*self.names, *self.skipped, *(name for name, column in by_name.items() if getattr(column, "optional", False))}
-        extra = [name for name in by_name if name not in passed_over]
+        extra = self.unknown(list(by_name), [name for name, column in by_name.items() if column.optional])
         if extra and strict:
             raise DataError(f"{table.source}: column(s) {', '.join(extra)} are not among the model's {self.side} features ({', '.join(self.names)})")
         entries: list[list[tuple[int, float]]] = [[] for _ in rows]
@@ -229,7 +231,7 @@ class FeatureMap:
         numeric column is a :class:`DataError` naming it."""
         if not isinstance(record, Mapping):
             raise DataError(f"{where}: give the {self.side[:-1]}'s features as an object of column: value, got {type(record).__name__}")
-        unknown = [str(name) for name in record if name not in self.names and name not in self.skipped]
+        unknown = self.unknown(list(record))
         if unknown:
             raise DataError(f"{where}: {', '.join(unknown)} are not among the model's {self.side} features ({', '.join(self.names)})")
         entries: list[tuple[int, float]] = []

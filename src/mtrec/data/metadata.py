@@ -216,9 +216,14 @@ def split_rows(path: Path, separator: str, width: int, id_field: int = 0) -> lis
     return rows
 
 
-def _read_u_item(path: Path) -> ItemTable:
+def _u_item_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The genre names of ``u.genre`` beside ``path``, and the split rows of ``u.item`` (5 fields, then a flag per genre)."""
     genre_names = [fields[0] for fields in split_rows(path.with_name("u.genre"), "|", 2, id_field=1)]
-    rows = split_rows(path, "|", 5 + len(genre_names))
+    return genre_names, split_rows(path, "|", 5 + len(genre_names))
+
+
+def _read_u_item(path: Path) -> ItemTable:
+    genre_names, rows = _u_item_rows(path)
     for fields in rows:
         if any(flag not in ("0", "1") for flag in fields[5:]):
             raise DataError(f"{path}, item {fields[0]}: genre flags must be 0 or 1, found {'|'.join(fields[5:])!r}")
@@ -241,9 +246,8 @@ def release_months(path: Path) -> list[str | None]:
     """The release month (``"1997-05"``) of each movie of ``u.item``, in file order, from its release
     date (``"01-May-1997"``); ``None`` where the date is empty. A date of another form is a
     :class:`DataError` naming the item."""
-    genres = len(split_rows(path.with_name("u.genre"), "|", 2, id_field=1))
     months: list[str | None] = []
-    for fields in split_rows(path, "|", 5 + genres):
+    for fields in _u_item_rows(path)[1]:
         date = fields[2].strip()
         if not date:
             months.append(None)

@@ -101,7 +101,7 @@ def candidate_table(records: list[dict[str, Any]], model: Any, source: str = "ca
             raise ConfigError(f"{where}: 'item' must be an id (a whole number or text), got {item!r}")
         if isinstance(item, int) and not -(2**63) <= item < 2**63:
             raise ConfigError(f"{where}: 'item' {item} is out of range for an id")
-        unknown = sorted(set(record) - names - set(fitted.map.skipped) - {"item"})  # a column the model skipped is passed over
+        unknown = sorted(fitted.map.unknown([name for name in record if name != "item"]))
         if unknown:
             raise ConfigError(f"{where}: {', '.join(unknown)} are not among the model's item features ({', '.join(sorted(names))})")
         ids.append(item.strip() if isinstance(item, str) else item)
