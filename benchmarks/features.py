@@ -105,7 +105,7 @@ def lightfm_with_features(parts, fitted, side: str, seed: int):
 
     from mtrec.eval.coldstart import _Scores
 
-    train, validation, _ = parts
+    train = parts[0]
     count = train.num_items if side == "items" else train.num_users
     known = np.bincount(train.items if side == "items" else train.users, minlength=count) > 0
     bags = fitted.bags
@@ -125,9 +125,7 @@ def lightfm_with_features(parts, fitted, side: str, seed: int):
         item_bias, items = model.get_item_representations(features if side == "items" else None)
         _, users = model.get_user_representations(features if side == "users" else None)
         scores = _Scores(torch.as_tensor(users @ items.T + item_bias[None, :]), train.num_users)
-        from mtrec.eval.coldstart import cold_start_metrics
-
-        score = cold_start_metrics(scores, train, validation, [train], metrics=("mrr",), k=(10,))[part]["mrr"]
+        score = _valid_cold_mrr(scores, parts, part)
         if score > best[0]:
             best = (score, scores)
     return best[1]
@@ -144,12 +142,12 @@ def cold_item_oracle(parts, fitted) -> object:
 
     train, _, test = parts
     features = dense_features(fitted.bags, fitted.map.size).numpy()
-    keys: dict[bytes, int] = {}
-    group = np.array([keys.setdefault(row.tobytes(), len(keys)) for row in features])
+    group = np.unique(features, axis=0, return_inverse=True)[1].reshape(-1)
+    groups = int(group.max()) + 1
     cold = np.bincount(train.items, minlength=train.num_items) == 0
     pairs = cold[test.items]
-    counts = np.bincount(group[test.items[pairs]], minlength=len(keys)).astype(float)
-    sizes = np.bincount(group[cold], minlength=len(keys)).clip(1)
+    counts = np.bincount(group[test.items[pairs]], minlength=groups).astype(float)
+    sizes = np.bincount(group[cold], minlength=groups).clip(1)
     return _Scores(torch.as_tensor(counts[group] / sizes[group]), test.num_users)
 
 
@@ -355,12 +353,13 @@ WITH_MONTH = "genres,year,decade,released"
 MONTH_MODEL = "mtrec, quality preset with features and the release month"
 
 
-def _valid_cold_mrr(network, parts) -> float:
-    """MRR of the validation's cold items among them (the validation is carved like the test: its items held out of training)."""
+def _valid_cold_mrr(network, parts, part: str = "cold_items_among_cold") -> float:
+    """MRR of the validation's cold part (default its cold items among them; the validation is carved
+    like the test: its items or users held out of training)."""
     from mtrec.eval.coldstart import cold_start_metrics
 
     train, validation, _ = parts
-    return cold_start_metrics(network, train, validation, [train], metrics=("mrr",), k=(10,))["cold_items_among_cold"]["mrr"]
+    return cold_start_metrics(network, train, validation, [train], metrics=("mrr",), k=(10,))[part]["mrr"]
 
 
 def _valid_mse(network, parts) -> float:
