@@ -94,3 +94,34 @@ def test_scores_against_several_items_make_each_users_vector_once_and_equal_pair
     users, items = torch.tensor([0, 2, 3]), torch.tensor([[1, 4, 5, 7], [0, 0, 6, 2], [3, 3, 3, 1]])
     pairs = net.watch_score(users.repeat_interleave(4), items.reshape(-1)).view(3, 4)
     torch.testing.assert_close(net.watch_scores(users, items), pairs)
+
+
+def test_the_same_batch_gives_the_same_gradients_bit_for_bit_with_two_threads():
+    """A large batch of few users: indexing's backward (``pooled[inverse]``, ``scores[inverse, items]``)
+    adds a user's rows with threads racing, so one seed could train two ways; index_select's does not."""
+    from mtrec.nn.batch import Batch
+    from mtrec.nn.losses import WATCH_LOSSES
+
+    torch.manual_seed(0)
+    net = MultitaskNet(4, 8, embedding_dim=16, user_encoder="history").train()
+    with torch.no_grad():
+        for table in (net.history_embeddings, net.item_embeddings, net.user_embeddings):
+            table.weight.normal_()
+    indptr = torch.tensor([0, *torch.cumsum(torch.tensor([len(h) for h in HISTORIES.values()]), 0).tolist()])
+    net.use_histories(indptr, [item for history in HISTORIES.values() for item in history])
+    generator = torch.Generator().manual_seed(1)
+    users = torch.randint(0, 4, (4096,), generator=generator)  # 4096 x 16 rows of the pools' gradient: threads split it
+    batch = Batch(users, torch.randint(0, 8, (4096,), generator=generator), torch.randint(0, 8, (4096,), generator=generator))
+    outputs = torch.randn(4096, 16, generator=generator)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = []
+        for _ in range(8):
+            net.zero_grad()
+            ((net.user_vectors(users) * outputs).sum() + WATCH_LOSSES["softmax"]()(net, batch)).backward()
+            grads.append([net.history_embeddings.weight.grad.clone(), net.item_embeddings.weight.grad.clone()])
+    finally:
+        torch.set_num_threads(threads)
+    for grad in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grad, grads[0]))

@@ -90,9 +90,9 @@ def cold_start_metrics(
 def dense_features(bags: FeatureBags, rows: int) -> torch.Tensor:
     """The bags as a dense (entities × feature rows) matrix of their weights."""
     owner = np.repeat(np.arange(len(bags)), np.diff(bags.indptr))
-    matrix = torch.zeros(len(bags), rows, dtype=torch.float64)
-    matrix.index_put_((torch.as_tensor(owner), torch.as_tensor(bags.indices)), torch.as_tensor(bags.weights, dtype=torch.float64), accumulate=True)
-    return matrix
+    flat = torch.as_tensor(owner * rows + np.asarray(bags.indices, dtype=np.int64))
+    matrix = torch.zeros(len(bags) * rows, dtype=torch.float64).index_add_(0, flat, torch.as_tensor(bags.weights, dtype=torch.float64))
+    return matrix.view(len(bags), rows)  # index_add_: sums in a fixed order (index_put_'s threads race)
 
 
 def _interactions_matrix(train: Interactions) -> torch.Tensor:

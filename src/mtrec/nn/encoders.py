@@ -63,10 +63,12 @@ class HistoryEncoder(UserEncoder):
         net.register_buffer("history_draws", torch.zeros((), dtype=torch.long))
 
     def encode(self, net, users):
-        # each distinct user is pooled once: a batch grouped by user (batch_by="users") pools each history once
+        # each distinct user is pooled once: a batch grouped by user (batch_by="users") pools each history once;
+        # index_select, not [inverse]: its gradient sums a user's rows in a fixed order (indexing's backward
+        # adds them with threads racing on large batches, so the same seed could train differently)
         distinct, inverse = torch.unique(users, return_inverse=True)
         if len(distinct) < len(users):
-            return net.user_embeddings(users) + self.pooled(net, distinct)[inverse]
+            return net.user_embeddings(users) + self.pooled(net, distinct).index_select(0, inverse)
         return net.user_embeddings(users) + self.pooled(net, users)
 
     def pooled(self, net, users: torch.Tensor) -> torch.Tensor:

@@ -139,8 +139,9 @@ class FullSoftmax(WatchLoss):
         known = getattr(network, "item_known", None)
         if known is not None:  # an item held out of training (a model with item features) is no negative either
             scores = scores.masked_fill(known == 0, float("-inf"))
-        positive = scores[inverse, batch.positives]
-        terms = torch.logsumexp(scores, 1)[inverse] - positive
+        # index_select, not indexing: the gradients then add up in a fixed order (see HistoryEncoder.encode)
+        positive = scores.reshape(-1).index_select(0, inverse * scores.shape[1] + batch.positives)
+        terms = torch.logsumexp(scores, 1).index_select(0, inverse) - positive
         return _weighted(terms, batch).sum() / batch.denominator
 
 

@@ -466,7 +466,9 @@ class MultitaskNet(nn.Module):
         dense = torch.zeros(0, device=device)
         if count * self.feature_sizes[side] <= MAX_DENSE_FEATURES:
             owner = torch.repeat_interleave(torch.arange(count, device=device), indptr[1:] - indptr[:-1])
-            dense = torch.zeros(count, self.feature_sizes[side], device=device).index_put_((owner, indices), weights, accumulate=True)
+            # index_add_, not index_put_(accumulate=True), whose threads race on large bags: a fixed order of sums
+            rows = self.feature_sizes[side]
+            dense = torch.zeros(count * rows, device=device).index_add_(0, owner * rows + indices, weights).view(count, rows)
         setattr(self, f"{one}_feature_dense", dense)
         return self
 
