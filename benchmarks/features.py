@@ -19,8 +19,8 @@ the test set; nothing is chosen on test.
   and the item's) and the feature model, each also with MovieLens 100K's release month (an optional
   column); the feature model compared is the one of the two that the validation's cold items choose
   (MRR among them); then an oracle read off the test set (labelled so): each cold item scored by the
-  test's popularity of its attribute group (items with equal feature vectors; nearly every cold item
-  is a group of its own, so this is close to knowing each new item's own test popularity);
+  test's popularity of its attribute group (items with equal feature vectors; most cold items are
+  a group of their own, so this is close to knowing each new item's own test popularity);
 * cold-users: 10% of the users held out entirely; popularity, demographic popularity (an item's
   share among the training users who share the user's attributes) and the feature model; then
   oracles read off the test set itself (labelled so: they are how far any list could go, never a
