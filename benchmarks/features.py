@@ -20,7 +20,10 @@ the test set; nothing is chosen on test.
   column); the feature model compared is the one of the two that the validation's cold items choose
   (MRR among them); then an oracle read off the test set (labelled so): each cold item scored by the
   test's popularity of its attribute group (items with equal feature vectors; most cold items are
-  a group of their own, so this is close to knowing each new item's own test popularity);
+  a group of their own, so this is close to knowing each new item's own test popularity); and a
+  reference of what the cold items lack, their ratings: the cold test pairs halved at random, the
+  quality preset (with the release month) trained with the first half as well, and it, the chosen
+  cold model and the content profile ranking the second half among the cold items;
 * cold-users: 10% of the users held out entirely; popularity, demographic popularity (an item's
   share among the training users who share the user's attributes) and the feature model; then
   oracles read off the test set itself (labelled so: they are how far any list could go, never a
@@ -37,7 +40,7 @@ lightfm`` fails to build under current setuptools ("'dict' object has no attribu
 '__LIGHTFM_SETUP__'"), but builds without isolation: ``pip install cython "setuptools<70" &&
 pip install --no-build-isolation lightfm && pip install "setuptools>=77"`` (torch wants the latter).
 
-    python benchmarks/features.py                 # 5 seeds and the 5 folds (about 40 minutes)
+    python benchmarks/features.py                 # 5 seeds and the 5 folds (about 45 minutes)
     python benchmarks/features.py --seeds 2 --no-folds
     python benchmarks/features.py --blocks cold-items,cold-users
 """
@@ -218,6 +221,51 @@ def cold_user_oracles(parts) -> dict:
     return oracles
 
 
+HALF_KNOWN = "reference: the same model with half of each cold item's test pairs in its training"
+
+
+def half_known(parts, seed: int, systems: dict) -> dict[str, float]:
+    """A reference, not a cold-start system: what the cold items lack is their ratings. The cold test
+    pairs are halved at random (seeded); the quality preset with item features and the release month
+    (no id dropout) is trained on the training part plus the first half, so the cold items are warm
+    for it. Every system, that one and the cold-start ones as they were fitted, ranks the second half
+    among the same cold items, with the same pairs left out of the rankings (training, validation and
+    the first half): MRR of each."""
+    import torch
+
+    from mtrec.config import preset
+    from mtrec.data.feature_maps import known_entities
+    from mtrec.eval.coldstart import AmongItems
+    from mtrec.eval.evaluation import Evaluator
+
+    train, validation, test = parts
+    cold = np.flatnonzero(~known_entities(train)["items"][test.items])
+    first = np.random.default_rng(seed).random(len(cold)) < 0.5
+    known_half, held_half = test.subset(cold[first]), test.subset(cold[~first])
+    allowed = torch.zeros(test.num_items, dtype=torch.bool)
+    allowed[torch.as_tensor(np.unique(test.items[cold]).astype(np.int64))] = True
+    config = preset("quality").replace(split="cold-items", seed=seed, features="items", item_feature_columns=WITH_MONTH)
+    model = config.build_model()
+    model.fit(train.joined(known_half), config.epochs, validation=validation, early_stopping=config.early_stopping, patience=config.patience, k=(10,))
+    evaluator = Evaluator(held_half, [train, validation, known_half], metrics=("mrr",), k=(10,))
+    compared = ("content profile, with the release month", "mtrec, quality preset with features", MONTH_MODEL)
+    networks = {name: systems[name] for name in compared} | {HALF_KNOWN: model.network_}
+    return {name: evaluator.evaluate(AmongItems(network, allowed))["mrr"] for name, network in networks.items()}
+
+
+def half_known_table(halves: list[dict[str, float]], chosen: str) -> None:
+    """The half-known reference's table: the chosen cold model, the content profile with the same
+    columns, and the model that knew half of the cold items' pairs, on the other half."""
+    names = ["content profile, with the release month", chosen, HALF_KNOWN]
+    rows = [["the second half of the cold test pairs", "MRR among cold", "/ chosen cold model"]]
+    for name in names:
+        values = [half[name] for half in halves]
+        ratio = np.mean([half[name] / half[chosen] for half in halves])
+        rows.append([name + (" (chosen on validation)" if name == chosen else ""), fmt(values), f"{ratio:.3f}"])
+    print()
+    print(table(rows))
+
+
 def paired(a: list[float], b: list[float], lower_better: bool) -> str:
     from scipy import stats
 
@@ -285,6 +333,7 @@ def main() -> None:
             continue
         results: dict[str, list] = {}
         valid: dict[str, list[float]] = {}  # the feature models' validation MRR among the validation's cold items
+        halves: list[dict[str, float]] = []  # the reference of half-known cold items, per seed
         for seed in seeds:
             model, parts, seconds = fit(split, seed, side, 0.5, data=data)
             train = parts[0]
@@ -308,6 +357,7 @@ def main() -> None:
                     valid.setdefault(name, []).append(_valid_cold_mrr(systems[name], parts))
                 systems["oracle: the test's popularity of the item's attribute group"] = cold_item_oracle(parts, fitted)
                 systems["oracle: the same, with the release month"] = cold_item_oracle(parts, with_month)
+                halves.append(half_known(parts, seed, systems))
             else:
                 systems["demographic popularity"] = DemographicPopularity(train, fitted.bags, fitted.map.size)
                 systems["mtrec, quality preset with features"] = model.network_
@@ -336,6 +386,8 @@ def main() -> None:
             if name != chosen and not name.startswith("oracle"):
                 mine, theirs = [o[keys[0][0]][keys[0][1]] for o in ours], [r[keys[0][0]][keys[0][1]] for r in results[name]]
                 print(f"mtrec with features vs {name}, {keys[0][1]}: {np.mean(mine) / np.mean(theirs):.2f}x, {paired(mine, theirs, False)}")
+        if halves:
+            half_known_table(halves, chosen)
 
     # ---------------------------------------------------------------- u1..u5
     if not args.no_folds and "folds" in blocks:
